@@ -1,0 +1,497 @@
+//! JWT verification and (for development and tests) minting. The algorithm is pinned by
+//! configuration, `exp` and `sub` are required, `iss`/`aud` are checked when configured and the
+//! leeway is small. Tokens with a `scope` claim are service tokens; all others are user tokens.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{now_unix_ms, validate_user_id};
+
+/// Built-in HS256 secret used only when `chat-api embedded` starts with no key configured.
+pub const DEV_SECRET: &str = "development-only-secret-change-me-0123456789";
+
+/// The claims this system reads and writes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Space-separated scopes; present only on service tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Who is calling, after verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    /// Empty for user tokens.
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    pub fn is_service(&self) -> bool {
+        !self.scopes.is_empty()
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("no token: send `Authorization: Bearer <token>` or `access_token=<token>`")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token algorithm is not the configured one")]
+    WrongAlgorithm,
+    #[error("token is not valid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("JWT_ALGORITHM {0:?} is not supported: use HS256, HS384, HS512, RS256, RS384, RS512 or EdDSA")]
+    Algorithm(String),
+    #[error("{algorithm} needs JWT_SECRET")]
+    MissingSecret { algorithm: String },
+    #[error("{algorithm} needs JWT_PUBLIC_KEY_FILE (a PEM public key)")]
+    MissingPublicKey { algorithm: String },
+    #[error("cannot read key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key in {path} is not a valid PEM key for {algorithm}: {reason}")]
+    Pem {
+        path: String,
+        algorithm: String,
+        reason: String,
+    },
+    #[error("JWT_SECRET must be at least 32 bytes for HMAC algorithms")]
+    ShortSecret,
+}
+
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "HS384" => Ok(Algorithm::HS384),
+        "HS512" => Ok(Algorithm::HS512),
+        "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        other => Err(KeyError::Algorithm(other.to_string())),
+    }
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+/// Key material as configured.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    Secret(Vec<u8>),
+    /// PEM file path; the file is read once at start-up.
+    PublicKeyFile(std::path::PathBuf),
+}
+
+/// Verification settings, typed.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    pub algorithm: Algorithm,
+    pub key: KeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+/// Verifies tokens with one pinned algorithm and key.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    algorithm: Algorithm,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(settings: &JwtSettings) -> Result<Verifier, KeyError> {
+        let alg = settings.algorithm;
+        let name = format!("{alg:?}");
+        let key = match (&settings.key, is_hmac(alg)) {
+            (KeySource::Secret(s), true) => {
+                if s.len() < 32 {
+                    return Err(KeyError::ShortSecret);
+                }
+                DecodingKey::from_secret(s)
+            }
+            (KeySource::Secret(_), false) => {
+                return Err(KeyError::MissingPublicKey { algorithm: name })
+            }
+            (KeySource::PublicKeyFile(_), true) => {
+                return Err(KeyError::MissingSecret { algorithm: name })
+            }
+            (KeySource::PublicKeyFile(path), false) => {
+                let display = path.display().to_string();
+                let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: display.clone(),
+                    source,
+                })?;
+                let parsed = match alg {
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                    _ => DecodingKey::from_rsa_pem(&pem),
+                };
+                parsed.map_err(|e| KeyError::Pem {
+                    path: display,
+                    algorithm: name,
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        required.extend(settings.issuer.as_ref().map(|_| "iss"));
+        required.extend(settings.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &settings.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &settings.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Verifier {
+            key,
+            validation,
+            algorithm: alg,
+        })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthError::WrongAlgorithm
+                }
+                other => AuthError::Invalid(format!("{other:?}")),
+            },
+        )?;
+        let claims = data.claims;
+        validate_user_id(&claims.sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+        let scopes = claims
+            .scope
+            .as_deref()
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(Identity {
+            subject: claims.sub,
+            scopes,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+/// Mints tokens (the `token` command and tests).
+pub struct Signer {
+    key: EncodingKey,
+    algorithm: Algorithm,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub fn hmac(algorithm: Algorithm, secret: &[u8]) -> Signer {
+        Signer {
+            key: EncodingKey::from_secret(secret),
+            algorithm,
+            issuer: None,
+            audience: None,
+        }
+    }
+
+    /// A signer for an asymmetric algorithm from a PEM private key.
+    pub fn from_private_pem(algorithm: Algorithm, pem: &[u8]) -> Result<Signer, String> {
+        let key = match algorithm {
+            Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+            _ => EncodingKey::from_rsa_pem(pem),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Signer {
+            key,
+            algorithm,
+            issuer: None,
+            audience: None,
+        })
+    }
+
+    pub fn with_issuer_audience(
+        mut self,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Self {
+        self.issuer = issuer;
+        self.audience = audience;
+        self
+    }
+
+    /// A token for `sub` valid for `ttl`, with `scope` for service tokens.
+    pub fn token(&self, sub: &str, ttl: Duration, scope: Option<&str>) -> String {
+        let now = now_unix_ms() / 1000;
+        let claims = Claims {
+            sub: sub.to_string(),
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            scope: scope.map(str::to_owned),
+        };
+        self.sign(&claims)
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(self.algorithm), claims, &self.key)
+            .unwrap_or_else(|e| panic!("signing with a configured key cannot fail: {e}"))
+    }
+}
+
+/// Takes the token from an `Authorization: Bearer` header value or an `access_token` query string.
+pub fn token_from_request(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(h) = authorization {
+        let h = h.trim();
+        if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(h[7..].trim().to_string());
+        }
+    }
+    query.and_then(|q| query_param(q, "access_token"))
+}
+
+/// The first value of `name` in a URL query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64_lite as b64;
+
+    mod base64_lite {
+        // URL-safe base64 without padding, enough to forge headers in tests.
+        pub fn encode(data: &[u8]) -> String {
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in data.chunks(3) {
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+
+    fn settings() -> JwtSettings {
+        JwtSettings {
+            algorithm: Algorithm::HS256,
+            key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn good_user_and_service_tokens() {
+        let v = Verifier::new(&settings()).unwrap();
+        let s = Signer::hmac(Algorithm::HS256, DEV_SECRET.as_bytes());
+        let id = v
+            .verify(&s.token("alice", Duration::from_secs(60), None))
+            .unwrap();
+        assert_eq!(id.subject, "alice");
+        assert!(!id.is_service());
+        let svc = v
+            .verify(&s.token("billing", Duration::from_secs(60), Some("push other")))
+            .unwrap();
+        assert!(svc.is_service() && svc.has_scope("push") && !svc.has_scope("admin"));
+    }
+
+    #[test]
+    fn rejects_expired_forged_none_and_malformed() {
+        let v = Verifier::new(&settings()).unwrap();
+        let s = Signer::hmac(Algorithm::HS256, DEV_SECRET.as_bytes());
+        let now = now_unix_ms() / 1000;
+        let expired = Claims {
+            sub: "a".into(),
+            exp: now - 30,
+            iat: None,
+            nbf: None,
+            iss: None,
+            aud: None,
+            scope: None,
+        };
+        assert_eq!(v.verify(&s.sign(&expired)), Err(AuthError::Expired));
+        let other = Signer::hmac(Algorithm::HS256, b"another-secret-that-is-long-enough-0000");
+        assert_eq!(
+            v.verify(&other.token("a", Duration::from_secs(60), None)),
+            Err(AuthError::BadSignature)
+        );
+        let hs512 = Signer::hmac(Algorithm::HS512, DEV_SECRET.as_bytes());
+        assert_eq!(
+            v.verify(&hs512.token("a", Duration::from_secs(60), None)),
+            Err(AuthError::WrongAlgorithm)
+        );
+        let none = format!(
+            "{}.{}.",
+            b64::encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64::encode(format!(r#"{{"sub":"a","exp":{}}}"#, now + 60).as_bytes())
+        );
+        assert!(v.verify(&none).is_err());
+        assert!(v.verify("not-a-token").is_err());
+        let bad_sub = s.token("a b", Duration::from_secs(60), None);
+        assert!(matches!(v.verify(&bad_sub), Err(AuthError::Invalid(_))));
+        // `exp` is required.
+        let no_exp = format!(
+            "{}.{}.x",
+            b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64::encode(br#"{"sub":"a"}"#)
+        );
+        assert!(v.verify(&no_exp).is_err());
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let mut st = settings();
+        st.issuer = Some("chat".into());
+        st.audience = Some("clients".into());
+        let v = Verifier::new(&st).unwrap();
+        let good = Signer::hmac(Algorithm::HS256, DEV_SECRET.as_bytes())
+            .with_issuer_audience(Some("chat".into()), Some("clients".into()));
+        assert!(v
+            .verify(&good.token("a", Duration::from_secs(60), None))
+            .is_ok());
+        let wrong = Signer::hmac(Algorithm::HS256, DEV_SECRET.as_bytes())
+            .with_issuer_audience(Some("evil".into()), Some("clients".into()));
+        assert!(v
+            .verify(&wrong.token("a", Duration::from_secs(60), None))
+            .is_err());
+        let none = Signer::hmac(Algorithm::HS256, DEV_SECRET.as_bytes());
+        assert!(v
+            .verify(&none.token("a", Duration::from_secs(60), None))
+            .is_err());
+    }
+
+    #[test]
+    fn key_configuration_errors() {
+        let mut st = settings();
+        st.key = KeySource::Secret(b"short".to_vec());
+        assert!(matches!(Verifier::new(&st), Err(KeyError::ShortSecret)));
+        st.algorithm = Algorithm::RS256;
+        assert!(matches!(
+            Verifier::new(&st),
+            Err(KeyError::MissingPublicKey { .. })
+        ));
+        st.key = KeySource::PublicKeyFile("/nonexistent/key.pem".into());
+        assert!(matches!(Verifier::new(&st), Err(KeyError::Read { .. })));
+        assert!(matches!(
+            parse_algorithm("none"),
+            Err(KeyError::Algorithm(_))
+        ));
+    }
+
+    #[test]
+    fn token_sources() {
+        assert_eq!(
+            token_from_request(Some("Bearer abc"), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_request(Some("bearer  abc "), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_from_request(None, Some("encoding=json&access_token=a%2Eb")).as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(token_from_request(Some("Basic x"), None), None);
+        assert_eq!(token_from_request(None, Some("x=%")).as_deref(), None);
+        assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
+    }
+}

@@ -1,0 +1,12 @@
+//! Types and helpers shared by the gateway and chat-api: the wire protocol, ids, auth, close codes,
+//! configuration helpers and the routing traits (route registry and node bus) with their
+//! in-process implementations.
+
+pub mod auth;
+pub mod close;
+pub mod config;
+pub mod ids;
+pub mod protocol;
+pub mod routing;
+
+pub use ids::{Id, IdGenerator};

@@ -1,0 +1,312 @@
+//! The versioned client ↔ gateway wire protocol. One schema, two encodings: JSON text frames and
+//! MessagePack binary frames (maps with field names, so both carry the same `type` tag). Unknown
+//! fields are ignored; an unknown `type` is reported as [`DecodeError::UnknownType`] so that the
+//! gateway can answer with an error frame instead of closing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Id;
+
+/// Bumped on incompatible changes; sent in `hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    pub fn parse(s: &str) -> Option<Encoding> {
+        match s {
+            "json" => Some(Encoding::Json),
+            "msgpack" => Some(Encoding::Msgpack),
+            _ => None,
+        }
+    }
+}
+
+/// A chat message as clients see it (frames and HTTP responses).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub chat_id: Id,
+    pub message_id: Id,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub body: String,
+    /// Unix milliseconds, derived from the message id.
+    pub sent_at_ms: u64,
+}
+
+/// Frames the server sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        v: u16,
+        connection_id: String,
+        user_id: String,
+        heartbeat_interval_ms: u64,
+        idle_timeout_ms: u64,
+        /// Unix seconds at which the token expires unless refreshed.
+        token_expires_at: u64,
+    },
+    Message {
+        message: Message,
+    },
+    /// A backend push event; `event` is whatever the service sent.
+    Event {
+        event: serde_json::Value,
+    },
+    Typing {
+        chat_id: Id,
+        user_id: String,
+    },
+    Presence {
+        user_id: String,
+        online: bool,
+        last_seen_ms: Option<u64>,
+    },
+    /// Answer to a client `ping`.
+    Pong,
+    /// The token refresh was accepted.
+    Refreshed {
+        token_expires_at: u64,
+    },
+    /// An error answering one client frame; the socket stays open.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Frames the client sends. Messages and history go over HTTP, not the socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Application heartbeat; answered with `pong`.
+    Ping,
+    Typing {
+        chat_id: Id,
+    },
+    /// A newer token for the same user, to keep the socket open past the old one's expiry.
+    Refresh {
+        token: String,
+    },
+}
+
+/// Error codes carried by `error` frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON / MessagePack or did not match the schema.
+    InvalidFrame,
+    /// The frame's `type` is not one this server knows.
+    UnknownType,
+    /// A text frame on a MessagePack socket or a binary frame on a JSON socket.
+    WrongEncoding,
+    /// The refresh token was refused (bad signature, other user, expired).
+    InvalidToken,
+    /// The caller may not do this (e.g. typing in a chat it is not a member of).
+    Forbidden,
+    /// Too many frames of this kind; slow down.
+    RateLimited,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
+            DecodeError::Invalid(_) => ErrorCode::InvalidFrame,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TypeProbe {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+const CLIENT_TYPES: &[&str] = &["ping", "typing", "refresh"];
+
+/// Decodes a client frame in the given encoding.
+pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let parsed = match encoding {
+        Encoding::Json => serde_json::from_slice::<ClientFrame>(bytes).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::from_slice::<ClientFrame>(bytes).map_err(|e| e.to_string()),
+    };
+    parsed.map_err(|err| {
+        let probe = match encoding {
+            Encoding::Json => serde_json::from_slice::<TypeProbe>(bytes).ok(),
+            Encoding::Msgpack => rmp_serde::from_slice::<TypeProbe>(bytes).ok(),
+        };
+        match probe {
+            Some(p) if !CLIENT_TYPES.contains(&p.kind.as_str()) => DecodeError::UnknownType(p.kind),
+            _ => DecodeError::Invalid(err),
+        }
+    })
+}
+
+/// Encodes a server frame. Serialization of these types cannot fail (string keys only), so an
+/// error here is a bug, reported as an empty frame rather than a panic on a hot path.
+pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Vec<u8> {
+    let out = match encoding {
+        Encoding::Json => serde_json::to_vec(frame).map_err(|e| e.to_string()),
+        Encoding::Msgpack => rmp_serde::to_vec_named(frame).map_err(|e| e.to_string()),
+    };
+    out.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "server frame failed to encode");
+        Vec::new()
+    })
+}
+
+pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
+    match encoding {
+        Encoding::Json => {
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
+        }
+        Encoding::Msgpack => {
+            rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
+        }
+    }
+}
+
+/// Encodes a client frame (used by test and load clients).
+pub fn encode_client(encoding: Encoding, frame: &ClientFrame) -> Vec<u8> {
+    match encoding {
+        Encoding::Json => serde_json::to_vec(frame).unwrap_or_default(),
+        Encoding::Msgpack => rmp_serde::to_vec_named(frame).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_frames() -> Vec<ServerFrame> {
+        vec![
+            ServerFrame::Hello {
+                v: PROTOCOL_VERSION,
+                connection_id: "c1".into(),
+                user_id: "alice".into(),
+                heartbeat_interval_ms: 25_000,
+                idle_timeout_ms: 60_000,
+                token_expires_at: 1_900_000_000,
+            },
+            ServerFrame::Message {
+                message: Message {
+                    chat_id: Id(7),
+                    message_id: Id(u64::MAX),
+                    sender_id: "bob".into(),
+                    client_msg_id: "m-1".into(),
+                    body: "héllo".into(),
+                    sent_at_ms: 1,
+                },
+            },
+            ServerFrame::Event {
+                event: serde_json::json!({"kind": "invoice", "n": [1, 2.5, null]}),
+            },
+            ServerFrame::Typing {
+                chat_id: Id(1),
+                user_id: "bob".into(),
+            },
+            ServerFrame::Presence {
+                user_id: "bob".into(),
+                online: false,
+                last_seen_ms: Some(5),
+            },
+            ServerFrame::Pong,
+            ServerFrame::Refreshed {
+                token_expires_at: 3,
+            },
+            ServerFrame::Error {
+                code: ErrorCode::UnknownType,
+                message: "x".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn server_frames_round_trip_in_both_encodings() {
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            for f in sample_frames() {
+                let bytes = encode_server(enc, &f);
+                assert_eq!(decode_server(enc, &bytes).unwrap(), f, "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_shape_is_documented_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_server(Encoding::Json, &ServerFrame::Pong)).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "pong"}));
+        let t = ServerFrame::Typing {
+            chat_id: Id(12),
+            user_id: "u".into(),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_server(Encoding::Json, &t)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "typing", "chat_id": "12", "user_id": "u"})
+        );
+    }
+
+    #[test]
+    fn client_frames_decode_and_ignore_unknown_fields() {
+        let f = decode_client(
+            Encoding::Json,
+            br#"{"type":"typing","chat_id":"9","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(f, ClientFrame::Typing { chat_id: Id(9) });
+        let mp = encode_client(
+            Encoding::Msgpack,
+            &ClientFrame::Refresh { token: "t".into() },
+        );
+        assert_eq!(
+            decode_client(Encoding::Msgpack, &mp).unwrap(),
+            ClientFrame::Refresh { token: "t".into() }
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_told_apart_from_garbage() {
+        let e = decode_client(Encoding::Json, br#"{"type":"dance"}"#).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownType);
+        for bad in [
+            &b"{not json"[..],
+            b"[]",
+            br#"{"type":"typing"}"#,
+            b"\xff\x00",
+        ] {
+            assert_eq!(
+                decode_client(Encoding::Json, bad).unwrap_err().code(),
+                ErrorCode::InvalidFrame
+            );
+        }
+        let mp = rmp_serde::to_vec_named(&serde_json::json!({"type": "dance"})).unwrap();
+        assert_eq!(
+            decode_client(Encoding::Msgpack, &mp).unwrap_err().code(),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            decode_client(Encoding::Msgpack, b"\xc1")
+                .unwrap_err()
+                .code(),
+            ErrorCode::InvalidFrame
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! Routing between the tiers: the route registry (which gateway node holds which user's sockets,
+//! node liveness, presence) and the node bus (one stream of deliveries per gateway node). Both are
+//! traits with an in-process implementation for embedded mode and a Redis one for distributed mode.
+
+pub mod conformance;
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::protocol::{encode_server, Encoding, ServerFrame};
+
+/// A gateway node as the registry knows it: its configured id and the incarnation of this boot.
+/// Routes carry the incarnation so that a restarted node never receives its predecessor's routes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub incarnation: u64,
+}
+
+/// One delivery to one node: the recipients on that node and the frame, encoded once (canonical
+/// MessagePack of a [`ServerFrame`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub recipients: Vec<String>,
+    pub frame: Bytes,
+}
+
+impl Envelope {
+    pub fn new(recipients: Vec<String>, frame: &ServerFrame) -> Envelope {
+        Envelope {
+            recipients,
+            frame: Bytes::from(encode_server(Encoding::Msgpack, frame)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceInfo {
+    pub user_id: String,
+    pub online: bool,
+    /// Unix milliseconds of the moment the user's last socket closed; `None` if never seen or online.
+    pub last_seen_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RoutingError {
+    #[error("routing backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("routing backend timed out")]
+    Timeout,
+}
+
+/// Recipients grouped by the live node that holds their sockets.
+pub type NodeGroups = Vec<(String, Vec<String>)>;
+
+#[async_trait]
+pub trait RouteRegistry: Send + Sync + 'static {
+    /// Marks the node live (and refreshes its liveness). Called at start and periodically.
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), RoutingError>;
+    /// Removes the node's liveness and all its routes (clean shutdown).
+    async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError>;
+    /// Adds a route user → node for each user (their first socket on this node).
+    async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError>;
+    /// Removes the route user → node for each user (their last socket on this node closed).
+    async fn remove_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError>;
+    /// Groups `users` by the live nodes that hold them; users with no live route are left out.
+    async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError>;
+    /// Online state and last-seen time per user, in the order given.
+    async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError>;
+}
+
+#[async_trait]
+pub trait NodeBus: Send + Sync + 'static {
+    /// Appends one envelope to each named node's stream, all in one batch.
+    async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError>;
+    /// Starts reading this node's stream from now on.
+    async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits for the next envelopes, at most `max` of them. Returns an empty batch when the wait
+    /// timed out without traffic, so that callers can check for shutdown.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError>;
+}
+
+/// What a fan-out did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FanOut {
+    pub nodes: usize,
+    pub recipients_online: usize,
+}
+
+/// Looks up the recipients' routes and appends one envelope per target node: two batched
+/// backend calls whatever the number of recipients.
+pub async fn fan_out(
+    registry: &Arc<dyn RouteRegistry>,
+    bus: &Arc<dyn NodeBus>,
+    users: &[String],
+    frame: &ServerFrame,
+) -> Result<FanOut, RoutingError> {
+    let groups = registry.lookup(users).await?;
+    if groups.is_empty() {
+        return Ok(FanOut::default());
+    }
+    // Encoded once for all nodes; `Bytes` clones share the buffer.
+    let payload = Envelope::new(Vec::new(), frame).frame;
+    let mut report = FanOut {
+        nodes: groups.len(),
+        recipients_online: 0,
+    };
+    let entries = groups
+        .into_iter()
+        .map(|(node, recipients)| {
+            report.recipients_online += recipients.len();
+            (
+                node,
+                Envelope {
+                    recipients,
+                    frame: payload.clone(),
+                },
+            )
+        })
+        .collect();
+    bus.publish(entries).await?;
+    Ok(report)
+}

@@ -1,0 +1,195 @@
+//! The one conformance suite for [`RouteRegistry`] and [`NodeBus`] implementations. Each backend's
+//! tests call these functions with a fresh instance; node and user names are made unique per call
+//! so that backends shared between tests (one Redis) do not interfere.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{fan_out, Envelope, NodeBus, NodeInfo, RouteRegistry};
+use crate::protocol::{decode_server, Encoding, ServerFrame};
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn node(id: &str, incarnation: u64) -> NodeInfo {
+    NodeInfo {
+        node_id: id.to_string(),
+        incarnation,
+    }
+}
+
+fn sorted(mut groups: super::NodeGroups) -> super::NodeGroups {
+    for (_, users) in &mut groups {
+        users.sort();
+    }
+    groups.sort();
+    groups
+}
+
+/// Routes are added and removed per node, grouped by node on lookup, and only live nodes count.
+pub async fn registry_routes_and_liveness(reg: Arc<dyn RouteRegistry>) {
+    let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 7));
+    let (u1, u2, u3) = (unique("u1"), unique("u2"), unique("u3"));
+    reg.heartbeat(&a).await.unwrap();
+    reg.heartbeat(&b).await.unwrap();
+    reg.add_routes(&a, &[u1.clone(), u2.clone()]).await.unwrap();
+    reg.add_routes(&b, &[u2.clone()]).await.unwrap();
+
+    let all = [u1.clone(), u2.clone(), u3.clone()];
+    let mut expected = vec![
+        (a.node_id.clone(), vec![u1.clone(), u2.clone()]),
+        (b.node_id.clone(), vec![u2.clone()]),
+    ];
+    expected.iter_mut().for_each(|(_, u)| u.sort());
+    expected.sort();
+    assert_eq!(sorted(reg.lookup(&all).await.unwrap()), expected);
+
+    reg.remove_routes(&a, &[u2.clone()]).await.unwrap();
+    let groups = sorted(reg.lookup(&all).await.unwrap());
+    assert_eq!(groups.len(), 2);
+    assert!(groups
+        .iter()
+        .any(|(n, u)| n == &a.node_id && u == &vec![u1.clone()]));
+
+    // A node that leaves takes its routes with it.
+    reg.leave(&a).await.unwrap();
+    assert_eq!(
+        reg.lookup(&all).await.unwrap(),
+        vec![(b.node_id.clone(), vec![u2.clone()])]
+    );
+    assert!(reg.lookup(&[u1.clone()]).await.unwrap().is_empty());
+    assert!(reg.lookup(&[]).await.unwrap().is_empty());
+}
+
+/// A route registered by an earlier incarnation of a node is never used by a later one.
+pub async fn registry_ignores_stale_incarnations(reg: Arc<dyn RouteRegistry>) {
+    let id = unique("node");
+    let (old, new) = (node(&id, 1), node(&id, 2));
+    let (u1, u2) = (unique("u1"), unique("u2"));
+    reg.heartbeat(&old).await.unwrap();
+    reg.add_routes(&old, &[u1.clone()]).await.unwrap();
+    // The node restarts: a new incarnation heartbeats and registers its own users only.
+    reg.heartbeat(&new).await.unwrap();
+    reg.add_routes(&new, &[u2.clone()]).await.unwrap();
+    assert_eq!(
+        reg.lookup(&[u1.clone(), u2.clone()]).await.unwrap(),
+        vec![(id.clone(), vec![u2.clone()])]
+    );
+    let p = reg.presence(&[u1.clone(), u2.clone()]).await.unwrap();
+    assert!(!p[0].online && p[1].online);
+}
+
+/// Presence follows routes; last-seen is set when the last route goes.
+pub async fn registry_presence(reg: Arc<dyn RouteRegistry>) {
+    let n = node(&unique("node"), 3);
+    let (u1, u2) = (unique("u1"), unique("u2"));
+    reg.heartbeat(&n).await.unwrap();
+    let p = reg.presence(&[u1.clone()]).await.unwrap();
+    assert_eq!((p[0].online, p[0].last_seen_ms), (false, None));
+    reg.add_routes(&n, &[u1.clone(), u2.clone()]).await.unwrap();
+    let p = reg.presence(&[u2.clone(), u1.clone()]).await.unwrap();
+    assert_eq!(
+        p.iter().map(|p| p.user_id.clone()).collect::<Vec<_>>(),
+        vec![u2.clone(), u1.clone()]
+    );
+    assert!(p.iter().all(|p| p.online && p.last_seen_ms.is_none()));
+    let before = crate::ids::now_unix_ms();
+    reg.remove_routes(&n, &[u1.clone()]).await.unwrap();
+    let p = reg.presence(&[u1.clone()]).await.unwrap();
+    assert!(!p[0].online);
+    let seen = p[0]
+        .last_seen_ms
+        .expect("last seen set when the last socket goes");
+    assert!(seen >= before.saturating_sub(1000) && seen <= crate::ids::now_unix_ms() + 1000);
+}
+
+/// Envelopes published to a node reach that node's subscription, and only that node's, in order.
+pub async fn bus_delivers_per_node(bus: Arc<dyn NodeBus>) {
+    let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 1));
+    let mut sub_a = bus.subscribe(&a).await.unwrap();
+    let mut sub_b = bus.subscribe(&b).await.unwrap();
+    let frames: Vec<ServerFrame> = (0..5)
+        .map(|i| ServerFrame::Event {
+            event: serde_json::json!({ "i": i }),
+        })
+        .collect();
+    for f in &frames {
+        bus.publish(vec![(
+            a.node_id.clone(),
+            Envelope::new(vec!["x".into()], f),
+        )])
+        .await
+        .unwrap();
+    }
+    bus.publish(vec![
+        (
+            a.node_id.clone(),
+            Envelope::new(vec!["y".into(), "z".into()], &ServerFrame::Pong),
+        ),
+        (
+            b.node_id.clone(),
+            Envelope::new(vec!["w".into()], &ServerFrame::Pong),
+        ),
+    ])
+    .await
+    .unwrap();
+
+    let got_a = collect(&mut *sub_a, 6).await;
+    let decoded: Vec<ServerFrame> = got_a
+        .iter()
+        .map(|e| decode_server(Encoding::Msgpack, &e.frame).unwrap())
+        .collect();
+    assert_eq!(&decoded[..5], &frames[..]);
+    assert_eq!(got_a[5].recipients, vec!["y".to_string(), "z".to_string()]);
+    let got_b = collect(&mut *sub_b, 1).await;
+    assert_eq!(got_b[0].recipients, vec!["w".to_string()]);
+    // Nothing else arrives at b.
+    let extra = sub_b.next_batch(10).await.unwrap();
+    assert!(extra.is_empty(), "unexpected {extra:?}");
+}
+
+/// `fan_out` reaches exactly the online recipients, one envelope per node.
+pub async fn fan_out_groups_by_node(reg: Arc<dyn RouteRegistry>, bus: Arc<dyn NodeBus>) {
+    let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 1));
+    let mut sub_a = bus.subscribe(&a).await.unwrap();
+    let mut sub_b = bus.subscribe(&b).await.unwrap();
+    reg.heartbeat(&a).await.unwrap();
+    reg.heartbeat(&b).await.unwrap();
+    let users: Vec<String> = (0..100).map(|i| unique(&format!("m{i}"))).collect();
+    reg.add_routes(&a, &users[..40]).await.unwrap();
+    reg.add_routes(&b, &users[40..90]).await.unwrap();
+    // users[90..] are offline.
+    let report = fan_out(&reg, &bus, &users, &ServerFrame::Pong)
+        .await
+        .unwrap();
+    assert_eq!((report.nodes, report.recipients_online), (2, 90));
+    let mut got_a = collect(&mut *sub_a, 1).await.remove(0).recipients;
+    let mut got_b = collect(&mut *sub_b, 1).await.remove(0).recipients;
+    got_a.sort();
+    got_b.sort();
+    let (mut want_a, mut want_b) = (users[..40].to_vec(), users[40..90].to_vec());
+    want_a.sort();
+    want_b.sort();
+    assert_eq!((got_a, got_b), (want_a, want_b));
+}
+
+async fn collect(sub: &mut dyn super::Subscription, n: usize) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} envelopes arrived",
+            out.len()
+        );
+        out.extend(sub.next_batch(n - out.len()).await.unwrap());
+    }
+    out
+}

@@ -1,0 +1,187 @@
+//! In-process route registry and node bus for embedded mode (one process, both tiers).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use super::{
+    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
+    Subscription,
+};
+use crate::ids::now_unix_ms;
+
+#[derive(Default)]
+struct UserRoutes {
+    /// (node id, incarnation) pairs; a handful at most.
+    nodes: Vec<(String, u64)>,
+    last_seen_ms: Option<u64>,
+}
+
+/// Route registry held in memory. Liveness is the set of joined nodes and their incarnations.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    users: DashMap<String, UserRoutes>,
+    live: DashMap<String, u64>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn is_live(&self, node_id: &str, incarnation: u64) -> bool {
+        self.live.get(node_id).is_some_and(|i| *i == incarnation)
+    }
+}
+
+#[async_trait]
+impl RouteRegistry for MemoryRegistry {
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), RoutingError> {
+        self.live.insert(node.node_id.clone(), node.incarnation);
+        Ok(())
+    }
+
+    async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {
+        self.live
+            .remove_if(&node.node_id, |_, inc| *inc == node.incarnation);
+        let now = now_unix_ms();
+        for mut entry in self.users.iter_mut() {
+            let before = entry.nodes.len();
+            entry
+                .nodes
+                .retain(|(n, i)| !(n == &node.node_id && *i == node.incarnation));
+            if before > 0 && entry.nodes.is_empty() {
+                entry.last_seen_ms = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        for user in users {
+            let mut entry = self.users.entry(user.clone()).or_default();
+            // A newer incarnation of the same node replaces the older route.
+            entry.nodes.retain(|(n, _)| n != &node.node_id);
+            entry.nodes.push((node.node_id.clone(), node.incarnation));
+        }
+        Ok(())
+    }
+
+    async fn remove_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        let now = now_unix_ms();
+        for user in users {
+            if let Some(mut entry) = self.users.get_mut(user) {
+                entry
+                    .nodes
+                    .retain(|(n, i)| !(n == &node.node_id && *i == node.incarnation));
+                if entry.nodes.is_empty() {
+                    entry.last_seen_ms = Some(now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError> {
+        let mut groups: NodeGroups = Vec::new();
+        for user in users {
+            let Some(entry) = self.users.get(user) else {
+                continue;
+            };
+            for (node, inc) in &entry.nodes {
+                if !self.is_live(node, *inc) {
+                    continue;
+                }
+                match groups.iter_mut().find(|(n, _)| n == node) {
+                    Some((_, list)) => list.push(user.clone()),
+                    None => groups.push((node.clone(), vec![user.clone()])),
+                }
+            }
+        }
+        Ok(groups)
+    }
+
+    async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
+        Ok(users
+            .iter()
+            .map(|u| match self.users.get(u) {
+                Some(e) => {
+                    let online = e.nodes.iter().any(|(n, i)| self.is_live(n, *i));
+                    PresenceInfo {
+                        user_id: u.clone(),
+                        online,
+                        last_seen_ms: if online { None } else { e.last_seen_ms },
+                    }
+                }
+                None => PresenceInfo {
+                    user_id: u.clone(),
+                    online: false,
+                    last_seen_ms: None,
+                },
+            })
+            .collect())
+    }
+}
+
+/// Node bus held in memory: one bounded channel per subscribed node. Real-time delivery is best
+/// effort, so a full channel drops the envelope (counted) rather than blocking the API.
+pub struct MemoryBus {
+    nodes: DashMap<String, mpsc::Sender<Envelope>>,
+    capacity: usize,
+}
+
+impl MemoryBus {
+    pub fn new(capacity: usize) -> Self {
+        MemoryBus {
+            nodes: DashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus::new(65_536)
+    }
+}
+
+#[async_trait]
+impl NodeBus for MemoryBus {
+    async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError> {
+        for (node, envelope) in entries {
+            let Some(tx) = self.nodes.get(&node).map(|t| t.clone()) else {
+                continue;
+            };
+            if tx.try_send(envelope).is_err() {
+                metrics::counter!("bus_dropped_total").increment(1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        self.nodes.insert(node.node_id.clone(), tx);
+        Ok(Box::new(MemorySubscription { rx }))
+    }
+}
+
+struct MemorySubscription {
+    rx: mpsc::Receiver<Envelope>,
+}
+
+/// How long an idle subscription waits before returning an empty batch.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(IDLE_WAIT, self.rx.recv_many(&mut out, max.max(1))).await {
+            Ok(0) => Err(RoutingError::Unavailable("bus closed".into())),
+            Ok(_) | Err(_) => Ok(out),
+        }
+    }
+}
