@@ -1,0 +1,2 @@
+//! The `chat-api` binary.
+fn main() {}

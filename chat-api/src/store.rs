@@ -1,0 +1,87 @@
+//! The message store: chats, members, each user's chat list and messages. A trait with one
+//! conformance suite (`store::conformance`) run against every implementation: SQLite (embedded,
+//! and several processes on one host) and ScyllaDB (production).
+
+use async_trait::async_trait;
+use shared::protocol::Message;
+use shared::Id;
+
+/// A chat as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chat {
+    pub chat_id: Id,
+    pub title: Option<String>,
+    pub created_by: String,
+    pub created_at_ms: u64,
+    /// The newest message id, `None` for a chat without messages.
+    pub last_message_id: Option<Id>,
+}
+
+/// Where a history page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest messages.
+    Latest,
+    /// Messages with ids strictly below this one (older).
+    Before(Id),
+    /// Messages with ids strictly above this one (newer).
+    After(Id),
+}
+
+/// Result of an idempotent insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// The message was stored.
+    Created(Message),
+    /// A message with the same (chat, sender, client_msg_id) already exists: it is returned and
+    /// nothing new is stored.
+    Duplicate(Message),
+}
+
+impl Insert {
+    pub fn message(&self) -> &Message {
+        match self {
+            Insert::Created(m) | Insert::Duplicate(m) => m,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or timed out: the caller answers 503 with Retry-After.
+    #[error("message store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data; logged, answered 500.
+    #[error("message store error: {0}")]
+    Internal(String),
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Creates a chat with its members (the creator is one of them).
+    async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError>;
+    /// The chat with its `last_message_id`, if it exists.
+    async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError>;
+    /// The chats `user` is a member of, each with its `last_message_id`, newest activity first.
+    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError>;
+    /// Adds members (already-present ones are left as they are).
+    async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError>;
+    /// Removes a member; `false` if it was not a member.
+    async fn remove_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError>;
+    async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError>;
+    /// All members, sorted.
+    async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError>;
+    /// Stores a message unless (chat, sender, client_msg_id) was stored before (within at least
+    /// 24 h), in which case the original is returned. Durable when it returns `Ok`.
+    async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError>;
+    /// Up to `limit` messages from the cursor, in ascending id order. `Before`/`Latest` return the
+    /// newest messages below the bound, `After` the oldest above it.
+    async fn history(
+        &self,
+        chat_id: Id,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,166 @@
+//! Gateway configuration: every setting a flag and an environment variable, with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{parse_duration, parse_nonzero_duration};
+
+/// Gateway settings as flags / environment variables.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GatewayArgs {
+    /// Address for WebSocket clients (and /healthz, /readyz, /metrics).
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "0.0.0.0:8080")]
+    pub gateway_addr: SocketAddr,
+    /// This node's id in the route registry (default: the host name).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    /// Interval of server pings; also sent to clients in `hello`.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "25s", value_parser = parse_nonzero_duration)]
+    pub heartbeat_interval: Duration,
+    /// A socket from which nothing arrives for this long is closed (4001).
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub idle_timeout: Duration,
+    /// Time allowed for the HTTP upgrade request to arrive and be answered.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub handshake_timeout: Duration,
+    /// Frames queued per socket before it is closed as a slow consumer (4101).
+    #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_queue_frames: u32,
+    /// Bytes queued per socket before it is closed as a slow consumer (4101).
+    #[arg(long, env = "SEND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_queue_bytes: u32,
+    /// Largest client frame accepted; larger closes with 4203.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 16 << 10, value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_frame_bytes: u32,
+    /// Client frames allowed per second per socket (burst of the same size); more closes with 4103.
+    #[arg(long, env = "MAX_FRAMES_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_frames_per_second: u32,
+    /// Sockets open at once on this node; further upgrades get 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Sockets per user on this node; more closes the new one with 4204.
+    #[arg(long, env = "MAX_SOCKETS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets_per_user: u32,
+    /// On SIGTERM, reconnect closes are spread over this window.
+    #[arg(long, env = "DRAIN_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+    /// Hard deadline for the whole drain; keep it below the orchestrator's grace period.
+    #[arg(long, env = "DRAIN_DEADLINE", default_value = "25s", value_parser = parse_nonzero_duration)]
+    pub drain_deadline: Duration,
+    /// Liveness key TTL in the route registry; the key is refreshed every third of it.
+    #[arg(long, env = "NODE_TTL", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub node_ttl: Duration,
+    /// Envelopes read from the node stream per batch.
+    #[arg(long, env = "STREAM_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stream_batch: u32,
+}
+
+/// Validated gateway settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_id: String,
+    pub heartbeat_interval: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub send_queue_frames: usize,
+    pub send_queue_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_frames_per_second: u32,
+    pub max_connections: usize,
+    pub max_sockets_per_user: usize,
+    pub drain_window: Duration,
+    pub drain_deadline: Duration,
+    pub node_ttl: Duration,
+    pub stream_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            node_id: "local".into(),
+            heartbeat_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            send_queue_frames: 256,
+            send_queue_bytes: 1 << 20,
+            max_frame_bytes: 16 << 10,
+            max_frames_per_second: 20,
+            max_connections: 1_000_000,
+            max_sockets_per_user: 16,
+            drain_window: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(25),
+            node_ttl: Duration::from_secs(10),
+            stream_batch: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("IDLE_TIMEOUT ({idle:?}) must be longer than HEARTBEAT_INTERVAL ({heartbeat:?})")]
+    IdleTimeout { idle: Duration, heartbeat: Duration },
+    #[error("DRAIN_WINDOW ({window:?}) must be shorter than DRAIN_DEADLINE ({deadline:?})")]
+    Drain {
+        window: Duration,
+        deadline: Duration,
+    },
+    #[error("NODE_ID {0:?} is not valid: use 1-64 characters from A-Z a-z 0-9 _ . -")]
+    NodeId(String),
+}
+
+impl GatewayArgs {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let node_id = match &self.node_id {
+            Some(n) => n.clone(),
+            None => hostname(),
+        };
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(ConfigError::NodeId(node_id));
+        }
+        if self.idle_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::IdleTimeout {
+                idle: self.idle_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        if self.drain_window >= self.drain_deadline {
+            return Err(ConfigError::Drain {
+                window: self.drain_window,
+                deadline: self.drain_deadline,
+            });
+        }
+        Ok(Settings {
+            node_id,
+            heartbeat_interval: self.heartbeat_interval,
+            idle_timeout: self.idle_timeout,
+            handshake_timeout: self.handshake_timeout,
+            send_queue_frames: self.send_queue_frames as usize,
+            send_queue_bytes: self.send_queue_bytes as usize,
+            max_frame_bytes: self.max_frame_bytes as usize,
+            max_frames_per_second: self.max_frames_per_second,
+            max_connections: self.max_connections as usize,
+            max_sockets_per_user: self.max_sockets_per_user as usize,
+            drain_window: self.drain_window,
+            drain_deadline: self.drain_deadline,
+            node_ttl: self.node_ttl,
+            stream_batch: self.stream_batch as usize,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "gateway".into())
+}
