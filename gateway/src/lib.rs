@@ -3,40 +3,97 @@
 //! and writes each delivery to the right local sockets. It holds no chat logic.
 
 pub mod config;
+pub mod delivery;
+pub mod hub;
+pub mod node;
+mod server;
+mod socket;
+pub mod wsio;
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use shared::auth::Verifier;
-use shared::routing::{NodeBus, NodeInfo, RouteRegistry};
+use shared::close::CloseCode;
+use shared::routing::{NodeBus, RouteRegistry};
 
 pub use config::{GatewayArgs, Settings};
+use node::Node;
 
-/// What the gateway needs from the outside: routing backends and the token verifier.
+/// What the gateway needs from the outside: routing backends, the token verifier and (optionally)
+/// the Prometheus handle that `/metrics` renders.
 #[derive(Clone)]
 pub struct Deps {
     pub registry: Arc<dyn RouteRegistry>,
     pub bus: Arc<dyn NodeBus>,
     pub verifier: Verifier,
+    pub metrics: Option<PrometheusHandle>,
 }
 
-/// Serves sockets on `listener` until `shutdown` resolves, then drains (tells clients to
-/// reconnect, spread over the drain window), removes its routes and returns before the deadline.
+/// Serves sockets on `listener` until `shutdown` resolves, then drains: stops accepting, flips
+/// `/readyz`, closes sockets with the draining code spread over the drain window, removes its
+/// routes and returns before the drain deadline.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     settings: Settings,
     deps: Deps,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _ = (
-        listener,
-        settings,
-        deps,
-        NodeInfo {
-            node_id: String::new(),
-            incarnation: 0,
-        },
-    );
+    let node = Arc::new(Node::new(settings, deps));
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, node_id = %node.info.node_id, incarnation = node.info.incarnation, "gateway listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = [
+        tokio::spawn(node::liveness_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(node::route_sync_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(delivery::delivery_task(node.clone(), stop_rx.clone())),
+    ];
+    let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
+    let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));
+
     shutdown.await;
-    anyhow::bail!("gateway not implemented yet")
+    let deadline = Instant::now() + node.settings.drain_deadline;
+    tracing::info!(sockets = node.hub.socket_count(), "draining");
+    node.draining.store(true, Ordering::Release);
+    metrics::gauge!("gateway_draining").set(1.0);
+    let _ = accept_stop_tx.send(true);
+    let _ = accept.await;
+
+    drain_sockets(&node, deadline).await;
+    let _ = stop_tx.send(true);
+    for task in background {
+        let _ = tokio::time::timeout_at(deadline, task).await;
+    }
+    if let Err(e) = tokio::time::timeout_at(deadline, node.deps.registry.leave(&node.info)).await {
+        tracing::warn!(error = %e, "could not remove routes before the deadline");
+    }
+    tracing::info!(left = node.hub.socket_count(), "gateway stopped");
+    Ok(())
+}
+
+/// Closes every socket with the draining code, spread evenly over the drain window so that clients
+/// do not reconnect elsewhere all at once, then waits for the sockets to finish (bounded).
+async fn drain_sockets(node: &Arc<Node>, deadline: Instant) {
+    let sockets = node.hub.all_sockets();
+    let window = node.settings.drain_window;
+    const TICK: Duration = Duration::from_millis(20);
+    let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+    let per_tick = sockets.len().div_ceil(ticks).max(1);
+    for chunk in sockets.chunks(per_tick) {
+        for s in chunk {
+            s.close(CloseCode::Draining);
+        }
+        if Instant::now() + TICK < deadline && !window.is_zero() {
+            tokio::time::sleep(TICK).await;
+        }
+    }
+    while node.hub.socket_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

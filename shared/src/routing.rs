@@ -59,7 +59,10 @@ pub type NodeGroups = Vec<(String, Vec<String>)>;
 #[async_trait]
 pub trait RouteRegistry: Send + Sync + 'static {
     /// Marks the node live (and refreshes its liveness). Called at start and periodically.
-    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), RoutingError>;
+    /// Returns true if the registry already held this node live with this incarnation; false
+    /// means it lost the node (first start, expiry during an outage, a restarted registry) and the
+    /// node must re-register its routes.
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<bool, RoutingError>;
     /// Removes the node's liveness and all its routes (clean shutdown).
     async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError>;
     /// Adds a route user → node for each user (their first socket on this node).

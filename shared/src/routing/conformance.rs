@@ -2,6 +2,9 @@
 //! tests call these functions with a fresh instance; node and user names are made unique per call
 //! so that backends shared between tests (one Redis) do not interfere.
 
+// Test code reads better with `&[x.clone()]` than with `std::slice::from_ref`.
+#![allow(clippy::cloned_ref_to_slice_refs)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +40,14 @@ fn sorted(mut groups: super::NodeGroups) -> super::NodeGroups {
 pub async fn registry_routes_and_liveness(reg: Arc<dyn RouteRegistry>) {
     let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 7));
     let (u1, u2, u3) = (unique("u1"), unique("u2"), unique("u3"));
-    reg.heartbeat(&a).await.unwrap();
+    assert!(
+        !reg.heartbeat(&a).await.unwrap(),
+        "a new node is not known yet"
+    );
+    assert!(
+        reg.heartbeat(&a).await.unwrap(),
+        "a refreshed node is known"
+    );
     reg.heartbeat(&b).await.unwrap();
     reg.add_routes(&a, &[u1.clone(), u2.clone()]).await.unwrap();
     reg.add_routes(&b, &[u2.clone()]).await.unwrap();
@@ -76,7 +86,10 @@ pub async fn registry_ignores_stale_incarnations(reg: Arc<dyn RouteRegistry>) {
     reg.heartbeat(&old).await.unwrap();
     reg.add_routes(&old, &[u1.clone()]).await.unwrap();
     // The node restarts: a new incarnation heartbeats and registers its own users only.
-    reg.heartbeat(&new).await.unwrap();
+    assert!(
+        !reg.heartbeat(&new).await.unwrap(),
+        "a new incarnation is not known yet"
+    );
     reg.add_routes(&new, &[u2.clone()]).await.unwrap();
     assert_eq!(
         reg.lookup(&[u1.clone(), u2.clone()]).await.unwrap(),

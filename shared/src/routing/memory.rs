@@ -38,9 +38,9 @@ impl MemoryRegistry {
 
 #[async_trait]
 impl RouteRegistry for MemoryRegistry {
-    async fn heartbeat(&self, node: &NodeInfo) -> Result<(), RoutingError> {
-        self.live.insert(node.node_id.clone(), node.incarnation);
-        Ok(())
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<bool, RoutingError> {
+        let previous = self.live.insert(node.node_id.clone(), node.incarnation);
+        Ok(previous == Some(node.incarnation))
     }
 
     async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {

@@ -1,0 +1,104 @@
+//! Reads this node's stream from the node bus in batches and writes each envelope to the local
+//! sockets of its recipients, encoding the frame at most once per encoding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::OpCode;
+use tokio::sync::watch;
+
+use shared::protocol::{decode_server, encode_server, Encoding};
+use shared::routing::{Envelope, Subscription};
+
+use crate::hub::Enqueue;
+use crate::node::Node;
+use crate::wsio;
+
+pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut sub: Box<dyn Subscription> = loop {
+        match node.deps.bus.subscribe(&node.info).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "node bus subscribe failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    backoff = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            batch = sub.next_batch(node.settings.stream_batch) => match batch {
+                Ok(batch) => {
+                    backoff = Duration::from_millis(50);
+                    if !batch.is_empty() {
+                        metrics::histogram!("gateway_stream_batch_size").record(batch.len() as f64);
+                    }
+                    for envelope in &batch {
+                        deliver(&node, envelope);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "node bus read failed; retrying");
+                    metrics::counter!("gateway_stream_errors_total").increment(1);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Hands one envelope to every local socket of its recipients. Returns the frames queued.
+pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
+    let limits = node.queue_limits();
+    let mut msgpack: Option<Bytes> = None;
+    let mut json: Option<Option<Bytes>> = None;
+    let mut queued = 0;
+    let mut dropped = 0u64;
+    for user in &envelope.recipients {
+        node.hub.for_each_socket(user, |socket| {
+            let frame = match socket.encoding {
+                Encoding::Msgpack => msgpack
+                    .get_or_insert_with(|| wsio::frame_bytes(OpCode::Binary, &envelope.frame))
+                    .clone(),
+                Encoding::Json => {
+                    match json.get_or_insert_with(|| to_json_frame(&envelope.frame)) {
+                        Some(f) => f.clone(),
+                        None => return,
+                    }
+                }
+            };
+            match socket.enqueue(frame, limits) {
+                Enqueue::Queued => queued += 1,
+                Enqueue::Overflow => dropped += 1,
+                Enqueue::Closed => {}
+            }
+        });
+    }
+    metrics::counter!("gateway_deliveries_total").increment(queued as u64);
+    if dropped > 0 {
+        metrics::counter!("gateway_send_queue_drops_total").increment(dropped);
+    }
+    queued
+}
+
+/// Transcodes the canonical MessagePack frame to a JSON text frame (once per envelope).
+fn to_json_frame(msgpack: &[u8]) -> Option<Bytes> {
+    match decode_server(Encoding::Msgpack, msgpack) {
+        Ok(frame) => Some(wsio::frame_bytes(
+            OpCode::Text,
+            &encode_server(Encoding::Json, &frame),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable envelope on the node bus; dropped for JSON sockets");
+            None
+        }
+    }
+}

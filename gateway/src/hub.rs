@@ -1,0 +1,258 @@
+//! The local registry: user → sockets on this node, and each socket's bounded send queue. Sharded
+//! by dashmap so that connects, disconnects and deliveries on different users do not contend.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use shared::close::CloseCode;
+use shared::protocol::Encoding;
+
+/// The part of a socket that other tasks touch: its queue and a wake-up. Kept small: an idle
+/// socket's queue holds no allocation.
+pub struct SocketHandle {
+    pub id: u64,
+    pub user: Arc<str>,
+    pub encoding: Encoding,
+    queue: Mutex<SendQueue>,
+    pub notify: Notify,
+}
+
+#[derive(Default)]
+pub struct SendQueue {
+    pub frames: VecDeque<Bytes>,
+    /// Bytes queued, counting only what is not yet written.
+    pub bytes: usize,
+    /// Set once: the socket task writes this close frame and exits.
+    pub close: Option<CloseCode>,
+    /// The front frame is partly written and must be finished before anything else is sent.
+    pub front_started: bool,
+}
+
+/// Queue limits.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueue {
+    Queued,
+    /// The queue was full: the socket is now closing as a slow consumer.
+    Overflow,
+    /// The socket is already closing.
+    Closed,
+}
+
+impl SocketHandle {
+    pub fn new(id: u64, user: Arc<str>, encoding: Encoding) -> Self {
+        SocketHandle {
+            id,
+            user,
+            encoding,
+            queue: Mutex::new(SendQueue::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Queues a frame, or marks the socket as a slow consumer when a limit would be passed. The
+    /// queued frames are dropped at once so that a stuck client holds no memory.
+    pub fn enqueue(&self, frame: Bytes, limits: QueueLimits) -> Enqueue {
+        let mut q = self.queue.lock();
+        if q.close.is_some() {
+            return Enqueue::Closed;
+        }
+        if q.frames.len() >= limits.frames || q.bytes + frame.len() > limits.bytes {
+            q.close = Some(CloseCode::SlowConsumer);
+            // Keep a partly written frame, or the close frame would land inside it.
+            let keep = if q.front_started {
+                q.frames.pop_front()
+            } else {
+                None
+            };
+            q.frames = VecDeque::new();
+            q.bytes = keep.as_ref().map_or(0, Bytes::len);
+            q.frames.extend(keep);
+            drop(q);
+            self.notify.notify_one();
+            return Enqueue::Overflow;
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        drop(q);
+        self.notify.notify_one();
+        Enqueue::Queued
+    }
+
+    /// Asks the socket to close with `code` (first request wins).
+    pub fn close(&self, code: CloseCode) {
+        let mut q = self.queue.lock();
+        if q.close.is_none() {
+            q.close = Some(code);
+        }
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// The close code, once the socket was asked to close.
+    pub fn closing(&self) -> Option<CloseCode> {
+        self.queue.lock().close
+    }
+
+    pub fn lock_queue(&self) -> parking_lot::MutexGuard<'_, SendQueue> {
+        self.queue.lock()
+    }
+}
+
+/// Why a socket could not be added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddError {
+    TooManySockets,
+}
+
+/// All sockets of this node, by user.
+#[derive(Default)]
+pub struct Hub {
+    users: DashMap<Arc<str>, Vec<Arc<SocketHandle>>>,
+    sockets: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_socket_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Adds a socket; returns true if it is the user's first on this node.
+    pub fn add(&self, handle: Arc<SocketHandle>, max_per_user: usize) -> Result<bool, AddError> {
+        let mut entry = self.users.entry(handle.user.clone()).or_default();
+        if entry.len() >= max_per_user {
+            return Err(AddError::TooManySockets);
+        }
+        entry.push(handle);
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        Ok(entry.len() == 1)
+    }
+
+    /// Removes a socket; returns true if it was the user's last on this node.
+    pub fn remove(&self, handle: &SocketHandle) -> bool {
+        let mut removed = false;
+        let now_empty = self
+            .users
+            .remove_if_mut(&handle.user, |_, list| {
+                if let Some(pos) = list.iter().position(|h| h.id == handle.id) {
+                    list.swap_remove(pos);
+                    removed = true;
+                }
+                list.is_empty()
+            })
+            .is_some();
+        if removed {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+        }
+        now_empty
+    }
+
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Calls `f` for each socket of `user` on this node.
+    pub fn for_each_socket(&self, user: &str, mut f: impl FnMut(&Arc<SocketHandle>)) {
+        if let Some(list) = self.users.get(user) {
+            list.iter().for_each(&mut f);
+        }
+    }
+
+    /// Every user with a socket here (for re-registering routes).
+    pub fn users(&self) -> Vec<String> {
+        self.users.iter().map(|e| e.key().to_string()).collect()
+    }
+
+    /// Every socket (for drain).
+    pub fn all_sockets(&self) -> Vec<Arc<SocketHandle>> {
+        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        frames: 3,
+        bytes: 10,
+    };
+
+    #[test]
+    fn queue_overflow_closes_and_frees() {
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json);
+        assert_eq!(
+            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
+            Enqueue::Queued
+        );
+        assert_eq!(
+            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
+            Enqueue::Queued
+        );
+        // 12 bytes > 10.
+        assert_eq!(
+            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
+            Enqueue::Overflow
+        );
+        let q = h.lock_queue();
+        assert_eq!(
+            (q.frames.len(), q.bytes, q.close),
+            (0, 0, Some(CloseCode::SlowConsumer))
+        );
+        drop(q);
+        assert_eq!(h.enqueue(Bytes::from_static(b"a"), LIMITS), Enqueue::Closed);
+    }
+
+    #[test]
+    fn frame_count_limit() {
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json);
+        for _ in 0..3 {
+            assert_eq!(h.enqueue(Bytes::from_static(b"a"), LIMITS), Enqueue::Queued);
+        }
+        assert_eq!(
+            h.enqueue(Bytes::from_static(b"a"), LIMITS),
+            Enqueue::Overflow
+        );
+    }
+
+    #[test]
+    fn first_and_last_socket_of_a_user() {
+        let hub = Hub::new();
+        let a = Arc::new(SocketHandle::new(1, "u".into(), Encoding::Json));
+        let b = Arc::new(SocketHandle::new(2, "u".into(), Encoding::Msgpack));
+        assert_eq!(hub.add(a.clone(), 2), Ok(true));
+        assert_eq!(hub.add(b.clone(), 2), Ok(false));
+        let c = Arc::new(SocketHandle::new(3, "u".into(), Encoding::Json));
+        assert_eq!(hub.add(c, 2), Err(AddError::TooManySockets));
+        assert_eq!(hub.socket_count(), 2);
+        assert!(!hub.remove(&a));
+        assert!(hub.has_user("u"));
+        assert!(hub.remove(&b));
+        assert!(!hub.has_user("u"));
+        assert_eq!(hub.socket_count(), 0);
+    }
+}

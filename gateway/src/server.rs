@@ -1,0 +1,226 @@
+//! HTTP side of the gateway: the accept loop, the upgrade at `/ws` (auth before the upgrade) and
+//! the health, readiness and metrics endpoints on the same port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use shared::auth::{query_param, token_from_request, AuthError};
+use shared::protocol::Encoding;
+
+use crate::node::Node;
+use crate::socket;
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until `stop` flips.
+pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_connection(node.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    metrics::counter!("gateway_accept_errors_total").increment(1);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let timeout = node.settings.handshake_timeout;
+    let svc_node = node.clone();
+    let service = service_fn(move |req| {
+        let node = svc_node.clone();
+        async move { Ok::<_, Infallible>(handle(node, req, peer)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    // Bounds slow or idle HTTP clients; an upgraded socket leaves this future as soon as the 101
+    // response is written.
+    if tokio::time::timeout(timeout, conn).await.is_err() {
+        metrics::counter!("gateway_rejected_total", "reason" => "handshake_timeout").increment(1);
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    r
+}
+
+fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match req.uri().path() {
+        "/ws" => upgrade(node, req, peer),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if node.draining.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !node.registry_ok.load(Ordering::Acquire) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "route registry unreachable\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" => match &node.deps.metrics {
+            Some(handle) => {
+                let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4".parse().expect("static header"),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn reject(status: StatusCode, reason: &'static str, body: &'static str) -> Response<Body> {
+    metrics::counter!("gateway_rejected_total", "reason" => reason).increment(1);
+    let mut r = text(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
+    }
+    r
+}
+
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
+    if node.draining.load(Ordering::Acquire) {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining; connect to another node\n",
+        );
+    }
+    if node.hub.socket_count() >= node.settings.max_connections {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "max_connections",
+            "node is full\n",
+        );
+    }
+    let query = req.uri().query();
+    let encoding = match query.and_then(|q| query_param(q, "encoding")) {
+        None => Encoding::Json,
+        Some(e) => match Encoding::parse(&e) {
+            Some(e) => e,
+            None => {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_encoding",
+                    "encoding must be json or msgpack\n",
+                )
+            }
+        },
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let identity = match token_from_request(authorization, query) {
+        None => {
+            return reject(
+                StatusCode::UNAUTHORIZED,
+                "auth",
+                "missing token: use Authorization: Bearer or access_token\n",
+            )
+        }
+        Some(token) => match node.deps.verifier.verify(&token) {
+            Ok(id) if id.is_service() => {
+                return reject(
+                    StatusCode::FORBIDDEN,
+                    "auth",
+                    "service tokens cannot open sockets\n",
+                )
+            }
+            Ok(id) => id,
+            Err(AuthError::Expired) => {
+                return reject(StatusCode::UNAUTHORIZED, "auth", "token expired\n")
+            }
+            Err(_) => return reject(StatusCode::UNAUTHORIZED, "auth", "invalid token\n"),
+        },
+    };
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return reject(
+            StatusCode::UPGRADE_REQUIRED,
+            "not_upgrade",
+            "this endpoint needs a WebSocket upgrade\n",
+        );
+    }
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(_) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "bad_handshake",
+                "invalid WebSocket handshake\n",
+            )
+        }
+    };
+    tokio::spawn(async move {
+        let ws = match upgrade.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "upgrade did not complete");
+                return;
+            }
+        };
+        // Take the bare TCP stream back (and whatever hyper read past the request) so that the
+        // idle socket holds no frame reader.
+        match ws
+            .into_inner()
+            .into_inner()
+            .downcast::<TokioIo<TcpStream>>()
+        {
+            Ok(parts) => {
+                metrics::histogram!("gateway_handshake_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                socket::run(
+                    node,
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    identity,
+                    encoding,
+                )
+                .await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}

@@ -1,0 +1,457 @@
+//! One client socket after the upgrade. While idle the socket is a bare `TcpStream` awaiting
+//! readiness (no frame reader, no buffers); a frame reader with its buffer exists only during a
+//! read burst, and outgoing frames are shared `Bytes` written straight from the send queue with
+//! vectored writes.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use shared::auth::Identity;
+use shared::close::CloseCode;
+use shared::ids::now_unix_ms;
+use shared::protocol::{
+    decode_client, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION,
+};
+
+use crate::hub::{Enqueue, SocketHandle};
+use crate::node::Node;
+use crate::wsio::{self, BurstReader};
+
+/// A frame that has begun to arrive must complete within this time.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// After our close frame, how long we wait for the client's before dropping the connection.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Frames written per vectored write.
+const WRITEV_MAX: usize = 64;
+
+/// How a socket ended.
+#[derive(Debug)]
+enum End {
+    /// We close with this code.
+    Close(CloseCode),
+    /// The client sent a close frame (answered) or went away.
+    Peer,
+}
+
+/// Runs the socket until it ends, then unregisters it.
+pub async fn run(
+    node: Arc<Node>,
+    stream: TcpStream,
+    read_ahead: Bytes,
+    identity: Identity,
+    encoding: Encoding,
+) {
+    if node.draining.load(Ordering::Acquire) {
+        close_now(&stream, None, CloseCode::Draining).await;
+        return;
+    }
+    let user: Arc<str> = Arc::from(identity.subject.as_str());
+    let handle = Arc::new(SocketHandle::new(
+        node.hub.next_socket_id(),
+        user.clone(),
+        encoding,
+    ));
+    match node
+        .hub
+        .add(handle.clone(), node.settings.max_sockets_per_user)
+    {
+        Ok(first) => {
+            if first {
+                // The route must exist before `hello`, or a message sent right after it would miss
+                // this socket; bounded so that a registry outage does not stall connects.
+                node.routes
+                    .mark_and_wait(&user, Duration::from_secs(2))
+                    .await;
+            }
+        }
+        Err(_) => {
+            metrics::counter!("gateway_rejected_total", "reason" => "too_many_sockets")
+                .increment(1);
+            close_now(&stream, None, CloseCode::TooManySockets).await;
+            return;
+        }
+    }
+    metrics::gauge!("gateway_sockets_open").increment(1.0);
+    metrics::counter!("gateway_connects_total").increment(1);
+
+    let hello = ServerFrame::Hello {
+        v: PROTOCOL_VERSION,
+        connection_id: format!(
+            "{}-{}-{}",
+            node.info.node_id, node.info.incarnation, handle.id
+        ),
+        user_id: identity.subject.clone(),
+        heartbeat_interval_ms: node.settings.heartbeat_interval.as_millis() as u64,
+        idle_timeout_ms: node.settings.idle_timeout.as_millis() as u64,
+        token_expires_at: identity.expires_at,
+    };
+    handle.enqueue(wsio::server_frame(encoding, &hello), node.queue_limits());
+
+    let mut socket = Socket {
+        node: &node,
+        handle: &handle,
+        stream: &stream,
+        last_rx: Instant::now(),
+        expires_at: identity.expires_at,
+        allowance: node.settings.max_frames_per_second as f32,
+        last_refill: Instant::now(),
+    };
+    let end = socket.run(read_ahead).await;
+    let code = match end {
+        End::Close(code) => {
+            close_now(&stream, Some(&handle), code).await;
+            code.code()
+        }
+        End::Peer => CloseCode::Normal.code(),
+    };
+    metrics::counter!("gateway_disconnects_total", "code" => code.to_string()).increment(1);
+    metrics::gauge!("gateway_sockets_open").decrement(1.0);
+    if node.hub.remove(&handle) {
+        node.routes.mark(&user);
+    }
+}
+
+/// Finishes what is queued (a partly written frame above all), writes the close frame,
+/// half-closes and lingers for the client's answer so that the close frame is not lost to a
+/// reset. Bounded by [`CLOSE_LINGER`] in all: a client that does not read is simply dropped.
+async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: CloseCode) {
+    let deadline = Instant::now() + CLOSE_LINGER;
+    if let Some(handle) = handle {
+        handle.close(code);
+        loop {
+            match flush(stream, handle) {
+                Ok(Flush::Blocked) => {
+                    if !matches!(
+                        tokio::time::timeout_at(deadline, stream.writable()).await,
+                        Ok(Ok(()))
+                    ) {
+                        return;
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => return,
+            }
+        }
+    }
+    let frame = wsio::close_frame(code);
+    let mut sent = 0;
+    while sent < frame.len() {
+        match stream.try_write(&frame[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !matches!(
+                    tokio::time::timeout_at(deadline, stream.writable()).await,
+                    Ok(Ok(()))
+                ) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let _ = tokio::time::timeout_at(deadline, async {
+        let mut buf = [0u8; 256];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes as much of the queue as the socket takes without blocking.
+fn flush(stream: &TcpStream, handle: &SocketHandle) -> io::Result<Flush> {
+    let mut q = handle.lock_queue();
+    loop {
+        if q.frames.is_empty() {
+            return Ok(match q.close {
+                Some(code) => Flush::Close(code),
+                None => Flush::Done,
+            });
+        }
+        let written = {
+            let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
+            let n = q.frames.len().min(WRITEV_MAX);
+            for (slot, frame) in slices.iter_mut().zip(q.frames.iter()) {
+                *slot = IoSlice::new(frame);
+            }
+            match stream.try_write_vectored(&slices[..n]) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
+                Err(e) => return Err(e),
+            }
+        };
+        q.bytes -= written;
+        let mut left = written;
+        let mut frames_done = 0u64;
+        while left > 0 {
+            let front = q
+                .frames
+                .front_mut()
+                .expect("written bytes come from queued frames");
+            if front.len() <= left {
+                left -= front.len();
+                q.frames.pop_front();
+                q.front_started = false;
+                frames_done += 1;
+            } else {
+                front.advance(left);
+                q.front_started = true;
+                left = 0;
+            }
+        }
+        metrics::counter!("gateway_frames_out_total").increment(frames_done);
+        if q.frames.is_empty() && q.frames.capacity() > 16 {
+            // A burst grew the queue; give the memory back while idle.
+            q.frames = Default::default();
+        }
+    }
+}
+
+enum Flush {
+    Done,
+    Blocked,
+    Close(CloseCode),
+}
+
+struct Socket<'a> {
+    node: &'a Node,
+    handle: &'a SocketHandle,
+    stream: &'a TcpStream,
+    last_rx: Instant,
+    /// Token expiry, Unix seconds.
+    expires_at: u64,
+    /// Frame-rate token bucket.
+    allowance: f32,
+    last_refill: Instant,
+}
+
+impl Socket<'_> {
+    async fn run(&mut self, read_ahead: Bytes) -> End {
+        if !read_ahead.is_empty() {
+            if let Err(end) = self.read_burst(read_ahead).await {
+                return end;
+            }
+        }
+        let tick = tokio::time::sleep_until(self.next_tick());
+        tokio::pin!(tick);
+        let mut write_blocked = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.handle.notify.notified(), if !write_blocked => {
+                    match flush(self.stream, self.handle) {
+                        Ok(Flush::Done) => {}
+                        Ok(Flush::Blocked) => {
+                            // A socket asked to close gets a bounded time to flush, not forever.
+                            if let Some(code) = self.handle.closing() {
+                                return End::Close(code);
+                            }
+                            write_blocked = true;
+                        }
+                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Err(_) => return End::Peer,
+                    }
+                }
+                ready = self.stream.writable(), if write_blocked => {
+                    if ready.is_err() {
+                        return End::Peer;
+                    }
+                    match flush(self.stream, self.handle) {
+                        Ok(Flush::Done) => write_blocked = false,
+                        Ok(Flush::Blocked) => {
+                            if let Some(code) = self.handle.closing() {
+                                return End::Close(code);
+                            }
+                        }
+                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Err(_) => return End::Peer,
+                    }
+                }
+                ready = self.stream.readable() => {
+                    if ready.is_err() {
+                        return End::Peer;
+                    }
+                    if let Err(end) = self.read_burst(Bytes::new()).await {
+                        return end;
+                    }
+                }
+                _ = &mut tick => {
+                    if let Err(code) = self.on_tick() {
+                        return End::Close(code);
+                    }
+                    tick.as_mut().reset(self.next_tick());
+                }
+            }
+        }
+    }
+
+    /// The next heartbeat, or the token expiry if sooner.
+    fn next_tick(&self) -> Instant {
+        let hb = Instant::now() + self.node.settings.heartbeat_interval;
+        let now_s = now_unix_ms() / 1000;
+        let expiry = Instant::now() + Duration::from_secs(self.expires_at.saturating_sub(now_s));
+        hb.min(expiry + Duration::from_millis(10))
+    }
+
+    fn on_tick(&mut self) -> Result<(), CloseCode> {
+        if now_unix_ms() / 1000 >= self.expires_at {
+            return Err(CloseCode::TokenExpired);
+        }
+        if self.last_rx.elapsed() >= self.node.settings.idle_timeout {
+            return Err(CloseCode::IdleTimeout);
+        }
+        self.send(Bytes::from_static(wsio::PING_FRAME));
+        Ok(())
+    }
+
+    fn send(&self, frame: Bytes) {
+        if self.handle.enqueue(frame, self.node.queue_limits()) == Enqueue::Overflow {
+            metrics::counter!("gateway_send_queue_drops_total").increment(1);
+        }
+    }
+
+    fn send_frame(&self, frame: &ServerFrame) {
+        self.send(wsio::server_frame(self.handle.encoding, frame));
+    }
+
+    fn send_error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.send_frame(&ServerFrame::Error {
+            code,
+            message: message.into(),
+        });
+    }
+
+    /// Reads the frames that are available. Returns without allocating when readiness was stale.
+    async fn read_burst(&mut self, mut prefix: Bytes) -> Result<(), End> {
+        if prefix.is_empty() {
+            let mut probe = [0u8; 256];
+            match self.stream.try_read(&mut probe) {
+                Ok(0) => return Err(End::Peer),
+                Ok(n) => prefix = Bytes::copy_from_slice(&probe[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(End::Peer),
+            }
+        }
+        // Boxed so that the idle socket's future does not carry the reader's state.
+        Box::pin(self.read_frames(prefix)).await
+    }
+
+    async fn read_frames(&mut self, prefix: Bytes) -> Result<(), End> {
+        let bytes_read = AtomicUsize::new(0);
+        let mut ws = WebSocket::after_handshake(
+            BurstReader::new(prefix, self.stream, &bytes_read),
+            Role::Server,
+        );
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        ws.set_max_message_size(self.node.settings.max_frame_bytes);
+        let mut consumed = 0usize;
+        loop {
+            let frame = match tokio::time::timeout(FRAME_TIMEOUT, ws.read_frame()).await {
+                Err(_) => return Err(End::Close(CloseCode::ProtocolViolation)),
+                Ok(Err(e)) => return Err(ws_error_end(&e)),
+                Ok(Ok(frame)) => frame,
+            };
+            consumed += wsio::client_frame_wire_len(frame.payload.len());
+            self.last_rx = Instant::now();
+            metrics::counter!("gateway_frames_in_total").increment(1);
+            if !self.take_token() {
+                return Err(End::Close(CloseCode::RateLimited));
+            }
+            if !frame.fin || frame.opcode == OpCode::Continuation {
+                return Err(End::Close(CloseCode::ProtocolViolation));
+            }
+            match frame.opcode {
+                OpCode::Text | OpCode::Binary => {
+                    let expected = wsio::data_opcode(self.handle.encoding);
+                    if frame.opcode != expected {
+                        self.send_error(
+                            ErrorCode::WrongEncoding,
+                            "frame opcode does not match the connection's encoding",
+                        );
+                    } else {
+                        self.on_client_frame(&frame.payload);
+                    }
+                }
+                OpCode::Close => {
+                    let _ = self.stream.try_write(&wsio::frame_bytes(
+                        OpCode::Close,
+                        &frame.payload[..frame.payload.len().min(2)],
+                    ));
+                    return Err(End::Peer);
+                }
+                OpCode::Ping => self.send(wsio::frame_bytes(OpCode::Pong, &frame.payload)),
+                OpCode::Pong | OpCode::Continuation => {}
+            }
+            if bytes_read.load(Ordering::Relaxed) <= consumed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        let rate = self.node.settings.max_frames_per_second as f32;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_refill).as_secs_f32();
+        self.last_refill = now;
+        self.allowance = (self.allowance + elapsed * rate).min(rate);
+        if self.allowance < 1.0 {
+            return false;
+        }
+        self.allowance -= 1.0;
+        true
+    }
+
+    fn on_client_frame(&mut self, payload: &[u8]) {
+        let frame = match decode_client(self.handle.encoding, payload) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics::counter!("gateway_rejected_total", "reason" => "bad_frame").increment(1);
+                return self.send_error(e.code(), e.to_string());
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
+            ClientFrame::Typing { .. } => self.send_error(
+                ErrorCode::InvalidFrame,
+                "typing indicators are not supported by this server version",
+            ),
+            ClientFrame::Refresh { token } => match self.node.deps.verifier.verify(&token) {
+                Ok(id) if *id.subject == *self.handle.user && !id.is_service() => {
+                    self.expires_at = id.expires_at;
+                    self.send_frame(&ServerFrame::Refreshed {
+                        token_expires_at: id.expires_at,
+                    });
+                }
+                Ok(_) => self.send_error(ErrorCode::InvalidToken, "token is for another user"),
+                Err(e) => self.send_error(ErrorCode::InvalidToken, e.to_string()),
+            },
+        }
+    }
+}
+
+fn ws_error_end(e: &WebSocketError) -> End {
+    match e {
+        WebSocketError::FrameTooLarge => End::Close(CloseCode::FrameTooLarge),
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::IoError(_) => End::Peer,
+        _ => End::Close(CloseCode::ProtocolViolation),
+    }
+}

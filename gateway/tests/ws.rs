@@ -1,0 +1,467 @@
+//! Black-box tests of one gateway node over real sockets with a WebSocket client other than
+//! fastwebsockets (tokio-tungstenite), using the in-process registry and bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use gateway::{Deps, Settings};
+use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use shared::close::CloseCode;
+use shared::protocol::{
+    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame,
+};
+use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::routing::{fan_out, NodeBus, RouteRegistry};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Harness {
+    addr: std::net::SocketAddr,
+    registry: Arc<dyn RouteRegistry>,
+    bus: Arc<dyn NodeBus>,
+    signer: Signer,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Harness {
+    async fn start(settings: Settings) -> Harness {
+        let registry: Arc<dyn RouteRegistry> = Arc::new(MemoryRegistry::new());
+        let bus: Arc<dyn NodeBus> = Arc::new(MemoryBus::default());
+        let verifier = Verifier::new(&JwtSettings {
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::ZERO,
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let deps = Deps {
+            registry: registry.clone(),
+            bus: bus.clone(),
+            verifier,
+            metrics: None,
+        };
+        let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
+            let _ = rx.await;
+        }));
+        Harness {
+            addr,
+            registry,
+            bus,
+            signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.signer.token(user, Duration::from_secs(3600), None)
+    }
+
+    async fn connect(&self, user: &str, encoding: &str) -> (Ws, ServerFrame) {
+        let url = format!(
+            "ws://{}/ws?encoding={encoding}&access_token={}",
+            self.addr,
+            self.token(user)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        let enc = Encoding::parse(encoding).unwrap();
+        let hello = next_frame(&mut ws, enc).await;
+        (ws, hello)
+    }
+
+    async fn publish(&self, users: &[&str], frame: &ServerFrame) {
+        let users: Vec<String> = users.iter().map(|s| s.to_string()).collect();
+        fan_out(&self.registry, &self.bus, &users, frame)
+            .await
+            .unwrap();
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn fast_settings() -> Settings {
+    Settings {
+        node_id: "test-node".into(),
+        heartbeat_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(900),
+        drain_window: Duration::from_millis(100),
+        drain_deadline: Duration::from_secs(3),
+        ..Settings::default()
+    }
+}
+
+/// The next protocol frame (skipping control frames), decoded.
+async fn next_frame(ws: &mut Ws, enc: Encoding) -> ServerFrame {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("frame in time");
+        match msg.expect("stream open").expect("frame") {
+            WsMessage::Text(t) => {
+                assert_eq!(enc, Encoding::Json, "text frame on a msgpack socket");
+                return decode_server(Encoding::Json, t.as_bytes()).unwrap();
+            }
+            WsMessage::Binary(b) => {
+                assert_eq!(enc, Encoding::Msgpack, "binary frame on a json socket");
+                return decode_server(Encoding::Msgpack, &b).unwrap();
+            }
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(WsMessage::Close(Some(frame)))) => return u16::from(frame.code),
+            Some(Ok(WsMessage::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("error before close frame: {e}"),
+            None => panic!("stream ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn hello_then_deliveries_in_both_encodings() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut json, hello) = h.connect("alice", "json").await;
+    match hello {
+        ServerFrame::Hello {
+            user_id,
+            v,
+            heartbeat_interval_ms,
+            ..
+        } => {
+            assert_eq!(
+                (user_id.as_str(), v, heartbeat_interval_ms),
+                ("alice", 1, 300)
+            );
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+    let (mut mp, _) = h.connect("alice", "msgpack").await;
+    let (mut bob, _) = h.connect("bob", "json").await;
+    let event = ServerFrame::Event {
+        event: serde_json::json!({"kind": "invoice.paid", "amount": 12}),
+    };
+    h.publish(&["alice"], &event).await;
+    assert_eq!(next_frame(&mut json, Encoding::Json).await, event);
+    assert_eq!(next_frame(&mut mp, Encoding::Msgpack).await, event);
+    // bob was not addressed: the next thing he sees is the event sent to him, not alice's.
+    let to_bob = ServerFrame::Event {
+        event: serde_json::json!({"for": "bob"}),
+    };
+    h.publish(&["bob"], &to_bob).await;
+    assert_eq!(next_frame(&mut bob, Encoding::Json).await, to_bob);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn token_in_header_is_accepted() {
+    let h = Harness::start(fast_settings()).await;
+    let mut req = format!("ws://{}/ws", h.addr).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", h.token("carol")).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Hello { .. }
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let h = Harness::start(fast_settings()).await;
+    let expired = h.signer.sign(&shared::auth::Claims {
+        sub: "a".into(),
+        exp: shared::ids::now_unix_ms() / 1000 - 60,
+        iat: None,
+        nbf: None,
+        iss: None,
+        aud: None,
+        scope: None,
+    });
+    let forged = Signer::hmac(
+        jsonwebtoken::Algorithm::HS256,
+        b"0123456789abcdef0123456789abcdef-other",
+    )
+    .token("a", Duration::from_secs(60), None);
+    let service = h.signer.token("svc", Duration::from_secs(60), Some("push"));
+    for (token, status) in [
+        (None, 401),
+        (Some("garbage".to_string()), 401),
+        (Some(expired), 401),
+        (Some(forged), 401),
+        (Some(service), 403),
+    ] {
+        let url = match &token {
+            Some(t) => format!("ws://{}/ws?access_token={t}", h.addr),
+            None => format!("ws://{}/ws", h.addr),
+        };
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status)
+            }
+            other => panic!("expected HTTP {status}, got {other:?}"),
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_with_idle_timeout() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut ws, _) = h.connect("sleepy", "json").await;
+    // Do not read (so no pongs go out) for longer than the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(close_code(&mut ws).await, CloseCode::IdleTimeout.code());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn responsive_client_stays_open_past_idle_timeout() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut ws, _) = h.connect("awake", "json").await;
+    // Reading answers the server's pings; stay past twice the idle timeout.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2000);
+    while tokio::time::Instant::now() < until {
+        if let Ok(msg) = tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+            assert!(
+                matches!(msg, Some(Ok(WsMessage::Ping(_)))),
+                "unexpected {msg:?}"
+            );
+        }
+    }
+    ws.send(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut ws, Encoding::Json).await, ServerFrame::Pong);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_not_disconnects() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut ws, _) = h.connect("dave", "json").await;
+    let cases: [(WsMessage, ErrorCode); 4] = [
+        (WsMessage::Text("{not json".into()), ErrorCode::InvalidFrame),
+        (
+            WsMessage::Text(r#"{"type":"dance"}"#.into()),
+            ErrorCode::UnknownType,
+        ),
+        (
+            WsMessage::Text(r#"{"type":"refresh"}"#.into()),
+            ErrorCode::InvalidFrame,
+        ),
+        (
+            WsMessage::Binary(vec![0x81, 0xa1].into()),
+            ErrorCode::WrongEncoding,
+        ),
+    ];
+    for (msg, want) in cases {
+        ws.send(msg).await.unwrap();
+        match next_frame(&mut ws, Encoding::Json).await {
+            ServerFrame::Error { code, .. } => assert_eq!(code, want),
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+    // Still open and working.
+    ws.send(WsMessage::Text(r#"{"type":"ping","extra":true}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut ws, Encoding::Json).await, ServerFrame::Pong);
+
+    let (mut mp, _) = h.connect("dave", "msgpack").await;
+    mp.send(WsMessage::Binary(vec![0xc1].into())).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut mp, Encoding::Msgpack).await,
+        ServerFrame::Error {
+            code: ErrorCode::InvalidFrame,
+            ..
+        }
+    ));
+    let ping = encode_client(Encoding::Msgpack, &ClientFrame::Ping);
+    mp.send(WsMessage::Binary(ping.into())).await.unwrap();
+    assert_eq!(
+        next_frame(&mut mp, Encoding::Msgpack).await,
+        ServerFrame::Pong
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_its_code() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut ws, _) = h.connect("erin", "json").await;
+    ws.send(WsMessage::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::FrameTooLarge.code());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn frame_flood_closes_with_rate_limit() {
+    let h = Harness::start(Settings {
+        max_frames_per_second: 5,
+        ..fast_settings()
+    })
+    .await;
+    let (mut ws, _) = h.connect("flood", "json").await;
+    for _ in 0..20 {
+        if ws
+            .send(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, CloseCode::RateLimited.code());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn token_refresh_for_same_user_only() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut ws, _) = h.connect("frank", "json").await;
+    let newer = h.signer.token("frank", Duration::from_secs(7200), None);
+    ws.send(WsMessage::Text(
+        format!(r#"{{"type":"refresh","token":"{newer}"}}"#).into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Refreshed { .. }
+    ));
+    let other = h.token("mallory");
+    ws.send(WsMessage::Text(
+        format!(r#"{{"type":"refresh","token":"{other}"}}"#).into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Error {
+            code: ErrorCode::InvalidToken,
+            ..
+        }
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn expired_token_closes_the_socket() {
+    let h = Harness::start(Settings {
+        heartbeat_interval: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(10),
+        ..fast_settings()
+    })
+    .await;
+    let token = h.signer.token("gina", Duration::from_secs(1), None);
+    let url = format!("ws://{}/ws?access_token={token}", h.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::TokenExpired.code());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_and_others_keep_receiving() {
+    let h = Harness::start(Settings {
+        send_queue_frames: 64,
+        send_queue_bytes: 256 * 1024,
+        ..fast_settings()
+    })
+    .await;
+    let (mut slow, _) = h.connect("slow", "json").await;
+    let (mut fast, _) = h.connect("fast", "json").await;
+    let big = ServerFrame::Event {
+        event: serde_json::json!({"pad": "y".repeat(16 * 1024)}),
+    };
+    // Far more than the socket buffers plus the queue can hold; `fast` reads as it goes.
+    let mut fast_got = 0;
+    for _ in 0..400 {
+        h.publish(&["slow", "fast"], &big).await;
+        if let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(2), fast.next()).await {
+            fast_got += 1;
+        }
+    }
+    while fast_got < 400 {
+        match next_frame(&mut fast, Encoding::Json).await {
+            ServerFrame::Event { .. } => fast_got += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Drain what the slow client has buffered; it must end with the slow-consumer close.
+    let mut code = None;
+    while code.is_none() {
+        match tokio::time::timeout(Duration::from_secs(5), slow.next())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(WsMessage::Close(Some(f)))) => code = Some(u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(code, Some(CloseCode::SlowConsumer.code()));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn drain_closes_sockets_with_draining_code_and_removes_routes() {
+    let h = Harness::start(fast_settings()).await;
+    let (mut a, _) = h.connect("hank", "json").await;
+    let (mut b, _) = h.connect("ivy", "msgpack").await;
+    assert_eq!(
+        h.registry
+            .lookup(&["hank".into(), "ivy".into()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let registry = h.registry.clone();
+    let stop = tokio::spawn(h.stop());
+    assert_eq!(close_code(&mut a).await, CloseCode::Draining.code());
+    assert_eq!(close_code(&mut b).await, CloseCode::Draining.code());
+    stop.await.unwrap();
+    assert!(registry
+        .lookup(&["hank".into(), "ivy".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    let _ = WsCloseCode::Normal;
+}
