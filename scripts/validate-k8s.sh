@@ -339,6 +339,7 @@ def check_monitoring(objs):
 
 
 all_objs = {}
+hpa_metrics = []  # (render, HPA, custom metric): the same HPA differs between overlays
 for item in inputs:
     label, mode, path = item.split("=", 2)
     short = label.rsplit("/", 1)[-1]
@@ -356,13 +357,15 @@ for item in inputs:
         print("  references and drain timing of k8s/%s not checked: it was not rendered" % label)
     for kind, byname in objs.items():
         all_objs.setdefault(kind, {}).update(byname)
+    for (ns, n), hpa in objs.get("HorizontalPodAutoscaler", {}).items():
+        hpa_metrics += [(short, "%s/%s" % (ns, n), m["pods"]["metric"]["name"])
+                        for m in hpa["spec"].get("metrics", []) if m["type"] == "Pods"]
 
 print("check monitoring")
 served = check_monitoring(all_objs)
-for (ns, n), hpa in all_objs.get("HorizontalPodAutoscaler", {}).items():
-    for m in hpa["spec"].get("metrics", []):
-        if m["type"] == "Pods" and served is not None and m["pods"]["metric"]["name"] not in served:
-            bad("HPA/%s/%s uses metric %r that the adapter rule does not serve" % (ns, n, m["pods"]["metric"]["name"]))
+for render, hpa, metric in hpa_metrics:
+    if served is not None and metric not in served:
+        bad("%s HPA/%s uses metric %r that the adapter rule does not serve" % (render, hpa, metric))
 
 if failures:
     print("%d check(s) failed" % len(failures))
