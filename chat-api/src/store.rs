@@ -2,6 +2,8 @@
 //! conformance suite (`store::conformance`) run against every implementation: SQLite (embedded,
 //! and several processes on one host) and ScyllaDB (production).
 
+pub mod scylla;
+
 use async_trait::async_trait;
 use shared::protocol::Message;
 use shared::Id;

@@ -1,0 +1,700 @@
+//! The ScyllaDB message store: messages partitioned by `(chat_id, bucket)`, chats, members and each
+//! user's chat list in tables of their own (schema in `schema/`, applied by `chat-api migrate`).
+//! Statements are prepared once at construction, run under one execution profile (token-aware
+//! default policy, configurable consistency and timeout) and are bounded by an in-flight semaphore.
+//!
+//! Idempotent sends work across replicas without an in-process cache: an LWT
+//! (`INSERT … IF NOT EXISTS`) on the `idempotency` table claims (chat, sender, client_msg_id) for a
+//! message id; the winner writes the message, a loser returns the winner's message (waiting
+//! briefly for it, and completing the write from the claim if the winner stalled or died).
+
+mod config;
+pub mod cql;
+pub mod rows;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::errors::{
+    DbError, ExecutionError, NewSessionError, NextRowError, PagerExecutionError, PrepareError,
+    RequestAttemptError,
+};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+use shared::protocol::Message;
+use shared::Id;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+pub use config::{parse_consistency, validate_keyspace, ConfigError, ScyllaConfig};
+use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, MessageRow};
+
+use crate::migrate::{self, MigrateError};
+use crate::store::{Chat, Cursor, Insert, MessageStore, StoreError};
+
+/// The most messages one history call returns, whatever the caller asks for.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Rows per page for whole-partition reads (member lists, a user's chats).
+pub const PAGE_SIZE: i32 = 1000;
+/// Members per logged membership batch: 2 statements each, well under batch-size warnings.
+pub const MEMBERS_PER_BATCH: usize = 32;
+/// `get_chat` calls in flight for one `user_chats` call.
+const CHAT_LOOKUP_CONCURRENCY: usize = 16;
+/// Waits for a claim winner's message before completing its write from the claim.
+const LOST_CLAIM_WAITS_MS: [u64; 5] = [10, 20, 40, 80, 160];
+
+/// Why a [`ScyllaStore`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ScyllaError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot connect to ScyllaDB at {nodes:?}: {source} (check STORE_URL and that the nodes accept CQL on that port)")]
+    Connect {
+        nodes: Vec<String>,
+        #[source]
+        source: NewSessionError,
+    },
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    #[error("cannot use keyspace {keyspace}: {source}")]
+    UseKeyspace {
+        keyspace: String,
+        #[source]
+        source: scylla::errors::UseKeyspaceError,
+    },
+    #[error(
+        "cannot prepare `{statement}`: {source} (is the schema migrated with `chat-api migrate`?)"
+    )]
+    Prepare {
+        statement: &'static str,
+        #[source]
+        source: PrepareError,
+    },
+}
+
+/// All prepared statements, prepared once.
+struct Statements {
+    insert_chat: PreparedStatement,
+    select_chat: PreparedStatement,
+    update_chat_last_message: PreparedStatement,
+    insert_member: PreparedStatement,
+    insert_user_chat: PreparedStatement,
+    delete_member: PreparedStatement,
+    delete_user_chat: PreparedStatement,
+    select_member: PreparedStatement,
+    select_members: PreparedStatement,
+    select_user_chats: PreparedStatement,
+    claim_send: PreparedStatement,
+    insert_message: PreparedStatement,
+    select_message: PreparedStatement,
+    select_messages_before: PreparedStatement,
+    select_messages_after: PreparedStatement,
+    ping: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session) -> Result<Statements, ScyllaError> {
+        // Everything except the LWT claim is safe to retry or speculatively execute: plain upserts
+        // and deletes by full key, reads, and the last-message update with an explicit timestamp.
+        let p = |cql: &'static str, idempotent: bool| async move {
+            let mut st = session
+                .prepare(cql)
+                .await
+                .map_err(|source| ScyllaError::Prepare {
+                    statement: cql,
+                    source,
+                })?;
+            st.set_is_idempotent(idempotent);
+            Ok::<_, ScyllaError>(st)
+        };
+        let mut select_members = p(cql::SELECT_MEMBERS, true).await?;
+        select_members.set_page_size(PAGE_SIZE);
+        let mut select_user_chats = p(cql::SELECT_USER_CHATS, true).await?;
+        select_user_chats.set_page_size(PAGE_SIZE);
+        Ok(Statements {
+            insert_chat: p(cql::INSERT_CHAT, true).await?,
+            select_chat: p(cql::SELECT_CHAT, true).await?,
+            update_chat_last_message: p(cql::UPDATE_CHAT_LAST_MESSAGE, true).await?,
+            insert_member: p(cql::INSERT_MEMBER, true).await?,
+            insert_user_chat: p(cql::INSERT_USER_CHAT, true).await?,
+            delete_member: p(cql::DELETE_MEMBER, true).await?,
+            delete_user_chat: p(cql::DELETE_USER_CHAT, true).await?,
+            select_member: p(cql::SELECT_MEMBER, true).await?,
+            select_members,
+            select_user_chats,
+            // A driver-level retry of a claim that did apply would read as lost; the claim path
+            // recognizes its own message id, but retries are still left to the caller.
+            claim_send: p(cql::CLAIM_SEND, false).await?,
+            insert_message: p(cql::INSERT_MESSAGE, true).await?,
+            select_message: p(cql::SELECT_MESSAGE, true).await?,
+            select_messages_before: p(cql::SELECT_MESSAGES_BEFORE, true).await?,
+            select_messages_after: p(cql::SELECT_MESSAGES_AFTER, true).await?,
+            ping: p(cql::PING, true).await?,
+        })
+    }
+}
+
+/// A logged batch that writes (or deletes) `n` memberships: for each member one statement on
+/// `members` and one on `user_chats`, both bound as (chat_id, user_id). Logged, so a member never
+/// exists in one table and not the other once the batch is acknowledged.
+pub fn membership_batch(
+    members_stmt: &PreparedStatement,
+    user_chats_stmt: &PreparedStatement,
+    n: usize,
+) -> Batch {
+    let mut batch = Batch::new(BatchType::Logged);
+    for _ in 0..n {
+        batch.append_statement(members_stmt.clone());
+        batch.append_statement(user_chats_stmt.clone());
+    }
+    batch.set_is_idempotent(true);
+    batch
+}
+
+/// The values for [`membership_batch`]: (chat_id, user_id) twice per member.
+pub fn membership_values(chat_id: i64, users: &[String]) -> Vec<(i64, &str)> {
+    users
+        .iter()
+        .flat_map(|u| [(chat_id, u.as_str()), (chat_id, u.as_str())])
+        .collect()
+}
+
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    st: Statements,
+    /// The message and its chat's `last_message_id`, together (see schema/README.md).
+    write_message_batch: Batch,
+    in_flight: Semaphore,
+    max_in_flight: usize,
+    permit_wait: Duration,
+}
+
+impl std::fmt::Debug for ScyllaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScyllaStore")
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScyllaStore {
+    /// Connects, refuses a keyspace whose schema is older than this build needs (naming
+    /// `chat-api migrate`), binds the session to the keyspace and prepares every statement.
+    pub async fn connect(config: &ScyllaConfig) -> Result<ScyllaStore, ScyllaError> {
+        let session =
+            config
+                .session_builder()
+                .build()
+                .await
+                .map_err(|source| ScyllaError::Connect {
+                    nodes: config.nodes.clone(),
+                    source,
+                })?;
+        migrate::check_schema(&session, &config.keyspace).await?;
+        session
+            .use_keyspace(&config.keyspace, false)
+            .await
+            .map_err(|source| ScyllaError::UseKeyspace {
+                keyspace: config.keyspace.clone(),
+                source,
+            })?;
+        ScyllaStore::with_session(Arc::new(session), config).await
+    }
+
+    /// Builds the store on a session already bound to the keyspace (tests build their own).
+    pub async fn with_session(
+        session: Arc<Session>,
+        config: &ScyllaConfig,
+    ) -> Result<ScyllaStore, ScyllaError> {
+        let st = Statements::prepare(&session).await?;
+        let mut write_message_batch = Batch::new(BatchType::Logged);
+        write_message_batch.append_statement(st.insert_message.clone());
+        write_message_batch.append_statement(st.update_chat_last_message.clone());
+        write_message_batch.set_is_idempotent(true);
+        Ok(ScyllaStore {
+            session,
+            st,
+            write_message_batch,
+            in_flight: Semaphore::new(config.max_in_flight),
+            max_in_flight: config.max_in_flight,
+            permit_wait: config.request_timeout,
+        })
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(self.permit_wait, self.in_flight.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::Unavailable("store is closed".into())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "all {} store request slots busy for {:?}",
+                self.max_in_flight, self.permit_wait
+            ))),
+        }
+    }
+
+    async fn exec(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult, StoreError> {
+        let _permit = self.permit().await?;
+        self.session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(|e| execution_error(st.get_statement(), e))
+    }
+
+    async fn batch(&self, batch: &Batch, values: impl BatchValues) -> Result<(), StoreError> {
+        let _permit = self.permit().await?;
+        self.session
+            .batch(batch, values)
+            .await
+            .map(|_| ())
+            .map_err(|e| execution_error("BATCH", e))
+    }
+
+    async fn rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm>,
+    {
+        let result = self.exec(st, values).await?;
+        decode_rows(st.get_statement(), result)
+    }
+
+    /// A whole partition, fetched page by page (the statement carries the page size).
+    async fn all_rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
+    {
+        let _permit = self.permit().await?;
+        let pager = self
+            .session
+            .execute_iter(st.clone(), values)
+            .await
+            .map_err(|e| match e {
+                PagerExecutionError::PrepareError(_)
+                | PagerExecutionError::SerializationError(_) => internal(st.get_statement(), e),
+                _ => StoreError::Unavailable(format!("{}: {e}", st.get_statement())),
+            })?;
+        pager
+            .rows_stream::<R>()
+            .map_err(|e| internal(st.get_statement(), e))?
+            .try_collect()
+            .await
+            .map_err(|e| match e {
+                NextRowError::RowDeserializationError(_) => internal(st.get_statement(), e),
+                _ => StoreError::Unavailable(format!("{}: {e}", st.get_statement())),
+            })
+    }
+
+    async fn chat_row(&self, chat_id: Id) -> Result<Option<ChatRow>, StoreError> {
+        let rows: Vec<ChatRow> = self.rows(&self.st.select_chat, (cql_id(chat_id)?,)).await?;
+        // An `UPDATE` of `last_message_id` alone can make a row without `created_by`; that is not
+        // a chat (it never happens through the API, which checks membership first).
+        Ok(rows.into_iter().next().filter(|r| r.created_by.is_some()))
+    }
+
+    async fn read_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+    ) -> Result<Option<Message>, StoreError> {
+        let rows: Vec<MessageRow> = self
+            .rows(
+                &self.st.select_message,
+                (cql_id(chat_id)?, bucket_of(message_id), cql_id(message_id)?),
+            )
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(|r| r.into_message().map_err(StoreError::Internal))
+            .transpose()
+    }
+
+    async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
+        let chat_id = cql_id(m.chat_id)?;
+        let message_id = cql_id(m.message_id)?;
+        self.batch(
+            &self.write_message_batch,
+            (
+                (
+                    chat_id,
+                    bucket_of(m.message_id),
+                    message_id,
+                    m.sender_id.as_str(),
+                    m.client_msg_id.as_str(),
+                    m.body.as_str(),
+                ),
+                (
+                    rows::last_message_timestamp_us(m.message_id),
+                    message_id,
+                    chat_id,
+                ),
+            ),
+        )
+        .await
+    }
+
+    async fn write_memberships(
+        &self,
+        members_stmt: &PreparedStatement,
+        user_chats_stmt: &PreparedStatement,
+        chat_id: Id,
+        users: &[String],
+    ) -> Result<(), StoreError> {
+        let chat_id = cql_id(chat_id)?;
+        for chunk in users.chunks(MEMBERS_PER_BATCH) {
+            let batch = membership_batch(members_stmt, user_chats_stmt, chunk.len());
+            self.batch(&batch, membership_values(chat_id, chunk))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MessageStore for ScyllaStore {
+    async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError> {
+        // Members first: a chat row that exists is a chat whose members can already read it.
+        self.write_memberships(
+            &self.st.insert_member,
+            &self.st.insert_user_chat,
+            chat.chat_id,
+            members,
+        )
+        .await?;
+        let born_ms = chat.created_at_ms.min(chat.chat_id.unix_ms());
+        self.exec(
+            &self.st.insert_chat,
+            (
+                cql_id(chat.chat_id)?,
+                chat.title.as_deref(),
+                chat.created_by.as_str(),
+                i64::try_from(chat.created_at_ms).unwrap_or(i64::MAX),
+                bucket_of_ms(born_ms.saturating_sub(rows::CLOCK_SKEW_MS)),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
+        self.chat_row(chat_id).await?.map(chat_from_row).transpose()
+    }
+
+    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
+        let ids: Vec<rows::UserChatRow> =
+            self.all_rows(&self.st.select_user_chats, (user,)).await?;
+        let ids = ids
+            .into_iter()
+            .map(|r| id_from_cql(r.chat_id).map_err(StoreError::Internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut chats: Vec<Chat> = futures_util::stream::iter(ids)
+            .map(|id| self.get_chat(id))
+            .buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
+            .try_filter_map(|c| async move { Ok(c) })
+            .try_collect()
+            .await?;
+        // Newest activity first: the last message, or the chat's creation for a chat without
+        // messages (both are snowflake ids from the same clock).
+        chats.sort_by(|a, b| {
+            let key = |c: &Chat| (c.last_message_id.unwrap_or(c.chat_id), c.chat_id);
+            key(b).cmp(&key(a))
+        });
+        Ok(chats)
+    }
+
+    async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError> {
+        self.write_memberships(
+            &self.st.insert_member,
+            &self.st.insert_user_chat,
+            chat_id,
+            users,
+        )
+        .await
+    }
+
+    async fn remove_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        // Read then delete: two concurrent removals of the same member may both answer `true`,
+        // which is harmless and cheaper than an LWT on every removal.
+        if !self.is_member(chat_id, user).await? {
+            return Ok(false);
+        }
+        self.write_memberships(
+            &self.st.delete_member,
+            &self.st.delete_user_chat,
+            chat_id,
+            &[user.to_owned()],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        let rows: Vec<rows::MemberRow> = self
+            .rows(&self.st.select_member, (cql_id(chat_id)?, user))
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<rows::MemberRow> = self
+            .all_rows(&self.st.select_members, (cql_id(chat_id)?,))
+            .await?;
+        let mut members: Vec<String> = rows.into_iter().map(|r| r.user_id).collect();
+        // The clustering order is already byte order; sorting keeps the contract explicit.
+        members.sort();
+        Ok(members)
+    }
+
+    async fn insert_message(&self, m: &Message) -> Result<Insert, StoreError> {
+        let chat_id = cql_id(m.chat_id)?;
+        let message_id = cql_id(m.message_id)?;
+        let result = self
+            .exec(
+                &self.st.claim_send,
+                (
+                    chat_id,
+                    m.sender_id.as_str(),
+                    m.client_msg_id.as_str(),
+                    message_id,
+                    m.body.as_str(),
+                ),
+            )
+            .await?;
+        let claim = Claim::from_result(result)?;
+        if claim.applied || claim.message_id == Some(message_id) {
+            self.write_message(m).await?;
+            return Ok(Insert::Created(m.clone()));
+        }
+        let winner_id = claim
+            .message_id
+            .ok_or_else(|| StoreError::Internal("lost send claim carries no message_id".into()))
+            .and_then(|v| id_from_cql(v).map_err(StoreError::Internal))?;
+        for wait_ms in LOST_CLAIM_WAITS_MS {
+            if let Some(original) = self.read_message(m.chat_id, winner_id).await? {
+                return Ok(Insert::Duplicate(original));
+            }
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        }
+        if let Some(original) = self.read_message(m.chat_id, winner_id).await? {
+            return Ok(Insert::Duplicate(original));
+        }
+        // The winner claimed but has not written for ~300 ms: it is stalled or gone. Its claim
+        // holds the whole message, so complete the write (an idempotent upsert by full key) rather
+        // than leave this client message wedged until the claim expires.
+        let original = Message {
+            chat_id: m.chat_id,
+            message_id: winner_id,
+            sender_id: m.sender_id.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            body: claim.body.unwrap_or_else(|| m.body.clone()),
+            sent_at_ms: winner_id.unix_ms(),
+        };
+        tracing::warn!(
+            message_id = %winner_id,
+            "completing a send whose claim winner did not write it"
+        );
+        self.write_message(&original).await?;
+        Ok(Insert::Duplicate(original))
+    }
+
+    async fn history(
+        &self,
+        chat_id: Id,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let limit = limit.min(MAX_HISTORY_LIMIT);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(chat) = self.chat_row(chat_id).await? else {
+            return Ok(Vec::new());
+        };
+        // An acknowledged message was written in the same logged batch as `last_message_id`, so
+        // the walk never needs to look past it, nor below the chat's first bucket.
+        let Some(last) = chat.last_message_id else {
+            return Ok(Vec::new());
+        };
+        let last = id_from_cql(last).map_err(StoreError::Internal)?;
+        let first_bucket = chat.first_bucket.unwrap_or(0);
+        let cql_chat = cql_id(chat_id)?;
+        let mut out: Vec<MessageRow> = Vec::with_capacity(limit);
+        match cursor {
+            Cursor::Latest | Cursor::Before(_) => {
+                let upper = match cursor {
+                    Cursor::Before(b) => i64::try_from(b.0).unwrap_or(i64::MAX),
+                    _ => i64::MAX,
+                };
+                if upper == 0 {
+                    return Ok(Vec::new());
+                }
+                let start = Id((upper as u64 - 1).min(last.0));
+                let mut bucket = bucket_of(start);
+                while bucket >= first_bucket && out.len() < limit {
+                    let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+                    let page: Vec<MessageRow> = self
+                        .rows(
+                            &self.st.select_messages_before,
+                            (cql_chat, bucket, upper, want),
+                        )
+                        .await?;
+                    out.extend(page);
+                    bucket -= 1;
+                }
+                out.truncate(limit);
+                out.reverse();
+            }
+            Cursor::After(a) => {
+                let Ok(lower) = i64::try_from(a.0) else {
+                    return Ok(Vec::new());
+                };
+                if a >= last {
+                    return Ok(Vec::new());
+                }
+                let mut bucket = bucket_of(a).max(first_bucket);
+                let end = bucket_of(last);
+                while bucket <= end && out.len() < limit {
+                    let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
+                    let page: Vec<MessageRow> = self
+                        .rows(
+                            &self.st.select_messages_after,
+                            (cql_chat, bucket, lower, want),
+                        )
+                        .await?;
+                    out.extend(page);
+                    bucket += 1;
+                }
+                out.truncate(limit);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.into_message().map_err(StoreError::Internal))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.exec(&self.st.ping, ()).await.map(|_| ())
+    }
+}
+
+/// The outcome of the LWT claim: `[applied]`, and on a lost claim the winner's columns.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Claim {
+    applied: bool,
+    message_id: Option<i64>,
+    body: Option<String>,
+}
+
+impl Claim {
+    fn from_result(result: QueryResult) -> Result<Claim, StoreError> {
+        let rows = result
+            .into_rows_result()
+            .map_err(|e| internal(cql::CLAIM_SEND, e))?;
+        let specs: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect();
+        let row: Row = rows
+            .single_row()
+            .map_err(|e| internal(cql::CLAIM_SEND, e))?;
+        let mut claim = Claim::default();
+        // The columns after `[applied]` depend on the server, so they are read by name.
+        for (name, value) in specs.iter().zip(row.columns) {
+            match (name.as_str(), value) {
+                ("[applied]", Some(CqlValue::Boolean(b))) => claim.applied = b,
+                ("message_id", Some(CqlValue::BigInt(v))) => claim.message_id = Some(v),
+                ("body", Some(CqlValue::Text(v))) => claim.body = Some(v),
+                _ => {}
+            }
+        }
+        Ok(claim)
+    }
+}
+
+fn chat_from_row(row: ChatRow) -> Result<Chat, StoreError> {
+    Ok(Chat {
+        chat_id: id_from_cql(row.chat_id).map_err(StoreError::Internal)?,
+        title: row.title,
+        created_by: row.created_by.unwrap_or_default(),
+        created_at_ms: row.created_at_ms.map_or(0, |v| v.max(0) as u64),
+        last_message_id: row
+            .last_message_id
+            .map(id_from_cql)
+            .transpose()
+            .map_err(StoreError::Internal)?,
+    })
+}
+
+fn cql_id(id: Id) -> Result<i64, StoreError> {
+    id_to_cql(id).map_err(StoreError::Internal)
+}
+
+fn decode_rows<R>(statement: &str, result: QueryResult) -> Result<Vec<R>, StoreError>
+where
+    R: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    let rows = result
+        .into_rows_result()
+        .map_err(|e| internal(statement, e))?;
+    let rows = rows
+        .rows::<R>()
+        .map_err(|e| internal(statement, e))?
+        .collect::<Result<Vec<R>, _>>()
+        .map_err(|e| internal(statement, e));
+    rows
+}
+
+fn internal(statement: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("{statement}: {e}"))
+}
+
+/// Maps a driver error to the store's two kinds: the cluster is unreachable, overloaded or timed
+/// out (the API answers 503 and the client retries), or the request itself is wrong (a bug: 500).
+pub fn execution_error(statement: &str, e: ExecutionError) -> StoreError {
+    let is_bug = match &e {
+        ExecutionError::BadQuery(_) | ExecutionError::PrepareError(_) => true,
+        ExecutionError::LastAttemptError(attempt) => match attempt {
+            RequestAttemptError::SerializationError(_)
+            | RequestAttemptError::CqlRequestSerialization(_)
+            | RequestAttemptError::CqlResultParseError(_) => true,
+            RequestAttemptError::DbError(db, _) => matches!(
+                db,
+                DbError::SyntaxError
+                    | DbError::Invalid
+                    | DbError::AlreadyExists { .. }
+                    | DbError::ConfigError
+                    | DbError::Unauthorized
+                    | DbError::ProtocolError
+            ),
+            _ => false,
+        },
+        _ => false,
+    };
+    if is_bug {
+        StoreError::Internal(format!("{statement}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("{statement}: {e}"))
+    }
+}
