@@ -1,0 +1,406 @@
+//! `connect`: opens N authenticated WebSocket connections, ramped at a given rate, spread over
+//! several worker processes (each process may hold at most ~19k descriptors here) and loopback
+//! source addresses (127.0.0.2, 127.0.0.3, … so that N can exceed one address's ephemeral ports),
+//! holds them idle and samples the gateway's RSS at checkpoints to get memory per socket.
+//!
+//! The parent process drives workers over stdin/stdout: each worker ramps to its share of a
+//! checkpoint, prints one JSON line, and waits for `go` before the next one.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpSocket;
+use tokio::sync::mpsc;
+
+use shared::auth::Signer;
+
+/// Options shared by the parent and its workers.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Gateway WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Sockets to open in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub sockets: usize,
+    /// Socket counts at which to sample the gateway's RSS (comma-separated; the last is `sockets`).
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoints: Vec<usize>,
+    /// Connection attempts per second, all workers together.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u32,
+    /// Worker processes (each holds at most ~19k sockets).
+    #[arg(long, default_value_t = 2)]
+    pub processes: usize,
+    /// Loopback source addresses to spread over: 127.0.0.2 … 127.0.0.(1+N).
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u8,
+    /// HMAC secret the gateway verifies with (the development key by default).
+    #[arg(long, env = "JWT_SECRET", default_value = shared::auth::DEV_SECRET, hide_default_value = true)]
+    pub secret: String,
+    /// `json` or `msgpack`.
+    #[arg(long, default_value = "json")]
+    pub encoding: String,
+    /// Prefix of the user ids (user = PREFIX-WORKER-INDEX).
+    #[arg(long, default_value = "lt")]
+    pub user_prefix: String,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectRun {
+    #[command(flatten)]
+    pub common: ConnectArgs,
+    /// PID of the gateway process whose RSS is sampled.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+    /// Wait after each checkpoint before sampling RSS.
+    #[arg(long, default_value = "3s", value_parser = shared::config::parse_duration)]
+    pub settle: Duration,
+    /// Hold all sockets this long after the last checkpoint (then sample again).
+    #[arg(long, default_value = "5s", value_parser = shared::config::parse_duration)]
+    pub hold: Duration,
+    /// Write the JSON result here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// One worker's report at a checkpoint.
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct StepReport {
+    open: usize,
+    failed: BTreeMap<String, usize>,
+    handshake_ms_sum: f64,
+    handshakes: usize,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Sample {
+    pub sockets_open: usize,
+    pub gateway_rss_bytes: Option<u64>,
+    /// (rss - baseline) / sockets.
+    pub bytes_per_socket: Option<f64>,
+    /// (rss - previous rss) / (sockets - previous sockets).
+    pub marginal_bytes_per_socket: Option<f64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ConnectResult {
+    pub scenario: &'static str,
+    pub url: String,
+    pub processes: usize,
+    pub source_ips: u8,
+    pub rate_per_s: u32,
+    pub baseline_rss_bytes: Option<u64>,
+    pub samples: Vec<Sample>,
+    pub after_hold: Option<Sample>,
+    pub failures: BTreeMap<String, usize>,
+    pub handshakes_per_s: f64,
+    pub mean_handshake_ms: f64,
+}
+
+fn shares(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
+}
+
+/// Runs the scenario: spawns the workers, walks the checkpoints, prints and returns the result.
+pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
+    let common = &args.common;
+    let mut checkpoints = common.checkpoints.clone();
+    if checkpoints.last() != Some(&common.sockets) {
+        checkpoints.push(common.sockets);
+    }
+    checkpoints.retain(|&c| c <= common.sockets && c > 0);
+    checkpoints.dedup();
+    if common.processes == 0 || common.sockets / common.processes > 19_000 {
+        bail!("each worker process may hold at most 19,000 sockets here: raise --processes");
+    }
+    let rss = |pid: Option<u32>| pid.and_then(|p| crate::proc::rss_bytes(p).ok());
+    let baseline = rss(args.gateway_pid);
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::new();
+    for w in 0..common.processes {
+        let per_step: Vec<String> = checkpoints.iter().map(|c| shares(*c, common.processes)[w].to_string()).collect();
+        let mut child = Command::new(&exe)
+            .arg("connect-worker")
+            .args(["--worker", &w.to_string(), "--targets", &per_step.join(",")])
+            .args(["--url", &common.url, "--rate", &(common.rate / common.processes as u32).max(1).to_string()])
+            .args(["--source-ips", &common.source_ips.to_string(), "--encoding", &common.encoding])
+            .args(["--user-prefix", &common.user_prefix, "--sockets", &common.sockets.to_string()])
+            .env("JWT_SECRET", &common.secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning a worker")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
+        let stdin = child.stdin.take().context("worker stdin")?;
+        workers.push((child, stdout, stdin));
+    }
+    let bar = indicatif::ProgressBar::new(common.sockets as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} sockets {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut failures = BTreeMap::new();
+    let (mut hs_sum, mut hs_n) = (0.0, 0usize);
+    let mut ramp_time = Duration::ZERO;
+    for (i, _) in checkpoints.iter().enumerate() {
+        let step_start = Instant::now();
+        let mut open = 0;
+        for (_, out, _) in workers.iter_mut() {
+            let mut line = String::new();
+            out.read_line(&mut line)?;
+            let report: StepReport = serde_json::from_str(line.trim()).with_context(|| format!("worker said {line:?}"))?;
+            open += report.open;
+            hs_sum += report.handshake_ms_sum;
+            hs_n += report.handshakes;
+            for (k, v) in report.failed {
+                *failures.entry(k).or_insert(0) += v;
+            }
+        }
+        ramp_time += step_start.elapsed();
+        bar.set_position(open as u64);
+        bar.set_message(format!("checkpoint {}/{}: settling", i + 1, checkpoints.len()));
+        std::thread::sleep(args.settle);
+        samples.push(sample(open, rss(args.gateway_pid), baseline, samples.last()));
+        if i + 1 < checkpoints.len() {
+            for (_, _, input) in workers.iter_mut() {
+                writeln!(input, "go")?;
+            }
+        }
+    }
+    bar.set_message("holding");
+    std::thread::sleep(args.hold);
+    let last_open = samples.last().map_or(0, |s| s.sockets_open);
+    let after_hold = Some(sample(last_open, rss(args.gateway_pid), baseline, None));
+    bar.finish_with_message(format!("done in {:.1}s", started.elapsed().as_secs_f64()));
+    for (mut child, _, input) in workers {
+        drop(input);
+        let _ = child.wait();
+    }
+    let result = ConnectResult {
+        scenario: "connect",
+        url: common.url.clone(),
+        processes: common.processes,
+        source_ips: common.source_ips,
+        rate_per_s: common.rate,
+        baseline_rss_bytes: baseline,
+        samples,
+        after_hold,
+        failures,
+        handshakes_per_s: hs_n as f64 / ramp_time.as_secs_f64().max(1e-9),
+        mean_handshake_ms: hs_sum / hs_n.max(1) as f64,
+    };
+    print_summary(&result);
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    }
+    Ok(result)
+}
+
+fn sample(open: usize, rss: Option<u64>, baseline: Option<u64>, prev: Option<&Sample>) -> Sample {
+    let per = match (rss, baseline) {
+        (Some(r), Some(b)) if open > 0 => Some((r as f64 - b as f64) / open as f64),
+        _ => None,
+    };
+    let marginal = match (rss, prev.and_then(|p| p.gateway_rss_bytes.map(|r| (r, p.sockets_open)))) {
+        (Some(r), Some((pr, po))) if open > po => Some((r as f64 - pr as f64) / (open - po) as f64),
+        _ => None,
+    };
+    Sample { sockets_open: open, gateway_rss_bytes: rss, bytes_per_socket: per, marginal_bytes_per_socket: marginal }
+}
+
+fn print_summary(r: &ConnectResult) {
+    println!("connect: {} processes, {} source addresses, {} connects/s asked", r.processes, r.source_ips, r.rate_per_s);
+    println!("handshakes/s achieved: {:.0}, mean handshake {:.2} ms", r.handshakes_per_s, r.mean_handshake_ms);
+    if let Some(b) = r.baseline_rss_bytes {
+        println!("gateway baseline RSS: {:.1} MiB", b as f64 / 1048576.0);
+    }
+    println!("{:>10} {:>12} {:>14} {:>14}", "sockets", "RSS MiB", "B/socket", "marginal B/s");
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+    for s in r.samples.iter().chain(r.after_hold.iter()) {
+        println!(
+            "{:>10} {:>12} {:>14} {:>14}",
+            s.sockets_open,
+            s.gateway_rss_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            fmt(s.bytes_per_socket),
+            fmt(s.marginal_bytes_per_socket)
+        );
+    }
+    if r.failures.is_empty() {
+        println!("failures: none");
+    } else {
+        println!("failures: {:?}", r.failures);
+    }
+}
+
+/// Arguments of one worker process (spawned by [`run`]).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub worker: usize,
+    /// This worker's cumulative socket count per checkpoint.
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<usize>,
+    #[arg(long)]
+    pub url: String,
+    #[arg(long)]
+    pub rate: u32,
+    #[arg(long)]
+    pub source_ips: u8,
+    #[arg(long)]
+    pub encoding: String,
+    #[arg(long)]
+    pub user_prefix: String,
+    #[arg(long)]
+    pub sockets: usize,
+    #[arg(long, env = "JWT_SECRET")]
+    pub secret: String,
+}
+
+/// The worker: ramps to each target, reports, waits for `go`; holds the sockets until stdin closes.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let signer = Signer::hmac(jsonwebtoken::Algorithm::HS256, args.secret.as_bytes());
+    let url = url_parts(&args.url)?;
+    let open = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<f64, String>>();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut next = 0usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    for (step, &target) in args.targets.iter().enumerate() {
+        let mut report = StepReport::default();
+        let mut pending = 0usize;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        while next < target {
+            tick.tick().await;
+            let ip = Ipv4Addr::new(127, 0, 0, 2 + (next % usize::from(args.source_ips.max(1))) as u8);
+            let user = format!("{}-{}-{}", args.user_prefix, args.worker, next);
+            let token = signer.token(&user, Duration::from_secs(24 * 3600), None);
+            tokio::spawn(hold_socket(url.clone(), args.encoding.clone(), token, ip, open.clone(), tx.clone()));
+            next += 1;
+            pending += 1;
+            while let Ok(r) = rx.try_recv() {
+                pending -= 1;
+                tally(&mut report, r);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while pending > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => {
+                    pending -= 1;
+                    tally(&mut report, r);
+                }
+                _ => {
+                    *report.failed.entry("timeout".into()).or_insert(0) += pending;
+                    break;
+                }
+            }
+        }
+        report.open = open.load(Ordering::Relaxed);
+        println!("{}", serde_json::to_string(&report)?);
+        if step + 1 < args.targets.len() {
+            lines.next_line().await?;
+        }
+    }
+    // Hold until the parent closes stdin.
+    while let Ok(Some(_)) = lines.next_line().await {}
+    Ok(())
+}
+
+fn tally(report: &mut StepReport, r: Result<f64, String>) {
+    match r {
+        Ok(ms) => {
+            report.handshakes += 1;
+            report.handshake_ms_sum += ms;
+        }
+        Err(cause) => *report.failed.entry(cause).or_insert(0) += 1,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Url {
+    addr: SocketAddr,
+    full: String,
+}
+
+fn url_parts(url: &str) -> anyhow::Result<Url> {
+    let rest = url.strip_prefix("ws://").context("only ws:// URLs are supported")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let addr: SocketAddr = host.parse().with_context(|| format!("{host} must be IP:PORT"))?;
+    if !addr.ip().is_loopback() {
+        bail!("load is only sent to loopback addresses, not {}", addr.ip());
+    }
+    Ok(Url { addr, full: url.to_string() })
+}
+
+async fn hold_socket(
+    url: Url,
+    encoding: String,
+    token: String,
+    source: Ipv4Addr,
+    open: Arc<AtomicUsize>,
+    report: mpsc::UnboundedSender<Result<f64, String>>,
+) {
+    let started = Instant::now();
+    let connect = async {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
+        socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).map_err(|e| format!("bind: {}", e.kind()))?;
+        let stream = socket.connect(url.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
+        let sep = if url.full.contains('?') { '&' } else { '?' };
+        let full = format!("{}{sep}encoding={encoding}&access_token={token}", url.full);
+        let (mut ws, _) = tokio_tungstenite::client_async(full, stream).await.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status().as_u16()),
+            other => format!("handshake: {other}"),
+        })?;
+        // The hello frame proves authentication and registration.
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(_))) => Ok(ws),
+            Ok(_) => Err("closed before hello".to_string()),
+            Err(_) => Err("no hello".to_string()),
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(20), connect).await {
+        Ok(Ok(mut ws)) => {
+            open.fetch_add(1, Ordering::Relaxed);
+            let _ = report.send(Ok(started.elapsed().as_secs_f64() * 1000.0));
+            // Reading answers the gateway's pings; the socket otherwise stays idle.
+            while let Some(Ok(_)) = ws.next().await {}
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(Err(cause)) => {
+            let _ = report.send(Err(cause));
+        }
+        Err(_) => {
+            let _ = report.send(Err("timeout".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up() {
+        assert_eq!(shares(10, 3), vec![4, 3, 3]);
+        assert_eq!(shares(19_000, 2).iter().sum::<usize>(), 19_000);
+    }
+
+    #[test]
+    fn refuses_non_loopback_targets() {
+        assert!(url_parts("ws://127.0.0.1:8080/ws").is_ok());
+        assert!(url_parts("ws://10.0.0.1:8080/ws").is_err());
+        assert!(url_parts("wss://127.0.0.1:8080/ws").is_err());
+    }
+}

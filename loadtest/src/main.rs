@@ -1,0 +1,29 @@
+//! The `loadtest` binary: scenarios against a running system (see `loadtest --help`).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load generator and benchmarks for the chat system")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Open many idle authenticated sockets and measure the gateway's memory per socket.
+    Connect(loadtest::connect::ConnectRun),
+    /// (internal) one worker process of `connect`.
+    #[command(hide = true)]
+    ConnectWorker(loadtest::connect::WorkerArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Connect(args) => loadtest::connect::run(args).map(|_| ()),
+        Cmd::ConnectWorker(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(loadtest::connect::worker(args)),
+    }
+}
