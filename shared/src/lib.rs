@@ -8,5 +8,7 @@ pub mod config;
 pub mod ids;
 pub mod protocol;
 pub mod routing;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use ids::{Id, IdGenerator};

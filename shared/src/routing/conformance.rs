@@ -2,9 +2,6 @@
 //! tests call these functions with a fresh instance; node and user names are made unique per call
 //! so that backends shared between tests (one Redis) do not interfere.
 
-// Test code reads better with `&[x.clone()]` than with `std::slice::from_ref`.
-#![allow(clippy::cloned_ref_to_slice_refs)]
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +47,7 @@ pub async fn registry_routes_and_liveness(reg: Arc<dyn RouteRegistry>) {
     );
     reg.heartbeat(&b).await.unwrap();
     reg.add_routes(&a, &[u1.clone(), u2.clone()]).await.unwrap();
-    reg.add_routes(&b, &[u2.clone()]).await.unwrap();
+    reg.add_routes(&b, std::slice::from_ref(&u2)).await.unwrap();
 
     let all = [u1.clone(), u2.clone(), u3.clone()];
     let mut expected = vec![
@@ -61,7 +58,9 @@ pub async fn registry_routes_and_liveness(reg: Arc<dyn RouteRegistry>) {
     expected.sort();
     assert_eq!(sorted(reg.lookup(&all).await.unwrap()), expected);
 
-    reg.remove_routes(&a, &[u2.clone()]).await.unwrap();
+    reg.remove_routes(&a, std::slice::from_ref(&u2))
+        .await
+        .unwrap();
     let groups = sorted(reg.lookup(&all).await.unwrap());
     assert_eq!(groups.len(), 2);
     assert!(groups
@@ -74,7 +73,11 @@ pub async fn registry_routes_and_liveness(reg: Arc<dyn RouteRegistry>) {
         reg.lookup(&all).await.unwrap(),
         vec![(b.node_id.clone(), vec![u2.clone()])]
     );
-    assert!(reg.lookup(&[u1.clone()]).await.unwrap().is_empty());
+    assert!(reg
+        .lookup(std::slice::from_ref(&u1))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(reg.lookup(&[]).await.unwrap().is_empty());
 }
 
@@ -84,13 +87,17 @@ pub async fn registry_ignores_stale_incarnations(reg: Arc<dyn RouteRegistry>) {
     let (old, new) = (node(&id, 1), node(&id, 2));
     let (u1, u2) = (unique("u1"), unique("u2"));
     reg.heartbeat(&old).await.unwrap();
-    reg.add_routes(&old, &[u1.clone()]).await.unwrap();
+    reg.add_routes(&old, std::slice::from_ref(&u1))
+        .await
+        .unwrap();
     // The node restarts: a new incarnation heartbeats and registers its own users only.
     assert!(
         !reg.heartbeat(&new).await.unwrap(),
         "a new incarnation is not known yet"
     );
-    reg.add_routes(&new, &[u2.clone()]).await.unwrap();
+    reg.add_routes(&new, std::slice::from_ref(&u2))
+        .await
+        .unwrap();
     assert_eq!(
         reg.lookup(&[u1.clone(), u2.clone()]).await.unwrap(),
         vec![(id.clone(), vec![u2.clone()])]
@@ -104,7 +111,7 @@ pub async fn registry_presence(reg: Arc<dyn RouteRegistry>) {
     let n = node(&unique("node"), 3);
     let (u1, u2) = (unique("u1"), unique("u2"));
     reg.heartbeat(&n).await.unwrap();
-    let p = reg.presence(&[u1.clone()]).await.unwrap();
+    let p = reg.presence(std::slice::from_ref(&u1)).await.unwrap();
     assert_eq!((p[0].online, p[0].last_seen_ms), (false, None));
     reg.add_routes(&n, &[u1.clone(), u2.clone()]).await.unwrap();
     let p = reg.presence(&[u2.clone(), u1.clone()]).await.unwrap();
@@ -114,13 +121,46 @@ pub async fn registry_presence(reg: Arc<dyn RouteRegistry>) {
     );
     assert!(p.iter().all(|p| p.online && p.last_seen_ms.is_none()));
     let before = crate::ids::now_unix_ms();
-    reg.remove_routes(&n, &[u1.clone()]).await.unwrap();
-    let p = reg.presence(&[u1.clone()]).await.unwrap();
+    reg.remove_routes(&n, std::slice::from_ref(&u1))
+        .await
+        .unwrap();
+    let p = reg.presence(std::slice::from_ref(&u1)).await.unwrap();
     assert!(!p[0].online);
     let seen = p[0]
         .last_seen_ms
         .expect("last seen set when the last socket goes");
     assert!(seen >= before.saturating_sub(1000) && seen <= crate::ids::now_unix_ms() + 1000);
+}
+
+/// For backends whose node liveness expires (Redis): a node that stops heartbeating is no
+/// longer routed to once `liveness_ttl` has passed, and its users show offline, while a node
+/// that keeps heartbeating stays routable.
+pub async fn registry_expired_node_not_routed(reg: Arc<dyn RouteRegistry>, liveness_ttl: Duration) {
+    let (dead, live) = (node(&unique("node-dead"), 1), node(&unique("node-live"), 1));
+    let (u1, u2) = (unique("u1"), unique("u2"));
+    reg.heartbeat(&dead).await.unwrap();
+    reg.heartbeat(&live).await.unwrap();
+    reg.add_routes(&dead, std::slice::from_ref(&u1))
+        .await
+        .unwrap();
+    reg.add_routes(&live, std::slice::from_ref(&u2))
+        .await
+        .unwrap();
+    assert_eq!(
+        reg.lookup(&[u1.clone(), u2.clone()]).await.unwrap().len(),
+        2
+    );
+    let until = tokio::time::Instant::now() + liveness_ttl + Duration::from_millis(300);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(liveness_ttl / 4).await;
+        reg.heartbeat(&live).await.unwrap();
+    }
+    assert_eq!(
+        reg.lookup(&[u1.clone(), u2.clone()]).await.unwrap(),
+        vec![(live.node_id.clone(), vec![u2.clone()])]
+    );
+    let p = reg.presence(&[u1.clone(), u2.clone()]).await.unwrap();
+    assert!(!p[0].online && p[1].online);
 }
 
 /// Envelopes published to a node reach that node's subscription, and only that node's, in order.

@@ -1,0 +1,814 @@
+//! Redis route registry and node bus for distributed mode, on standalone Redis or Redis Cluster.
+//!
+//! # Key layout
+//!
+//! Every key starts with [`RedisOptions::key_prefix`] (default empty). A `{…}` hash tag keeps all
+//! keys of one user, or of one gateway node, in one cluster slot. No command touches keys of two
+//! different tags, so every command is valid on Redis Cluster; a pipeline whose commands land on
+//! different shards is written to all shards at once, so it still costs one round trip.
+//!
+//! | key                         | type   | content                                                    |
+//! |-----------------------------|--------|------------------------------------------------------------|
+//! | `route:{USER}`              | hash   | field node id → incarnation (decimal) of each node holding the user's sockets |
+//! | `seen:{USER}`               | string | unix ms when the user's socket on some node last closed (TTL `last_seen_ttl`) |
+//! | `gw:{NODE}:alive`           | string | live incarnation of the node (TTL `liveness_ttl`, refreshed by `heartbeat`) |
+//! | `gw:{NODE}:incs`            | set    | incarnations of the node that may still own routes         |
+//! | `gw:{NODE}:users:INC`       | set    | users routed to incarnation INC of the node (for `leave` and `sweep`) |
+//! | `gw:{NODE}:stream`          | stream | deliveries to the node: fields `r` (recipients, MessagePack array of strings) and `p` (the frame, as published), capped with `MAXLEN ~` |
+//! | `gw:nodes`                  | zset   | node id scored by its last heartbeat (unix ms), so `sweep` can find nodes |
+//! | `worker:{ID}`               | string | owner of message-id worker id ID (see [`WorkerLease`]) |
+//!
+//! A route counts only while the node's `alive` key holds the route's incarnation. Stale routes
+//! are removed by compare-and-delete scripts (`HDEL` only if the field still holds the stale
+//! incarnation), so a cleanup never removes a route that a newer incarnation has just written.
+//!
+//! # URLs
+//!
+//! `redis://[[user:]password@]host[:port][/db]` for a standalone server;
+//! `redis-cluster://[[user:]password@]host:port[,host:port…]` (or fred's own
+//! `redis-cluster://host:port?node=host:port&node=…`) for a cluster: any reachable node is enough,
+//! the others are discovered. `rediss://` / `rediss-cluster://` need a TLS feature of `fred`, which
+//! this workspace does not enable.
+
+mod bus;
+mod lease;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::{Client, Pipeline, WithOptions};
+use fred::interfaces::{
+    ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, SetsInterface,
+    SortedSetsInterface,
+};
+use fred::types::config::{Config, Options, ReconnectPolicy};
+use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, Value};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+pub use bus::{RedisBus, RedisSubscription};
+pub use lease::{LeaseError, LeaseOptions, WorkerLease};
+
+use super::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError};
+use crate::ids::now_unix_ms;
+
+/// Deletes hash field ARGV[1] of KEYS[1] only if it still holds ARGV[2].
+const HDEL_IF_EQ: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
+/// Deletes KEYS[1] only if it still holds ARGV[1].
+const DEL_IF_EQ: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     return redis.call('DEL', KEYS[1]) end return 0";
+
+/// Users handled per pipeline by `leave` and `sweep`, so one call never builds a huge batch.
+const CLEANUP_BATCH: usize = 1000;
+/// Nodes examined per `sweep` call.
+const SWEEP_NODES_MAX: i64 = 1000;
+
+/// Settings of the Redis routing backend.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Deadline of every command or pipeline; past it callers get [`RoutingError::Timeout`].
+    /// Default 1 s.
+    pub command_timeout: Duration,
+    /// TTL of a node's liveness key. Heartbeat well within it (a third of it is a good period).
+    /// Default 10 s.
+    pub liveness_ttl: Duration,
+    /// How long a user's last-seen time is kept. Default 30 days.
+    pub last_seen_ttl: Duration,
+    /// Approximate cap (`MAXLEN ~`) of each node's stream. Default 10,000 entries.
+    pub stream_maxlen: u64,
+    /// How long one `XREAD` blocks before `next_batch` returns an empty batch. Default 1 s.
+    pub block_timeout: Duration,
+    /// Longest wait between reconnect attempts (the backoff doubles from 50 ms up to it).
+    /// Default 2 s.
+    pub reconnect_delay_max: Duration,
+    /// Prepended to every key; lets tests or tenants share one Redis. Default empty.
+    pub key_prefix: String,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            command_timeout: Duration::from_secs(1),
+            liveness_ttl: Duration::from_secs(10),
+            last_seen_ttl: Duration::from_secs(30 * 24 * 3600),
+            stream_maxlen: 10_000,
+            block_timeout: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(2),
+            key_prefix: String::new(),
+        }
+    }
+}
+
+/// Key names; see the module docs for the layout.
+#[derive(Clone, Debug)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn route(&self, user: &str) -> String {
+        format!("{}route:{{{user}}}", self.prefix)
+    }
+    fn seen(&self, user: &str) -> String {
+        format!("{}seen:{{{user}}}", self.prefix)
+    }
+    fn alive(&self, node: &str) -> String {
+        format!("{}gw:{{{node}}}:alive", self.prefix)
+    }
+    fn incs(&self, node: &str) -> String {
+        format!("{}gw:{{{node}}}:incs", self.prefix)
+    }
+    fn users(&self, node: &str, incarnation: &str) -> String {
+        format!("{}gw:{{{node}}}:users:{incarnation}", self.prefix)
+    }
+    fn stream(&self, node: &str) -> String {
+        format!("{}gw:{{{node}}}:stream", self.prefix)
+    }
+    fn nodes(&self) -> String {
+        format!("{}gw:nodes", self.prefix)
+    }
+    fn worker(&self, id: u16) -> String {
+        format!("{}worker:{{{id}}}", self.prefix)
+    }
+}
+
+/// State shared by the registry, the bus and leases: one multiplexed client (commands from
+/// concurrent callers are pipelined onto its connections).
+struct Shared {
+    client: Client,
+    opts: RedisOptions,
+    keys: Keys,
+    round_trips: AtomicU64,
+    epoch: watch::Sender<u64>,
+}
+
+fn map_err(e: fred::error::Error) -> RoutingError {
+    match e.kind() {
+        fred::error::ErrorKind::Timeout => RoutingError::Timeout,
+        _ => RoutingError::Unavailable(format!("redis: {e}")),
+    }
+}
+
+impl Shared {
+    /// Per-command options: fail at once while the client knows it is disconnected instead of
+    /// queueing the command until the server is back (when its caller has long had an error).
+    /// A command sent just before a connection broke can still run after the reconnect: like
+    /// any timed-out request, an error means "may or may not have happened".
+    fn options(&self) -> Options {
+        Options {
+            fail_fast: true,
+            timeout: Some(self.opts.command_timeout),
+            ..Options::default()
+        }
+    }
+
+    fn cmd(&self) -> WithOptions<Client> {
+        self.client.with_options(&self.options())
+    }
+
+    fn pipeline(&self) -> WithOptions<Pipeline<Client>> {
+        self.client.pipeline().with_options(&self.options())
+    }
+
+    /// Runs one request (a command or a pipeline) under the command timeout.
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, RoutingError> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.opts.command_timeout, fut).await {
+            Err(_) => Err(RoutingError::Timeout),
+            Ok(r) => r.map_err(map_err),
+        }
+    }
+
+    /// Sends a pipeline and returns one reply per command, failing if any command failed.
+    async fn run(
+        &self,
+        pipeline: WithOptions<Pipeline<Client>>,
+    ) -> Result<Vec<Value>, RoutingError> {
+        let replies = self
+            .timed(async { Ok(pipeline.try_all::<Value>().await) })
+            .await?;
+        replies.into_iter().map(|r| r.map_err(map_err)).collect()
+    }
+
+    /// Each user's routes as (node id, incarnation) pairs: one pipelined round trip.
+    async fn read_routes(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<Vec<(String, String)>>, RoutingError> {
+        let p = self.pipeline();
+        for user in users {
+            queue(p.hgetall::<(), _>(self.keys.route(user)).await)?;
+        }
+        Ok(self.run(p).await?.into_iter().map(pairs).collect())
+    }
+
+    /// The live incarnation of each named node (absent = dead): one pipelined round trip.
+    async fn live_incarnations(
+        &self,
+        nodes: &[String],
+    ) -> Result<HashMap<String, String>, RoutingError> {
+        if nodes.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let p = self.pipeline();
+        for node in nodes {
+            queue(p.get::<(), _>(self.keys.alive(node)).await)?;
+        }
+        let replies = self.run(p).await?;
+        Ok(nodes
+            .iter()
+            .zip(replies)
+            .filter_map(|(n, v)| as_string(&v).map(|inc| (n.clone(), inc)))
+            .collect())
+    }
+
+    /// Compare-and-delete of stale routes, (user, node, incarnation) each; one round trip.
+    async fn delete_routes(
+        &self,
+        stale: &[(String, String, String)],
+        seen_ms: Option<u64>,
+    ) -> Result<(), RoutingError> {
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let p = self.pipeline();
+        for (user, node, inc) in stale {
+            queue_eval(&p, HDEL_IF_EQ, self.keys.route(user), [node, inc]).await?;
+            if let Some(ms) = seen_ms {
+                queue(
+                    p.set::<(), _, _>(
+                        self.keys.seen(user),
+                        ms.to_string(),
+                        Some(Expiration::PX(ms_i64(self.opts.last_seen_ttl))),
+                        None,
+                        false,
+                    )
+                    .await,
+                )?;
+            }
+        }
+        self.run(p).await.map(|_| ())
+    }
+}
+
+/// Queuing a command into a pipeline only fails on invalid arguments.
+fn queue(r: Result<(), fred::error::Error>) -> Result<(), RoutingError> {
+    r.map_err(map_err)
+}
+
+/// Queues `EVAL script 1 key args…` into a pipeline, routed by `key` on a cluster.
+async fn queue_eval(
+    p: &WithOptions<Pipeline<Client>>,
+    script: &str,
+    key: String,
+    args: [&String; 2],
+) -> Result<(), RoutingError> {
+    let cmd = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
+    let mut argv = vec![script.to_string(), "1".to_string(), key];
+    argv.extend(args.into_iter().cloned());
+    queue(p.custom::<(), _>(cmd, argv).await)
+}
+
+fn ms_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        other => other.as_str().map(|s| s.into_owned()),
+    }
+}
+
+/// A hash reply (flat array in RESP2, map in RESP3) as (field, value) pairs.
+fn pairs(v: Value) -> Vec<(String, String)> {
+    match v {
+        Value::Array(items) => items
+            .chunks_exact(2)
+            .filter_map(|kv| Some((as_string(&kv[0])?, as_string(&kv[1])?)))
+            .collect(),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), as_string(&v)?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(as_string).collect(),
+        Value::Null => Vec::new(),
+        other => as_string(&other).into_iter().collect(),
+    }
+}
+
+/// Turns `redis-cluster://a:1,b:2` into fred's `redis-cluster://a:1?node=b:2`.
+fn normalize_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    if !hosts.contains(',') {
+        return url.to_string();
+    }
+    let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
+    let first = hosts.next().unwrap_or_default();
+    let extra: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let mut params: Vec<String> = query.into_iter().map(str::to_string).collect();
+    params.extend(extra);
+    format!("{scheme}://{userinfo}{first}{path}?{}", params.join("&"))
+}
+
+/// The Redis registry and bus, sharing one client.
+pub struct RedisRouting {
+    pub registry: Arc<RedisRegistry>,
+    pub bus: Arc<RedisBus>,
+    shared: Arc<Shared>,
+}
+
+impl RedisRouting {
+    /// Changes whenever this process's registrations may have been lost: after every reconnect
+    /// of the shared client (Redis restarted or the connection broke) and whenever a heartbeat
+    /// finds the node's liveness key gone or taken. A gateway re-adds all its routes when it
+    /// changes (after a heartbeat succeeds).
+    pub fn registration_epoch(&self) -> watch::Receiver<u64> {
+        self.shared.epoch.subscribe()
+    }
+
+    /// Requests (single commands or whole pipelines) sent so far; a round-trip count.
+    pub fn round_trips(&self) -> u64 {
+        self.shared.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The shared client, for other Redis work of the process (rate limits, dedup).
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Closes the shared client.
+    pub async fn quit(&self) {
+        let _ = self.shared.client.quit().await;
+    }
+}
+
+/// Connects to Redis (see the module docs for URL forms) and returns the registry and bus.
+/// Fails with [`RoutingError::Unavailable`] when the URL is invalid or the server cannot be
+/// reached within the command timeout (×5, to allow cluster discovery); after that the client
+/// reconnects on its own with exponential backoff.
+pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, RoutingError> {
+    let config = Config::from_url(&normalize_url(url)).map_err(|e| {
+        RoutingError::Unavailable(format!(
+            "invalid REDIS_URL (expected redis://host:port[/db] or \
+             redis-cluster://host:port[,host:port…]): {e}"
+        ))
+    })?;
+    let client = build_client(config, &opts)?;
+    init_client(&client, &opts).await?;
+    let (epoch, _) = watch::channel(0u64);
+    let shared = Arc::new(Shared {
+        client,
+        keys: Keys {
+            prefix: opts.key_prefix.clone(),
+        },
+        opts,
+        round_trips: AtomicU64::new(0),
+        epoch,
+    });
+    let mut reconnects = shared.client.reconnect_rx();
+    let weak = Arc::downgrade(&shared);
+    tokio::spawn(async move {
+        loop {
+            let r = reconnects.recv().await;
+            if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                return;
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            tracing::info!("redis connection re-established; routes must be re-registered");
+            shared.epoch.send_modify(|e| *e += 1);
+        }
+    });
+    Ok(RedisRouting {
+        registry: Arc::new(RedisRegistry {
+            shared: shared.clone(),
+            heartbeated: Mutex::new(HashSet::new()),
+        }),
+        bus: Arc::new(RedisBus::new(shared.clone())),
+        shared,
+    })
+}
+
+fn build_client(config: Config, opts: &RedisOptions) -> Result<Client, RoutingError> {
+    let max_delay_ms = u32::try_from(opts.reconnect_delay_max.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(50);
+    let timeout = opts.command_timeout;
+    Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+        })
+        // Unlimited attempts, 50 ms doubling up to the maximum.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, max_delay_ms, 2))
+        .build()
+        .map_err(|e| RoutingError::Unavailable(format!("redis client config: {e}")))
+}
+
+async fn init_client(client: &Client, opts: &RedisOptions) -> Result<(), RoutingError> {
+    let wait = opts.command_timeout * 5;
+    match tokio::time::timeout(wait, client.init()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            let _ = client.quit().await;
+            Err(RoutingError::Unavailable(format!(
+                "cannot connect to redis (check REDIS_URL and that the server is up): {e}"
+            )))
+        }
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(RoutingError::Unavailable(format!(
+                "no redis connection within {wait:?} (check REDIS_URL and that the server is up)"
+            )))
+        }
+    }
+}
+
+/// What one [`RedisRegistry::sweep`] call did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub nodes_checked: usize,
+    /// Routes examined (removed unless a newer incarnation had already replaced them).
+    pub routes_examined: usize,
+    /// Dead nodes whose routes are all gone and that were dropped from `gw:nodes`.
+    pub nodes_forgotten: usize,
+}
+
+/// Route registry in Redis; see the module docs for the key layout.
+pub struct RedisRegistry {
+    shared: Arc<Shared>,
+    /// Nodes this process has heartbeated, to notice when their liveness key vanished.
+    heartbeated: Mutex<HashSet<(String, u64)>>,
+}
+
+impl RedisRegistry {
+    /// Removes routes of dead nodes and of stale incarnations, at most `max_routes` per call
+    /// (plus one batch), and forgets dead nodes left without routes (deleting their streams).
+    /// Meant for a periodic task in chat-api; concurrent sweeps split the work (`SPOP`).
+    pub async fn sweep(&self, max_routes: usize) -> Result<SweepReport, RoutingError> {
+        let s = &self.shared;
+        let scored: Vec<String> = strings(
+            s.timed(s.cmd().zrange::<Value, _, _, _>(
+                s.keys.nodes(),
+                0,
+                SWEEP_NODES_MAX - 1,
+                None,
+                false,
+                None,
+                false,
+            ))
+            .await?,
+        );
+        let mut report = SweepReport {
+            nodes_checked: scored.len(),
+            ..SweepReport::default()
+        };
+        if scored.is_empty() {
+            return Ok(report);
+        }
+        let p = s.pipeline();
+        for node in &scored {
+            queue(p.get::<(), _>(s.keys.alive(node)).await)?;
+            queue(p.smembers::<(), _>(s.keys.incs(node)).await)?;
+        }
+        let replies = s.run(p).await?;
+        let mut budget = max_routes;
+        for (i, node) in scored.iter().enumerate() {
+            let live = as_string(&replies[2 * i]);
+            let incs = strings(replies[2 * i + 1].clone());
+            let mut all_clean = true;
+            for inc in incs.iter().filter(|inc| Some(*inc) != live.as_ref()) {
+                if budget == 0 {
+                    all_clean = false;
+                    break;
+                }
+                let (examined, emptied) = self.drain_incarnation(node, inc, budget).await?;
+                report.routes_examined += examined;
+                budget = budget.saturating_sub(examined);
+                all_clean &= emptied;
+            }
+            if live.is_none() && all_clean {
+                let p = s.pipeline();
+                queue(p.zrem::<(), _, _>(s.keys.nodes(), node.clone()).await)?;
+                queue(p.del::<(), _>(s.keys.stream(node)).await)?;
+                s.run(p).await?;
+                report.nodes_forgotten += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Pops up to `max` users of one incarnation and deletes their routes to it. Returns the
+    /// number examined and whether the incarnation has no users left (it is then forgotten).
+    async fn drain_incarnation(
+        &self,
+        node: &str,
+        inc: &str,
+        max: usize,
+    ) -> Result<(usize, bool), RoutingError> {
+        let s = &self.shared;
+        let mut examined = 0;
+        while examined < max {
+            let want = CLEANUP_BATCH.min(max - examined);
+            let users = strings(
+                s.timed(
+                    s.client
+                        .spop::<Value, _>(s.keys.users(node, inc), Some(want)),
+                )
+                .await?,
+            );
+            let stale: Vec<(String, String, String)> = users
+                .iter()
+                .map(|u| (u.clone(), node.to_string(), inc.to_string()))
+                .collect();
+            s.delete_routes(&stale, None).await?;
+            examined += users.len();
+            if users.len() < want {
+                s.timed(
+                    s.client
+                        .srem::<(), _, _>(s.keys.incs(node), inc.to_string()),
+                )
+                .await?;
+                return Ok((examined, true));
+            }
+        }
+        Ok((examined, false))
+    }
+}
+
+#[async_trait]
+impl RouteRegistry for RedisRegistry {
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<bool, RoutingError> {
+        let s = &self.shared;
+        let inc = node.incarnation.to_string();
+        let p = s.pipeline();
+        queue(
+            p.set::<(), _, _>(
+                s.keys.alive(&node.node_id),
+                inc.clone(),
+                Some(Expiration::PX(ms_i64(s.opts.liveness_ttl))),
+                None,
+                true,
+            )
+            .await,
+        )?;
+        queue(
+            p.sadd::<(), _, _>(s.keys.incs(&node.node_id), inc.clone())
+                .await,
+        )?;
+        queue(
+            p.zadd::<(), _, _>(
+                s.keys.nodes(),
+                None,
+                None,
+                false,
+                false,
+                (now_unix_ms() as f64, node.node_id.clone()),
+            )
+            .await,
+        )?;
+        let replies = s.run(p).await?;
+        let previous = replies.first().and_then(as_string);
+        let known = previous.as_deref() == Some(inc.as_str());
+        let first = self
+            .heartbeated
+            .lock()
+            .insert((node.node_id.clone(), node.incarnation));
+        if !first && previous.as_deref() != Some(inc.as_str()) {
+            match previous {
+                None => tracing::warn!(
+                    node = %node.node_id,
+                    "node liveness key had expired or was lost; routes must be re-registered"
+                ),
+                Some(other) => tracing::error!(
+                    node = %node.node_id,
+                    incarnation = node.incarnation,
+                    other = %other,
+                    "another process heartbeats the same node id; check NODE_ID is unique"
+                ),
+            }
+            s.epoch.send_modify(|e| *e += 1);
+        }
+        Ok(known)
+    }
+
+    async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {
+        let s = &self.shared;
+        let inc = node.incarnation.to_string();
+        let removed: i64 = s
+            .timed(
+                s.client
+                    .eval(DEL_IF_EQ, s.keys.alive(&node.node_id), inc.clone()),
+            )
+            .await?;
+        self.heartbeated
+            .lock()
+            .remove(&(node.node_id.clone(), node.incarnation));
+        // Every route of this incarnation goes, and its users count as last seen now.
+        let now = now_unix_ms();
+        loop {
+            let users = strings(
+                s.timed(
+                    s.client
+                        .spop::<Value, _>(s.keys.users(&node.node_id, &inc), Some(CLEANUP_BATCH)),
+                )
+                .await?,
+            );
+            let stale: Vec<(String, String, String)> = users
+                .iter()
+                .map(|u| (u.clone(), node.node_id.clone(), inc.clone()))
+                .collect();
+            s.delete_routes(&stale, Some(now)).await?;
+            if users.len() < CLEANUP_BATCH {
+                break;
+            }
+        }
+        let p = s.pipeline();
+        queue(p.srem::<(), _, _>(s.keys.incs(&node.node_id), inc).await)?;
+        if removed == 1 {
+            // This was the node's current incarnation: nobody reads its stream any more.
+            queue(p.del::<(), _>(s.keys.stream(&node.node_id)).await)?;
+        }
+        s.run(p).await.map(|_| ())
+    }
+
+    async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let inc = node.incarnation.to_string();
+        let p = s.pipeline();
+        for user in users {
+            queue(
+                p.hset::<(), _, _>(s.keys.route(user), (node.node_id.clone(), inc.clone()))
+                    .await,
+            )?;
+        }
+        queue(
+            p.sadd::<(), _, _>(s.keys.users(&node.node_id, &inc), users.to_vec())
+                .await,
+        )?;
+        s.run(p).await.map(|_| ())
+    }
+
+    async fn remove_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let inc = node.incarnation.to_string();
+        // One pipeline: the route deletions, last-seen times and the membership update.
+        let p = s.pipeline();
+        let now = now_unix_ms().to_string();
+        for user in users {
+            queue_eval(&p, HDEL_IF_EQ, s.keys.route(user), [&node.node_id, &inc]).await?;
+            queue(
+                p.set::<(), _, _>(
+                    s.keys.seen(user),
+                    now.clone(),
+                    Some(Expiration::PX(ms_i64(s.opts.last_seen_ttl))),
+                    None,
+                    false,
+                )
+                .await,
+            )?;
+        }
+        queue(
+            p.srem::<(), _, _>(s.keys.users(&node.node_id, &inc), users.to_vec())
+                .await,
+        )?;
+        s.run(p).await.map(|_| ())
+    }
+
+    async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let routes = s.read_routes(users).await?;
+        let nodes = distinct_nodes(&routes);
+        let live = s.live_incarnations(&nodes).await?;
+
+        let mut groups: NodeGroups = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut stale = Vec::new();
+        for (user, user_routes) in users.iter().zip(&routes) {
+            for (node, inc) in user_routes {
+                if live.get(node) != Some(inc) {
+                    stale.push((user.clone(), node.clone(), inc.clone()));
+                    continue;
+                }
+                let i = *index.entry(node.as_str()).or_insert_with(|| {
+                    groups.push((node.clone(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[i].1.push(user.clone());
+            }
+        }
+        if !stale.is_empty() {
+            // Off the delivery path: the caller does not wait for the cleanup round trip.
+            let shared = s.clone();
+            tokio::spawn(async move {
+                if let Err(e) = shared.delete_routes(&stale, None).await {
+                    tracing::debug!(error = %e, "lazy removal of stale routes failed");
+                }
+            });
+        }
+        Ok(groups)
+    }
+
+    async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let p = s.pipeline();
+        for user in users {
+            queue(p.hgetall::<(), _>(s.keys.route(user)).await)?;
+            queue(p.get::<(), _>(s.keys.seen(user)).await)?;
+        }
+        let mut replies = s.run(p).await?.into_iter();
+        let mut routes = Vec::with_capacity(users.len());
+        let mut seen = Vec::with_capacity(users.len());
+        while let (Some(r), Some(t)) = (replies.next(), replies.next()) {
+            routes.push(pairs(r));
+            seen.push(as_string(&t).and_then(|t| t.parse::<u64>().ok()));
+        }
+        let live = s.live_incarnations(&distinct_nodes(&routes)).await?;
+        Ok(users
+            .iter()
+            .zip(routes.iter().zip(seen))
+            .map(|(user, (user_routes, seen))| {
+                let online = user_routes
+                    .iter()
+                    .any(|(node, inc)| live.get(node) == Some(inc));
+                PresenceInfo {
+                    user_id: user.clone(),
+                    online,
+                    last_seen_ms: if online { None } else { seen },
+                }
+            })
+            .collect())
+    }
+}
+
+fn distinct_nodes(routes: &[Vec<(String, String)>]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    routes
+        .iter()
+        .flatten()
+        .filter(|(node, _)| seen.insert(node.as_str()))
+        .map(|(node, _)| node.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_url;
+
+    #[test]
+    fn cluster_url_lists_become_node_parameters() {
+        assert_eq!(
+            normalize_url("redis-cluster://a:1,b:2,c:3"),
+            "redis-cluster://a:1?node=b:2&node=c:3"
+        );
+        assert_eq!(
+            normalize_url("redis-cluster://u:p@a:1,b:2"),
+            "redis-cluster://u:p@a:1?node=b:2"
+        );
+        assert_eq!(normalize_url("redis://h:7000/2"), "redis://h:7000/2");
+        assert_eq!(
+            normalize_url("redis-cluster://a:1?node=b:2"),
+            "redis-cluster://a:1?node=b:2"
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! Test support (cargo feature `testkit`): private `redis-server` processes on free ports in temp
+//! dirs — one standalone server, or a 3-master Redis Cluster — killed when dropped.
+//!
+//! Servers run with `--save "" --appendonly no`, so a [`RedisServer::restart`] loses all data,
+//! like a crashed cache node. Port 6379 is never used. Blocking calls: start them before the
+//! clients under test, not on a hot path.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer PING after start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a cluster may take to reach `cluster_state:ok` on every node.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("`{0}` not found on PATH: install it (apt-get install redis-server)")]
+    Missing(&'static str),
+    #[error("could not start redis-server on port {port}: {reason} (log: {log})")]
+    Start {
+        port: u16,
+        reason: String,
+        log: String,
+    },
+    #[error("redis cluster did not form: {0}")]
+    Cluster(String),
+    #[error("test support I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn find_on_path(bin: &'static str) -> Result<PathBuf, TestkitError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
+        .ok_or(TestkitError::Missing(bin))
+}
+
+/// A port that was free a moment ago (bound to port 0 and released). Never 6379.
+fn free_port() -> Result<u16, TestkitError> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if port != 6379 {
+            return Ok(port);
+        }
+    }
+}
+
+/// Sends one inline command and returns the raw reply text (enough for PING / INFO checks).
+fn raw_command(port: u16, command: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("{command}\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if reply_complete(&out) {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether `buf` holds one complete simple, error, integer or bulk-string reply.
+fn reply_complete(buf: &[u8]) -> bool {
+    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    match buf.first() {
+        Some(b'$') => {
+            let len: i64 = std::str::from_utf8(&buf[1..line_end])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            len < 0 || buf.len() >= line_end + 2 + len as usize + 2
+        }
+        _ => true,
+    }
+}
+
+/// Per-command call counts and event-loop I/O counters of one server, from `INFO`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// `cmdstat_<name>` → `calls`, names lower case.
+    pub calls: std::collections::BTreeMap<String, u64>,
+    /// `total_reads_processed`: socket read events (one per batch of commands read).
+    pub reads: u64,
+    /// `total_writes_processed`: socket write events (one per batch of replies written).
+    pub writes: u64,
+}
+
+impl ServerStats {
+    /// Counts that grew from `before` to `self`.
+    pub fn since(&self, before: &ServerStats) -> ServerStats {
+        let calls = self
+            .calls
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(before.calls.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect();
+        ServerStats {
+            calls,
+            reads: self.reads.saturating_sub(before.reads),
+            writes: self.writes.saturating_sub(before.writes),
+        }
+    }
+
+    pub fn add(&mut self, other: &ServerStats) {
+        for (k, v) in &other.calls {
+            *self.calls.entry(k.clone()).or_default() += v;
+        }
+        self.reads += other.reads;
+        self.writes += other.writes;
+    }
+}
+
+/// Reads [`ServerStats`] from the server on `port`.
+pub fn server_stats(port: u16) -> Result<ServerStats, TestkitError> {
+    let text = raw_command(port, "INFO everything")?;
+    let mut stats = ServerStats::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("cmdstat_") {
+            // cmdstat_get:calls=3,usec=...
+            let Some((name, fields)) = rest.split_once(':') else {
+                continue;
+            };
+            let calls = fields
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            stats.calls.insert(name.to_lowercase(), calls);
+        } else if let Some(v) = line.strip_prefix("total_reads_processed:") {
+            stats.reads = v.trim().parse().unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("total_writes_processed:") {
+            stats.writes = v.trim().parse().unwrap_or(0);
+        }
+    }
+    Ok(stats)
+}
+
+/// One private `redis-server` process.
+struct Process {
+    port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Process, TestkitError> {
+        let server = find_on_path("redis-server")?;
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--protected-mode".into(),
+            "no".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--logfile".into(),
+            dir.join(format!("redis-{port}.log")).display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut p = Process {
+            port,
+            args,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        p.start(&server)?;
+        Ok(p)
+    }
+
+    fn log_path(&self) -> String {
+        self.dir
+            .join(format!("redis-{}.log", self.port))
+            .display()
+            .to_string()
+    }
+
+    fn start(&mut self, server: &Path) -> Result<(), TestkitError> {
+        let child = Command::new(server)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(reply) = raw_command(self.port, "PING") {
+                if reply.starts_with("+PONG") {
+                    return Ok(());
+                }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(TestkitError::Start {
+                    port: self.port,
+                    reason: format!("exited with {status}"),
+                    log: self.log_path(),
+                });
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(TestkitError::Start {
+                    port: self.port,
+                    reason: "no PONG in time".into(),
+                    log: self.log_path(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Tries a few free ports: another process may grab a port between probing and binding.
+fn spawn_on_free_port(
+    dir: &Path,
+    extra: impl Fn(u16) -> Result<Vec<String>, TestkitError>,
+) -> Result<Process, TestkitError> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port()?;
+        match Process::spawn(port, dir, &extra(port)?) {
+            Ok(p) => return Ok(p),
+            Err(e @ TestkitError::Start { .. }) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(TestkitError::Cluster("no free port".into())))
+}
+
+/// A private standalone `redis-server`, killed on drop.
+pub struct RedisServer {
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer, TestkitError> {
+        find_on_path("redis-server")?;
+        let dir = tempfile::tempdir()?;
+        let process = spawn_on_free_port(dir.path(), |_| Ok(Vec::new()))?;
+        Ok(RedisServer { process, _dir: dir })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port())
+    }
+
+    /// Stops the server (all data is lost) and leaves it down until [`RedisServer::start_again`].
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn start_again(&mut self) -> Result<(), TestkitError> {
+        self.process.kill();
+        let server = find_on_path("redis-server")?;
+        self.process.start(&server)
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        self.start_again()
+    }
+
+    pub fn stats(&self) -> Result<ServerStats, TestkitError> {
+        server_stats(self.port())
+    }
+}
+
+/// A private Redis Cluster of three masters (no replicas), killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Result<RedisCluster, TestkitError> {
+        let cli = find_on_path("redis-cli")?;
+        find_on_path("redis-server")?;
+        let dir = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(spawn_on_free_port(dir.path(), |port| {
+                Ok(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                    // The default bus port (port + 10000) might be taken; pick a free one.
+                    "--cluster-port".into(),
+                    free_port()?.to_string(),
+                ])
+            })?);
+        }
+        let mut create = Command::new(&cli);
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(TestkitError::Cluster(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_ok()?;
+        Ok(cluster)
+    }
+
+    fn wait_ok(&self) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + CLUSTER_TIMEOUT;
+        loop {
+            let ok = self.nodes.iter().all(|n| {
+                raw_command(n.port, "CLUSTER INFO").is_ok_and(|info| {
+                    info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_ok:16384")
+                        && info.contains("cluster_known_nodes:3")
+                })
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TestkitError::Cluster(
+                    "cluster_state:ok not reached on every node".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports()
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", hosts.join(","))
+    }
+
+    /// Stats summed over all masters.
+    pub fn stats(&self) -> Result<ServerStats, TestkitError> {
+        let mut total = ServerStats::default();
+        for port in self.ports() {
+            total.add(&server_stats(port)?);
+        }
+        Ok(total)
+    }
+}
