@@ -63,14 +63,14 @@ pub async fn create(
         }
     }
     if req.members.len() > limits.members_per_chat_max {
-        return Err(too_many_members(limits.members_per_chat_max));
+        return Err(too_many_members("members", limits.members_per_chat_max));
     }
     let mut members = clean_user_ids("members", req.members)?;
     if !members.iter().any(|m| m == user.id()) {
         members.insert(0, user.id().to_string());
     }
     if members.len() > limits.members_per_chat_max {
-        return Err(too_many_members(limits.members_per_chat_max));
+        return Err(too_many_members("members", limits.members_per_chat_max));
     }
     let chat = Chat {
         chat_id: state.ids.next_id(),
@@ -94,9 +94,9 @@ pub async fn create(
         .into_response())
 }
 
-fn too_many_members(max: usize) -> ApiError {
+fn too_many_members(field: &'static str, max: usize) -> ApiError {
     ApiError::validation(
-        "members",
+        field,
         format!("a chat may have at most {max} members (the creator included)"),
     )
 }
@@ -153,7 +153,7 @@ pub async fn add_members(
         ));
     }
     if req.user_ids.len() > limits.members_per_chat_max {
-        return Err(too_many_members(limits.members_per_chat_max));
+        return Err(too_many_members("user_ids", limits.members_per_chat_max));
     }
     let new = clean_user_ids("user_ids", req.user_ids)?;
     require_member(&state, chat_id, user.id()).await?;
@@ -166,7 +166,7 @@ pub async fn add_members(
     all.extend(new.iter().map(String::as_str));
     // Concurrent additions through other replicas can overshoot by what they add at once.
     if all.len() > limits.members_per_chat_max {
-        return Err(too_many_members(limits.members_per_chat_max));
+        return Err(too_many_members("user_ids", limits.members_per_chat_max));
     }
     state
         .store
