@@ -1,5 +1,16 @@
 //! chat-api: the stateless HTTP API (chats, members, messages, history, push, presence) and the
 //! message store behind it.
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
 pub mod migrate;
 pub mod store;
+
+pub use app::{app, routes, run, AppState};
+pub use config::{ApiArgs, Limits};
+pub use error::ApiError;

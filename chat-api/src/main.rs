@@ -1,2 +1,16 @@
-//! The `chat-api` binary.
-fn main() {}
+//! The `chat-api` binary: parses the command line and runs the chosen subcommand.
+
+use chat_api::cli::{self, Cli, Command};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shared::config::init_tracing(cli.log_format);
+    match cli.command {
+        Command::Token(args) => cli::token(args),
+        Command::Embedded(args) => cli::embedded(args).await,
+        Command::Serve(args) => cli::serve(args).await,
+        Command::Migrate(args) => cli::migrate(args).await,
+    }
+}

@@ -2,7 +2,9 @@
 //! conformance suite (`store::conformance`) run against every implementation: SQLite (embedded,
 //! and several processes on one host) and ScyllaDB (production).
 
+pub mod conformance;
 pub mod scylla;
+pub mod sqlite;
 
 use async_trait::async_trait;
 use shared::protocol::Message;

@@ -2,11 +2,6 @@
 //! `SCYLLA_URI=host:9042` and `--ignored`: without a server these tests show as ignored, never as
 //! passed. Each run migrates a fresh keyspace (RF 1) and drops nothing: keyspaces are named
 //! `conformance_<unix ms>` so runs never collide.
-//!
-//! INTEGRATION GATE: `chat_api::store::conformance` is written on another branch. Until it is merged
-//! this file is compiled out by the `cfg(any())` line below; delete that line once
-//! `chat_api::store::conformance::run_all` exists.
-#![cfg(any())]
 
 use std::sync::Arc;
 

@@ -1,0 +1,69 @@
+//! HTTP handlers, one module per domain, and the checks they share.
+
+pub mod chats;
+pub mod health;
+pub mod messages;
+pub mod openapi;
+pub mod presence;
+pub mod push;
+
+use serde::Serialize;
+use shared::ids::validate_user_id;
+use shared::Id;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::store::Chat;
+
+/// A chat as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct ChatView {
+    pub chat_id: Id,
+    pub title: Option<String>,
+    pub created_by: String,
+    pub created_at_ms: u64,
+    pub last_message_id: Option<Id>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+}
+
+impl ChatView {
+    pub fn new(chat: Chat, members: Option<Vec<String>>) -> ChatView {
+        ChatView {
+            chat_id: chat.chat_id,
+            title: chat.title,
+            created_by: chat.created_by,
+            created_at_ms: chat.created_at_ms,
+            last_message_id: chat.last_message_id,
+            members,
+        }
+    }
+}
+
+/// Fails with `not-a-member` unless `user` is a member of `chat_id`. An unknown chat gets the
+/// same answer, so that chat ids cannot be probed.
+pub async fn require_member(state: &AppState, chat_id: Id, user: &str) -> Result<(), ApiError> {
+    let member = state
+        .store
+        .is_member(chat_id, user)
+        .await
+        .map_err(|e| ApiError::store(e, state.limits.retry_after))?;
+    if member {
+        Ok(())
+    } else {
+        Err(ApiError::NotAMember)
+    }
+}
+
+/// Validates user ids and removes duplicates, keeping the first occurrence's order.
+pub fn clean_user_ids(field: &'static str, ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        validate_user_id(&id)
+            .map_err(|e| ApiError::validation(field, format!("user id {id:?}: {e}")))?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,212 @@
+//! Chats and their members: create, list the caller's chats, read one, add and remove members.
+//!
+//! Membership rules: only members see a chat or its members, and only members add members. A
+//! member may always remove itself (leave); removing someone else is reserved to the chat's
+//! creator, since there are no other roles. Removing a non-member succeeds (204) so that
+//! retries are harmless.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use shared::ids::now_unix_ms;
+use shared::Id;
+
+use super::{clean_user_ids, require_member, ChatView};
+use crate::app::AppState;
+use crate::auth::User;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
+use crate::store::Chat;
+
+#[derive(Debug, Deserialize)]
+pub struct CreateChat {
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AddMembers {
+    pub user_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatList {
+    pub chats: Vec<ChatView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberList {
+    pub chat_id: Id,
+    pub members: Vec<String>,
+}
+
+/// `POST /v1/chats`: the caller creates a chat and becomes a member.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiJson(req): ApiJson<CreateChat>,
+) -> Result<Response, ApiError> {
+    let limits = &state.limits;
+    if let Some(t) = &req.title {
+        let chars = t.chars().count();
+        if chars == 0 || chars > limits.title_chars_max {
+            return Err(ApiError::validation(
+                "title",
+                format!("title must be 1 to {} characters", limits.title_chars_max),
+            ));
+        }
+    }
+    if req.members.len() > limits.members_per_chat_max {
+        return Err(too_many_members("members", limits.members_per_chat_max));
+    }
+    let mut members = clean_user_ids("members", req.members)?;
+    if !members.iter().any(|m| m == user.id()) {
+        members.insert(0, user.id().to_string());
+    }
+    if members.len() > limits.members_per_chat_max {
+        return Err(too_many_members("members", limits.members_per_chat_max));
+    }
+    let chat = Chat {
+        chat_id: state.ids.next_id(),
+        title: req.title,
+        created_by: user.id().to_string(),
+        created_at_ms: now_unix_ms(),
+        last_message_id: None,
+    };
+    state
+        .store
+        .create_chat(&chat, &members)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    members.sort();
+    let location = format!("/v1/chats/{}", chat.chat_id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(ChatView::new(chat, Some(members))),
+    )
+        .into_response())
+}
+
+fn too_many_members(field: &'static str, max: usize) -> ApiError {
+    ApiError::validation(
+        field,
+        format!("a chat may have at most {max} members (the creator included)"),
+    )
+}
+
+/// `GET /v1/chats`: the caller's chats, newest activity first, each with `last_message_id`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    user: User,
+) -> Result<Json<ChatList>, ApiError> {
+    let chats = state
+        .store
+        .user_chats(user.id())
+        .await
+        .map_err(|e| ApiError::store(e, state.limits.retry_after))?;
+    Ok(Json(ChatList {
+        chats: chats.into_iter().map(|c| ChatView::new(c, None)).collect(),
+    }))
+}
+
+/// `GET /v1/chats/{chat_id}`: the chat with its members.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath(chat_id): ApiPath<Id>,
+) -> Result<Json<ChatView>, ApiError> {
+    let retry = state.limits.retry_after;
+    require_member(&state, chat_id, user.id()).await?;
+    let chat = state
+        .store
+        .get_chat(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::NotAMember)?;
+    let members = state
+        .store
+        .members(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?;
+    Ok(Json(ChatView::new(chat, Some(members))))
+}
+
+/// `POST /v1/chats/{chat_id}/members`: a member adds users; answers the new member list.
+pub async fn add_members(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath(chat_id): ApiPath<Id>,
+    ApiJson(req): ApiJson<AddMembers>,
+) -> Result<Json<MemberList>, ApiError> {
+    let limits = &state.limits;
+    if req.user_ids.is_empty() {
+        return Err(ApiError::validation(
+            "user_ids",
+            "give at least one user id",
+        ));
+    }
+    if req.user_ids.len() > limits.members_per_chat_max {
+        return Err(too_many_members("user_ids", limits.members_per_chat_max));
+    }
+    let new = clean_user_ids("user_ids", req.user_ids)?;
+    require_member(&state, chat_id, user.id()).await?;
+    let current = state
+        .store
+        .members(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    let mut all: HashSet<&str> = current.iter().map(String::as_str).collect();
+    all.extend(new.iter().map(String::as_str));
+    // Concurrent additions through other replicas can overshoot by what they add at once.
+    if all.len() > limits.members_per_chat_max {
+        return Err(too_many_members("user_ids", limits.members_per_chat_max));
+    }
+    state
+        .store
+        .add_members(chat_id, &new)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    let members = state
+        .store
+        .members(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    Ok(Json(MemberList { chat_id, members }))
+}
+
+/// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leave, or (the creator) remove a member.
+pub async fn remove_member(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath((chat_id, target)): ApiPath<(Id, String)>,
+) -> Result<StatusCode, ApiError> {
+    let retry = state.limits.retry_after;
+    require_member(&state, chat_id, user.id()).await?;
+    if target != user.id() {
+        let chat = state
+            .store
+            .get_chat(chat_id)
+            .await
+            .map_err(|e| ApiError::store(e, retry))?
+            .ok_or(ApiError::NotAMember)?;
+        if chat.created_by != user.id() {
+            return Err(ApiError::Forbidden(
+                "only the chat's creator may remove other members; anyone may remove themself"
+                    .into(),
+            ));
+        }
+    }
+    state
+        .store
+        .remove_member(chat_id, &target)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,198 @@
+//! Sending messages (durable and idempotent, then fanned out in real time, best effort) and
+//! reading history with a cursor.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use shared::protocol::{Message, ServerFrame};
+use shared::routing::fan_out;
+use shared::Id;
+
+use super::require_member;
+use crate::app::AppState;
+use crate::auth::User;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::store::{Cursor, Insert};
+
+/// Set on the answer to a retried send that returned the stored original.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    pub client_msg_id: String,
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    pub before: Option<Id>,
+    pub after: Option<Id>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryPage {
+    /// Ascending by message id.
+    pub messages: Vec<Message>,
+    /// More messages exist past this page in the direction of paging (older for
+    /// `before`/latest, newer for `after`).
+    pub has_more: bool,
+}
+
+/// `POST /v1/chats/{chat_id}/messages`: 201 with the stored message once it is durable. A retry
+/// with the same `client_msg_id` gets the same status and body, plus `Idempotent-Replayed: true`.
+pub async fn send(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath(chat_id): ApiPath<Id>,
+    ApiJson(req): ApiJson<SendMessage>,
+) -> Result<Response, ApiError> {
+    let limits = &state.limits;
+    let id_chars = req.client_msg_id.chars().count();
+    if id_chars == 0 || id_chars > limits.client_msg_id_chars_max {
+        return Err(ApiError::validation(
+            "client_msg_id",
+            format!(
+                "client_msg_id must be 1 to {} characters",
+                limits.client_msg_id_chars_max
+            ),
+        ));
+    }
+    if req.client_msg_id.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "client_msg_id",
+            "client_msg_id must not contain control characters",
+        ));
+    }
+    if req.body.is_empty() || req.body.len() > limits.message_body_bytes_max {
+        return Err(ApiError::validation(
+            "body",
+            format!(
+                "body must be 1 to {} bytes of UTF-8 (got {})",
+                limits.message_body_bytes_max,
+                req.body.len()
+            ),
+        ));
+    }
+    require_member(&state, chat_id, user.id()).await?;
+
+    let message_id = state.ids.next_id();
+    let message = Message {
+        chat_id,
+        message_id,
+        sender_id: user.id().to_string(),
+        client_msg_id: req.client_msg_id,
+        body: req.body,
+        sent_at_ms: message_id.unix_ms(),
+    };
+    let inserted = state
+        .store
+        .insert_message(&message)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    let (stored, replayed) = match inserted {
+        Insert::Created(stored) => {
+            metrics::counter!("api_messages_created_total").increment(1);
+            deliver(&state, &stored).await;
+            (stored, false)
+        }
+        Insert::Duplicate(original) => {
+            metrics::counter!("api_idempotent_replays_total").increment(1);
+            (original, true)
+        }
+    };
+    let mut response = (StatusCode::CREATED, Json(stored)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Real-time delivery to every member's sockets (the sender's other devices included). The
+/// message is already durable, so a routing failure is logged and counted, never returned:
+/// clients that miss it catch up through history.
+async fn deliver(state: &AppState, message: &Message) {
+    let started = std::time::Instant::now();
+    let work = async {
+        let members = state
+            .store
+            .members(message.chat_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let frame = ServerFrame::Message {
+            message: message.clone(),
+        };
+        fan_out(&state.registry, &state.bus, &members, &frame)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(state.limits.fanout_timeout, work).await {
+        Ok(Ok(report)) => {
+            metrics::histogram!("api_fanout_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("api_fanout_recipients_online_total")
+                .increment(report.recipients_online as u64);
+        }
+        Ok(Err(error)) => {
+            metrics::counter!("api_fanout_errors_total", "reason" => "backend").increment(1);
+            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id, %error,
+                "real-time fan-out failed; the message is stored and reachable through history");
+        }
+        Err(_) => {
+            metrics::counter!("api_fanout_errors_total", "reason" => "timeout").increment(1);
+            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id,
+                "real-time fan-out timed out; the message is stored and reachable through history");
+        }
+    }
+}
+
+/// `GET /v1/chats/{chat_id}/messages?before=|after=&limit=`: one page, ascending.
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath(chat_id): ApiPath<Id>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let limits = &state.limits;
+    let cursor = match (q.before, q.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidQuery(
+                "give `before` or `after`, not both".into(),
+            ))
+        }
+        (Some(b), None) => Cursor::Before(b),
+        (None, Some(a)) => Cursor::After(a),
+        (None, None) => Cursor::Latest,
+    };
+    let limit = match q.limit {
+        None => limits.page_size_default,
+        Some(0) => return Err(ApiError::InvalidQuery("`limit` must be at least 1".into())),
+        Some(n) => n.min(limits.page_size_max),
+    };
+    require_member(&state, chat_id, user.id()).await?;
+    // One extra row tells whether another page exists.
+    let mut messages = state
+        .store
+        .history(chat_id, cursor, limit + 1)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    let has_more = messages.len() > limit;
+    if has_more {
+        match cursor {
+            Cursor::After(_) => {
+                messages.pop();
+            }
+            Cursor::Before(_) | Cursor::Latest => {
+                messages.remove(0);
+            }
+        }
+    }
+    Ok(Json(HistoryPage { messages, has_more }))
+}

@@ -1,0 +1,218 @@
+//! `GET /v1/openapi.json`: the hand-written OpenAPI 3.1 description of this API. A test checks
+//! that its paths and methods are exactly the router's.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+use crate::error::{PROBLEM_BASE, PROBLEM_TYPES};
+
+pub async fn document() -> impl IntoResponse {
+    static DOC: OnceLock<Vec<u8>> = OnceLock::new();
+    let bytes = DOC.get_or_init(|| serde_json::to_vec(&spec()).unwrap_or_default());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        bytes.as_slice(),
+    )
+}
+
+fn problem(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+fn body(schema: &str) -> Value {
+    json!({
+        "required": true,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+fn chat_id_param() -> Value {
+    json!({"name": "chat_id", "in": "path", "required": true,
+           "schema": {"$ref": "#/components/schemas/Id"}})
+}
+
+/// The errors every authenticated route may answer.
+fn common_errors(mut responses: Value) -> Value {
+    let map = responses.as_object_mut().expect("responses is an object");
+    map.insert(
+        "401".into(),
+        problem("missing or invalid token (`unauthorized`)"),
+    );
+    map.insert(
+        "503".into(),
+        problem(
+            "a dependency is unavailable (`service-unavailable`, `timeout`); honour Retry-After",
+        ),
+    );
+    map.insert("500".into(), problem("internal error (`internal`)"));
+    responses
+}
+
+/// The whole document.
+pub fn spec() -> Value {
+    let problem_types: Vec<Value> = PROBLEM_TYPES
+        .iter()
+        .map(|(slug, status, title)| {
+            json!({"type": format!("{PROBLEM_BASE}{slug}"), "status": status, "title": title})
+        })
+        .collect();
+    let member_only = "403: `not-a-member` for non-members and unknown chats alike.";
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "chat-api",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Stateless chat HTTP API. Ids are 64-bit and sent as decimal strings. \
+                Errors are application/problem+json (RFC 9457); see x-problem-types.",
+            "x-problem-types": problem_types
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "security": [],
+                "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Readiness: store reachable and not draining", "security": [],
+                "responses": {"200": {"description": "ready"}, "503": problem("not ready")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                "responses": {"200": {"description": "text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "404": problem("no metrics recorder in this process")}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1 document"}}}},
+            "/v1/chats": {
+                "post": {"summary": "Create a chat; the caller becomes a member",
+                    "requestBody": body("CreateChat"),
+                    "responses": common_errors(json!({
+                        "201": ok("created", "ChatWithMembers"),
+                        "400": problem("invalid body"), "403": problem("service token"),
+                        "413": problem("body too large"), "415": problem("not JSON"),
+                        "422": problem("bad user id, title or too many members")}))},
+                "get": {"summary": "The caller's chats, newest activity first",
+                    "responses": common_errors(json!({"200": ok("chats", "ChatList"),
+                        "403": problem("service token")}))}
+            },
+            "/v1/chats/{chat_id}": {"get": {"summary": "A chat with its members",
+                "description": member_only, "parameters": [chat_id_param()],
+                "responses": common_errors(json!({"200": ok("chat", "ChatWithMembers"),
+                    "400": problem("chat_id is not an id"), "403": problem("not a member")}))}},
+            "/v1/chats/{chat_id}/members": {"post": {"summary": "Add members (members only)",
+                "description": member_only, "parameters": [chat_id_param()],
+                "requestBody": body("AddMembers"),
+                "responses": common_errors(json!({"200": ok("the new member list", "MemberList"),
+                    "400": problem("invalid body"), "403": problem("not a member"),
+                    "422": problem("bad user id or too many members")}))}},
+            "/v1/chats/{chat_id}/members/{user_id}": {"delete": {
+                "summary": "Leave the chat, or (the creator only) remove a member",
+                "description": "Idempotent: removing a non-member answers 204 too.",
+                "parameters": [chat_id_param(),
+                    {"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": common_errors(json!({"204": {"description": "removed"},
+                    "403": problem("not a member, or not the creator removing someone else")}))}},
+            "/v1/chats/{chat_id}/messages": {
+                "post": {"summary": "Send a message; durable before 201",
+                    "description": "Idempotent per (chat, sender, client_msg_id): a retry returns the \
+                        original with the same status and body and `Idempotent-Replayed: true`.",
+                    "parameters": [chat_id_param()], "requestBody": body("SendMessage"),
+                    "responses": common_errors(json!({
+                        "201": {"description": "stored (or replayed)",
+                            "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}}},
+                        "400": problem("invalid body"), "403": problem("not a member"),
+                        "413": problem("body too large"), "422": problem("empty or oversized body, bad client_msg_id")}))},
+                "get": {"summary": "History page, ascending; cursor by message id",
+                    "parameters": [chat_id_param(),
+                        {"name": "before", "in": "query", "schema": {"$ref": "#/components/schemas/Id"}},
+                        {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                            "default": 50, "description": "capped at the configured maximum (200)"}}],
+                    "responses": common_errors(json!({"200": ok("page", "HistoryPage"),
+                        "400": problem("both cursors, or a bad value"), "403": problem("not a member")}))}
+            },
+            "/v1/push": {"post": {"summary": "Push an event to users' sockets (service scope `push`)",
+                "requestBody": body("Push"),
+                "responses": common_errors(json!({"202": ok("handed to gateways", "PushAccepted"),
+                    "403": problem("user token or missing scope"), "422": problem("bad user ids")}))}},
+            "/v1/presence": {"get": {"summary": "Online state of up to 100 users",
+                "parameters": [{"name": "user_ids", "in": "query", "required": true,
+                    "schema": {"type": "string"}, "description": "comma-separated user ids"}],
+                "responses": common_errors(json!({"200": ok("presence", "PresenceList"),
+                    "400": problem("missing or too many ids")}))}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "Id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "64-bit id as a decimal string"},
+                "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
+                "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+                    "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                        "status": {"type": "integer"}, "detail": {"type": "string"},
+                        "field": {"type": "string", "description": "the offending field, for validation-failed"}}},
+                "CreateChat": {"type": "object", "required": ["members"], "properties": {
+                    "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+                    "title": {"type": "string", "minLength": 1, "maxLength": 200}}},
+                "Chat": {"type": "object", "required": ["chat_id", "created_by", "created_at_ms"], "properties": {
+                    "chat_id": {"$ref": "#/components/schemas/Id"}, "title": {"type": ["string", "null"]},
+                    "created_by": {"type": "string"}, "created_at_ms": {"type": "integer"},
+                    "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]}}},
+                "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
+                    "properties": {"members": {"type": "array", "items": {"type": "string"}}}}]},
+                "ChatList": {"type": "object", "properties": {"chats": {"type": "array",
+                    "items": {"$ref": "#/components/schemas/Chat"}}}},
+                "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
+                    "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
+                "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
+                    "members": {"type": "array", "items": {"type": "string"}}}},
+                "SendMessage": {"type": "object", "required": ["client_msg_id", "body"], "properties": {
+                    "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
+                "Message": {"type": "object", "properties": {
+                    "chat_id": {"$ref": "#/components/schemas/Id"}, "message_id": {"$ref": "#/components/schemas/Id"},
+                    "sender_id": {"type": "string"}, "client_msg_id": {"type": "string"},
+                    "body": {"type": "string"}, "sent_at_ms": {"type": "integer"}}},
+                "HistoryPage": {"type": "object", "properties": {
+                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+                    "has_more": {"type": "boolean"}}},
+                "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
+                    "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+                    "event": {"description": "any JSON value, delivered as is"}}},
+                "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
+                "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
+                    "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
+                        "last_seen_ms": {"type": ["integer", "null"]}}}}}}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn document_lists_exactly_the_routes_served() {
+        let doc = super::spec();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let served: BTreeSet<(String, String)> = crate::app::routes()
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, served);
+    }
+}

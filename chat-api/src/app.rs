@@ -1,0 +1,218 @@
+//! The HTTP application: shared state, the router (`app`) and the server loop (`run`) with
+//! graceful shutdown bounded by a deadline.
+
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::serve::ListenerExt;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use shared::auth::Verifier;
+use shared::routing::{NodeBus, RouteRegistry};
+use shared::IdGenerator;
+
+use crate::api;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::store::MessageStore;
+
+/// Everything a request handler needs. Built once; handlers share it through an `Arc`.
+pub struct AppState {
+    pub store: Arc<dyn MessageStore>,
+    pub registry: Arc<dyn RouteRegistry>,
+    pub bus: Arc<dyn NodeBus>,
+    pub verifier: Verifier,
+    pub ids: Arc<IdGenerator>,
+    pub limits: Limits,
+    /// Renders `/metrics`; `None` answers 404 there.
+    pub metrics: Option<PrometheusHandle>,
+    /// Set when shutdown starts, so that `/readyz` turns away new traffic.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State with default limits, no metrics handle and not draining.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        registry: Arc<dyn RouteRegistry>,
+        bus: Arc<dyn NodeBus>,
+        verifier: Verifier,
+        ids: Arc<IdGenerator>,
+    ) -> AppState {
+        AppState {
+            store,
+            registry,
+            bus,
+            verifier,
+            ids,
+            limits: Limits::default(),
+            metrics: None,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> AppState {
+        self.limits = limits;
+        self
+    }
+
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> AppState {
+        self.metrics = Some(handle);
+        self
+    }
+}
+
+type S = Arc<AppState>;
+
+/// Collects routes and remembers each (method, path), so that the OpenAPI document can be
+/// checked against what is really served.
+struct RouteTable {
+    router: Router<S>,
+    entries: Vec<(Method, &'static str)>,
+}
+
+impl RouteTable {
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone())
+            .unwrap_or_else(|_| panic!("route table uses an unsupported method {method}"));
+        self.router = self.router.route(path, on(filter, handler));
+        self.entries.push((method, path));
+        self
+    }
+}
+
+fn table() -> RouteTable {
+    RouteTable {
+        router: Router::new(),
+        entries: Vec::new(),
+    }
+    .add(Method::GET, "/healthz", api::health::healthz)
+    .add(Method::GET, "/readyz", api::health::readyz)
+    .add(Method::GET, "/metrics", api::health::metrics)
+    .add(Method::GET, "/v1/openapi.json", api::openapi::document)
+    .add(Method::POST, "/v1/chats", api::chats::create)
+    .add(Method::GET, "/v1/chats", api::chats::list)
+    .add(Method::GET, "/v1/chats/{chat_id}", api::chats::get)
+    .add(
+        Method::POST,
+        "/v1/chats/{chat_id}/members",
+        api::chats::add_members,
+    )
+    .add(
+        Method::DELETE,
+        "/v1/chats/{chat_id}/members/{user_id}",
+        api::chats::remove_member,
+    )
+    .add(
+        Method::POST,
+        "/v1/chats/{chat_id}/messages",
+        api::messages::send,
+    )
+    .add(
+        Method::GET,
+        "/v1/chats/{chat_id}/messages",
+        api::messages::history,
+    )
+    .add(Method::POST, "/v1/push", api::push::push)
+    .add(Method::GET, "/v1/presence", api::presence::presence)
+}
+
+/// Every (method, path template) the router serves.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().entries
+}
+
+/// The router with all routes, limits and fallbacks.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits.request_body_bytes_max;
+    let state = Arc::new(state);
+    table()
+        .router
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Bounds every request by the configured deadline; a late request is answered 503.
+async fn deadline(State(state): State<S>, req: Request, next: Next) -> Response {
+    let limit = state.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// Counts requests and their latency by route template (never by id) and status.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("api_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("api_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
+/// requests finish and returns, at the latest after `limits.shutdown_grace`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let grace = state.limits.shutdown_grace;
+    let draining = state.draining.clone();
+    let addr = listener.local_addr()?;
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    // Small responses must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.store(true, Ordering::Relaxed);
+            let _ = stopping_tx.send(true);
+        })
+        .into_future();
+    tracing::info!(%addr, "chat-api listening");
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        done = &mut server => return Ok(done??),
+        _ = stopping_rx.wait_for(|s| *s) => {}
+    }
+    tracing::info!(grace_ms = grace.as_millis() as u64, "chat-api draining");
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(done) => Ok(done??),
+        Err(_) => {
+            server.abort();
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "requests still running at the shutdown deadline were cut off"
+            );
+            Ok(())
+        }
+    }
+}

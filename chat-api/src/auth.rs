@@ -1,0 +1,103 @@
+//! Caller extractors: verify the `Authorization: Bearer` token and sort callers into users and
+//! services. Service tokens (those with a `scope` claim) may only push and read presence; user
+//! tokens may never push.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use shared::auth::{token_from_request, AuthError, Identity};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Any authenticated caller, user or service.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Identity);
+
+/// An end user (a token without scopes); the chat endpoints take this.
+#[derive(Clone, Debug)]
+pub struct User(pub Identity);
+
+impl User {
+    pub fn id(&self) -> &str {
+        &self.0.subject
+    }
+}
+
+/// A service holding the `push` scope.
+#[derive(Clone, Debug)]
+pub struct Pusher(pub Identity);
+
+pub const PUSH_SCOPE: &str = "push";
+
+fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
+    let header = match parts.headers.get(AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::Unauthorized("the Authorization header is not valid ASCII".into())
+        })?),
+    };
+    // HTTP clients use the header; the `access_token` query form is for browser WebSockets only.
+    let token = token_from_request(header, None).ok_or_else(|| {
+        ApiError::Unauthorized(match header {
+            None => AuthError::Missing.to_string(),
+            Some(_) => "the Authorization header must be `Bearer <token>`".into(),
+        })
+    })?;
+    state.verifier.verify(&token).map_err(|e| {
+        metrics::counter!("api_auth_failures_total").increment(1);
+        ApiError::Unauthorized(e.to_string())
+    })
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        verify(parts, state).map(Caller)
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let id = verify(parts, state)?;
+        if id.is_service() {
+            return Err(ApiError::Forbidden(
+                "service tokens may only call /v1/push and /v1/presence".into(),
+            ));
+        }
+        Ok(User(id))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Pusher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let id = verify(parts, state)?;
+        if !id.is_service() {
+            return Err(ApiError::Forbidden(
+                "user tokens cannot push; use a service token with the `push` scope".into(),
+            ));
+        }
+        if !id.has_scope(PUSH_SCOPE) {
+            return Err(ApiError::Forbidden(
+                "this service token lacks the `push` scope".into(),
+            ));
+        }
+        Ok(Pusher(id))
+    }
+}

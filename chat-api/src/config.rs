@@ -1,0 +1,228 @@
+//! chat-api configuration: flags and environment variables (`clap` with `env`), turned into typed
+//! [`Limits`] and validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{parse_duration, parse_nonzero_duration};
+
+/// Settings of the HTTP API. Every field is also an environment variable; defaults are shown in
+/// `--help`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Address the HTTP API (and /healthz, /readyz, /metrics) listens on.
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8081")]
+    pub api_addr: SocketAddr,
+    /// Message store: `sqlite:PATH` or `scylla://HOST[:PORT][,HOST...]/KEYSPACE`. Embedded mode
+    /// defaults to `sqlite:$DATA_DIR/chat.db`.
+    #[arg(long, env = "STORE_URL")]
+    pub store_url: Option<String>,
+    /// Snowflake worker id (0-1023) of this replica; must differ between live replicas.
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<u16>,
+    /// Largest accepted request body.
+    #[arg(long, env = "API_MAX_REQUEST_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_body_bytes: usize,
+    /// Largest message body, in UTF-8 bytes (messages must not be empty).
+    #[arg(long, env = "API_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+    /// Longest `client_msg_id`, in characters (at least 1).
+    #[arg(long, env = "API_MAX_CLIENT_MSG_ID_CHARS", default_value_t = 64)]
+    pub max_client_msg_id_chars: usize,
+    /// Most members a chat may have (creator included).
+    #[arg(long, env = "API_MAX_MEMBERS_PER_CHAT", default_value_t = 1000)]
+    pub max_members_per_chat: usize,
+    /// History page size when `limit` is not given.
+    #[arg(long, env = "API_PAGE_SIZE_DEFAULT", default_value_t = 50)]
+    pub page_size_default: usize,
+    /// Largest history page; larger `limit`s are capped to it.
+    #[arg(long, env = "API_PAGE_SIZE_MAX", default_value_t = 200)]
+    pub page_size_max: usize,
+    /// Most user ids in one `/v1/presence` query.
+    #[arg(long, env = "API_MAX_PRESENCE_USERS", default_value_t = 100)]
+    pub max_presence_users: usize,
+    /// Most recipients of one `/v1/push`.
+    #[arg(long, env = "API_MAX_PUSH_USERS", default_value_t = 1000)]
+    pub max_push_users: usize,
+    /// Whole-request deadline; a request past it is answered 503.
+    #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub request_timeout: Duration,
+    /// Deadline of the real-time fan-out after a message is stored (best effort).
+    #[arg(long, env = "API_FANOUT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration)]
+    pub fanout_timeout: Duration,
+    /// `Retry-After` sent with 503 answers.
+    #[arg(long, env = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+    /// How long in-flight requests may finish after SIGTERM before the server stops anyway.
+    #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// SQLite: how long a write waits for another process's lock before answering 503.
+    #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub sqlite_busy_timeout: Duration,
+    /// SQLite: connections per process (and so statements in flight).
+    #[arg(long, env = "SQLITE_CONNECTIONS", default_value_t = 4)]
+    pub sqlite_connections: usize,
+}
+
+/// Bounds and deadlines the handlers apply. [`Limits::default`] matches the flag defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub request_body_bytes_max: usize,
+    pub message_body_bytes_max: usize,
+    pub client_msg_id_chars_max: usize,
+    pub members_per_chat_max: usize,
+    pub page_size_default: usize,
+    pub page_size_max: usize,
+    pub presence_users_max: usize,
+    pub push_users_max: usize,
+    pub title_chars_max: usize,
+    pub request_timeout: Duration,
+    pub fanout_timeout: Duration,
+    pub retry_after: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_body_bytes_max: 64 * 1024,
+            message_body_bytes_max: 4096,
+            client_msg_id_chars_max: 64,
+            members_per_chat_max: 1000,
+            page_size_default: 50,
+            page_size_max: 200,
+            presence_users_max: 100,
+            push_users_max: 1000,
+            title_chars_max: 200,
+            request_timeout: Duration::from_secs(10),
+            fanout_timeout: Duration::from_secs(2),
+            retry_after: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} must be at least {min} (got {value})")]
+    TooSmall {
+        name: &'static str,
+        min: usize,
+        value: usize,
+    },
+    #[error("API_PAGE_SIZE_DEFAULT ({default}) must not exceed API_PAGE_SIZE_MAX ({max})")]
+    PageSizes { default: usize, max: usize },
+    #[error("API_MAX_MESSAGE_BYTES ({message}) must leave room in API_MAX_REQUEST_BODY_BYTES ({body}): a message is sent as JSON")]
+    MessageExceedsBody { message: usize, body: usize },
+    #[error("WORKER_ID {0} exceeds 1023")]
+    WorkerId(u16),
+}
+
+impl ApiArgs {
+    /// Checks the settings and returns the typed limits.
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        let at_least = |name, min, value| {
+            if value < min {
+                Err(ConfigError::TooSmall { name, min, value })
+            } else {
+                Ok(())
+            }
+        };
+        at_least(
+            "API_MAX_REQUEST_BODY_BYTES",
+            1024,
+            self.max_request_body_bytes,
+        )?;
+        at_least("API_MAX_MESSAGE_BYTES", 1, self.max_message_bytes)?;
+        at_least(
+            "API_MAX_CLIENT_MSG_ID_CHARS",
+            1,
+            self.max_client_msg_id_chars,
+        )?;
+        at_least("API_MAX_MEMBERS_PER_CHAT", 1, self.max_members_per_chat)?;
+        at_least("API_PAGE_SIZE_DEFAULT", 1, self.page_size_default)?;
+        at_least("API_MAX_PRESENCE_USERS", 1, self.max_presence_users)?;
+        at_least("API_MAX_PUSH_USERS", 1, self.max_push_users)?;
+        at_least("SQLITE_CONNECTIONS", 1, self.sqlite_connections)?;
+        if self.page_size_default > self.page_size_max {
+            return Err(ConfigError::PageSizes {
+                default: self.page_size_default,
+                max: self.page_size_max,
+            });
+        }
+        if self.max_message_bytes >= self.max_request_body_bytes {
+            return Err(ConfigError::MessageExceedsBody {
+                message: self.max_message_bytes,
+                body: self.max_request_body_bytes,
+            });
+        }
+        if let Some(w) = self.worker_id {
+            if w > shared::ids::WORKER_ID_MAX {
+                return Err(ConfigError::WorkerId(w));
+            }
+        }
+        Ok(Limits {
+            request_body_bytes_max: self.max_request_body_bytes,
+            message_body_bytes_max: self.max_message_bytes,
+            client_msg_id_chars_max: self.max_client_msg_id_chars,
+            members_per_chat_max: self.max_members_per_chat,
+            page_size_default: self.page_size_default,
+            page_size_max: self.page_size_max,
+            presence_users_max: self.max_presence_users,
+            push_users_max: self.max_push_users,
+            title_chars_max: Limits::default().title_chars_max,
+            request_timeout: self.request_timeout,
+            fanout_timeout: self.fanout_timeout,
+            retry_after: self.retry_after,
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+
+    /// SQLite options from these settings.
+    pub fn sqlite_options(&self) -> crate::store::sqlite::SqliteOptions {
+        crate::store::sqlite::SqliteOptions {
+            busy_timeout: self.sqlite_busy_timeout,
+            connections: self.sqlite_connections,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        api: ApiArgs,
+    }
+
+    fn parse(args: &[&str]) -> ApiArgs {
+        let mut all = vec!["chat-api"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().api
+    }
+
+    #[test]
+    fn defaults_match_limits_default() {
+        let args = parse(&[]);
+        assert_eq!(args.api_addr.to_string(), "0.0.0.0:8081");
+        assert_eq!(args.limits().unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn bad_settings_say_which() {
+        let e = parse(&["--page-size-default", "500"]).limits().unwrap_err();
+        assert!(e.to_string().contains("API_PAGE_SIZE_MAX"), "{e}");
+        let e = parse(&["--max-message-bytes", "0"]).limits().unwrap_err();
+        assert!(e.to_string().contains("API_MAX_MESSAGE_BYTES"), "{e}");
+        let e = parse(&["--max-message-bytes", "70000"])
+            .limits()
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::MessageExceedsBody { .. }));
+        assert!(parse(&["--worker-id", "1024"]).limits().is_err());
+        assert!(Cli::try_parse_from(["x", "--request-timeout", "0s"]).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The conformance suite every [`MessageStore`] implementation must pass. Public (not
+//! `cfg(test)`) so that each store's own tests call it. Every property uses fresh chat ids and
+//! user names, so one store instance (one database, one keyspace) can serve all of them, in any
+//! order and more than once. A failed property panics with a message naming what broke.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use shared::ids::now_unix_ms;
+use shared::protocol::Message;
+use shared::{Id, IdGenerator};
+
+use super::{Chat, Cursor, Insert, MessageStore};
+
+/// Runs every property, one after the other.
+pub async fn run_all(store: Arc<dyn MessageStore>) {
+    create_and_get_chat(&store).await;
+    members_add_remove(&store).await;
+    user_chats_with_last_message_id(&store).await;
+    last_message_id_is_the_highest(&store).await;
+    idempotent_insert_sequential(&store).await;
+    idempotent_insert_concurrent(&store).await;
+    history_pages_1000_messages(&store).await;
+    history_limits_and_ends(&store).await;
+    other_chats_never_leak(&store).await;
+    ping(&store).await;
+}
+
+/// Ids for this suite: worker 1023, time-ordered, unique within the process and across runs.
+fn ids() -> &'static IdGenerator {
+    static IDS: OnceLock<IdGenerator> = OnceLock::new();
+    IDS.get_or_init(|| IdGenerator::new(shared::ids::WORKER_ID_MAX))
+}
+
+/// A user name no other property or run has used.
+pub fn unique_user(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "conf-{}-{}-{name}",
+        now_unix_ms(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a fresh chat whose creator is `members[0]`.
+pub async fn new_chat(store: &Arc<dyn MessageStore>, members: &[String]) -> Chat {
+    let chat = Chat {
+        chat_id: ids().next_id(),
+        title: Some("conformance".into()),
+        created_by: members[0].clone(),
+        created_at_ms: now_unix_ms(),
+        last_message_id: None,
+    };
+    store
+        .create_chat(&chat, members)
+        .await
+        .expect("create_chat failed");
+    chat
+}
+
+/// A message with a fresh id.
+pub fn message(chat_id: Id, sender: &str, client_msg_id: &str, body: &str) -> Message {
+    let message_id = ids().next_id();
+    Message {
+        chat_id,
+        message_id,
+        sender_id: sender.to_string(),
+        client_msg_id: client_msg_id.to_string(),
+        body: body.to_string(),
+        sent_at_ms: message_id.unix_ms(),
+    }
+}
+
+async fn insert(store: &Arc<dyn MessageStore>, m: &Message) -> Insert {
+    store
+        .insert_message(m)
+        .await
+        .unwrap_or_else(|e| panic!("insert_message({}) failed: {e}", m.client_msg_id))
+}
+
+/// A created chat reads back field for field; an unknown chat is `None`.
+pub async fn create_and_get_chat(store: &Arc<dyn MessageStore>) {
+    let alice = unique_user("alice");
+    let bob = unique_user("bob");
+    let chat = new_chat(store, &[alice.clone(), bob.clone()]).await;
+    let got = store.get_chat(chat.chat_id).await.unwrap();
+    assert_eq!(
+        got.as_ref(),
+        Some(&chat),
+        "get_chat must return what was created"
+    );
+    assert_eq!(got.unwrap().last_message_id, None);
+
+    let untitled = Chat {
+        chat_id: ids().next_id(),
+        title: None,
+        created_by: alice.clone(),
+        created_at_ms: now_unix_ms(),
+        last_message_id: None,
+    };
+    store
+        .create_chat(&untitled, std::slice::from_ref(&alice))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_chat(untitled.chat_id).await.unwrap(),
+        Some(untitled.clone())
+    );
+
+    let mut expected = vec![alice.clone(), bob.clone()];
+    expected.sort();
+    assert_eq!(store.members(chat.chat_id).await.unwrap(), expected);
+    assert_eq!(store.get_chat(ids().next_id()).await.unwrap(), None);
+    assert_eq!(store.get_chat(Id(u64::MAX)).await.unwrap(), None);
+    assert!(store.members(ids().next_id()).await.unwrap().is_empty());
+}
+
+/// Adding is idempotent, removing reports whether there was a member, `members` is sorted.
+pub async fn members_add_remove(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let b = unique_user("b");
+    let c = unique_user("c");
+    let chat = new_chat(store, std::slice::from_ref(&a)).await;
+    assert!(store.is_member(chat.chat_id, &a).await.unwrap());
+    assert!(!store.is_member(chat.chat_id, &b).await.unwrap());
+
+    store
+        .add_members(chat.chat_id, &[c.clone(), b.clone(), c.clone()])
+        .await
+        .unwrap();
+    store
+        .add_members(chat.chat_id, std::slice::from_ref(&b))
+        .await
+        .unwrap();
+    let mut all = vec![a.clone(), b.clone(), c.clone()];
+    all.sort();
+    assert_eq!(store.members(chat.chat_id).await.unwrap(), all);
+    assert!(store.is_member(chat.chat_id, &c).await.unwrap());
+
+    assert!(store.remove_member(chat.chat_id, &b).await.unwrap());
+    assert!(
+        !store.remove_member(chat.chat_id, &b).await.unwrap(),
+        "removing a non-member must report false"
+    );
+    assert!(!store.is_member(chat.chat_id, &b).await.unwrap());
+    assert!(!store.members(chat.chat_id).await.unwrap().contains(&b));
+    assert!(
+        !store.is_member(ids().next_id(), &a).await.unwrap(),
+        "membership of an unknown chat"
+    );
+}
+
+/// A user's chat list holds exactly its chats, newest activity first, each with its latest
+/// message id; leaving a chat removes it from the list.
+pub async fn user_chats_with_last_message_id(store: &Arc<dyn MessageStore>) {
+    let u = unique_user("u");
+    let other = unique_user("other");
+    let older = new_chat(store, &[u.clone(), other.clone()]).await;
+    let newer = new_chat(store, std::slice::from_ref(&u)).await;
+    let foreign = new_chat(store, std::slice::from_ref(&other)).await;
+
+    let list = store.user_chats(&u).await.unwrap();
+    let ids_of = |l: &[Chat]| l.iter().map(|c| c.chat_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids_of(&list),
+        vec![newer.chat_id, older.chat_id],
+        "newest first"
+    );
+    assert!(list.iter().all(|c| c.last_message_id.is_none()));
+
+    let m = message(older.chat_id, &other, "c1", "hi");
+    insert(store, &m).await;
+    let list = store.user_chats(&u).await.unwrap();
+    assert_eq!(
+        ids_of(&list),
+        vec![older.chat_id, newer.chat_id],
+        "a chat with a new message moves to the front"
+    );
+    assert_eq!(list[0].last_message_id, Some(m.message_id));
+    assert_eq!(list[1].last_message_id, None);
+    assert!(!ids_of(&list).contains(&foreign.chat_id));
+    assert_eq!(ids_of(&store.user_chats(&other).await.unwrap()).len(), 2);
+
+    store.remove_member(older.chat_id, &u).await.unwrap();
+    assert_eq!(
+        ids_of(&store.user_chats(&u).await.unwrap()),
+        vec![newer.chat_id]
+    );
+    assert!(store
+        .user_chats(&unique_user("nobody"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// `last_message_id` never moves back when a message with a lower id (another replica's clock)
+/// lands later, and a duplicate does not change it.
+pub async fn last_message_id_is_the_highest(store: &Arc<dyn MessageStore>) {
+    let u = unique_user("u");
+    let chat = new_chat(store, std::slice::from_ref(&u)).await;
+    let early = message(chat.chat_id, &u, "early", "1");
+    let late = message(chat.chat_id, &u, "late", "2");
+    insert(store, &late).await;
+    insert(store, &early).await;
+    let mut dup = message(chat.chat_id, &u, "early", "again");
+    dup.message_id = Id(late.message_id.0 + 1000);
+    insert(store, &dup).await;
+    let got = store.get_chat(chat.chat_id).await.unwrap().unwrap();
+    assert_eq!(got.last_message_id, Some(late.message_id));
+}
+
+/// A retry with the same (chat, sender, client_msg_id) returns the original and stores nothing;
+/// another sender or chat with the same client id is a different message.
+pub async fn idempotent_insert_sequential(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let b = unique_user("b");
+    let chat = new_chat(store, &[a.clone(), b.clone()]).await;
+    let chat2 = new_chat(store, std::slice::from_ref(&a)).await;
+
+    let first = message(chat.chat_id, &a, "same", "original");
+    assert_eq!(insert(store, &first).await, Insert::Created(first.clone()));
+    let retry = message(chat.chat_id, &a, "same", "changed body");
+    assert_eq!(
+        insert(store, &retry).await,
+        Insert::Duplicate(first.clone()),
+        "a retry must return the original message"
+    );
+    let by_b = message(chat.chat_id, &b, "same", "from b");
+    assert_eq!(insert(store, &by_b).await, Insert::Created(by_b.clone()));
+    let elsewhere = message(chat2.chat_id, &a, "same", "other chat");
+    assert_eq!(
+        insert(store, &elsewhere).await,
+        Insert::Created(elsewhere.clone())
+    );
+
+    let stored = store
+        .history(chat.chat_id, Cursor::Latest, 100)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![first, by_b], "nothing new stored by the retry");
+}
+
+/// Concurrent duplicates store exactly one message and every caller gets it back.
+pub async fn idempotent_insert_concurrent(store: &Arc<dyn MessageStore>) {
+    const CALLERS: usize = 16;
+    let a = unique_user("a");
+    let chat = new_chat(store, std::slice::from_ref(&a)).await;
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let store = store.clone();
+            let m = message(chat.chat_id, &a, "race", &format!("attempt {i}"));
+            tokio::spawn(async move { store.insert_message(&m).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(
+            t.await
+                .expect("insert task panicked")
+                .expect("insert failed"),
+        );
+    }
+    let created: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r, Insert::Created(_)))
+        .collect();
+    assert_eq!(created.len(), 1, "exactly one concurrent insert may win");
+    let winner = created[0].message().clone();
+    assert!(
+        results.iter().all(|r| r.message() == &winner),
+        "every caller must get the stored message"
+    );
+    let stored = store
+        .history(chat.chat_id, Cursor::Latest, 100)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![winner]);
+}
+
+fn assert_ascending(page: &[Message], what: &str) {
+    assert!(
+        page.windows(2).all(|w| w[0].message_id < w[1].message_id),
+        "{what}: page not in ascending id order"
+    );
+}
+
+/// 1,000 messages read back page by page in both directions: every message exactly once, pages
+/// ascending and never longer than the limit, empty pages past both ends.
+pub async fn history_pages_1000_messages(store: &Arc<dyn MessageStore>) {
+    const N: usize = 1000;
+    const PAGE: usize = 37;
+    let a = unique_user("a");
+    let chat = new_chat(store, std::slice::from_ref(&a)).await;
+    let mut sent = Vec::with_capacity(N);
+    for i in 0..N {
+        let m = message(chat.chat_id, &a, &format!("m{i}"), &format!("body {i}"));
+        insert(store, &m).await;
+        sent.push(m);
+    }
+
+    // Backwards: Latest, then Before(oldest of the previous page).
+    let mut pages = Vec::new();
+    let mut cursor = Cursor::Latest;
+    loop {
+        let page = store.history(chat.chat_id, cursor, PAGE).await.unwrap();
+        assert!(page.len() <= PAGE, "limit not honoured: {}", page.len());
+        assert_ascending(&page, "backwards");
+        let Some(first) = page.first() else { break };
+        cursor = Cursor::Before(first.message_id);
+        pages.push(page);
+        assert!(pages.len() <= N / PAGE + 2, "backwards paging does not end");
+    }
+    let backwards: Vec<Message> = pages.into_iter().rev().flatten().collect();
+    assert_eq!(backwards.len(), N, "backwards paging: gaps or duplicates");
+    assert_eq!(
+        backwards, sent,
+        "backwards paging must return what was sent"
+    );
+
+    // Forwards: After(0), then After(newest of the previous page).
+    let mut forwards = Vec::with_capacity(N);
+    let mut cursor = Cursor::After(Id(0));
+    let mut rounds = 0;
+    loop {
+        let page = store.history(chat.chat_id, cursor, PAGE).await.unwrap();
+        assert!(page.len() <= PAGE);
+        assert_ascending(&page, "forwards");
+        let Some(last) = page.last() else { break };
+        cursor = Cursor::After(last.message_id);
+        forwards.extend(page);
+        rounds += 1;
+        assert!(rounds <= N / PAGE + 2, "forwards paging does not end");
+    }
+    assert_eq!(forwards, sent, "forwards paging must return what was sent");
+
+    let all: HashSet<Id> = sent.iter().map(|m| m.message_id).collect();
+    assert_eq!(all.len(), N);
+}
+
+/// Limits, bounds and the ends of a short history.
+pub async fn history_limits_and_ends(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let chat = new_chat(store, std::slice::from_ref(&a)).await;
+    let empty = new_chat(store, std::slice::from_ref(&a)).await;
+    assert!(store
+        .history(empty.chat_id, Cursor::Latest, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        // Skipping one id leaves room for a cursor strictly between two stored messages.
+        ids().next_id();
+        let m = message(chat.chat_id, &a, &format!("m{i}"), "x");
+        insert(store, &m).await;
+        sent.push(m);
+    }
+    let h = |cursor, limit| store.history(chat.chat_id, cursor, limit);
+    assert_eq!(h(Cursor::Latest, 3).await.unwrap(), sent[7..].to_vec());
+    assert_eq!(h(Cursor::Latest, 100).await.unwrap(), sent);
+    assert_eq!(h(Cursor::Latest, 1).await.unwrap(), sent[9..].to_vec());
+    assert!(h(Cursor::Latest, 0).await.unwrap().is_empty());
+    assert_eq!(
+        h(Cursor::Before(sent[5].message_id), 3).await.unwrap(),
+        sent[2..5].to_vec()
+    );
+    assert_eq!(
+        h(Cursor::After(sent[5].message_id), 3).await.unwrap(),
+        sent[6..9].to_vec()
+    );
+    assert!(h(Cursor::Before(sent[0].message_id), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(h(Cursor::After(sent[9].message_id), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        h(Cursor::After(Id(0)), 2).await.unwrap(),
+        sent[..2].to_vec()
+    );
+    assert_eq!(
+        h(Cursor::Before(Id(u64::MAX)), 2).await.unwrap(),
+        sent[8..].to_vec()
+    );
+    assert!(h(Cursor::After(Id(u64::MAX)), 2).await.unwrap().is_empty());
+    // A cursor between two stored ids.
+    let between = Id(sent[4].message_id.0 + 1);
+    assert!(between < sent[5].message_id);
+    assert_eq!(
+        h(Cursor::After(between), 1).await.unwrap(),
+        sent[5..6].to_vec()
+    );
+    assert_eq!(
+        h(Cursor::Before(between), 1).await.unwrap(),
+        sent[4..5].to_vec()
+    );
+    assert!(store
+        .history(ids().next_id(), Cursor::Latest, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Interleaved messages of two chats: each chat's history holds only its own.
+pub async fn other_chats_never_leak(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let one = new_chat(store, std::slice::from_ref(&a)).await;
+    let two = new_chat(store, std::slice::from_ref(&a)).await;
+    let mut sent_one = Vec::new();
+    let mut sent_two = Vec::new();
+    for i in 0..20 {
+        let m1 = message(one.chat_id, &a, &format!("m{i}"), "one");
+        let m2 = message(two.chat_id, &a, &format!("m{i}"), "two");
+        insert(store, &m1).await;
+        insert(store, &m2).await;
+        sent_one.push(m1);
+        sent_two.push(m2);
+    }
+    for (chat, sent) in [(one.chat_id, &sent_one), (two.chat_id, &sent_two)] {
+        for cursor in [
+            Cursor::Latest,
+            Cursor::After(Id(0)),
+            Cursor::Before(Id(u64::MAX)),
+        ] {
+            let page = store.history(chat, cursor, 100).await.unwrap();
+            assert_eq!(&page, sent, "{cursor:?}: another chat's messages leaked");
+        }
+        // Cursors taken from the other chat still select only this chat's messages.
+        let other = if chat == one.chat_id {
+            &sent_two
+        } else {
+            &sent_one
+        };
+        let bound = other[9].message_id;
+        let page = store
+            .history(chat, Cursor::After(bound), 100)
+            .await
+            .unwrap();
+        let expected: Vec<Message> = sent
+            .iter()
+            .filter(|m| m.message_id > bound)
+            .cloned()
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(page, expected);
+    }
+}
+
+/// The store answers its readiness check.
+pub async fn ping(store: &Arc<dyn MessageStore>) {
+    store.ping().await.expect("ping failed");
+}

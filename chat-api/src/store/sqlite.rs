@@ -1,0 +1,476 @@
+//! The embedded message store: one SQLite file (bundled SQLite, WAL mode) that several chat-api
+//! processes on one host may share. Blocking SQLite calls run on tokio's blocking pool through a
+//! small pool of connections; a semaphore bounds the work in flight so that a slow disk sheds load
+//! (503) instead of queueing without limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use shared::protocol::Message;
+use shared::Id;
+use tokio::sync::Semaphore;
+
+use super::{Chat, Cursor, Insert, MessageStore, StoreError};
+
+/// Tuning for [`SqliteStore`]; every field has a sensible default.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// How long a statement waits for another connection's (or process's) write lock before it
+    /// fails with `SQLITE_BUSY`, answered as 503. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Connections kept open, and so the most statements running at once. Default 4.
+    pub connections: usize,
+    /// How long a request waits for a free connection before it is shed as unavailable.
+    /// Default 5 s.
+    pub acquire_timeout: Duration,
+    /// `synchronous=FULL` (default) fsyncs the WAL on every commit, so an acknowledged message
+    /// survives a power loss; `false` uses NORMAL (survives process crashes only).
+    pub fsync_each_commit: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(5),
+            connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            fsync_each_commit: true,
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id          INTEGER PRIMARY KEY,
+    title            TEXT,
+    created_by       TEXT    NOT NULL,
+    created_at_ms    INTEGER NOT NULL,
+    last_message_id  INTEGER
+);
+CREATE TABLE IF NOT EXISTS members (
+    chat_id       INTEGER NOT NULL,
+    user_id       TEXT    NOT NULL,
+    joined_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, user_id)
+) WITHOUT ROWID;
+-- The user's chat list is derived from members through this index.
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, chat_id);
+CREATE TABLE IF NOT EXISTS messages (
+    chat_id        INTEGER NOT NULL,
+    message_id     INTEGER NOT NULL,
+    sender_id      TEXT    NOT NULL,
+    client_msg_id  TEXT    NOT NULL,
+    body           TEXT    NOT NULL,
+    sent_at_ms     INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, message_id),
+    UNIQUE (chat_id, sender_id, client_msg_id)
+) WITHOUT ROWID;
+";
+
+/// [`MessageStore`] on a SQLite file.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+    permits: Arc<Semaphore>,
+    acquire_timeout: Duration,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    /// Idle connections; at most `options.connections` exist because the semaphore lets no more
+    /// tasks in. A connection lost to a panic is reopened on demand.
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with default options and creates the
+    /// schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let connections = options.connections.max(1);
+        let first = open_connection(&path, &options)?;
+        // Several processes may race to create the schema; IF NOT EXISTS inside an immediate
+        // transaction makes that safe.
+        first
+            .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
+            .map_err(|e| map_err(e, "creating the schema"))?;
+        let acquire_timeout = options.acquire_timeout;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                idle: Mutex::new(vec![first]),
+            }),
+            permits: Arc::new(Semaphore::new(connections)),
+            acquire_timeout,
+        })
+    }
+
+    /// Runs `f` with a connection on the blocking pool.
+    async fn with_conn<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        // The permit moves into the blocking task: a cancelled request must not free its slot
+        // while its statement is still running.
+        let permit =
+            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "{what}: no SQLite connection free within {:?} (too much work in flight)",
+                        self.acquire_timeout
+                    ))
+                })?
+                .map_err(|_| StoreError::Internal("SQLite store closed".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pooled = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path, &inner.options)?,
+            };
+            let out = f(&mut conn).map_err(|e| map_err(e, what));
+            inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("{what}: SQLite task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| map_err(e, "opening the database"))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| map_err(e, "setting busy_timeout"))?;
+    let synchronous = if options.fsync_each_commit {
+        "FULL"
+    } else {
+        "NORMAL"
+    };
+    // journal_mode returns a row, so it is read rather than executed.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| map_err(e, "enabling WAL"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "{}: SQLite refused WAL mode (got {mode}); is the file on a network file system?",
+            path.display()
+        )));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF;"
+    ))
+    .map_err(|e| map_err(e, "setting pragmas"))?;
+    Ok(conn)
+}
+
+/// Busy, locked and I/O conditions are transient or operational (503); the rest are bugs.
+fn map_err(e: rusqlite::Error, what: &str) -> StoreError {
+    let transient = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+        ),
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable(format!("{what}: {e}"))
+    } else {
+        StoreError::Internal(format!("{what}: {e}"))
+    }
+}
+
+/// Ids are stored as SQLite's signed 64-bit integers. Generated ids stay below 2^63 for decades;
+/// larger values can only come from clients (cursors, unknown chat ids) and match nothing.
+fn sql_id(id: Id) -> Option<i64> {
+    i64::try_from(id.0).ok()
+}
+
+fn stored_id(id: Id, what: &str) -> rusqlite::Result<i64> {
+    sql_id(id).ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(format!("{what} {id} exceeds 2^63-1").into())
+    })
+}
+
+fn row_id(v: i64) -> Id {
+    Id(v as u64)
+}
+
+fn chat_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Chat> {
+    Ok(Chat {
+        chat_id: row_id(r.get(0)?),
+        title: r.get(1)?,
+        created_by: r.get(2)?,
+        created_at_ms: r.get::<_, i64>(3)? as u64,
+        last_message_id: r.get::<_, Option<i64>>(4)?.map(row_id),
+    })
+}
+
+fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        chat_id: row_id(r.get(0)?),
+        message_id: row_id(r.get(1)?),
+        sender_id: r.get(2)?,
+        client_msg_id: r.get(3)?,
+        body: r.get(4)?,
+        sent_at_ms: r.get::<_, i64>(5)? as u64,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms";
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError> {
+        let chat = chat.clone();
+        let members = members.to_vec();
+        self.with_conn("create_chat", move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO chats (chat_id, title, created_by, created_at_ms, last_message_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    stored_id(chat.chat_id, "chat id")?,
+                    chat.title,
+                    chat.created_by,
+                    chat.created_at_ms as i64,
+                    chat.last_message_id
+                        .map(|i| stored_id(i, "message id"))
+                        .transpose()?,
+                ],
+            )?;
+            {
+                let mut add = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO members (chat_id, user_id, joined_at_ms)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for m in &members {
+                    add.execute(params![chat.chat_id.0 as i64, m, chat.created_at_ms as i64])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(None);
+        };
+        self.with_conn("get_chat", move |conn| {
+            conn.prepare_cached(
+                "SELECT chat_id, title, created_by, created_at_ms, last_message_id
+                 FROM chats WHERE chat_id = ?1",
+            )?
+            .query_row([id], chat_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
+        let user = user.to_string();
+        self.with_conn("user_chats", move |conn| {
+            // Chat ids are time-ordered like message ids, so a chat without messages sorts by
+            // its creation time.
+            let mut stmt = conn.prepare_cached(
+                "SELECT c.chat_id, c.title, c.created_by, c.created_at_ms, c.last_message_id
+                 FROM members m JOIN chats c ON c.chat_id = m.chat_id
+                 WHERE m.user_id = ?1
+                 ORDER BY COALESCE(c.last_message_id, c.chat_id) DESC",
+            )?;
+            let rows = stmt.query_map([user], chat_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError> {
+        let users = users.to_vec();
+        let now = shared::ids::now_unix_ms() as i64;
+        self.with_conn("add_members", move |conn| {
+            let id = stored_id(chat_id, "chat id")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut add = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO members (chat_id, user_id, joined_at_ms)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for u in &users {
+                    add.execute(params![id, u, now])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn remove_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(false);
+        };
+        let user = user.to_string();
+        self.with_conn("remove_member", move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+                .execute(params![id, user])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(false);
+        };
+        let user = user.to_string();
+        self.with_conn("is_member", move |conn| {
+            conn.prepare_cached("SELECT 1 FROM members WHERE chat_id = ?1 AND user_id = ?2")?
+                .exists(params![id, user])
+        })
+        .await
+    }
+
+    async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_conn("members", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([id], |r| r.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
+        let m = message.clone();
+        self.with_conn("insert_message", move |conn| {
+            let chat_id = stored_id(m.chat_id, "chat id")?;
+            let message_id = stored_id(m.message_id, "message id")?;
+            // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process)
+            // are serialized, and the loser sees the winner's row in its own transaction.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO messages (chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (chat_id, sender_id, client_msg_id) DO NOTHING",
+                )?
+                .execute(params![
+                    chat_id,
+                    message_id,
+                    m.sender_id,
+                    m.client_msg_id,
+                    m.body,
+                    m.sent_at_ms as i64
+                ])?;
+            let result = if inserted == 1 {
+                // Replicas' clocks differ, so a later write may carry a lower id: keep the max.
+                tx.prepare_cached(
+                    "UPDATE chats SET last_message_id = ?2
+                     WHERE chat_id = ?1 AND (last_message_id IS NULL OR last_message_id < ?2)",
+                )?
+                .execute(params![chat_id, message_id])?;
+                Insert::Created(m)
+            } else {
+                let original = tx
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages
+                         WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+                    ))?
+                    .query_row(params![chat_id, m.sender_id, m.client_msg_id], message_from_row)?;
+                Insert::Duplicate(original)
+            };
+            tx.commit()?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        chat_id: Id,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let Some(chat) = sql_id(chat_id) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // (bound, ascending): a bound above 2^63-1 means "no upper bound" for Before and
+        // "nothing" for After.
+        let (sql, bound, ascending) = match cursor {
+            Cursor::Latest => ("message_id <= ?2", i64::MAX, false),
+            Cursor::Before(id) => match sql_id(id) {
+                Some(b) => ("message_id < ?2", b, false),
+                None => ("message_id <= ?2", i64::MAX, false),
+            },
+            Cursor::After(id) => match sql_id(id) {
+                Some(a) => ("message_id > ?2", a, true),
+                None => return Ok(Vec::new()),
+            },
+        };
+        let query = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND {sql}
+             ORDER BY message_id {} LIMIT ?3",
+            if ascending { "ASC" } else { "DESC" }
+        );
+        self.with_conn("history", move |conn| {
+            let mut stmt = conn.prepare_cached(&query)?;
+            let rows = stmt.query_map(params![chat, bound, limit], message_from_row)?;
+            let mut out: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+            if !ascending {
+                out.reverse();
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn("ping", |conn| {
+            conn.query_row("SELECT count(*) FROM chats WHERE chat_id = 0", [], |_| {
+                Ok(())
+            })
+        })
+        .await
+    }
+}
