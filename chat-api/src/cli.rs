@@ -73,14 +73,22 @@ pub struct EmbeddedArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]
+    pub gateway: gateway::GatewayArgs,
+    #[command(flatten)]
     pub jwt: JwtArgs,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Route registry and node bus: `redis://HOST:PORT` or a cluster form.
+    /// Route registry and node bus: `redis://HOST:PORT[/DB]` or `redis-cluster://HOST:PORT,HOST:PORT`.
     #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub redis_url: String,
+    /// Deadline of every Redis command.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
+    pub redis_timeout: Duration,
+    /// How often this replica sweeps routes of dead gateway nodes.
+    #[arg(long, env = "ROUTE_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_nonzero_duration)]
+    pub route_sweep_interval: Duration,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(flatten)]
@@ -92,6 +100,10 @@ pub struct MigrateArgs {
     /// `scylla://HOST[:PORT][,HOST...]/KEYSPACE`.
     #[arg(long, env = "STORE_URL")]
     pub store_url: String,
+    /// Keyspace replication: a replication factor per data centre (`dc1:3,dc2:3`), or one
+    /// number for the default data centre.
+    #[arg(long, env = "SCYLLA_REPLICATION", default_value = "3")]
+    pub replication: String,
 }
 
 /// Signs a token and prints it on stdout.
@@ -199,13 +211,22 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// `chat-api embedded`: the API with an in-process route registry and node bus and SQLite at
+/// Resolves when `rx` flips to true (a shutdown shared by several servers).
+async fn flipped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// `chat-api embedded`: both tiers in one process. The gateway (on GATEWAY_ADDR) and the API (on
+/// API_ADDR) share an in-process route registry and node bus; messages live in SQLite at
 /// `$DATA_DIR/chat.db` (or `STORE_URL=sqlite:PATH`).
-// The gateway tier (`gateway::serve` on GATEWAY_ADDR, sharing `registry` and `bus`) is wired in
-// by the integration of both crates.
 pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     let limits = args.api.limits()?;
+    let mut gateway_settings = args.gateway.settings().context("gateway configuration")?;
+    if args.gateway.node_id.is_none() {
+        gateway_settings.node_id = "embedded".into();
+    }
     let (verifier, dev_key) = verifier_or_dev_key(&args.jwt)?;
+    gateway::raise_nofile_limit();
     let store = match &args.api.store_url {
         Some(url) => open_sqlite(url, &args.api)?,
         None => {
@@ -216,43 +237,193 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening {}", path.display()))?
         }
     };
-    let listener = tokio::net::TcpListener::bind(args.api.api_addr)
+    let api_listener = tokio::net::TcpListener::bind(args.api.api_addr)
         .await
         .with_context(|| format!("binding API_ADDR {}", args.api.api_addr))?;
+    let gateway_listener = tokio::net::TcpListener::bind(args.gateway.gateway_addr)
+        .await
+        .with_context(|| format!("binding GATEWAY_ADDR {}", args.gateway.gateway_addr))?;
     let metrics = install_metrics()?;
     if dev_key {
         tracing::warn!(
             "no JWT_SECRET or JWT_PUBLIC_KEY_FILE configured: accepting tokens signed with the \
              built-in development key; never expose this instance"
         );
-        eprintln!("get a token with: chat-api token --sub alice");
+        eprintln!(
+            "chat is up: API http://{} , WebSocket ws://{}/ws\n\
+             get a token with: chat-api token --sub alice",
+            api_listener.local_addr()?,
+            gateway_listener.local_addr()?
+        );
     }
+    let registry = Arc::new(MemoryRegistry::new());
+    let bus = Arc::new(MemoryBus::default());
     let state = AppState::new(
         Arc::new(store),
-        Arc::new(MemoryRegistry::new()),
-        Arc::new(MemoryBus::default()),
-        verifier,
+        registry.clone(),
+        bus.clone(),
+        verifier.clone(),
         Arc::new(IdGenerator::new(args.api.worker_id.unwrap_or(0))),
     )
     .with_limits(limits)
-    .with_metrics(metrics);
-    crate::app::run(listener, state, shutdown_signal()).await
+    .with_metrics(metrics.clone());
+    let deps = gateway::Deps {
+        registry,
+        bus,
+        verifier,
+        metrics: Some(metrics),
+    };
+    run_both(
+        api_listener,
+        state,
+        gateway_listener,
+        gateway_settings,
+        deps,
+        shutdown_signal(),
+    )
+    .await
 }
 
-/// `chat-api serve`: needs the Redis routing backend and the ScyllaDB store.
+/// Runs the API and the gateway until `shutdown`, then stops both (each drains on its own).
+pub async fn run_both(
+    api_listener: tokio::net::TcpListener,
+    state: AppState,
+    gateway_listener: tokio::net::TcpListener,
+    gateway_settings: gateway::Settings,
+    deps: gateway::Deps,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gateway = tokio::spawn(gateway::serve(
+        gateway_listener,
+        gateway_settings,
+        deps,
+        flipped(stop_rx.clone()),
+    ));
+    let api = tokio::spawn(crate::app::run(api_listener, state, flipped(stop_rx)));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let (g, a) = tokio::join!(gateway, api);
+    g.context("gateway task")??;
+    a.context("API task")??;
+    Ok(())
+}
+
+/// `chat-api serve`: the distributed API. Routes and node streams in Redis; messages in ScyllaDB
+/// (`scylla://`) or a SQLite file shared by the replicas of one host (`sqlite:`). The worker id
+/// comes from `WORKER_ID` or, by default, a lease in Redis.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    args.api.limits()?;
-    args.jwt.verifier().context("JWT configuration")?;
-    anyhow::bail!(
-        "`chat-api serve` is not available in this build yet (it needs the Redis routing backend); \
-         use `chat-api embedded`"
+    use shared::routing::redis::{connect, LeaseOptions, RedisOptions, WorkerLease};
+    let limits = args.api.limits()?;
+    let verifier = args.jwt.verifier().context("JWT configuration")?;
+    let store_url =
+        args.api.store_url.clone().context(
+            "STORE_URL is required: sqlite:PATH or scylla://HOST[:PORT][,HOST...]/KEYSPACE",
+        )?;
+    if !store_url.starts_with("sqlite:") && !store_url.starts_with("scylla://") {
+        anyhow::bail!("STORE_URL {store_url:?}: expected sqlite:PATH or scylla://HOST[:PORT][,HOST...]/KEYSPACE");
+    }
+    let scylla_config = match store_url.strip_prefix("scylla://") {
+        Some(_) => {
+            Some(crate::store::scylla::ScyllaConfig::from_url(&store_url).context("STORE_URL")?)
+        }
+        None => None,
+    };
+    let opts = RedisOptions {
+        command_timeout: args.redis_timeout,
+        ..RedisOptions::default()
+    };
+    let routing = connect(&args.redis_url, opts)
+        .await
+        .with_context(|| format!("REDIS_URL {}", args.redis_url))?;
+    let store: Arc<dyn crate::store::MessageStore> = match &scylla_config {
+        Some(config) => Arc::new(
+            crate::store::scylla::ScyllaStore::connect(config)
+                .await
+                .context("connecting to ScyllaDB (STORE_URL)")?,
+        ),
+        None => Arc::new(open_sqlite(&store_url, &args.api)?),
+    };
+    let (worker_id, lease) = match args.api.worker_id {
+        Some(id) => (id, None),
+        None => {
+            let lease = WorkerLease::acquire(&routing, LeaseOptions::default())
+                .await
+                .context("leasing a worker id in Redis (or set WORKER_ID)")?;
+            (lease.id(), Some(lease))
+        }
+    };
+    tracing::info!(worker_id, "message ids use this worker id");
+    let listener = tokio::net::TcpListener::bind(args.api.api_addr)
+        .await
+        .with_context(|| format!("binding API_ADDR {}", args.api.api_addr))?;
+    let metrics = install_metrics()?;
+    let registry = routing.registry.clone();
+    let sweeper = {
+        let registry = registry.clone();
+        let every = args.route_sweep_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match registry.sweep(10_000).await {
+                    Ok(report) => tracing::debug!(?report, "route sweep"),
+                    Err(e) => tracing::warn!(error = %e, "route sweep failed"),
+                }
+            }
+        })
+    };
+    let state = AppState::new(
+        store,
+        registry,
+        routing.bus.clone(),
+        verifier,
+        Arc::new(IdGenerator::new(worker_id)),
     )
+    .with_limits(limits)
+    .with_metrics(metrics);
+    // A lost lease means another replica may now issue ids with this worker id: stop serving
+    // (the orchestrator restarts the replica with a fresh lease).
+    let lost = {
+        let mut rx = lease.as_ref().map(WorkerLease::watch_lost);
+        async move {
+            match rx.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|l| *l).await;
+                    tracing::error!("worker id lease lost; stopping so that no id is issued twice");
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = lost => {}
+        }
+    };
+    let result = crate::app::run(listener, state, shutdown).await;
+    sweeper.abort();
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    routing.quit().await;
+    result
 }
 
-/// `chat-api migrate`: applies `schema/` to ScyllaDB.
+/// `chat-api migrate`: applies the pending `schema/` files to ScyllaDB.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "`chat-api migrate` is not available in this build yet (STORE_URL {})",
-        args.store_url
-    )
+    use crate::migrate::Replication;
+    let config =
+        crate::store::scylla::ScyllaConfig::from_url(&args.store_url).context("STORE_URL")?;
+    let replication =
+        Replication::parse(&args.replication).context("--replication / SCYLLA_REPLICATION")?;
+    let session = config
+        .session_builder()
+        .build()
+        .await
+        .context("connecting to ScyllaDB (STORE_URL)")?;
+    let report = crate::migrate::migrate(&session, &config.keyspace, &replication).await?;
+    println!("{report:?}");
+    Ok(())
 }

@@ -97,3 +97,11 @@ async fn drain_sockets(node: &Arc<Node>, deadline: Instant) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Many sockets need many descriptors: lifts the soft open-files limit to the hard one.
+pub fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}

@@ -107,7 +107,9 @@ pub struct ConnectResult {
 }
 
 fn shares(total: usize, parts: usize) -> Vec<usize> {
-    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
 }
 
 /// Runs the scenario: spawns the workers, walks the checkpoints, prints and returns the result.
@@ -127,13 +129,31 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
     for w in 0..common.processes {
-        let per_step: Vec<String> = checkpoints.iter().map(|c| shares(*c, common.processes)[w].to_string()).collect();
+        let per_step: Vec<String> = checkpoints
+            .iter()
+            .map(|c| shares(*c, common.processes)[w].to_string())
+            .collect();
         let mut child = Command::new(&exe)
             .arg("connect-worker")
             .args(["--worker", &w.to_string(), "--targets", &per_step.join(",")])
-            .args(["--url", &common.url, "--rate", &(common.rate / common.processes as u32).max(1).to_string()])
-            .args(["--source-ips", &common.source_ips.to_string(), "--encoding", &common.encoding])
-            .args(["--user-prefix", &common.user_prefix, "--sockets", &common.sockets.to_string()])
+            .args([
+                "--url",
+                &common.url,
+                "--rate",
+                &(common.rate / common.processes as u32).max(1).to_string(),
+            ])
+            .args([
+                "--source-ips",
+                &common.source_ips.to_string(),
+                "--encoding",
+                &common.encoding,
+            ])
+            .args([
+                "--user-prefix",
+                &common.user_prefix,
+                "--sockets",
+                &common.sockets.to_string(),
+            ])
             .env("JWT_SECRET", &common.secret)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -145,8 +165,10 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
     }
     let bar = indicatif::ProgressBar::new(common.sockets as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} sockets {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} sockets {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
@@ -159,7 +181,8 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
         for (_, out, _) in workers.iter_mut() {
             let mut line = String::new();
             out.read_line(&mut line)?;
-            let report: StepReport = serde_json::from_str(line.trim()).with_context(|| format!("worker said {line:?}"))?;
+            let report: StepReport = serde_json::from_str(line.trim())
+                .with_context(|| format!("worker said {line:?}"))?;
             open += report.open;
             hs_sum += report.handshake_ms_sum;
             hs_n += report.handshakes;
@@ -169,9 +192,18 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
         }
         ramp_time += step_start.elapsed();
         bar.set_position(open as u64);
-        bar.set_message(format!("checkpoint {}/{}: settling", i + 1, checkpoints.len()));
+        bar.set_message(format!(
+            "checkpoint {}/{}: settling",
+            i + 1,
+            checkpoints.len()
+        ));
         std::thread::sleep(args.settle);
-        samples.push(sample(open, rss(args.gateway_pid), baseline, samples.last()));
+        samples.push(sample(
+            open,
+            rss(args.gateway_pid),
+            baseline,
+            samples.last(),
+        ));
         if i + 1 < checkpoints.len() {
             for (_, _, input) in workers.iter_mut() {
                 writeln!(input, "go")?;
@@ -212,26 +244,44 @@ fn sample(open: usize, rss: Option<u64>, baseline: Option<u64>, prev: Option<&Sa
         (Some(r), Some(b)) if open > 0 => Some((r as f64 - b as f64) / open as f64),
         _ => None,
     };
-    let marginal = match (rss, prev.and_then(|p| p.gateway_rss_bytes.map(|r| (r, p.sockets_open)))) {
+    let marginal = match (
+        rss,
+        prev.and_then(|p| p.gateway_rss_bytes.map(|r| (r, p.sockets_open))),
+    ) {
         (Some(r), Some((pr, po))) if open > po => Some((r as f64 - pr as f64) / (open - po) as f64),
         _ => None,
     };
-    Sample { sockets_open: open, gateway_rss_bytes: rss, bytes_per_socket: per, marginal_bytes_per_socket: marginal }
+    Sample {
+        sockets_open: open,
+        gateway_rss_bytes: rss,
+        bytes_per_socket: per,
+        marginal_bytes_per_socket: marginal,
+    }
 }
 
 fn print_summary(r: &ConnectResult) {
-    println!("connect: {} processes, {} source addresses, {} connects/s asked", r.processes, r.source_ips, r.rate_per_s);
-    println!("handshakes/s achieved: {:.0}, mean handshake {:.2} ms", r.handshakes_per_s, r.mean_handshake_ms);
+    println!(
+        "connect: {} processes, {} source addresses, {} connects/s asked",
+        r.processes, r.source_ips, r.rate_per_s
+    );
+    println!(
+        "handshakes/s achieved: {:.0}, mean handshake {:.2} ms",
+        r.handshakes_per_s, r.mean_handshake_ms
+    );
     if let Some(b) = r.baseline_rss_bytes {
         println!("gateway baseline RSS: {:.1} MiB", b as f64 / 1048576.0);
     }
-    println!("{:>10} {:>12} {:>14} {:>14}", "sockets", "RSS MiB", "B/socket", "marginal B/s");
+    println!(
+        "{:>10} {:>12} {:>14} {:>14}",
+        "sockets", "RSS MiB", "B/socket", "marginal B/s"
+    );
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
     for s in r.samples.iter().chain(r.after_hold.iter()) {
         println!(
             "{:>10} {:>12} {:>14} {:>14}",
             s.sockets_open,
-            s.gateway_rss_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
+            s.gateway_rss_bytes
+                .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1048576.0)),
             fmt(s.bytes_per_socket),
             fmt(s.marginal_bytes_per_socket)
         );
@@ -273,7 +323,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let url = url_parts(&args.url)?;
     let open = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<f64, String>>();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     let mut next = 0usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
     for (step, &target) in args.targets.iter().enumerate() {
@@ -283,10 +334,22 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         while next < target {
             tick.tick().await;
-            let ip = Ipv4Addr::new(127, 0, 0, 2 + (next % usize::from(args.source_ips.max(1))) as u8);
+            let ip = Ipv4Addr::new(
+                127,
+                0,
+                0,
+                2 + (next % usize::from(args.source_ips.max(1))) as u8,
+            );
             let user = format!("{}-{}-{}", args.user_prefix, args.worker, next);
             let token = signer.token(&user, Duration::from_secs(24 * 3600), None);
-            tokio::spawn(hold_socket(url.clone(), args.encoding.clone(), token, ip, open.clone(), tx.clone()));
+            tokio::spawn(hold_socket(
+                url.clone(),
+                args.encoding.clone(),
+                token,
+                ip,
+                open.clone(),
+                tx.clone(),
+            ));
             next += 1;
             pending += 1;
             while let Ok(r) = rx.try_recv() {
@@ -335,13 +398,20 @@ struct Url {
 }
 
 fn url_parts(url: &str) -> anyhow::Result<Url> {
-    let rest = url.strip_prefix("ws://").context("only ws:// URLs are supported")?;
+    let rest = url
+        .strip_prefix("ws://")
+        .context("only ws:// URLs are supported")?;
     let host = rest.split('/').next().unwrap_or_default();
-    let addr: SocketAddr = host.parse().with_context(|| format!("{host} must be IP:PORT"))?;
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("{host} must be IP:PORT"))?;
     if !addr.ip().is_loopback() {
         bail!("load is only sent to loopback addresses, not {}", addr.ip());
     }
-    Ok(Url { addr, full: url.to_string() })
+    Ok(Url {
+        addr,
+        full: url.to_string(),
+    })
 }
 
 async fn hold_socket(
@@ -355,14 +425,23 @@ async fn hold_socket(
     let started = Instant::now();
     let connect = async {
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-        socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).map_err(|e| format!("bind: {}", e.kind()))?;
-        let stream = socket.connect(url.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .map_err(|e| format!("bind: {}", e.kind()))?;
+        let stream = socket
+            .connect(url.addr)
+            .await
+            .map_err(|e| format!("connect: {}", e.kind()))?;
         let sep = if url.full.contains('?') { '&' } else { '?' };
         let full = format!("{}{sep}encoding={encoding}&access_token={token}", url.full);
-        let (mut ws, _) = tokio_tungstenite::client_async(full, stream).await.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) => format!("http {}", r.status().as_u16()),
-            other => format!("handshake: {other}"),
-        })?;
+        let (mut ws, _) = tokio_tungstenite::client_async(full, stream)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    format!("http {}", r.status().as_u16())
+                }
+                other => format!("handshake: {other}"),
+            })?;
         // The hello frame proves authentication and registration.
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(_))) => Ok(ws),

@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Load generator and benchmarks for the chat system")]
+#[command(
+    name = "loadtest",
+    about = "Load generator and benchmarks for the chat system"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

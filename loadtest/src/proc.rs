@@ -17,7 +17,8 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).unwrap_or(&"0").parse::<f64>()? + fields.get(12).unwrap_or(&"0").parse::<f64>()?;
+    let ticks: f64 = fields.get(11).unwrap_or(&"0").parse::<f64>()?
+        + fields.get(12).unwrap_or(&"0").parse::<f64>()?;
     Ok(ticks / 100.0)
 }
 
