@@ -1,0 +1,283 @@
+//! End-to-end tests of embedded mode: the API and the gateway in one process (as
+//! `chat-api embedded` runs them), driven over real sockets by an HTTP client and a WebSocket
+//! client other than fastwebsockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use chat_api::store::sqlite::SqliteStore;
+use chat_api::AppState;
+use shared::auth::{JwtSettings, KeySource, Signer, Verifier};
+use shared::protocol::{decode_server, Encoding, ServerFrame};
+use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::IdGenerator;
+
+const SECRET: &[u8] = b"embedded-test-secret-0123456789abcdef";
+
+struct System {
+    api: String,
+    ws: String,
+    signer: Signer,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl System {
+    async fn start() -> System {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
+        let verifier = Verifier::new(&JwtSettings {
+            algorithm: jsonwebtoken::Algorithm::HS256,
+            key: KeySource::Secret(SECRET.to_vec()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(1),
+        })
+        .unwrap();
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(MemoryBus::default());
+        let state = AppState::new(
+            Arc::new(store),
+            registry.clone(),
+            bus.clone(),
+            verifier.clone(),
+            Arc::new(IdGenerator::new(1)),
+        );
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", api_listener.local_addr().unwrap());
+        let ws = format!("ws://{}/ws", gw_listener.local_addr().unwrap());
+        let settings = gateway::Settings {
+            node_id: "embedded".into(),
+            drain_window: Duration::from_millis(50),
+            drain_deadline: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let deps = gateway::Deps {
+            registry,
+            bus,
+            verifier,
+            metrics: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(chat_api::cli::run_both(
+            api_listener,
+            state,
+            gw_listener,
+            settings,
+            deps,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        System {
+            api,
+            ws,
+            signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, SECRET),
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.signer.token(user, Duration::from_secs(600), None)
+    }
+
+    async fn post(&self, user_token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(user_token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A browser-style connection: the token in the query string.
+    async fn connect(&self, user: &str, encoding: Encoding) -> Socket {
+        let enc = match encoding {
+            Encoding::Json => "json",
+            Encoding::Msgpack => "msgpack",
+        };
+        let url = format!(
+            "{}?encoding={enc}&access_token={}",
+            self.ws,
+            self.token(user)
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut s = Socket { ws, encoding };
+        assert!(matches!(s.next().await, ServerFrame::Hello { .. }));
+        s
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+struct Socket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    encoding: Encoding,
+}
+
+impl Socket {
+    async fn next(&mut self) -> ServerFrame {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("frame in time");
+            match msg.expect("open").expect("frame") {
+                WsMessage::Text(t) => return decode_server(Encoding::Json, t.as_bytes()).unwrap(),
+                WsMessage::Binary(b) => {
+                    assert_eq!(self.encoding, Encoding::Msgpack);
+                    return decode_server(Encoding::Msgpack, &b).unwrap();
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Nothing but control frames arrives for `quiet`.
+    async fn assert_quiet(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(msg) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match msg {
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn message_posted_by_one_user_reaches_the_others_sockets_once() {
+    let sys = System::start().await;
+    let mut bob_json = sys.connect("bob", Encoding::Json).await;
+    let mut bob_mp = sys.connect("bob", Encoding::Msgpack).await;
+    let mut carol = sys.connect("carol", Encoding::Json).await;
+    let alice = sys.token("alice");
+    let (status, chat) = sys
+        .post(
+            &alice,
+            "/v1/chats",
+            json!({"members": ["bob"], "title": "t"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{chat}");
+    let chat_id = chat["chat_id"].as_str().unwrap().to_string();
+    let (status, sent) = sys
+        .post(
+            &alice,
+            &format!("/v1/chats/{chat_id}/messages"),
+            json!({"client_msg_id": "c-1", "body": "hi bob"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    for sock in [&mut bob_json, &mut bob_mp] {
+        match sock.next().await {
+            ServerFrame::Message { message } => {
+                assert_eq!(message.body, "hi bob");
+                assert_eq!(message.sender_id, "alice");
+                assert_eq!(
+                    message.message_id.to_string(),
+                    sent["message_id"].as_str().unwrap()
+                );
+                assert_eq!(message.chat_id.to_string(), chat_id);
+            }
+            other => panic!("expected message, got {other:?}"),
+        }
+    }
+    // A retry stores nothing new and sends nothing again; carol is not a member.
+    let (status, again) = sys
+        .post(
+            &alice,
+            &format!("/v1/chats/{chat_id}/messages"),
+            json!({"client_msg_id": "c-1", "body": "hi bob"}),
+        )
+        .await;
+    assert_eq!((status, &again), (201, &sent));
+    bob_json.assert_quiet(Duration::from_millis(300)).await;
+    carol.assert_quiet(Duration::from_millis(100)).await;
+    sys.stop().await;
+}
+
+#[tokio::test]
+async fn push_event_reaches_the_user_in_both_encodings() {
+    let sys = System::start().await;
+    let mut json_sock = sys.connect("dana", Encoding::Json).await;
+    let mut mp_sock = sys.connect("dana", Encoding::Msgpack).await;
+    let service = sys
+        .signer
+        .token("billing", Duration::from_secs(60), Some("push"));
+    let event = json!({"kind": "invoice.paid", "amount_cents": 1250});
+    let (status, body) = sys
+        .post(
+            &service,
+            "/v1/push",
+            json!({"user_ids": ["dana", "nobody"], "event": event}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for sock in [&mut json_sock, &mut mp_sock] {
+        assert_eq!(
+            sock.next().await,
+            ServerFrame::Event {
+                event: event.clone()
+            }
+        );
+    }
+    // A user token cannot push.
+    let (status, _) = sys
+        .post(
+            &sys.token("dana"),
+            "/v1/push",
+            json!({"user_ids": ["dana"], "event": {}}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    sys.stop().await;
+}
+
+#[tokio::test]
+async fn presence_follows_sockets() {
+    let sys = System::start().await;
+    let presence = |sys: &System| {
+        let req = sys
+            .http
+            .get(format!("{}/v1/presence?user_ids=erin", sys.api))
+            .bearer_auth(sys.token("x"))
+            .send();
+        async move { req.await.unwrap().json::<Value>().await.unwrap()["presence"][0]["online"].clone() }
+    };
+    assert_eq!(presence(&sys).await, json!(false));
+    let sock = sys.connect("erin", Encoding::Json).await;
+    assert_eq!(presence(&sys).await, json!(true));
+    drop(sock);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while presence(&sys).await != json!(false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still online after the socket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sys.stop().await;
+}
