@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's test command. Installs what the tests need when it is
+# missing (redis-server for the private Redis servers the tests start), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  echo "==> installing redis-server (the tests start their own private servers)"
+  need_root apt-get update -qq
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo test (workspace)"
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
+
+echo "==> Kubernetes manifests"
+./scripts/validate-k8s.sh
