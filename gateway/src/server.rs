@@ -192,7 +192,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             )
         }
     };
-    tokio::spawn(async move {
+    let task = async move {
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
@@ -221,6 +221,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
-    });
+    };
+    tokio::spawn(task);
     response.map(|_| Full::new(Bytes::new()))
 }
