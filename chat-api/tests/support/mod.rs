@@ -1,0 +1,944 @@
+//! Multi-process test harness: a private Redis, `gateway` and `chat-api serve` processes on free
+//! ports in one temp dir (killed on drop, their logs printed when a test panics), plus HTTP and
+//! WebSocket clients that speak the public API and wire protocol.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use shared::auth::Signer;
+use shared::protocol::{decode_server, encode_client, ClientFrame, Encoding, Message, ServerFrame};
+use shared::testkit::RedisServer;
+use shared::Id;
+
+pub const SECRET: &str = "distributed-test-secret-0123456789abcdef";
+/// How long a process may take to answer `/readyz` after spawn.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Lines of a process log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The `gateway` binary, built once per test run. Cargo only builds the binaries of the package
+/// under test, and `gateway` belongs to another package of the workspace: build it next to
+/// `chat-api` (a no-op when it is fresh) so that the test never runs a stale gateway.
+pub fn gateway_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let api = Path::new(env!("CARGO_BIN_EXE_chat-api"));
+        let dir = api.parent().expect("binary directory");
+        let bin = dir.join("gateway");
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            assert!(
+                bin.is_file(),
+                "{} is missing and CARGO is not set: run `cargo build -p gateway` first",
+                bin.display()
+            );
+            return bin;
+        };
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
+            .arg("--manifest-path")
+            .arg(&manifest);
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
+        }
+        let out = cmd.output().expect("running cargo to build the gateway");
+        assert!(
+            out.status.success(),
+            "`cargo build -p gateway` failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A port that was free a moment ago. Another process may take it before ours binds it, so
+/// callers retry on a bind failure.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("binding a probe port")
+            .port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+/// A child process, SIGKILLed and reaped on drop; its log is printed if the test panics.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, exe: &Path, args: &[&str], envs: &[(&str, String)], dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("creating a process log");
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log handle")))
+            .stderr(Stdio::from(file))
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "text");
+        // Settings inherited from the test runner's environment must not leak in.
+        for var in [
+            "WORKER_ID",
+            "NODE_ID",
+            "STORE_URL",
+            "REDIS_URL",
+            "JWT_SECRET",
+            "JWT_PUBLIC_KEY_FILE",
+            "JWT_ALGORITHM",
+            "JWT_ISSUER",
+            "JWT_AUDIENCE",
+            "API_ADDR",
+            "GATEWAY_ADDR",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({}): {e}", exe.display()));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// `kill -9`, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The exit status if the process has ended (or was killed by the test).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => Some(std::os::unix::process::ExitStatusExt::from_raw(9)),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+pub struct Gateway {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Gateway {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    pub proc: Proc,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub gateways: Vec<&'static str>,
+    pub apis: usize,
+    pub node_ttl: Duration,
+    pub route_sweep_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            gateways: vec!["gw-a", "gw-b"],
+            apis: 2,
+            node_ttl: Duration::from_secs(3),
+            route_sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One distributed deployment. Field order is drop order: the services die before Redis, and
+/// the temp dir (SQLite file, logs) goes last.
+pub struct Cluster {
+    pub gateways: Vec<Gateway>,
+    pub apis: Vec<Api>,
+    pub redis: RedisServer,
+    pub http: Http,
+    signer: Signer,
+    pub dir: tempfile::TempDir,
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+enum Kind {
+    Gateway(&'static str),
+    Api(u16),
+}
+
+impl Cluster {
+    /// Starts Redis, then every gateway and API process at once, and waits until each answers
+    /// `/readyz` (a gateway is ready once its first heartbeat reached Redis).
+    pub async fn start(opts: Options) -> Cluster {
+        let gateway_bin = tokio::task::spawn_blocking(gateway_binary)
+            .await
+            .expect("gateway build task");
+        let redis = tokio::task::spawn_blocking(RedisServer::start)
+            .await
+            .expect("redis start task")
+            .expect("starting a private redis-server");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("chat.db");
+        let http = Http::new();
+        let kinds: Vec<Kind> = opts
+            .gateways
+            .iter()
+            .map(|n| Kind::Gateway(n))
+            .chain((0..opts.apis).map(|i| Kind::Api(i as u16 + 1)))
+            .collect();
+        let started = futures_util::future::join_all(kinds.into_iter().map(|kind| {
+            let (redis_url, dir, db, http, gateway_bin, opts) = (
+                redis.url(),
+                dir.path().to_path_buf(),
+                db.clone(),
+                http.clone(),
+                gateway_bin.clone(),
+                opts.clone(),
+            );
+            async move {
+                let mut last_log = String::new();
+                for attempt in 0..3 {
+                    let port = free_port();
+                    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+                    let mut proc = match kind {
+                        Kind::Gateway(node) => Proc::spawn(
+                            &format!("{node}-{attempt}"),
+                            &gateway_bin,
+                            &[],
+                            &[
+                                ("REDIS_URL", redis_url.clone()),
+                                ("JWT_SECRET", SECRET.into()),
+                                ("GATEWAY_ADDR", addr.to_string()),
+                                ("NODE_ID", node.into()),
+                                ("NODE_TTL", millis(opts.node_ttl)),
+                                ("REDIS_TIMEOUT", "500ms".into()),
+                                ("DRAIN_WINDOW", "100ms".into()),
+                                ("DRAIN_DEADLINE", "2s".into()),
+                            ],
+                            &dir,
+                        ),
+                        Kind::Api(worker) => Proc::spawn(
+                            &format!("api{worker}-{attempt}"),
+                            Path::new(env!("CARGO_BIN_EXE_chat-api")),
+                            &["serve"],
+                            &[
+                                ("REDIS_URL", redis_url.clone()),
+                                ("JWT_SECRET", SECRET.into()),
+                                ("API_ADDR", addr.to_string()),
+                                ("STORE_URL", format!("sqlite:{}", db.display())),
+                                ("WORKER_ID", worker.to_string()),
+                                ("REDIS_TIMEOUT", "500ms".into()),
+                                ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
+                                ("API_SHUTDOWN_GRACE", "1s".into()),
+                            ],
+                            &dir,
+                        ),
+                    };
+                    let deadline = Instant::now() + READY_TIMEOUT;
+                    loop {
+                        if http.ready(&format!("http://{addr}/readyz")).await {
+                            return (kind, addr, proc);
+                        }
+                        if let Some(status) = proc.exited() {
+                            last_log = proc.log_tail(LOG_TAIL_LINES);
+                            // A lost race for the port is retried on another one.
+                            assert!(
+                                last_log.contains("binding") || last_log.contains("in use"),
+                                "{} exited with {status} before it was ready:\n{last_log}",
+                                proc.name
+                            );
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{} not ready within {READY_TIMEOUT:?}:\n{}",
+                            proc.name,
+                            proc.log_tail(LOG_TAIL_LINES)
+                        );
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                panic!("could not bind a free port in 3 attempts:\n{last_log}");
+            }
+        }))
+        .await;
+        let mut gateways = Vec::new();
+        let mut apis = Vec::new();
+        for (kind, addr, proc) in started {
+            match kind {
+                Kind::Gateway(node) => gateways.push(Gateway {
+                    node_id: node.to_string(),
+                    addr,
+                    proc,
+                }),
+                Kind::Api(_) => apis.push(Api {
+                    base: format!("http://{addr}"),
+                    proc,
+                }),
+            }
+        }
+        Cluster {
+            gateways,
+            apis,
+            redis,
+            http,
+            signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, SECRET.as_bytes()),
+            dir,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.signer.token(user, Duration::from_secs(600), None)
+    }
+
+    pub fn service_token(&self, service: &str, scope: &str) -> String {
+        self.signer
+            .token(service, Duration::from_secs(600), Some(scope))
+    }
+
+    pub fn api(&self, i: usize) -> &str {
+        &self.apis[i % self.apis.len()].base
+    }
+
+    pub async fn connect(&self, gateway: usize, user: &str, encoding: Encoding) -> WsClient {
+        WsClient::connect(
+            &self.gateways[gateway].ws_url(),
+            &self.token(user),
+            encoding,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user} connecting to gateway {gateway}: {e}"))
+    }
+
+    /// Creates a chat through API `api` as `creator`; returns its id.
+    pub async fn create_chat(&self, api: usize, creator: &str, members: &[String]) -> Id {
+        let r = self
+            .http
+            .post(
+                self.api(api),
+                &self.token(creator),
+                "/v1/chats",
+                &serde_json::json!({ "members": members }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create chat: {}", r.body);
+        r.body["chat_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("chat_id in {}", r.body))
+    }
+
+    /// Sends a message and expects 201; returns the stored message.
+    pub async fn send(
+        &self,
+        api: usize,
+        sender: &str,
+        chat: Id,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Message {
+        let r = self
+            .http
+            .send_message(
+                self.api(api),
+                &self.token(sender),
+                chat,
+                client_msg_id,
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 201, "send {client_msg_id}: {}", r.body);
+        serde_json::from_value(r.body.clone())
+            .unwrap_or_else(|e| panic!("message in {}: {e}", r.body))
+    }
+
+    /// `GET /v1/presence`: user → online, or the failed response.
+    pub async fn presence(
+        &self,
+        api: usize,
+        users: &[&str],
+    ) -> Result<HashMap<String, bool>, Resp> {
+        let r = self
+            .http
+            .get(
+                self.api(api),
+                &self.token("presence-probe"),
+                &format!("/v1/presence?user_ids={}", users.join(",")),
+            )
+            .await;
+        if r.status != 200 {
+            return Err(r);
+        }
+        Ok(r.body["presence"]
+            .as_array()
+            .unwrap_or_else(|| panic!("presence list in {}", r.body))
+            .iter()
+            .map(|p| {
+                (
+                    p["user_id"].as_str().unwrap_or_default().to_string(),
+                    p["online"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until every user in `users` has presence `online` (through API 0), at most `limit`.
+    /// Returns how long it took.
+    pub async fn await_presence(&self, users: &[&str], online: bool, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let last = self.presence(0, users).await;
+            if let Ok(p) = &last {
+                if users.iter().all(|u| p.get(*u) == Some(&online)) {
+                    return started.elapsed();
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "presence of {users:?} not {online} within {limit:?}: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Panics unless every service process is still running.
+    pub fn assert_all_running(&mut self) {
+        for p in self
+            .gateways
+            .iter_mut()
+            .map(|g| &mut g.proc)
+            .chain(self.apis.iter_mut().map(|a| &mut a.proc))
+        {
+            if let Some(status) = p.exited() {
+                panic!(
+                    "{} exited ({status}):\n{}",
+                    p.name,
+                    p.log_tail(LOG_TAIL_LINES)
+                );
+            }
+        }
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new() -> Http {
+        Http {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    async fn ready(&self, url: &str) -> bool {
+        matches!(
+            self.client.get(url).timeout(Duration::from_secs(1)).send().await,
+            Ok(r) if r.status().is_success()
+        )
+    }
+
+    async fn finish(r: reqwest::Result<reqwest::Response>, what: &str) -> Resp {
+        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = r.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    pub async fn post(&self, base: &str, token: &str, path: &str, body: &Value) -> Resp {
+        let r = self
+            .client
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await;
+        Self::finish(r, &format!("POST {base}{path}")).await
+    }
+
+    pub async fn get(&self, base: &str, token: &str, path: &str) -> Resp {
+        let r = self
+            .client
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        Self::finish(r, &format!("GET {base}{path}")).await
+    }
+
+    pub async fn send_message(
+        &self,
+        base: &str,
+        token: &str,
+        chat: Id,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Resp {
+        self.post(
+            base,
+            token,
+            &format!("/v1/chats/{chat}/messages"),
+            &serde_json::json!({ "client_msg_id": client_msg_id, "body": body }),
+        )
+        .await
+    }
+}
+
+/// What a socket read produced.
+#[derive(Debug)]
+pub enum Recv {
+    Frame(ServerFrame),
+    Timeout,
+    Closed(String),
+}
+
+/// A WebSocket client of one gateway (tokio-tungstenite, not the server's library).
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pub encoding: Encoding,
+    pub user: String,
+    pub connection_id: String,
+}
+
+/// Frames a socket received while waiting for expected ones.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub messages: Vec<Message>,
+    pub events: Vec<Value>,
+}
+
+impl WsClient {
+    /// Connects and reads `hello`. JSON sockets send the token in `Authorization`, MessagePack
+    /// sockets in `access_token` (the browser form), so both paths are exercised.
+    pub async fn connect(url: &str, token: &str, encoding: Encoding) -> anyhow::Result<WsClient> {
+        let request = match encoding {
+            Encoding::Json => {
+                let mut req = format!("{url}?encoding=json").into_client_request()?;
+                req.headers_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+                req
+            }
+            Encoding::Msgpack => {
+                format!("{url}?encoding=msgpack&access_token={token}").into_client_request()?
+            }
+        };
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("WebSocket handshake timed out"))??;
+        let mut client = WsClient {
+            ws,
+            encoding,
+            user: String::new(),
+            connection_id: String::new(),
+        };
+        match client.recv(Instant::now() + Duration::from_secs(5)).await {
+            Recv::Frame(ServerFrame::Hello {
+                user_id,
+                connection_id,
+                ..
+            }) => {
+                client.user = user_id;
+                client.connection_id = connection_id;
+                Ok(client)
+            }
+            other => anyhow::bail!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// The next data frame before `deadline` (control frames are skipped).
+    pub async fn recv(&mut self, deadline: Instant) -> Recv {
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Recv::Timeout,
+                Ok(None) => return Recv::Closed("stream ended".into()),
+                Ok(Some(Err(e))) => return Recv::Closed(e.to_string()),
+                Ok(Some(Ok(m))) => m,
+            };
+            let (encoding, bytes) = match next {
+                WsMessage::Text(t) => (Encoding::Json, t.as_bytes().to_vec()),
+                WsMessage::Binary(b) => (Encoding::Msgpack, b.to_vec()),
+                WsMessage::Close(c) => return Recv::Closed(format!("close frame {c:?}")),
+                _ => continue,
+            };
+            assert_eq!(
+                encoding, self.encoding,
+                "{}: frame in the wrong encoding",
+                self.user
+            );
+            return Recv::Frame(
+                decode_server(encoding, &bytes)
+                    .unwrap_or_else(|e| panic!("{}: undecodable frame: {e}", self.user)),
+            );
+        }
+    }
+
+    /// Reads until every message id in `messages` and `events` push events have arrived, within
+    /// `limit`. Panics on a repeated message id, a message not expected, or an extra event.
+    pub async fn expect(&mut self, messages: &[Id], events: usize, limit: Duration) -> Received {
+        let deadline = Instant::now() + limit;
+        let want: HashSet<Id> = messages.iter().copied().collect();
+        let mut got = Received::default();
+        let mut seen = HashSet::new();
+        while seen.len() < want.len() || got.events.len() < events {
+            match self.recv(deadline).await {
+                Recv::Frame(ServerFrame::Message { message }) => {
+                    assert!(
+                        want.contains(&message.message_id),
+                        "{} ({}): unexpected message {message:?}",
+                        self.user,
+                        self.connection_id
+                    );
+                    assert!(
+                        seen.insert(message.message_id),
+                        "{} ({}): message {} delivered twice",
+                        self.user,
+                        self.connection_id,
+                        message.message_id
+                    );
+                    got.messages.push(message);
+                }
+                Recv::Frame(ServerFrame::Event { event }) => {
+                    assert!(
+                        got.events.len() < events,
+                        "{}: unexpected event {event}",
+                        self.user
+                    );
+                    got.events.push(event);
+                }
+                Recv::Frame(_) => {}
+                other => panic!(
+                    "{} ({}): waiting for {} of {:?} and {} events, got {other:?} after {:?}",
+                    self.user,
+                    self.connection_id,
+                    want.len() - seen.len(),
+                    want,
+                    events - got.events.len(),
+                    got
+                ),
+            }
+        }
+        got
+    }
+
+    /// No `message` or `event` frame arrives within `grace` (and the socket stays open).
+    pub async fn assert_quiet(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.recv(deadline).await {
+                Recv::Timeout => return,
+                Recv::Frame(f @ (ServerFrame::Message { .. } | ServerFrame::Event { .. })) => {
+                    panic!("{} ({}): extra frame {f:?}", self.user, self.connection_id)
+                }
+                Recv::Frame(_) => {}
+                Recv::Closed(why) => panic!("{}: socket closed: {why}", self.user),
+            }
+        }
+    }
+
+    /// Sends an application ping and waits for `pong`, proving the socket is alive end to end.
+    /// Returns the messages that arrived meanwhile.
+    pub async fn ping(&mut self, limit: Duration) -> Vec<Message> {
+        let bytes = encode_client(self.encoding, &ClientFrame::Ping);
+        let frame = match self.encoding {
+            Encoding::Json => WsMessage::Text(String::from_utf8(bytes).expect("JSON").into()),
+            Encoding::Msgpack => WsMessage::Binary(bytes.into()),
+        };
+        self.ws.send(frame).await.expect("sending ping");
+        let deadline = Instant::now() + limit;
+        let mut messages = Vec::new();
+        loop {
+            match self.recv(deadline).await {
+                Recv::Frame(ServerFrame::Pong) => return messages,
+                Recv::Frame(ServerFrame::Message { message }) => messages.push(message),
+                Recv::Frame(_) => {}
+                other => panic!("{}: waiting for pong, got {other:?}", self.user),
+            }
+        }
+    }
+}
+
+/// A client that follows the catch-up algorithm of `docs/PROTOCOL.md`: it keeps every message
+/// it holds per chat (by id, so repeats between frames and history collapse), and after each
+/// (re)connect pages `GET .../messages?after=<highest held>` for every chat whose
+/// `last_message_id` is above it.
+pub struct CatchUpClient {
+    pub user: String,
+    pub token: String,
+    pub encoding: Encoding,
+    pub socket: Option<WsClient>,
+    /// chat → message id → message.
+    pub held: HashMap<Id, BTreeMap<Id, Message>>,
+    /// Message ids each connection has received as frames, to catch a socket that gets the
+    /// same message twice (a delivery bug, unlike a frame repeating history).
+    per_socket: HashSet<Id>,
+    pub socket_repeats: Vec<Id>,
+    pub connections: usize,
+    pub fetched_from_history: usize,
+}
+
+impl CatchUpClient {
+    pub fn new(user: &str, token: String, encoding: Encoding) -> CatchUpClient {
+        CatchUpClient {
+            user: user.to_string(),
+            token,
+            encoding,
+            socket: None,
+            held: HashMap::new(),
+            per_socket: HashSet::new(),
+            socket_repeats: Vec::new(),
+            connections: 0,
+            fetched_from_history: 0,
+        }
+    }
+
+    /// Connects to `ws_url`, then catches up through the API at `api`.
+    pub async fn connect(&mut self, http: &Http, ws_url: &str, api: &str) {
+        let socket = WsClient::connect(ws_url, &self.token, self.encoding)
+            .await
+            .unwrap_or_else(|e| panic!("{} connecting to {ws_url}: {e}", self.user));
+        self.socket = Some(socket);
+        self.per_socket.clear();
+        self.connections += 1;
+        if self.connections > 1 {
+            self.catch_up(http, api).await;
+        }
+    }
+
+    fn highest(&self, chat: Id) -> Option<Id> {
+        self.held
+            .get(&chat)
+            .and_then(|m| m.keys().next_back().copied())
+    }
+
+    fn hold(&mut self, message: Message) {
+        self.held
+            .entry(message.chat_id)
+            .or_default()
+            .insert(message.message_id, message);
+    }
+
+    pub async fn catch_up(&mut self, http: &Http, api: &str) {
+        let chats = http.get(api, &self.token, "/v1/chats").await;
+        assert_eq!(
+            chats.status, 200,
+            "{}: GET /v1/chats: {}",
+            self.user, chats.body
+        );
+        let list = chats.body["chats"].as_array().cloned().unwrap_or_default();
+        for chat in list {
+            let chat_id: Id = chat["chat_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("chat_id in {chat}"));
+            let Some(last) = chat["last_message_id"]
+                .as_str()
+                .and_then(|s| s.parse::<Id>().ok())
+            else {
+                continue;
+            };
+            if self.highest(chat_id).is_some_and(|h| h >= last) {
+                continue;
+            }
+            loop {
+                let path = match self.highest(chat_id) {
+                    Some(h) => format!("/v1/chats/{chat_id}/messages?after={h}&limit=200"),
+                    None => format!("/v1/chats/{chat_id}/messages?limit=200"),
+                };
+                let page = http.get(api, &self.token, &path).await;
+                assert_eq!(page.status, 200, "{}: GET {path}: {}", self.user, page.body);
+                let messages: Vec<Message> = serde_json::from_value(page.body["messages"].clone())
+                    .unwrap_or_else(|e| panic!("messages in {}: {e}", page.body));
+                self.fetched_from_history += messages.len();
+                messages.into_iter().for_each(|m| self.hold(m));
+                if page.body["has_more"] != Value::Bool(true) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Reads frames until `deadline`, or until it holds every id in `want` (when given).
+    /// Returns `Some(reason)` if the socket closed.
+    pub async fn pump(&mut self, deadline: Instant, want: Option<&HashSet<Id>>) -> Option<String> {
+        loop {
+            if let Some(want) = want {
+                if want.iter().all(|id| self.holds(*id)) {
+                    return None;
+                }
+            }
+            let socket = self.socket.as_mut()?;
+            match socket.recv(deadline).await {
+                Recv::Frame(ServerFrame::Message { message }) => {
+                    if !self.per_socket.insert(message.message_id) {
+                        self.socket_repeats.push(message.message_id);
+                    }
+                    self.hold(message);
+                }
+                Recv::Frame(_) => {}
+                Recv::Timeout => return None,
+                Recv::Closed(why) => {
+                    self.socket = None;
+                    return Some(why);
+                }
+            }
+        }
+    }
+
+    pub fn holds(&self, id: Id) -> bool {
+        self.held.values().any(|m| m.contains_key(&id))
+    }
+
+    /// Everything held in one chat, in id order.
+    pub fn chat(&self, chat: Id) -> Vec<Message> {
+        self.held
+            .get(&chat)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The id of the newest entry of a Redis stream, as `(ms, seq)`, read with a raw RESP request so
+/// the check does not depend on the client library under test.
+pub fn newest_stream_entry(redis_port: u16, key: &str) -> std::io::Result<Option<(u64, u64)>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis_port))?;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let args = ["XREVRANGE", key, "+", "-", "COUNT", "1"];
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(req.as_bytes())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        }
+        // `*0` is the whole answer for an empty or missing stream; otherwise the id is the
+        // fourth line (`*1`, `*2`, `$LEN`, ID).
+        if out.starts_with(b"*0\r\n") || out.split(|b| *b == b'\n').count() > 4 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    if text.starts_with("*0") {
+        return Ok(None);
+    }
+    let id = text.split("\r\n").nth(3).unwrap_or_default();
+    let parsed = id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)));
+    match parsed {
+        Some(p) => Ok(Some(p)),
+        None => Err(std::io::Error::other(format!(
+            "unexpected XREVRANGE reply {text:?}"
+        ))),
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    shared::ids::now_unix_ms()
+}
