@@ -23,5 +23,11 @@ echo "==> cargo test (workspace)"
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
 
+echo "==> benchmark smoke run (debug binaries, seconds; checks the bench script still works)"
+./scripts/bench.sh --smoke
+
 echo "==> Kubernetes manifests"
 ./scripts/validate-k8s.sh
+
+echo "==> browser client and demo page (headless Chromium)"
+CHAT_API_BIN=$(pwd)/target/debug/chat-api ./scripts/test-web.sh

@@ -8,6 +8,10 @@
 # `kubectl kustomize`; with neither, the base and monitoring files are validated directly and the
 # overlays' patches are only linted (the script says so).
 #
+# Service defaults for the drain check come from docs/CONFIG.md (generated from the code, and kept
+# equal to it by chat-api/tests/config_doc.rs); metric names and panel titles from
+# docs/OPERATIONS.md (kept equal to the exporters by chat-api/tests/metrics_scrape.rs).
+#
 # Environment: K8S_VERSION (schema version, default 1.30.0), K8S_VALIDATE_VENV (venv path),
 # KUSTOMIZE (a kustomize binary to use instead of the search above; "none" forces the direct mode).
 set -euo pipefail
@@ -83,7 +87,7 @@ else
 fi
 
 # (d) schemas, references, dashboard; (f) drain timing
-"$py" - "$k8s_version" "$k8s" "${inputs[@]}" <<'PY'
+"$py" - "$k8s_version" "$k8s" "$root/docs" "${inputs[@]}" <<'PY'
 """Schema, reference, dashboard and drain-timing checks over rendered manifests."""
 import functools
 import json
@@ -93,7 +97,7 @@ import sys
 import yaml
 import kubernetes_validate.utils as kvu
 
-version, k8s_dir, inputs = sys.argv[1], sys.argv[2], sys.argv[3:]
+version, k8s_dir, docs_dir, inputs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 
 # Custom resources have no bundled schema; they are skipped by name, so an unknown kind is an error.
 CUSTOM = {
@@ -101,10 +105,6 @@ CUSTOM = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("external-secrets.io/v1beta1", "ExternalSecret"),
 }
-# Built-in shutdown deadline of `chat-api serve` (no setting documented for it yet).
-API_SHUTDOWN_DEADLINE_S = 20.0
-GATEWAY_DEFAULTS = {"DRAIN_DEADLINE": "25s", "DRAIN_WINDOW": "10s",
-                    "HEARTBEAT_INTERVAL": "25s", "IDLE_TIMEOUT": "60s"}
 INGRESS_TIMEOUT_MIN_S = 3600
 DASHBOARD_METRICS = [
     "gateway_sockets_open", "gateway_connects_total", "gateway_disconnects_total",
@@ -113,7 +113,52 @@ DASHBOARD_METRICS = [
     "gateway_stream_batch_size", "gateway_draining", "api_http_requests_total",
     "api_http_request_seconds", "api_store_op_seconds", "api_store_errors_total",
     "redis_op_seconds", "redis_errors_total", "api_rate_limited_total", "api_rejected_total",
+    "gateway_rejected_total", "gateway_rate_limited_total", "api_draining",
 ]
+
+
+
+def config_defaults(section):
+    """Defaults of one binary's settings, from docs/CONFIG.md. That file is generated from the
+    code's flag definitions and a test fails when they differ, so these are the code's defaults."""
+    text = open(docs_dir + "/CONFIG.md").read()
+    parts = text.split("\n## `%s`\n" % section)
+    if len(parts) != 2:
+        raise SystemExit("FAIL: docs/CONFIG.md has no section `%s`" % section)
+    out = {}
+    for line in parts[1].split("\n## ")[0].splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[1].startswith("`"):
+            out[cells[1].strip("`")] = cells[3].strip("`")
+    return out
+
+
+GATEWAY_DEFAULTS = {k: v for k, v in config_defaults("gateway").items()
+                    if k in ("DRAIN_DEADLINE", "DRAIN_WINDOW", "HEARTBEAT_INTERVAL", "IDLE_TIMEOUT")}
+API_DEFAULTS = {k: v for k, v in config_defaults("chat-api serve").items() if k == "API_SHUTDOWN_GRACE"}
+if len(GATEWAY_DEFAULTS) != 4 or len(API_DEFAULTS) != 1:
+    raise SystemExit("FAIL: docs/CONFIG.md lacks the drain settings: %r %r" % (GATEWAY_DEFAULTS, API_DEFAULTS))
+print("service defaults (docs/CONFIG.md, generated from the code): %s" % ", ".join(
+    "%s=%s" % kv for kv in sorted({**GATEWAY_DEFAULTS, **API_DEFAULTS}.items())))
+
+
+def runbook():
+    """Metric names and dashboard panel titles documented in docs/OPERATIONS.md."""
+    text = open(docs_dir + "/OPERATIONS.md").read()
+
+    def rows(heading):
+        parts = text.split("\n## %s\n" % heading)
+        if len(parts) != 2:
+            raise SystemExit("FAIL: docs/OPERATIONS.md has no section '%s'" % heading)
+        return [[c.strip() for c in l.split("|")][1] for l in parts[1].split("\n## ")[0].splitlines()
+                if l.startswith("| ") and not l.startswith("| ---") and not l.startswith("|---")]
+
+    metrics = {r.strip("`") for r in rows("Metrics") if r.startswith("`")}
+    panels = {r for r in rows("Dashboard") if r != "panel"}
+    return metrics, panels
+
+
+DOC_METRICS, DOC_PANELS = runbook()
 
 # The library re-reads the 1.2 MB definitions file for every object; parse each file once.
 kvu.schema_contents = functools.lru_cache(maxsize=None)(kvu.schema_contents)
@@ -286,8 +331,8 @@ def check_drain(label, objs):
                     if seconds(v["IDLE_TIMEOUT"]) <= seconds(v["HEARTBEAT_INTERVAL"]):
                         bad("%s %s: IDLE_TIMEOUT must exceed HEARTBEAT_INTERVAL" % (label, name_of(d)))
                 elif binary == "chat-api" and "serve" in c.get("args", []):
-                    deadline = API_SHUTDOWN_DEADLINE_S
-                    what = "shutdown deadline %gs (built-in)" % deadline
+                    deadline = seconds(env.get("API_SHUTDOWN_GRACE", API_DEFAULTS["API_SHUTDOWN_GRACE"]))
+                    what = "API_SHUTDOWN_GRACE %gs" % deadline
                 else:
                     continue
             except ValueError as e:
@@ -330,6 +375,17 @@ def check_monitoring(objs):
     empty = [p.get("title") for p in dash.get("panels", []) if p.get("type") != "row" and not p.get("targets")]
     if empty:
         bad("dashboard panels without queries: %s" % ", ".join(empty))
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$", "", m) in DOC_METRICS else m
+            for e in exprs for m in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", e)}
+    undocumented = sorted(used - DOC_METRICS)
+    if undocumented:
+        bad("dashboard queries metrics that docs/OPERATIONS.md does not list (so no service exports them): %s"
+            % ", ".join(undocumented))
+    titles = {p.get("title") for p in dash.get("panels", []) if p.get("type") != "row"}
+    if titles - DOC_PANELS:
+        bad("dashboard panels missing from docs/OPERATIONS.md's Dashboard table: %s" % ", ".join(sorted(titles - DOC_PANELS)))
+    if DOC_PANELS - titles:
+        bad("docs/OPERATIONS.md describes panels the dashboard lacks: %s" % ", ".join(sorted(DOC_PANELS - titles)))
     missing = [m for m in DASHBOARD_METRICS if not any(re.search(r"\b%s(_bucket|_sum|_count)?\b" % m, e) for e in exprs)]
     if missing:
         bad("dashboard has no panel for: %s" % ", ".join(missing))

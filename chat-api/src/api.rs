@@ -6,6 +6,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod push;
+pub mod typing;
 
 use serde::Serialize;
 use shared::ids::validate_user_id;

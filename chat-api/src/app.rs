@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::Handler;
-use axum::http::Method;
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
@@ -16,13 +16,16 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::auth::Verifier;
+use shared::ratelimit::RateLimiter;
 use shared::routing::{NodeBus, RouteRegistry};
 use shared::IdGenerator;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::api;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::store::MessageStore;
+use crate::telemetry::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
 
 /// Everything a request handler needs. Built once; handlers share it through an `Arc`.
 pub struct AppState {
@@ -36,6 +39,14 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Set when shutdown starts, so that `/readyz` turns away new traffic.
     pub draining: Arc<AtomicBool>,
+    /// The demo page and development tokens (embedded mode only).
+    pub demo: Option<Arc<crate::web::Demo>>,
+    /// Origins allowed to call the API from a browser (CORS); empty: none, `*`: any.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Per-caller rate limits (in-process by default; Redis in distributed mode).
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Per-user typing notice limit (local to this replica).
+    pub typing: api::typing::TypingLimiter,
 }
 
 impl AppState {
@@ -48,7 +59,8 @@ impl AppState {
         ids: Arc<IdGenerator>,
     ) -> AppState {
         AppState {
-            store,
+            // Every store call is timed and its failures counted, whatever the backend.
+            store: Arc::new(crate::store::metered::MeteredStore::new(store)),
             registry,
             bus,
             verifier,
@@ -56,7 +68,28 @@ impl AppState {
             limits: Limits::default(),
             metrics: None,
             draining: Arc::new(AtomicBool::new(false)),
+            demo: None,
+            cors_origins: Vec::new(),
+            limiter: shared::ratelimit::memory(),
+            typing: Default::default(),
         }
+    }
+
+    /// Serves the demo page, `/config.json` and (with a signer) `POST /dev/token`.
+    pub fn with_demo(mut self, demo: crate::web::Demo) -> AppState {
+        self.demo = Some(Arc::new(demo));
+        self
+    }
+
+    pub fn with_cors(mut self, origins: Vec<HeaderValue>) -> AppState {
+        self.cors_origins = origins;
+        self
+    }
+
+    /// Replaces the in-process rate limiter (distributed mode passes the Redis one).
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateLimiter>) -> AppState {
+        self.limiter = limiter;
+        self
     }
 
     pub fn with_limits(mut self, limits: Limits) -> AppState {
@@ -125,6 +158,11 @@ fn table() -> RouteTable {
         "/v1/chats/{chat_id}/messages",
         api::messages::history,
     )
+    .add(
+        Method::POST,
+        "/v1/chats/{chat_id}/typing",
+        api::typing::typing,
+    )
     .add(Method::POST, "/v1/push", api::push::push)
     .add(Method::GET, "/v1/presence", api::presence::presence)
 }
@@ -137,15 +175,41 @@ pub fn routes() -> Vec<(Method, &'static str)> {
 /// The router with all routes, limits and fallbacks.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.request_body_bytes_max;
+    let cors = cors_layer(&state.cors_origins);
     let state = Arc::new(state);
-    table()
+    let router = table()
         .router
+        .merge(crate::web::router(state.demo.is_some()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
-        .layer(middleware::from_fn(observe))
-        .with_state(state)
+        .layer(middleware::from_fn(observe));
+    match cors {
+        Some(cors) => router.layer(cors).with_state(state),
+        None => router.with_state(state),
+    }
+}
+
+/// CORS for pages on other origins that use the browser client. Tokens travel in the
+/// `Authorization` header, never in cookies, so credentials are not allowed.
+fn cors_layer(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT])
+            .expose_headers([header::RETRY_AFTER, header::LOCATION])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Bounds every request by the configured deadline; a late request is answered 503.
@@ -168,10 +232,10 @@ async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("api_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("api_request_duration_seconds", "method" => method, "route" => route)
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
+        .increment(1);
     response
 }
 
@@ -194,6 +258,7 @@ pub async fn run(
         .with_graceful_shutdown(async move {
             shutdown.await;
             draining.store(true, Ordering::Relaxed);
+            metrics::gauge!(crate::telemetry::DRAINING).set(1.0);
             let _ = stopping_tx.send(true);
         })
         .into_future();

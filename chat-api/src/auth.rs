@@ -8,6 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use shared::auth::{token_from_request, AuthError, Identity};
+use shared::ratelimit::{check_fail_open, Decision};
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -32,7 +33,23 @@ pub struct Pusher(pub Identity);
 
 pub const PUSH_SCOPE: &str = "push";
 
-fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
+/// Verifies the caller, then spends one unit of the caller's request budget.
+async fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
+    let identity = verify_token(parts, state)?;
+    if let Some(quota) = &state.limits.rate_requests {
+        if let Decision::Limited { retry_after } =
+            check_fail_open(&*state.limiter, "req", &identity.subject, quota).await
+        {
+            return Err(ApiError::RateLimited {
+                what: "requests",
+                retry_after,
+            });
+        }
+    }
+    Ok(identity)
+}
+
+fn verify_token(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
     let header = match parts.headers.get(AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -47,7 +64,7 @@ fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
         })
     })?;
     state.verifier.verify(&token).map_err(|e| {
-        metrics::counter!("api_auth_failures_total").increment(1);
+        metrics::counter!("api_auth_failures_total", "reason" => e.reason()).increment(1);
         ApiError::Unauthorized(e.to_string())
     })
 }
@@ -59,7 +76,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        verify(parts, state).map(Caller)
+        verify(parts, state).await.map(Caller)
     }
 }
 
@@ -70,7 +87,7 @@ impl FromRequestParts<Arc<AppState>> for User {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let id = verify(parts, state)?;
+        let id = verify(parts, state).await?;
         if id.is_service() {
             return Err(ApiError::Forbidden(
                 "service tokens may only call /v1/push and /v1/presence".into(),
@@ -87,7 +104,7 @@ impl FromRequestParts<Arc<AppState>> for Pusher {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let id = verify(parts, state)?;
+        let id = verify(parts, state).await?;
         if !id.is_service() {
             return Err(ApiError::Forbidden(
                 "user tokens cannot push; use a service token with the `push` scope".into(),

@@ -9,6 +9,7 @@ use anyhow::Context;
 use shared::auth::{parse_algorithm, JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
 use shared::config::{parse_nonzero_duration, JwtArgs, LogFormat};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::routing::metered::Metered;
 use shared::IdGenerator;
 
 use crate::app::AppState;
@@ -35,6 +36,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Print a token signed with the configured key (the development key when none is set).
@@ -50,17 +53,20 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
     /// The user (or service) id: the `sub` claim.
-    #[arg(long)]
+    #[arg(long, env = "TOKEN_SUB")]
     pub sub: String,
     /// Space-separated scopes; any scope makes it a service token (e.g. `push`).
-    #[arg(long)]
+    #[arg(long, env = "TOKEN_SCOPE")]
     pub scope: Option<String>,
-    /// Lifetime.
-    #[arg(long, default_value = "1h", value_parser = parse_nonzero_duration)]
+    /// Lifetime of the token.
+    #[arg(long, env = "TOKEN_TTL", default_value = "1h", value_parser = parse_nonzero_duration)]
     pub ttl: Duration,
     /// PEM private key, for RS*/EdDSA.
     #[arg(long, env = "JWT_PRIVATE_KEY_FILE")]
     pub private_key_file: Option<PathBuf>,
+    /// Key id for the token header; with JWT_KEYS_FILE, an HMAC key of that kid signs it.
+    #[arg(long, env = "TOKEN_KID")]
+    pub kid: Option<String>,
     #[command(flatten)]
     pub jwt: JwtArgs,
 }
@@ -76,6 +82,10 @@ pub struct EmbeddedArgs {
     pub gateway: gateway::GatewayArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    /// Lifetime of the demo page's development tokens (`POST /dev/token`, only with the
+    /// development key).
+    #[arg(long, env = "DEV_TOKEN_TTL", default_value = "1h", value_parser = parse_nonzero_duration)]
+    pub dev_token_ttl: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,7 +119,32 @@ pub struct MigrateArgs {
 /// Signs a token and prints it on stdout.
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     shared::ids::validate_user_id(&args.sub).context("--sub")?;
-    let signer = if args.jwt.is_unconfigured() && args.private_key_file.is_none() {
+    let from_file = match (&args.kid, &args.jwt.jwt_keys_file) {
+        (Some(kid), Some(path)) => {
+            let spec = shared::auth::load_keys_file(path)?
+                .into_iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .with_context(|| format!("no key with kid {kid:?} in {}", path.display()))?;
+            Some(match (&spec.key, &args.private_key_file) {
+                (KeySource::Secret(secret), _) => Signer::hmac(spec.algorithm, secret),
+                (KeySource::PublicKeyFile(_), Some(private)) => {
+                    let pem = std::fs::read(private).with_context(|| {
+                        format!("reading JWT_PRIVATE_KEY_FILE {}", private.display())
+                    })?;
+                    Signer::from_private_pem(spec.algorithm, &pem).map_err(|e| {
+                        anyhow::anyhow!("JWT_PRIVATE_KEY_FILE {}: {e}", private.display())
+                    })?
+                }
+                (KeySource::PublicKeyFile(_), None) => anyhow::bail!(
+                    "key {kid:?} is a public key: give its private key in JWT_PRIVATE_KEY_FILE"
+                ),
+            })
+        }
+        _ => None,
+    };
+    let signer = if let Some(signer) = from_file {
+        signer.with_issuer_audience(args.jwt.jwt_issuer.clone(), args.jwt.jwt_audience.clone())
+    } else if args.jwt.is_unconfigured() && args.private_key_file.is_none() {
         eprintln!(
             "note: no JWT_SECRET or key configured; signing with the built-in development key, \
              accepted only by servers that also run without one (chat-api embedded)"
@@ -139,6 +174,7 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
         };
         signer.with_issuer_audience(args.jwt.jwt_issuer.clone(), args.jwt.jwt_audience.clone())
     };
+    let signer = signer.with_kid(args.kid.clone());
     println!(
         "{}",
         signer.token(&args.sub, args.ttl, args.scope.as_deref())
@@ -172,19 +208,16 @@ pub fn open_sqlite(url: &str, api: &ApiArgs) -> anyhow::Result<SqliteStore> {
         .with_context(|| format!("opening SQLite store {path}"))
 }
 
-/// Installs the global Prometheus recorder and keeps its histograms trimmed.
-pub fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the Prometheus recorder")?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
+/// Installs the global Prometheus recorder (buckets, upkeep) and registers this process's
+/// metrics: the API's, plus the gateway's in embedded mode or Redis's in `serve`.
+pub fn install_metrics(
+    tiers: &[fn()],
+) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = shared::telemetry::install_prometheus()?;
+    crate::telemetry::describe();
+    for describe in tiers {
+        describe();
+    }
     Ok(handle)
 }
 
@@ -221,6 +254,7 @@ async fn flipped(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// `$DATA_DIR/chat.db` (or `STORE_URL=sqlite:PATH`).
 pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     let limits = args.api.limits()?;
+    let cors = args.api.cors_origins()?;
     let mut gateway_settings = args.gateway.settings().context("gateway configuration")?;
     if args.gateway.node_id.is_none() {
         gateway_settings.node_id = "embedded".into();
@@ -243,19 +277,37 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     let gateway_listener = tokio::net::TcpListener::bind(args.gateway.gateway_addr)
         .await
         .with_context(|| format!("binding GATEWAY_ADDR {}", args.gateway.gateway_addr))?;
-    let metrics = install_metrics()?;
+    if gateway_settings.api_url.is_none() {
+        // Typing frames from the embedded gateway go to the embedded API over loopback.
+        let mut api = api_listener.local_addr()?;
+        if api.ip().is_unspecified() {
+            api.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        gateway_settings.api_url = Some(format!("http://{api}"));
+    }
+    let metrics = install_metrics(&[gateway::telemetry::describe])?;
     if dev_key {
         tracing::warn!(
             "no JWT_SECRET or JWT_PUBLIC_KEY_FILE configured: accepting tokens signed with the \
              built-in development key; never expose this instance"
         );
         eprintln!(
-            "chat is up: API http://{} , WebSocket ws://{}/ws\n\
+            "chat is up: demo page and API http://{} , WebSocket ws://{}/ws\n\
              get a token with: chat-api token --sub alice",
             api_listener.local_addr()?,
             gateway_listener.local_addr()?
         );
     }
+    // Development tokens only with the development key: never mint tokens a real key accepts.
+    let hs256 = parse_algorithm("HS256")?;
+    let demo = crate::web::Demo {
+        gateway_port: gateway_listener.local_addr()?.port(),
+        dev_tokens: dev_key.then(|| crate::web::DevTokens {
+            signer: Signer::hmac(hs256, DEV_SECRET.as_bytes())
+                .with_issuer_audience(args.jwt.jwt_issuer.clone(), args.jwt.jwt_audience.clone()),
+            ttl: args.dev_token_ttl,
+        }),
+    };
     let registry = Arc::new(MemoryRegistry::new());
     let bus = Arc::new(MemoryBus::default());
     let state = AppState::new(
@@ -266,12 +318,15 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         Arc::new(IdGenerator::new(args.api.worker_id.unwrap_or(0))),
     )
     .with_limits(limits)
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_demo(demo)
+    .with_cors(cors);
     let deps = gateway::Deps {
         registry,
         bus,
         verifier,
         metrics: Some(metrics),
+        limiter: shared::ratelimit::memory(),
     };
     run_both(
         api_listener,
@@ -315,6 +370,7 @@ pub async fn run_both(
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use shared::routing::redis::{connect, LeaseOptions, RedisOptions, WorkerLease};
     let limits = args.api.limits()?;
+    let cors = args.api.cors_origins()?;
     let verifier = args.jwt.verifier().context("JWT configuration")?;
     let store_url =
         args.api.store_url.clone().context(
@@ -357,7 +413,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.api.api_addr)
         .await
         .with_context(|| format!("binding API_ADDR {}", args.api.api_addr))?;
-    let metrics = install_metrics()?;
+    let metrics = install_metrics(&[shared::routing::metered::describe])?;
     let registry = routing.registry.clone();
     let sweeper = {
         let registry = registry.clone();
@@ -375,13 +431,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(
         store,
-        registry,
-        routing.bus.clone(),
+        Arc::new(Metered::new(registry)),
+        Arc::new(Metered::new(routing.bus.clone())),
         verifier,
         Arc::new(IdGenerator::new(worker_id)),
     )
     .with_limits(limits)
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_cors(cors)
+    .with_limiter(Arc::new(shared::ratelimit::RedisLimiter::new(
+        routing.client().clone(),
+        "",
+        // A check is one tiny script; past this, fall back to local limits rather than stall.
+        args.redis_timeout.min(Duration::from_millis(250)),
+    )));
     // A lost lease means another replica may now issue ids with this worker id: stop serving
     // (the orchestrator restarts the replica with a fresh lease).
     let lost = {

@@ -5,63 +5,120 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::config::{parse_duration, parse_nonzero_duration};
+use shared::ratelimit::{parse_quota_arg, Quota, QuotaArg};
 
 /// Settings of the HTTP API. Every field is also an environment variable; defaults are shown in
 /// `--help`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ApiArgs {
     /// Address the HTTP API (and /healthz, /readyz, /metrics) listens on.
-    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long,
+        env = "API_ADDR",
+        value_name = "API_ADDR",
+        default_value = "0.0.0.0:8081"
+    )]
     pub api_addr: SocketAddr,
     /// Message store: `sqlite:PATH` or `scylla://HOST[:PORT][,HOST...]/KEYSPACE`. Embedded mode
     /// defaults to `sqlite:$DATA_DIR/chat.db`.
-    #[arg(long, env = "STORE_URL")]
+    #[arg(long, env = "STORE_URL", value_name = "STORE_URL")]
     pub store_url: Option<String>,
     /// Snowflake worker id (0-1023) of this replica; must differ between live replicas.
-    #[arg(long, env = "WORKER_ID")]
+    #[arg(long, env = "WORKER_ID", value_name = "WORKER_ID")]
     pub worker_id: Option<u16>,
     /// Largest accepted request body.
-    #[arg(long, env = "API_MAX_REQUEST_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "API_MAX_REQUEST_BODY_BYTES", value_name = "API_MAX_REQUEST_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_request_body_bytes: usize,
     /// Largest message body, in UTF-8 bytes (messages must not be empty).
-    #[arg(long, env = "API_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "API_MAX_MESSAGE_BYTES",
+        value_name = "API_MAX_MESSAGE_BYTES",
+        default_value_t = 4096
+    )]
     pub max_message_bytes: usize,
     /// Longest `client_msg_id`, in characters (at least 1).
-    #[arg(long, env = "API_MAX_CLIENT_MSG_ID_CHARS", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "API_MAX_CLIENT_MSG_ID_CHARS",
+        value_name = "API_MAX_CLIENT_MSG_ID_CHARS",
+        default_value_t = 64
+    )]
     pub max_client_msg_id_chars: usize,
     /// Most members a chat may have (creator included).
-    #[arg(long, env = "API_MAX_MEMBERS_PER_CHAT", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "API_MAX_MEMBERS_PER_CHAT",
+        value_name = "API_MAX_MEMBERS_PER_CHAT",
+        default_value_t = 1000
+    )]
     pub max_members_per_chat: usize,
     /// History page size when `limit` is not given.
-    #[arg(long, env = "API_PAGE_SIZE_DEFAULT", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "API_PAGE_SIZE_DEFAULT",
+        value_name = "API_PAGE_SIZE_DEFAULT",
+        default_value_t = 50
+    )]
     pub page_size_default: usize,
     /// Largest history page; larger `limit`s are capped to it.
-    #[arg(long, env = "API_PAGE_SIZE_MAX", default_value_t = 200)]
+    #[arg(
+        long,
+        env = "API_PAGE_SIZE_MAX",
+        value_name = "API_PAGE_SIZE_MAX",
+        default_value_t = 200
+    )]
     pub page_size_max: usize,
     /// Most user ids in one `/v1/presence` query.
-    #[arg(long, env = "API_MAX_PRESENCE_USERS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "API_MAX_PRESENCE_USERS",
+        value_name = "API_MAX_PRESENCE_USERS",
+        default_value_t = 100
+    )]
     pub max_presence_users: usize,
     /// Most recipients of one `/v1/push`.
-    #[arg(long, env = "API_MAX_PUSH_USERS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "API_MAX_PUSH_USERS",
+        value_name = "API_MAX_PUSH_USERS",
+        default_value_t = 1000
+    )]
     pub max_push_users: usize,
     /// Whole-request deadline; a request past it is answered 503.
-    #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    #[arg(long, env = "API_REQUEST_TIMEOUT", value_name = "API_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
     pub request_timeout: Duration,
     /// Deadline of the real-time fan-out after a message is stored (best effort).
-    #[arg(long, env = "API_FANOUT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration)]
+    #[arg(long, env = "API_FANOUT_TIMEOUT", value_name = "API_FANOUT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration)]
     pub fanout_timeout: Duration,
     /// `Retry-After` sent with 503 answers.
-    #[arg(long, env = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "API_RETRY_AFTER", value_name = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
     pub retry_after: Duration,
     /// How long in-flight requests may finish after SIGTERM before the server stops anyway.
-    #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "API_SHUTDOWN_GRACE", value_name = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// SQLite: how long a write waits for another process's lock before answering 503.
-    #[arg(long, env = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "SQLITE_BUSY_TIMEOUT", value_name = "SQLITE_BUSY_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub sqlite_busy_timeout: Duration,
     /// SQLite: connections per process (and so statements in flight).
-    #[arg(long, env = "SQLITE_CONNECTIONS", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "SQLITE_CONNECTIONS",
+        value_name = "SQLITE_CONNECTIONS",
+        default_value_t = 4
+    )]
     pub sqlite_connections: usize,
+    /// Comma-separated origins (`https://app.example`) whose pages may call the API from a
+    /// browser (CORS), or `*` for any; empty: none. Pages served by the API itself need none.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Authenticated requests per caller (user or service), as `COUNT/PERIOD[:BURST]` or `off`;
+    /// shared by all replicas through Redis in distributed mode. Over it: 429 with Retry-After.
+    #[arg(long, env = "API_RATE_REQUESTS", default_value = "50/1s:100", value_parser = parse_quota_arg)]
+    pub rate_requests: QuotaArg,
+    /// Messages sent per user (all chats together), as `COUNT/PERIOD[:BURST]` or `off`.
+    #[arg(long, env = "API_RATE_MESSAGES", default_value = "10/1s:20", value_parser = parse_quota_arg)]
+    pub rate_messages: QuotaArg,
 }
 
 /// Bounds and deadlines the handlers apply. [`Limits::default`] matches the flag defaults.
@@ -80,6 +137,10 @@ pub struct Limits {
     pub fanout_timeout: Duration,
     pub retry_after: Duration,
     pub shutdown_grace: Duration,
+    /// Authenticated requests per caller; `None` is unlimited.
+    pub rate_requests: Option<Quota>,
+    /// Messages sent per user; `None` is unlimited.
+    pub rate_messages: Option<Quota>,
 }
 
 impl Default for Limits {
@@ -98,6 +159,8 @@ impl Default for Limits {
             fanout_timeout: Duration::from_secs(2),
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            rate_requests: Some(Quota::per_second(50, 100)),
+            rate_messages: Some(Quota::per_second(10, 20)),
         }
     }
 }
@@ -116,6 +179,8 @@ pub enum ConfigError {
     MessageExceedsBody { message: usize, body: usize },
     #[error("WORKER_ID {0} exceeds 1023")]
     WorkerId(u16),
+    #[error("CORS_ALLOWED_ORIGINS entry {0:?}: expected `*` or an origin such as https://app.example (scheme, host, optional port, no path)")]
+    CorsOrigin(String),
 }
 
 impl ApiArgs {
@@ -175,7 +240,28 @@ impl ApiArgs {
             fanout_timeout: self.fanout_timeout,
             retry_after: self.retry_after,
             shutdown_grace: self.shutdown_grace,
+            rate_requests: self.rate_requests.0,
+            rate_messages: self.rate_messages.0,
         })
+    }
+
+    /// The CORS origins, checked.
+    pub fn cors_origins(&self) -> Result<Vec<axum::http::HeaderValue>, ConfigError> {
+        self.cors_allowed_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                let rest = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"));
+                let valid = o == "*" || rest.is_some_and(|r| !r.is_empty() && !r.contains('/'));
+                match axum::http::HeaderValue::from_str(o) {
+                    Ok(v) if valid => Ok(v),
+                    _ => Err(ConfigError::CorsOrigin(o.to_string())),
+                }
+            })
+            .collect()
     }
 
     /// SQLite options from these settings.
@@ -223,6 +309,21 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ConfigError::MessageExceedsBody { .. }));
         assert!(parse(&["--worker-id", "1024"]).limits().is_err());
+        let cors = parse(&[
+            "--cors-allowed-origins",
+            "http://a.example:3000,https://b.example",
+        ]);
+        assert_eq!(cors.cors_origins().unwrap().len(), 2);
+        assert!(parse(&["--cors-allowed-origins", "*"])
+            .cors_origins()
+            .is_ok());
+        let e = parse(&["--cors-allowed-origins", "https://a.example/path"])
+            .cors_origins()
+            .unwrap_err();
+        assert!(e.to_string().contains("CORS_ALLOWED_ORIGINS"), "{e}");
+        assert!(parse(&["--cors-allowed-origins", "a.example"])
+            .cors_origins()
+            .is_err());
         assert!(Cli::try_parse_from(["x", "--request-timeout", "0s"]).is_err());
     }
 }

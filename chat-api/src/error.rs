@@ -27,6 +27,7 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str)] = &[
     ("unsupported-media-type", 415, "Expected application/json"),
     ("not-found", 404, "No such resource"),
     ("method-not-allowed", 405, "Method not allowed"),
+    ("rate-limited", 429, "Too many requests"),
     ("service-unavailable", 503, "Temporarily unavailable"),
     ("timeout", 503, "Request timed out"),
     ("internal", 500, "Internal error"),
@@ -60,6 +61,12 @@ pub enum ApiError {
     NotFound,
     #[error("this method is not allowed on this path")]
     MethodNotAllowed,
+    /// A rate limit (`what`) is exhausted; retry after `retry_after`.
+    #[error("too many {what}; retry after {retry_after:?}")]
+    RateLimited {
+        what: &'static str,
+        retry_after: Duration,
+    },
     /// A dependency (store, routing backend) is unreachable or overloaded; retry after `retry_after`.
     #[error("{what} unavailable: {reason}")]
     Unavailable {
@@ -83,6 +90,9 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// For `rate-limited`: the wait in milliseconds (`Retry-After` has whole seconds only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -127,6 +137,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::RateLimited { .. } => "rate-limited",
             ApiError::Unavailable { .. } => "service-unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
@@ -150,6 +161,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, title) = self.status_and_title();
+        metrics::counter!(crate::telemetry::REJECTED_TOTAL, "reason" => self.slug()).increment(1);
         let detail = if status.is_server_error() {
             // The cause goes to the log, once; the client gets a generic sentence.
             match &self {
@@ -180,6 +192,12 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             field,
+            retry_after_ms: match &self {
+                ApiError::RateLimited { retry_after, .. } => {
+                    Some(retry_after.as_millis().max(1) as u64)
+                }
+                _ => None,
+            },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (status, bytes).into_response();
@@ -201,10 +219,19 @@ impl IntoResponse for ApiError {
             ApiError::Timeout(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ApiError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, retry_after_ceil(*retry_after));
+            }
             _ => {}
         }
         response
     }
+}
+
+/// Whole seconds rounded up, at least 1: a client that waits this long is allowed again.
+fn retry_after_ceil(d: Duration) -> HeaderValue {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 /// Whole seconds, at least 1 (the header has no fractions).
@@ -230,6 +257,10 @@ mod tests {
             ApiError::UnsupportedMediaType,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
+            ApiError::RateLimited {
+                what: "x",
+                retry_after: Duration::ZERO,
+            },
             ApiError::Unavailable {
                 what: "x",
                 reason: String::new(),

@@ -10,6 +10,8 @@ pub mod error;
 pub mod extract;
 pub mod migrate;
 pub mod store;
+pub mod telemetry;
+pub mod web;
 
 pub use app::{app, routes, run, AppState};
 pub use config::{ApiArgs, Limits};

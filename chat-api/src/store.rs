@@ -3,6 +3,7 @@
 //! and several processes on one host) and ScyllaDB (production).
 
 pub mod conformance;
+pub mod metered;
 pub mod scylla;
 pub mod sqlite;
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use shared::protocol::{Encoding, Message};
 use shared::Id;
-use support::{newest_stream_entry, now_ms, CatchUpClient, Cluster, Options, WsClient};
+use support::{now_ms, CatchUpClient, Cluster, Options, WsClient};
 
 /// Upper bound of each test, processes included.
 const TEST_LIMIT: Duration = Duration::from_secs(50);
@@ -44,8 +44,21 @@ fn encoding(i: usize) -> Encoding {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_two_apis_deliver_once() {
+    deliver_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_two_apis_deliver_once_on_redis_cluster() {
+    deliver_once(true).await;
+}
+
+async fn deliver_once(redis_cluster: bool) {
     bounded(async {
-        let cluster = Cluster::start(Options::default()).await;
+        let cluster = Cluster::start(Options {
+            redis_cluster,
+            ..Options::default()
+        })
+        .await;
         // 100 group members alternating between the nodes, encodings mixed; every tenth user
         // also holds a second socket on the other node.
         let users: Vec<String> = (0..100).map(|i| format!("u{i:03}")).collect();
@@ -145,10 +158,20 @@ struct SendLog {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_kill_9_then_catch_up() {
+    kill_9_then_catch_up(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_kill_9_then_catch_up_on_redis_cluster() {
+    kill_9_then_catch_up(true).await;
+}
+
+async fn kill_9_then_catch_up(redis_cluster: bool) {
     bounded(async {
         let ttl = Duration::from_secs(2);
         let mut cluster = Cluster::start(Options {
             node_ttl: ttl,
+            redis_cluster,
             ..Options::default()
         })
         .await;
@@ -319,7 +342,9 @@ async fn gateway_kill_9_then_catch_up() {
         // No replica routed to A once its liveness key could have expired: nothing newer was
         // appended to its stream. (The route sweep, which would delete the stream of a dead
         // node, runs only every 30 s here, so the stream still shows its newest entry.)
-        let newest = newest_stream_entry(cluster.redis.port(), "gw:{gw-a}:stream")
+        let newest = cluster
+            .redis
+            .newest_stream_entry("gw:{gw-a}:stream")
             .expect("XREVRANGE")
             .expect("A's stream holds the entries written before the kill");
         let bound = killed_at_ms + ttl.as_millis() as u64 + 500;
@@ -371,7 +396,7 @@ async fn redis_restart_recovers() {
                 .await;
         }
 
-        cluster.redis.stop();
+        cluster.redis.standalone().stop();
         // Sends during the outage answer quickly: 201 when stored (fan-out is best effort) or
         // 503 with Retry-After; never a hang or a 500.
         let mut outage_ids = Vec::new();
@@ -419,7 +444,8 @@ async fn redis_restart_recovers() {
             s.ping(Duration::from_secs(3)).await;
         }
 
-        tokio::task::block_in_place(|| cluster.redis.start_again()).expect("restarting redis");
+        tokio::task::block_in_place(|| cluster.redis.standalone().start_again())
+            .expect("restarting redis");
         let restarted = Instant::now();
         let reregistered = cluster
             .await_presence(&["ra", "rb"], true, Duration::from_secs(10))

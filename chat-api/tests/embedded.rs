@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use chat_api::store::sqlite::SqliteStore;
 use chat_api::AppState;
 use shared::auth::{JwtSettings, KeySource, Signer, Verifier};
-use shared::protocol::{decode_server, Encoding, ServerFrame};
+use shared::protocol::{
+    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame,
+};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::IdGenerator;
 
@@ -57,6 +59,7 @@ impl System {
             node_id: "embedded".into(),
             drain_window: Duration::from_millis(50),
             drain_deadline: Duration::from_secs(2),
+            api_url: Some(api.clone()),
             ..Default::default()
         };
         let deps = gateway::Deps {
@@ -64,6 +67,7 @@ impl System {
             bus,
             verifier,
             metrics: None,
+            limiter: shared::ratelimit::memory(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(chat_api::cli::run_both(
@@ -153,6 +157,15 @@ impl Socket {
                 _ => continue,
             }
         }
+    }
+
+    async fn send(&mut self, frame: &ClientFrame) {
+        let bytes = encode_client(self.encoding, frame);
+        let msg = match self.encoding {
+            Encoding::Json => WsMessage::Text(String::from_utf8(bytes).unwrap().into()),
+            Encoding::Msgpack => WsMessage::Binary(bytes.into()),
+        };
+        self.ws.send(msg).await.unwrap();
     }
 
     /// Nothing but control frames arrives for `quiet`.
@@ -279,5 +292,72 @@ async fn presence_follows_sockets() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    sys.stop().await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_and_is_rate_limited() {
+    let sys = System::start().await;
+    let mut alice = sys.connect("ty-alice", Encoding::Json).await;
+    let mut bob = sys.connect("ty-bob", Encoding::Msgpack).await;
+    let mut carol = sys.connect("ty-carol", Encoding::Json).await;
+    let (status, chat) = sys
+        .post(
+            &sys.token("ty-alice"),
+            "/v1/chats",
+            json!({"members": ["ty-bob"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{chat}");
+    let chat_id: shared::Id = chat["chat_id"].as_str().unwrap().parse().unwrap();
+    alice.send(&ClientFrame::Typing { chat_id }).await;
+    assert_eq!(
+        bob.next().await,
+        ServerFrame::Typing {
+            chat_id,
+            user_id: "ty-alice".into()
+        }
+    );
+    // Within the interval: an error frame, not a disconnect, and nothing reaches bob.
+    alice.send(&ClientFrame::Typing { chat_id }).await;
+    match alice.next().await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::RateLimited),
+        other => panic!("expected a rate_limited error, got {other:?}"),
+    }
+    // Carol is not a member: the API refuses and the gateway says so on her socket.
+    carol.send(&ClientFrame::Typing { chat_id }).await;
+    match carol.next().await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::Forbidden),
+        other => panic!("expected a forbidden error, got {other:?}"),
+    }
+    // The HTTP endpoint directly: bob types; alice sees it, the sender does not; a second call
+    // within a second is 429 with Retry-After.
+    let (status, body) = sys
+        .post(
+            &sys.token("ty-bob"),
+            &format!("/v1/chats/{chat_id}/typing"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["recipients_online"], json!(1));
+    assert_eq!(
+        alice.next().await,
+        ServerFrame::Typing {
+            chat_id,
+            user_id: "ty-bob".into()
+        }
+    );
+    let again = sys
+        .http
+        .post(format!("{}/v1/chats/{chat_id}/typing", sys.api))
+        .bearer_auth(sys.token("ty-bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 429);
+    assert!(again.headers().get("retry-after").is_some());
+    bob.assert_quiet(Duration::from_millis(300)).await;
+    carol.assert_quiet(Duration::from_millis(100)).await;
     sys.stop().await;
 }

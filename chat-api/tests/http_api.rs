@@ -492,6 +492,8 @@ async fn history_pages_over_http() {
     let t = setup_with(
         Limits {
             page_size_max: 40,
+            // 95 sends by two users, faster than the default per-user message rate.
+            rate_messages: None,
             ..Limits::default()
         },
         SqliteOptions::default(),

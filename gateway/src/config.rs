@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::config::{parse_duration, parse_nonzero_duration};
+use shared::ratelimit::{parse_quota_arg, Quota, QuotaArg};
 
 /// Gateway settings as flags / environment variables.
 #[derive(clap::Args, Clone, Debug)]
@@ -53,6 +54,25 @@ pub struct GatewayArgs {
     /// Envelopes read from the node stream per batch.
     #[arg(long, env = "STREAM_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_batch: u32,
+    /// WebSocket upgrade attempts per client IP, as `COUNT/PERIOD[:BURST]` or `off`; shared by all
+    /// gateway nodes through Redis in distributed mode. Over it: HTTP 429 with Retry-After.
+    #[arg(long, env = "CONNECT_RATE_PER_IP", default_value = "100/1s:200", value_parser = parse_quota_arg)]
+    pub connect_rate_per_ip: QuotaArg,
+    /// TCP connections that may be in their HTTP handshake at once; more are answered 503 at once.
+    #[arg(long, env = "MAX_CONCURRENT_HANDSHAKES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_handshakes: u32,
+    /// Largest HTTP request head (request line and headers) accepted before the upgrade.
+    #[arg(long, env = "MAX_REQUEST_HEAD_BYTES", default_value_t = 16 << 10, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_request_head_bytes: u32,
+    /// Base URL of chat-api (`http://HOST:PORT`), to which sockets' `typing` frames are forwarded
+    /// with the socket's own token. Unset: typing frames are answered with an `unavailable` error
+    /// (embedded mode sets it to its own API).
+    #[arg(long, env = "API_URL")]
+    pub api_url: Option<String>,
+    /// A socket may send one `typing` frame per chat per this interval; more are answered with a
+    /// `rate_limited` error frame (not a disconnect).
+    #[arg(long, env = "TYPING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub typing_interval: Duration,
 }
 
 /// Validated gateway settings.
@@ -72,6 +92,13 @@ pub struct Settings {
     pub drain_deadline: Duration,
     pub node_ttl: Duration,
     pub stream_batch: usize,
+    /// Upgrade attempts per client IP; `None` is unlimited.
+    pub connect_rate_per_ip: Option<Quota>,
+    pub max_concurrent_handshakes: usize,
+    pub max_request_head_bytes: usize,
+    /// chat-api base URL for forwarding typing frames, without a trailing slash.
+    pub api_url: Option<String>,
+    pub typing_interval: Duration,
 }
 
 impl Default for Settings {
@@ -91,6 +118,11 @@ impl Default for Settings {
             drain_deadline: Duration::from_secs(25),
             node_ttl: Duration::from_secs(10),
             stream_batch: 256,
+            connect_rate_per_ip: Some(Quota::per_second(100, 200)),
+            max_concurrent_handshakes: 10_000,
+            max_request_head_bytes: 16 << 10,
+            api_url: None,
+            typing_interval: Duration::from_secs(2),
         }
     }
 }
@@ -106,6 +138,8 @@ pub enum ConfigError {
     },
     #[error("NODE_ID {0:?} is not valid: use 1-64 characters from A-Z a-z 0-9 _ . -")]
     NodeId(String),
+    #[error("API_URL {0:?} is not valid: expected http://HOST:PORT")]
+    ApiUrl(String),
 }
 
 impl GatewayArgs {
@@ -134,6 +168,17 @@ impl GatewayArgs {
                 deadline: self.drain_deadline,
             });
         }
+        let api_url = match &self.api_url {
+            None => None,
+            Some(u) => {
+                let trimmed = u.trim_end_matches('/');
+                let host = trimmed.strip_prefix("http://").unwrap_or_default();
+                if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::ApiUrl(u.clone()));
+                }
+                Some(trimmed.to_string())
+            }
+        };
         Ok(Settings {
             node_id,
             heartbeat_interval: self.heartbeat_interval,
@@ -149,6 +194,11 @@ impl GatewayArgs {
             drain_deadline: self.drain_deadline,
             node_ttl: self.node_ttl,
             stream_batch: self.stream_batch as usize,
+            connect_rate_per_ip: self.connect_rate_per_ip.0,
+            max_concurrent_handshakes: self.max_concurrent_handshakes as usize,
+            max_request_head_bytes: self.max_request_head_bytes as usize,
+            api_url,
+            typing_interval: self.typing_interval,
         })
     }
 }

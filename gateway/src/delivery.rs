@@ -31,14 +31,22 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         }
     };
     backoff = Duration::from_millis(50);
+    let mut failed = false;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             batch = sub.next_batch(node.settings.stream_batch) => match batch {
                 Ok(batch) => {
                     backoff = Duration::from_millis(50);
+                    if std::mem::take(&mut failed) {
+                        // Deliveries may have been lost while the stream was unreachable.
+                        crate::resync::request(&node, "node stream was unreachable");
+                    }
                     if !batch.is_empty() {
                         metrics::histogram!("gateway_stream_batch_size").record(batch.len() as f64);
+                        if let Some(age) = sub.oldest_age() {
+                            metrics::histogram!(crate::telemetry::STREAM_LAG_SECONDS).record(age.as_secs_f64());
+                        }
                     }
                     for envelope in &batch {
                         deliver(&node, envelope);
@@ -47,6 +55,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 Err(e) => {
                     tracing::warn!(error = %e, "node bus read failed; retrying");
                     metrics::counter!("gateway_stream_errors_total").increment(1);
+                    failed = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -2,12 +2,16 @@
 //! keeps each socket in a local registry, registers user → node routes, reads its own node stream
 //! and writes each delivery to the right local sockets. It holds no chat logic.
 
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod hub;
 pub mod node;
+mod resync;
 mod server;
 mod socket;
+pub mod telemetry;
+pub mod typing;
 pub mod wsio;
 
 use std::future::Future;
@@ -21,6 +25,7 @@ use tokio::time::Instant;
 
 use shared::auth::Verifier;
 use shared::close::CloseCode;
+use shared::ratelimit::RateLimiter;
 use shared::routing::{NodeBus, RouteRegistry};
 
 pub use config::{GatewayArgs, Settings};
@@ -34,6 +39,8 @@ pub struct Deps {
     pub bus: Arc<dyn NodeBus>,
     pub verifier: Verifier,
     pub metrics: Option<PrometheusHandle>,
+    /// Connection-rate limits per client IP (in-process, or Redis shared by all nodes).
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 /// Serves sockets on `listener` until `shutdown` resolves, then drains: stops accepting, flips
@@ -77,24 +84,34 @@ pub async fn serve(
     Ok(())
 }
 
-/// Closes every socket with the draining code, spread evenly over the drain window so that clients
-/// do not reconnect elsewhere all at once, then waits for the sockets to finish (bounded).
+/// Closes every socket with the draining code, spread evenly over the drain window (socket `i` of
+/// `n` at `window × i / n`) so that clients do not reconnect elsewhere all at once, then waits for
+/// the sockets to finish (bounded by `deadline`).
 async fn drain_sockets(node: &Arc<Node>, deadline: Instant) {
     let sockets = node.hub.all_sockets();
     let window = node.settings.drain_window;
-    const TICK: Duration = Duration::from_millis(20);
-    let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
-    let per_tick = sockets.len().div_ceil(ticks).max(1);
-    for chunk in sockets.chunks(per_tick) {
-        for s in chunk {
-            s.close(CloseCode::Draining);
-        }
-        if Instant::now() + TICK < deadline && !window.is_zero() {
-            tokio::time::sleep(TICK).await;
-        }
-    }
+    spread(&sockets, window, deadline, |s| s.close(CloseCode::Draining)).await;
     while node.hub.socket_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Calls `f` on each socket, socket `i` of `n` at `window × i / n` from now (all at once when the
+/// window is zero, the rest at once when `deadline` comes first).
+pub(crate) async fn spread<T>(
+    items: &[T],
+    window: Duration,
+    deadline: Instant,
+    mut f: impl FnMut(&T),
+) {
+    let start = Instant::now();
+    let n = items.len().max(1) as f64;
+    for (i, item) in items.iter().enumerate() {
+        let at = (start + window.mul_f64(i as f64 / n)).min(deadline);
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+        f(item);
     }
 }
 

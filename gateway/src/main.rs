@@ -1,31 +1,15 @@
 //! The `gateway` binary: one gateway node in distributed mode (routes and its node stream in
 //! Redis). Parses and validates configuration, then calls [`gateway::serve`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
-use shared::config::{parse_nonzero_duration, JwtArgs, LogFormat};
+use gateway::cli::Cli;
+use shared::routing::metered::Metered;
 use shared::routing::redis::{connect, RedisOptions};
-
-#[derive(Parser, Debug)]
-#[command(name = "gateway", version, about = "WebSocket gateway node")]
-struct Cli {
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// Route registry and node bus: `redis://HOST:PORT[/DB]` or `redis-cluster://HOST:PORT,HOST:PORT`.
-    #[arg(long, env = "REDIS_URL")]
-    redis_url: String,
-    /// Deadline of every Redis command.
-    #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
-    redis_timeout: Duration,
-    #[command(flatten)]
-    gateway: gateway::GatewayArgs,
-    #[command(flatten)]
-    jwt: JwtArgs,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,14 +29,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.gateway.gateway_addr)
         .await
         .with_context(|| format!("binding GATEWAY_ADDR {}", cli.gateway.gateway_addr))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the Prometheus recorder")?;
+    let metrics = shared::telemetry::install_prometheus()?;
+    gateway::telemetry::describe();
+    shared::routing::metered::describe();
     let deps = gateway::Deps {
-        registry: routing.registry.clone(),
-        bus: routing.bus.clone(),
+        registry: Arc::new(Metered::new(routing.registry.clone())),
+        bus: Arc::new(Metered::new(routing.bus.clone())),
         verifier,
         metrics: Some(metrics),
+        limiter: Arc::new(shared::ratelimit::RedisLimiter::new(
+            routing.client().clone(),
+            "",
+            // A check is one tiny script; past this, fall back to local limits rather than stall.
+            cli.redis_timeout.min(Duration::from_millis(250)),
+        )),
     };
     gateway::serve(listener, settings, deps, shutdown_signal()).await?;
     routing.quit().await;

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use shared::routing::NodeInfo;
 
 use crate::hub::{Hub, QueueLimits};
+use crate::typing::TypingForwarder;
 use crate::{Deps, Settings};
 
 pub struct Node {
@@ -24,6 +25,13 @@ pub struct Node {
     pub draining: AtomicBool,
     /// Whether the last liveness heartbeat reached the registry (for /readyz).
     pub registry_ok: AtomicBool,
+    /// Permits for connections still in their HTTP handshake (slowloris bound).
+    pub handshakes: Arc<Semaphore>,
+    /// Forwards typing frames to chat-api; `None` without `API_URL`.
+    pub typing: Option<TypingForwarder>,
+    /// Resyncs asked for and not yet served, and whether the task serving them runs.
+    pub resync_requests: AtomicU64,
+    pub resync_running: AtomicBool,
 }
 
 impl Node {
@@ -33,7 +41,11 @@ impl Node {
             node_id: settings.node_id.clone(),
             incarnation,
         };
+        let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes));
+        let typing = settings.api_url.as_deref().and_then(TypingForwarder::new);
         Node {
+            handshakes,
+            typing,
             settings,
             info,
             deps,
@@ -41,6 +53,8 @@ impl Node {
             routes: RouteSync::new(),
             draining: AtomicBool::new(false),
             registry_ok: AtomicBool::new(false),
+            resync_requests: AtomicU64::new(0),
+            resync_running: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +97,13 @@ impl RouteSync {
     /// Marks `user` and waits (at most `limit`) until the registry reflects it.
     pub async fn mark_and_wait(&self, user: &Arc<str>, limit: Duration) {
         let generation = self.mark(user);
+        let mut rx = self.done.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done >= generation)).await;
+    }
+
+    /// Waits (at most `limit`) until everything marked so far is reconciled.
+    pub async fn wait_synced(&self, limit: Duration) {
+        let generation = self.requested.load(Ordering::Acquire);
         let mut rx = self.done.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done >= generation)).await;
     }
@@ -180,6 +201,7 @@ pub async fn liveness_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         "route registry lost this node; re-registering routes"
                     );
                     node.routes.mark_all(users);
+                    crate::resync::request(&node, "route registry lost this node");
                 }
                 first = false;
             }

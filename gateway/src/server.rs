@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use shared::auth::{query_param, token_from_request, AuthError};
 use shared::protocol::Encoding;
+use shared::ratelimit::{check_fail_open, Decision};
 
 use crate::node::Node;
 use crate::socket;
@@ -45,23 +46,75 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
     }
 }
 
+/// Answer to a connection over [`Settings::max_concurrent_handshakes`], written without parsing
+/// anything the client sent.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\n\
+too many handshakes in progress\r\n";
+
 async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // The permit lives until the handshake ends (the upgrade hands the socket off, or the
+    // connection closes), so slow or idle HTTP clients cannot pile up without bound.
+    let Ok(_permit) = node.handshakes.clone().try_acquire_owned() else {
+        metrics::counter!("gateway_rejected_total", "reason" => "handshakes_full").increment(1);
+        let _ = stream.try_write(BUSY_RESPONSE);
+        return;
+    };
     let timeout = node.settings.handshake_timeout;
     let svc_node = node.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let node = svc_node.clone();
-        async move { Ok::<_, Infallible>(handle(node, req, peer)) }
+        async move {
+            if req.uri().path() == "/ws" {
+                if let Some(refused) = connect_rate(&node, peer).await {
+                    return Ok::<_, Infallible>(refused);
+                }
+            }
+            Ok::<_, Infallible>(handle(node, req, peer))
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        .max_buf_size(node.settings.max_request_head_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     // Bounds slow or idle HTTP clients; an upgraded socket leaves this future as soon as the 101
     // response is written.
     if tokio::time::timeout(timeout, conn).await.is_err() {
         metrics::counter!("gateway_rejected_total", "reason" => "handshake_timeout").increment(1);
+    }
+}
+
+/// The rate-limit key of a client address: the IPv4 address, or the /64 prefix of an IPv6 one
+/// (one subscriber usually holds a whole /64, so per-address keys would be free to multiply).
+fn ip_key(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+/// Spends one upgrade attempt of the client's IP; over the limit, the 429 answer.
+async fn connect_rate(node: &Node, peer: SocketAddr) -> Option<Response<Body>> {
+    let quota = node.settings.connect_rate_per_ip.as_ref()?;
+    match check_fail_open(&*node.deps.limiter, "conn", &ip_key(peer.ip()), quota).await {
+        Decision::Allowed => None,
+        Decision::Limited { retry_after } => {
+            let mut r = reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "connect_rate",
+                "too many connection attempts from this address; retry later\n",
+            );
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+            Some(r)
+        }
     }
 }
 
@@ -152,7 +205,8 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let identity = match token_from_request(authorization, query) {
+    let token = token_from_request(authorization, query);
+    let identity = match &token {
         None => {
             return reject(
                 StatusCode::UNAUTHORIZED,
@@ -160,7 +214,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                 "missing token: use Authorization: Bearer or access_token\n",
             )
         }
-        Some(token) => match node.deps.verifier.verify(&token) {
+        Some(token) => match node.deps.verifier.verify(token) {
             Ok(id) if id.is_service() => {
                 return reject(
                     StatusCode::FORBIDDEN,
@@ -172,7 +226,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             Err(AuthError::Expired) => {
                 return reject(StatusCode::UNAUTHORIZED, "auth", "token expired\n")
             }
-            Err(_) => return reject(StatusCode::UNAUTHORIZED, "auth", "invalid token\n"),
+            Err(e) => {
+                metrics::counter!("gateway_auth_failures_total", "reason" => e.reason())
+                    .increment(1);
+                return reject(StatusCode::UNAUTHORIZED, "auth", "invalid token\n");
+            }
         },
     };
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
@@ -192,6 +250,9 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             )
         }
     };
+    // Kept only where typing frames are forwarded (with the socket's own token), so that other
+    // nodes spend no memory on it.
+    let token: Option<Arc<str>> = token.filter(|_| node.typing.is_some()).map(Arc::from);
     let task = async move {
         let ws = match upgrade.await {
             Ok(ws) => ws,
@@ -210,18 +271,36 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             Ok(parts) => {
                 metrics::histogram!("gateway_handshake_seconds")
                     .record(started.elapsed().as_secs_f64());
-                socket::run(
-                    node,
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    identity,
-                    encoding,
-                )
-                .await;
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                // `read_buf` is a view of hyper's whole HTTP read buffer (8 KiB, usually with
+                // nothing left in it): copy the bytes out and drop the view now, or the idle
+                // socket would keep that buffer for its whole life.
+                let read_ahead = Bytes::copy_from_slice(&read_buf);
+                drop(read_buf);
+                socket::run(node, io.into_inner(), read_ahead, identity, token, encoding).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     };
     tokio::spawn(task);
     response.map(|_| Full::new(Bytes::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_key;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_prefix() {
+        assert_eq!(ip_key("10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(ip_key("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(
+            ip_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            ip_key("2001:db8:1:2:bbbb::9".parse().unwrap())
+        );
+        assert_ne!(
+            ip_key("2001:db8:1:2::1".parse().unwrap()),
+            ip_key("2001:db8:1:3::1".parse().unwrap())
+        );
+    }
 }

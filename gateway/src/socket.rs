@@ -19,9 +19,12 @@ use shared::ids::now_unix_ms;
 use shared::protocol::{
     decode_client, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION,
 };
+use shared::ratelimit::LocalBucket;
+use shared::Id;
 
 use crate::hub::{Enqueue, SocketHandle};
 use crate::node::Node;
+use crate::typing::TypingGate;
 use crate::wsio::{self, BurstReader};
 
 /// A frame that has begun to arrive must complete within this time.
@@ -46,6 +49,7 @@ pub async fn run(
     stream: TcpStream,
     read_ahead: Bytes,
     identity: Identity,
+    token: Option<Arc<str>>,
     encoding: Encoding,
 ) {
     if node.draining.load(Ordering::Acquire) {
@@ -100,8 +104,9 @@ pub async fn run(
         stream: &stream,
         last_rx: Instant::now(),
         expires_at: identity.expires_at,
-        allowance: node.settings.max_frames_per_second as f32,
-        last_refill: Instant::now(),
+        frames: LocalBucket::full(node.settings.max_frames_per_second),
+        token,
+        typing: TypingGate::default(),
     };
     let end = socket.run(read_ahead).await;
     let code = match end {
@@ -231,14 +236,16 @@ enum Flush {
 
 struct Socket<'a> {
     node: &'a Node,
-    handle: &'a SocketHandle,
+    handle: &'a Arc<SocketHandle>,
     stream: &'a TcpStream,
     last_rx: Instant,
     /// Token expiry, Unix seconds.
     expires_at: u64,
+    /// The socket's current token, kept only when typing frames are forwarded with it.
+    token: Option<Arc<str>>,
+    typing: TypingGate,
     /// Frame-rate token bucket.
-    allowance: f32,
-    last_refill: Instant,
+    frames: LocalBucket,
 }
 
 impl Socket<'_> {
@@ -406,16 +413,8 @@ impl Socket<'_> {
     }
 
     fn take_token(&mut self) -> bool {
-        let rate = self.node.settings.max_frames_per_second as f32;
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last_refill).as_secs_f32();
-        self.last_refill = now;
-        self.allowance = (self.allowance + elapsed * rate).min(rate);
-        if self.allowance < 1.0 {
-            return false;
-        }
-        self.allowance -= 1.0;
-        true
+        let rate = self.node.settings.max_frames_per_second;
+        self.frames.take(rate, rate)
     }
 
     fn on_client_frame(&mut self, payload: &[u8]) {
@@ -428,13 +427,13 @@ impl Socket<'_> {
         };
         match frame {
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
-            ClientFrame::Typing { .. } => self.send_error(
-                ErrorCode::InvalidFrame,
-                "typing indicators are not supported by this server version",
-            ),
+            ClientFrame::Typing { chat_id } => self.on_typing(chat_id),
             ClientFrame::Refresh { token } => match self.node.deps.verifier.verify(&token) {
                 Ok(id) if *id.subject == *self.handle.user && !id.is_service() => {
                     self.expires_at = id.expires_at;
+                    if self.token.is_some() {
+                        self.token = Some(Arc::from(token));
+                    }
                     self.send_frame(&ServerFrame::Refreshed {
                         token_expires_at: id.expires_at,
                     });
@@ -443,6 +442,29 @@ impl Socket<'_> {
                 Err(e) => self.send_error(ErrorCode::InvalidToken, e.to_string()),
             },
         }
+    }
+
+    fn on_typing(&mut self, chat_id: Id) {
+        let (Some(forwarder), Some(token)) = (&self.node.typing, &self.token) else {
+            return self.send_error(
+                ErrorCode::Unavailable,
+                "typing indicators are not enabled on this node (no API_URL)",
+            );
+        };
+        let interval = self.node.settings.typing_interval;
+        if !self.typing.allow(chat_id, Instant::now(), interval) {
+            metrics::counter!("gateway_typing_total", "result" => "rate_limited").increment(1);
+            return self.send_error(
+                ErrorCode::RateLimited,
+                format!("at most one typing frame per chat every {interval:?}"),
+            );
+        }
+        forwarder.forward(
+            self.handle.clone(),
+            self.node.queue_limits(),
+            token.clone(),
+            chat_id,
+        );
     }
 }
 

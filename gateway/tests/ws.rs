@@ -52,6 +52,7 @@ impl Harness {
             bus: bus.clone(),
             verifier,
             metrics: None,
+            limiter: shared::ratelimit::memory(),
         };
         let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
             let _ = rx.await;
@@ -274,7 +275,12 @@ async fn responsive_client_stays_open_past_idle_timeout() {
 async fn bad_frames_get_error_frames_not_disconnects() {
     let h = Harness::start(fast_settings()).await;
     let (mut ws, _) = h.connect("dave", "json").await;
-    let cases: [(WsMessage, ErrorCode); 4] = [
+    let cases: [(WsMessage, ErrorCode); 5] = [
+        // No API_URL on this node: typing cannot be forwarded.
+        (
+            WsMessage::Text(r#"{"type":"typing","chat_id":"5"}"#.into()),
+            ErrorCode::Unavailable,
+        ),
         (WsMessage::Text("{not json".into()), ErrorCode::InvalidFrame),
         (
             WsMessage::Text(r#"{"type":"dance"}"#.into()),

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use shared::auth::Signer;
 
@@ -46,7 +47,7 @@ pub struct ConnectArgs {
     /// HMAC secret the gateway verifies with (the development key by default).
     #[arg(long, env = "JWT_SECRET", default_value = shared::auth::DEV_SECRET, hide_default_value = true)]
     pub secret: String,
-    /// `json` or `msgpack`.
+    /// `json`, `msgpack`, or `socketio` (the URL is then a Socket.IO server's `ws://host:port`).
     #[arg(long, default_value = "json")]
     pub encoding: String,
     /// Prefix of the user ids (user = PREFIX-WORKER-INDEX).
@@ -432,8 +433,13 @@ async fn hold_socket(
             .connect(url.addr)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
+        let socketio = encoding == "socketio";
         let sep = if url.full.contains('?') { '&' } else { '?' };
-        let full = format!("{}{sep}encoding={encoding}&access_token={token}", url.full);
+        let full = if socketio {
+            crate::eio::url(&url.full, &format!("access_token={token}"))
+        } else {
+            format!("{}{sep}encoding={encoding}&access_token={token}", url.full)
+        };
         let (mut ws, _) = tokio_tungstenite::client_async(full, stream)
             .await
             .map_err(|e| match e {
@@ -442,6 +448,18 @@ async fn hold_socket(
                 }
                 other => format!("handshake: {other}"),
             })?;
+        if socketio {
+            return match tokio::time::timeout(
+                Duration::from_secs(10),
+                crate::eio::handshake(&mut ws),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok(ws),
+                Ok(Err(e)) => Err(format!("socket.io: {e}")),
+                Err(_) => Err("no socket.io connect".to_string()),
+            };
+        }
         // The hello frame proves authentication and registration.
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(_))) => Ok(ws),
@@ -453,8 +471,13 @@ async fn hold_socket(
         Ok(Ok(mut ws)) => {
             open.fetch_add(1, Ordering::Relaxed);
             let _ = report.send(Ok(started.elapsed().as_secs_f64() * 1000.0));
-            // Reading answers the gateway's pings; the socket otherwise stays idle.
-            while let Some(Ok(_)) = ws.next().await {}
+            // Reading answers the gateway's pings (and Engine.IO's, which are text frames); the
+            // socket otherwise stays idle.
+            while let Some(Ok(msg)) = ws.next().await {
+                if matches!(&msg, WsMessage::Text(t) if crate::eio::is_ping(t.as_str())) {
+                    let _ = futures_util::SinkExt::send(&mut ws, WsMessage::text("3")).await;
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(Err(cause)) => {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -35,6 +35,13 @@ pub struct LatencyArgs {
     /// Write the JSON result here.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Measure a Socket.IO cluster instead (`--ws` is its `ws://host:port`, `--api` its HTTP
+    /// ends); the receiver joins the chat's room at connect.
+    #[arg(long)]
+    pub socketio: bool,
+    /// Write a PNG of the latency distribution here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize, Debug)]
@@ -50,24 +57,29 @@ pub struct LatencyResult {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    pub loadavg: Option<[f64; 3]>,
+}
+
+/// The `client_msg_id` of a `message` frame, from the gateway or from Socket.IO
+/// (`42["message",{"message":{...}}]`).
+fn client_msg_id(text: &str) -> Option<String> {
+    if let Some(event) = crate::eio::event(text) {
+        let v: Value = serde_json::from_str(event).ok()?;
+        return v.get(1)?["message"]["client_msg_id"]
+            .as_str()
+            .map(str::to_string);
+    }
+    match decode_server(Encoding::Json, text.as_bytes()) {
+        Ok(ServerFrame::Message { message }) => Some(message.client_msg_id),
+        _ => None,
+    }
 }
 
 pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
     if args.api.is_empty() {
         bail!("--api needs at least one URL");
     }
-    for u in args.api.iter().chain(std::iter::once(&args.ws)) {
-        let host = u
-            .split("//")
-            .nth(1)
-            .unwrap_or("")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or("");
-        if !(host == "localhost" || host.starts_with("127.")) {
-            bail!("load is only sent to loopback addresses, not {u}");
-        }
-    }
+    crate::util::ensure_loopback(args.api.iter().chain(std::iter::once(&args.ws)))?;
     let signer = Signer::hmac(jsonwebtoken::Algorithm::HS256, args.secret.as_bytes());
     let run_id = shared::ids::now_unix_ms();
     let (sender, receiver) = (format!("lat-s-{run_id}"), format!("lat-r-{run_id}"));
@@ -78,25 +90,24 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let chat: Value = http
-        .post(format!("{}/v1/chats", args.api[0]))
-        .bearer_auth(&s_token)
-        .json(&json!({"members": [receiver], "title": "latency"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let (chat_id, mut ws) = if args.socketio {
+        let chat_id = format!("lat-{run_id}");
+        let ws = crate::util::connect_socketio(&args.ws, &r_token, &chat_id).await?;
+        (chat_id, ws)
+    } else {
+        let chat_id = crate::util::create_chat(
+            &http,
+            &args.api[0],
+            &s_token,
+            std::slice::from_ref(&receiver),
+            "latency",
+        )
         .await?;
-    let chat_id = chat["chat_id"]
-        .as_str()
-        .context("chat_id in the reply")?
-        .to_string();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}?access_token={r_token}", args.ws)).await?;
-    match ws.next().await {
-        Some(Ok(WsMessage::Text(_))) => {}
-        other => bail!("expected hello, got {other:?}"),
-    }
+        (
+            chat_id,
+            crate::util::connect_user(&args.ws, &r_token).await?,
+        )
+    };
 
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
@@ -108,14 +119,12 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
         tokio::spawn(async move {
             while let Some(Ok(msg)) = ws.next().await {
                 let WsMessage::Text(t) = msg else { continue };
-                if let Ok(ServerFrame::Message { message }) =
-                    decode_server(Encoding::Json, t.as_bytes())
-                {
-                    let t0 = started
-                        .lock()
-                        .map(|mut m| m.remove(&message.client_msg_id))
-                        .ok()
-                        .flatten();
+                if crate::eio::is_ping(t.as_str()) {
+                    let _ = futures_util::SinkExt::send(&mut ws, WsMessage::text("3")).await;
+                    continue;
+                }
+                if let Some(cmid) = client_msg_id(t.as_str()) {
+                    let t0 = started.lock().map(|mut m| m.remove(&cmid)).ok().flatten();
                     if let Some(t0) = t0 {
                         let us = t0.elapsed().as_micros() as u64;
                         if let Ok(mut h) = hist.lock() {
@@ -193,14 +202,20 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<LatencyResult> {
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: h.max() as f64 / 1000.0,
+        loadavg: crate::util::loadavg(),
     };
     println!(
         "latency at {} msg/s: sent {} acked {} errors {} received {}\np50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
         result.rate_per_s, result.sent, result.acknowledged, result.send_errors, result.received,
         result.p50_ms, result.p90_ms, result.p99_ms, result.p999_ms, result.max_ms
     );
-    if let Some(path) = &args.out {
-        std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
+    crate::util::write_json(args.out.as_deref(), &result)?;
+    if let Some(path) = &args.plot {
+        crate::plot::latency_distribution(
+            path,
+            &format!("end-to-end latency at {} msg/s", args.rate),
+            &h,
+        )?;
     }
     Ok(result)
 }

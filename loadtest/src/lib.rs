@@ -1,7 +1,16 @@
 //! The load generator: scenarios that drive a running system over real sockets and report what
 //! they saw. `connect` opens many idle authenticated sockets from several worker processes and
-//! loopback source addresses and measures the gateway's resident memory per socket.
+//! loopback source addresses and measures the gateway's resident memory per socket; `fanout`
+//! measures deliveries and frames per gateway core; `latency` end-to-end latency, open loop;
+//! `soak` churns sockets and samples memory over time.
 
 pub mod connect;
+pub mod eio;
+pub mod fanout;
+pub mod flood;
 pub mod latency;
+pub mod plot;
 pub mod proc;
+pub mod report;
+pub mod soak;
+pub mod util;

@@ -18,6 +18,14 @@ enum Cmd {
     Connect(loadtest::connect::ConnectRun),
     /// End-to-end latency from HTTP send to the frame on another socket, open loop.
     Latency(loadtest::latency::LatencyArgs),
+    /// Victim latency alone and under a flood from one user and one IP (rate limits at work).
+    Flood(loadtest::flood::FloodArgs),
+    /// Chats of a given size, members spread over gateways: deliveries/s, frames per gateway core.
+    Fanout(loadtest::fanout::FanoutArgs),
+    /// Churn sockets for a bounded time and sample the gateways' RSS over time.
+    Soak(loadtest::soak::SoakArgs),
+    /// Print one table from a directory of result files, each figure beside its budget.
+    Report(loadtest::report::ReportArgs),
     /// (internal) one worker process of `connect`.
     #[command(hide = true)]
     ConnectWorker(loadtest::connect::WorkerArgs),
@@ -29,6 +37,16 @@ fn main() -> anyhow::Result<()> {
         Cmd::Latency(args) => tokio::runtime::Runtime::new()?
             .block_on(loadtest::latency::run(args))
             .map(|_| ()),
+        Cmd::Flood(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::flood::run(args))
+            .map(|_| ()),
+        Cmd::Fanout(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::fanout::run(args))
+            .map(|_| ()),
+        Cmd::Soak(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::soak::run(args))
+            .map(|_| ()),
+        Cmd::Report(args) => loadtest::report::run(args),
         Cmd::ConnectWorker(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -60,8 +60,36 @@ pub enum AuthError {
     BadSignature,
     #[error("token algorithm is not the configured one")]
     WrongAlgorithm,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token issuer is not the configured one")]
+    WrongIssuer,
+    #[error("token audience is not the configured one")]
+    WrongAudience,
+    #[error("token lacks the required `{0}` claim")]
+    MissingClaim(String),
+    #[error("token `kid` names no configured key")]
+    UnknownKey,
     #[error("token is not valid: {0}")]
     Invalid(String),
+}
+
+impl AuthError {
+    /// A short label for metrics (`reason`), stable across versions.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::WrongAlgorithm => "wrong_algorithm",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::Invalid(_) => "invalid",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +100,12 @@ pub enum KeyError {
     MissingSecret { algorithm: String },
     #[error("{algorithm} needs JWT_PUBLIC_KEY_FILE (a PEM public key)")]
     MissingPublicKey { algorithm: String },
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read JWT_PUBLIC_KEY_FILE {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("key in {path} is not a valid PEM key for {algorithm}: {reason}")]
+    #[error("JWT_PUBLIC_KEY_FILE {path} is not a valid PEM key for {algorithm}: {reason}")]
     Pem {
         path: String,
         algorithm: String,
@@ -85,6 +113,14 @@ pub enum KeyError {
     },
     #[error("JWT_SECRET must be at least 32 bytes for HMAC algorithms")]
     ShortSecret,
+    #[error("no verification key configured")]
+    NoKeys,
+    #[error("key id {0:?} is configured twice (each kid once, at most one key without a kid)")]
+    DuplicateKid(Option<String>),
+    #[error("JWT_LEEWAY {0:?} is too large: at most 5m (it covers clock skew only)")]
+    Leeway(Duration),
+    #[error("JWT_KEYS_FILE {path}: {reason}")]
+    KeysFile { path: String, reason: String },
 }
 
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
@@ -98,6 +134,63 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, KeyError> {
         "EdDSA" => Ok(Algorithm::EdDSA),
         other => Err(KeyError::Algorithm(other.to_string())),
     }
+}
+
+/// One entry of a `JWT_KEYS_FILE` (JSON: `{"keys": [ ... ]}`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFileEntry {
+    kid: String,
+    alg: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    public_key_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeysFileEntry>,
+}
+
+/// Reads a `JWT_KEYS_FILE`: `{"keys": [{"kid": "2026-11", "alg": "HS256", "secret": "..."},
+/// {"kid": "rsa-1", "alg": "RS256", "public_key_file": "rsa-1.pem"}]}`. Relative key paths are
+/// relative to the file's directory. Every entry needs a `kid` and exactly one of `secret` or
+/// `public_key_file`.
+pub fn load_keys_file(path: &std::path::Path) -> Result<Vec<KeySpec>, KeyError> {
+    let display = path.display().to_string();
+    let fail = |reason: String| KeyError::KeysFile {
+        path: display.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let file: KeysFile = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    file.keys
+        .into_iter()
+        .map(|e| {
+            if e.kid.is_empty() || e.kid.len() > 128 {
+                return Err(fail("every key needs a kid of 1-128 bytes".into()));
+            }
+            let algorithm = parse_algorithm(&e.alg)?;
+            let key = match (e.secret, e.public_key_file) {
+                (Some(s), None) => KeySource::Secret(s.into_bytes()),
+                (None, Some(p)) => KeySource::PublicKeyFile(dir.join(p)),
+                _ => {
+                    return Err(fail(format!(
+                        "key {:?} needs exactly one of secret or public_key_file",
+                        e.kid
+                    )))
+                }
+            };
+            Ok(KeySpec {
+                kid: Some(e.kid),
+                algorithm,
+                key,
+            })
+        })
+        .collect()
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
@@ -122,92 +215,181 @@ pub struct JwtSettings {
     pub leeway: Duration,
 }
 
-/// Verifies tokens with one pinned algorithm and key.
+/// One verification key: the key material, its pinned algorithm and, for key rotation, the `kid`
+/// that selects it. A key without a `kid` verifies tokens whose header has no `kid`.
+#[derive(Clone, Debug)]
+pub struct KeySpec {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    pub key: KeySource,
+}
+
+/// Claim checks shared by every key.
+#[derive(Clone, Debug)]
+pub struct ClaimRules {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+/// Largest leeway accepted by configuration: clock skew, not a grace period.
+pub const LEEWAY_MAX: Duration = Duration::from_secs(300);
+
+/// A decoding key with the validation rules pinned to its algorithm.
 #[derive(Clone)]
-pub struct Verifier {
+struct VerifyKey {
+    kid: Option<String>,
     key: DecodingKey,
     validation: Validation,
     algorithm: Algorithm,
 }
 
+/// Verifies tokens against a set of keys, each with one pinned algorithm. The key is chosen by
+/// the token's `kid` header (or is the key without a `kid` when the token has none); the
+/// algorithm always comes from configuration, never from the token, so `alg: none` and
+/// HMAC-signed-with-the-public-key tokens are refused.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+}
+
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| (k.kid.clone(), k.algorithm))
+            .collect();
         f.debug_struct("Verifier")
-            .field("algorithm", &self.algorithm)
+            .field("keys", &keys)
             .finish_non_exhaustive()
     }
 }
 
+fn decoding_key(spec: &KeySpec) -> Result<DecodingKey, KeyError> {
+    let alg = spec.algorithm;
+    let name = format!("{alg:?}");
+    match (&spec.key, is_hmac(alg)) {
+        (KeySource::Secret(s), true) => {
+            if s.len() < 32 {
+                return Err(KeyError::ShortSecret);
+            }
+            Ok(DecodingKey::from_secret(s))
+        }
+        (KeySource::Secret(_), false) => Err(KeyError::MissingPublicKey { algorithm: name }),
+        (KeySource::PublicKeyFile(_), true) => Err(KeyError::MissingSecret { algorithm: name }),
+        (KeySource::PublicKeyFile(path), false) => {
+            let display = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+                path: display.clone(),
+                source,
+            })?;
+            let parsed = match alg {
+                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            };
+            parsed.map_err(|e| KeyError::Pem {
+                path: display,
+                algorithm: name,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
 impl Verifier {
+    /// A verifier with the one configured key (no `kid`).
     pub fn new(settings: &JwtSettings) -> Result<Verifier, KeyError> {
-        let alg = settings.algorithm;
-        let name = format!("{alg:?}");
-        let key = match (&settings.key, is_hmac(alg)) {
-            (KeySource::Secret(s), true) => {
-                if s.len() < 32 {
-                    return Err(KeyError::ShortSecret);
-                }
-                DecodingKey::from_secret(s)
-            }
-            (KeySource::Secret(_), false) => {
-                return Err(KeyError::MissingPublicKey { algorithm: name })
-            }
-            (KeySource::PublicKeyFile(_), true) => {
-                return Err(KeyError::MissingSecret { algorithm: name })
-            }
-            (KeySource::PublicKeyFile(path), false) => {
-                let display = path.display().to_string();
-                let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-                    path: display.clone(),
-                    source,
-                })?;
-                let parsed = match alg {
-                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
-                };
-                parsed.map_err(|e| KeyError::Pem {
-                    path: display,
-                    algorithm: name,
-                    reason: e.to_string(),
-                })?
-            }
-        };
-        let mut validation = Validation::new(alg);
-        validation.algorithms = vec![alg];
-        validation.leeway = settings.leeway.as_secs();
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        required.extend(settings.issuer.as_ref().map(|_| "iss"));
-        required.extend(settings.audience.as_ref().map(|_| "aud"));
-        validation.set_required_spec_claims(&required);
-        match &settings.issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match &settings.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        Ok(Verifier {
-            key,
-            validation,
-            algorithm: alg,
-        })
+        Verifier::with_keys(
+            &[KeySpec {
+                kid: None,
+                algorithm: settings.algorithm,
+                key: settings.key.clone(),
+            }],
+            &ClaimRules {
+                issuer: settings.issuer.clone(),
+                audience: settings.audience.clone(),
+                leeway: settings.leeway,
+            },
+        )
     }
 
+    /// A verifier for several keys (rotation): each `kid` at most once, at most one key without.
+    pub fn with_keys(specs: &[KeySpec], rules: &ClaimRules) -> Result<Verifier, KeyError> {
+        if specs.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        if rules.leeway > LEEWAY_MAX {
+            return Err(KeyError::Leeway(rules.leeway));
+        }
+        let mut keys: Vec<VerifyKey> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if keys.iter().any(|k| k.kid == spec.kid) {
+                return Err(KeyError::DuplicateKid(spec.kid.clone()));
+            }
+            let key = decoding_key(spec)?;
+            let alg = spec.algorithm;
+            let mut validation = Validation::new(alg);
+            validation.algorithms = vec![alg];
+            validation.leeway = rules.leeway.as_secs();
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            let mut required = vec!["exp", "sub"];
+            required.extend(rules.issuer.as_ref().map(|_| "iss"));
+            required.extend(rules.audience.as_ref().map(|_| "aud"));
+            validation.set_required_spec_claims(&required);
+            match &rules.issuer {
+                Some(iss) => validation.set_issuer(&[iss]),
+                None => validation.iss = None,
+            }
+            match &rules.audience {
+                Some(aud) => validation.set_audience(&[aud]),
+                None => validation.validate_aud = false,
+            }
+            keys.push(VerifyKey {
+                kid: spec.kid.clone(),
+                key,
+                validation,
+                algorithm: alg,
+            });
+        }
+        Ok(Verifier { keys })
+    }
+
+    /// The algorithm of the first configured key.
     pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
+        self.keys[0].algorithm
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+        // Bounded before any parsing: a token is a header value, never kilobytes of claims.
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(AuthError::Invalid("token is too long".into()));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName => AuthError::WrongAlgorithm,
+            other => AuthError::Invalid(format!("{other:?}")),
+        })?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == header.kid)
+            .ok_or(AuthError::UnknownKey)?;
+        if header.alg != key.algorithm {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::WrongAlgorithm
                 }
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
                 other => AuthError::Invalid(format!("{other:?}")),
             },
         )?;
@@ -226,12 +408,16 @@ impl Verifier {
     }
 }
 
+/// Longest token accepted, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
 /// Mints tokens (the `token` command and tests).
 pub struct Signer {
     key: EncodingKey,
     algorithm: Algorithm,
     issuer: Option<String>,
     audience: Option<String>,
+    kid: Option<String>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -249,6 +435,7 @@ impl Signer {
             algorithm,
             issuer: None,
             audience: None,
+            kid: None,
         }
     }
 
@@ -264,6 +451,7 @@ impl Signer {
             algorithm,
             issuer: None,
             audience: None,
+            kid: None,
         })
     }
 
@@ -274,6 +462,12 @@ impl Signer {
     ) -> Self {
         self.issuer = issuer;
         self.audience = audience;
+        self
+    }
+
+    /// Puts `kid` in the header of the tokens this signer mints (key rotation).
+    pub fn with_kid(mut self, kid: Option<String>) -> Self {
+        self.kid = kid;
         self
     }
 
@@ -293,7 +487,9 @@ impl Signer {
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(self.algorithm), claims, &self.key)
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key)
             .unwrap_or_else(|e| panic!("signing with a configured key cannot fail: {e}"))
     }
 }

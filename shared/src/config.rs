@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::auth::{self, JwtSettings, KeyError, KeySource, Verifier};
+use crate::auth::{self, ClaimRules, JwtSettings, KeyError, KeySource, KeySpec, Verifier};
 
 /// Parses `250ms`, `5s`, `2m` (humantime syntax) for clap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -38,15 +38,22 @@ pub struct JwtArgs {
     /// Required `aud` claim, if set.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Clock skew allowed on `exp`/`nbf`.
+    /// Clock skew allowed on `exp`/`nbf` (at most 5m).
     #[arg(long, env = "JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+    /// JSON file of extra keys selected by the token's `kid` header, for key rotation:
+    /// `{"keys":[{"kid":"k2","alg":"HS256","secret":"..."},{"kid":"r1","alg":"RS256","public_key_file":"r1.pem"}]}`.
+    /// JWT_SECRET / JWT_PUBLIC_KEY_FILE, when also set, verify tokens without a `kid`.
+    #[arg(long, env = "JWT_KEYS_FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
 }
 
 impl JwtArgs {
     /// True when neither a secret nor a public key was given.
     pub fn is_unconfigured(&self) -> bool {
-        self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
+        self.jwt_secret.is_none()
+            && self.jwt_public_key_file.is_none()
+            && self.jwt_keys_file.is_none()
     }
 
     pub fn settings(&self) -> Result<JwtSettings, KeyError> {
@@ -69,8 +76,32 @@ impl JwtArgs {
         })
     }
 
+    /// The verifier for every configured key: the single key (no `kid`) from JWT_SECRET or
+    /// JWT_PUBLIC_KEY_FILE when set, plus the keys of JWT_KEYS_FILE.
     pub fn verifier(&self) -> Result<Verifier, KeyError> {
-        Verifier::new(&self.settings()?)
+        let mut specs = Vec::new();
+        if self.jwt_secret.is_some()
+            || self.jwt_public_key_file.is_some()
+            || self.jwt_keys_file.is_none()
+        {
+            let single = self.settings()?;
+            specs.push(KeySpec {
+                kid: None,
+                algorithm: single.algorithm,
+                key: single.key,
+            });
+        }
+        if let Some(path) = &self.jwt_keys_file {
+            specs.extend(auth::load_keys_file(path)?);
+        }
+        Verifier::with_keys(
+            &specs,
+            &ClaimRules {
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+                leeway: self.jwt_leeway,
+            },
+        )
     }
 }
 

@@ -7,7 +7,9 @@ pub mod close;
 pub mod config;
 pub mod ids;
 pub mod protocol;
+pub mod ratelimit;
 pub mod routing;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -71,6 +71,9 @@ pub enum ServerFrame {
     },
     /// Answer to a client `ping`.
     Pong,
+    /// The node may have missed deliveries (its routing backend was unreachable or lost its
+    /// state): run the catch-up of `docs/PROTOCOL.md` now; the socket stays open.
+    Resync,
     /// The token refresh was accepted.
     Refreshed {
         token_expires_at: u64,
@@ -113,6 +116,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many frames of this kind; slow down.
     RateLimited,
+    /// The server cannot serve this frame now (e.g. typing on a node without an API to forward
+    /// to, or the API did not answer); the socket stays usable.
+    Unavailable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,18 +150,31 @@ const CLIENT_TYPES: &[&str] = &["ping", "typing", "refresh"];
 pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     let parsed = match encoding {
         Encoding::Json => serde_json::from_slice::<ClientFrame>(bytes).map_err(|e| e.to_string()),
-        Encoding::Msgpack => rmp_serde::from_slice::<ClientFrame>(bytes).map_err(|e| e.to_string()),
+        Encoding::Msgpack => msgpack_from_slice::<ClientFrame>(bytes).map_err(|e| e.to_string()),
     };
     parsed.map_err(|err| {
         let probe = match encoding {
             Encoding::Json => serde_json::from_slice::<TypeProbe>(bytes).ok(),
-            Encoding::Msgpack => rmp_serde::from_slice::<TypeProbe>(bytes).ok(),
+            Encoding::Msgpack => msgpack_from_slice::<TypeProbe>(bytes).ok(),
         };
         match probe {
             Some(p) if !CLIENT_TYPES.contains(&p.kind.as_str()) => DecodeError::UnknownType(p.kind),
             _ => DecodeError::Invalid(err),
         }
     })
+}
+
+/// Nesting allowed in a client frame. rmp-serde's default (1024) lets a frame of a few KiB of
+/// `[[[[…` recurse deep enough to overflow a small task stack; no client frame nests beyond a few
+/// levels. (serde_json stops at 128 by itself.)
+const MSGPACK_MAX_DEPTH: usize = 32;
+
+fn msgpack_from_slice<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MSGPACK_MAX_DEPTH);
+    T::deserialize(&mut de)
 }
 
 /// Encodes a server frame. Serialization of these types cannot fail (string keys only), so an
@@ -227,6 +246,7 @@ mod tests {
                 last_seen_ms: Some(5),
             },
             ServerFrame::Pong,
+            ServerFrame::Resync,
             ServerFrame::Refreshed {
                 token_expires_at: 3,
             },

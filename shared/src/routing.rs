@@ -4,9 +4,11 @@
 
 pub mod conformance;
 pub mod memory;
+pub mod metered;
 pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -89,6 +91,11 @@ pub trait Subscription: Send {
     /// Waits for the next envelopes, at most `max` of them. Returns an empty batch when the wait
     /// timed out without traffic, so that callers can check for shutdown.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError>;
+    /// How long the oldest envelope of the last non-empty batch waited in the stream, when the
+    /// backend knows (Redis stream ids carry the append time); for the stream-lag metric.
+    fn oldest_age(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What a fan-out did.

@@ -404,3 +404,59 @@ impl RedisCluster {
         Ok(total)
     }
 }
+
+/// How a process that was expected to exit ended.
+pub struct Exit {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// Applies `env` to `cmd` (an empty value removes the variable), runs it with stderr captured
+/// and waits for it to exit; kills it and panics if it still runs after `limit`. For tests of
+/// start-up failures, whose output is short.
+pub fn run_to_exit(cmd: &mut Command, env: &[(&str, &str)], limit: Duration) -> Exit {
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for the child") {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} with {env:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("reading stderr");
+    Exit {
+        code: status.code(),
+        stderr,
+    }
+}
+
+/// A `redis://` URL whose port nothing listens on.
+pub fn closed_redis_url() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("probe port")
+        .port();
+    format!("redis://127.0.0.1:{port}")
+}

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use shared::protocol::{Message, ServerFrame};
+use shared::ratelimit::{check_fail_open, Decision};
 use shared::routing::fan_out;
 use shared::Id;
 
@@ -78,6 +79,16 @@ pub async fn send(
                 req.body.len()
             ),
         ));
+    }
+    if let Some(quota) = &limits.rate_messages {
+        if let Decision::Limited { retry_after } =
+            check_fail_open(&*state.limiter, "msg", user.id(), quota).await
+        {
+            return Err(ApiError::RateLimited {
+                what: "messages",
+                retry_after,
+            });
+        }
     }
     require_member(&state, chat_id, user.id()).await?;
 

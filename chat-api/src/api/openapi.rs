@@ -140,6 +140,12 @@ pub fn spec() -> Value {
                     "responses": common_errors(json!({"200": ok("page", "HistoryPage"),
                         "400": problem("both cursors, or a bad value"), "403": problem("not a member")}))}
             },
+            "/v1/chats/{chat_id}/typing": {"post": {"summary": "Tell the chat's other members that you are typing",
+                "description": "Ephemeral: delivered as a `typing` frame to the other members' sockets, \
+                    never stored. At most one per user and chat per second (429 with Retry-After).",
+                "parameters": [chat_id_param()],
+                "responses": common_errors(json!({"202": ok("handed to gateways", "TypingAccepted"),
+                    "403": problem("not a member"), "429": problem("too many typing notices (`rate-limited`)")}))}},
             "/v1/push": {"post": {"summary": "Push an event to users' sockets (service scope `push`)",
                 "requestBody": body("Push"),
                 "responses": common_errors(json!({"202": ok("handed to gateways", "PushAccepted"),
@@ -187,6 +193,7 @@ pub fn spec() -> Value {
                 "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
                     "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
                     "event": {"description": "any JSON value, delivered as is"}}},
+                "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
                 "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
                 "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
                     "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},

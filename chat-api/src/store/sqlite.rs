@@ -2,6 +2,11 @@
 //! processes on one host may share. Blocking SQLite calls run on tokio's blocking pool through a
 //! small pool of connections; a semaphore bounds the work in flight so that a slow disk sheds load
 //! (503) instead of queueing without limit.
+//!
+//! Message inserts go through one writer thread that commits them in groups: it takes every insert
+//! that queued while the previous commit was running and writes them in one transaction, so one
+//! fsync covers many messages. Each insert is still answered only after its transaction commits
+//! (durable before acknowledged); a queue with a capacity bounds the inserts waiting.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,7 +16,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use shared::protocol::Message;
 use shared::Id;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Chat, Cursor, Insert, MessageStore, StoreError};
 
@@ -29,6 +34,11 @@ pub struct SqliteOptions {
     /// `synchronous=FULL` (default) fsyncs the WAL on every commit, so an acknowledged message
     /// survives a power loss; `false` uses NORMAL (survives process crashes only).
     pub fsync_each_commit: bool,
+    /// Most message inserts committed in one transaction by the writer thread. Default 256.
+    pub group_commit_max: usize,
+    /// Message inserts that may wait for the writer thread; more are shed as unavailable after
+    /// `acquire_timeout`. Default 4,096.
+    pub write_queue: usize,
 }
 
 impl Default for SqliteOptions {
@@ -38,6 +48,8 @@ impl Default for SqliteOptions {
             connections: 4,
             acquire_timeout: Duration::from_secs(5),
             fsync_each_commit: true,
+            group_commit_max: 256,
+            write_queue: 4_096,
         }
     }
 }
@@ -75,6 +87,14 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
+    /// Inserts for the group-commit writer thread; the thread ends when this is dropped.
+    writes: mpsc::Sender<WriteJob>,
+}
+
+/// One message insert waiting for the writer thread, and where its answer goes.
+struct WriteJob {
+    message: Message,
+    reply: oneshot::Sender<Result<Insert, StoreError>>,
 }
 
 struct Inner {
@@ -113,6 +133,13 @@ impl SqliteStore {
             .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
             .map_err(|e| map_err(e, "creating the schema"))?;
         let acquire_timeout = options.acquire_timeout;
+        let writer_conn = open_connection(&path, &options)?;
+        let (writes, queue) = mpsc::channel(options.write_queue.max(1));
+        let batch_max = options.group_commit_max.max(1);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_thread(writer_conn, queue, batch_max))
+            .map_err(|e| StoreError::Internal(format!("starting the SQLite writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -121,6 +148,7 @@ impl SqliteStore {
             }),
             permits: Arc::new(Semaphore::new(connections)),
             acquire_timeout,
+            writes,
         })
     }
 
@@ -160,6 +188,104 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| StoreError::Internal(format!("{what}: SQLite task failed: {e}")))?
+    }
+}
+
+/// The group-commit loop: waits for one insert, takes every other one already queued (up to
+/// `batch_max`), writes them all in one IMMEDIATE transaction and answers each after the commit.
+fn writer_thread(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, batch_max: usize) {
+    let mut batch: Vec<WriteJob> = Vec::with_capacity(batch_max);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < batch_max {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("api_sqlite_group_commit_size").record(batch.len() as f64);
+        match write_group(&mut conn, &batch) {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let e = map_err(e, "insert_message");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a group in one transaction. A message that fails on its own (say, an id out of range)
+/// is rolled back to its savepoint and answered with its error; the others still commit.
+fn write_group(
+    conn: &mut Connection,
+    batch: &[WriteJob],
+) -> rusqlite::Result<Vec<Result<Insert, StoreError>>> {
+    // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process) are
+    // serialized, and the loser sees the winner's row in its own transaction.
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut sp = tx.savepoint()?;
+        match insert_one(&sp, &job.message) {
+            Ok(insert) => {
+                sp.commit()?;
+                results.push(Ok(insert));
+            }
+            Err(e) => {
+                sp.rollback()?;
+                results.push(Err(map_err(e, "insert_message")));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+fn insert_one(tx: &Connection, m: &Message) -> rusqlite::Result<Insert> {
+    let chat_id = stored_id(m.chat_id, "chat id")?;
+    let message_id = stored_id(m.message_id, "message id")?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO messages (chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (chat_id, sender_id, client_msg_id) DO NOTHING",
+        )?
+        .execute(params![
+            chat_id,
+            message_id,
+            m.sender_id,
+            m.client_msg_id,
+            m.body,
+            m.sent_at_ms as i64
+        ])?;
+    if inserted == 1 {
+        // Replicas' clocks differ, so a later write may carry a lower id: keep the max.
+        tx.prepare_cached(
+            "UPDATE chats SET last_message_id = ?2
+             WHERE chat_id = ?1 AND (last_message_id IS NULL OR last_message_id < ?2)",
+        )?
+        .execute(params![chat_id, message_id])?;
+        Ok(Insert::Created(m.clone()))
+    } else {
+        let original = tx
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+            ))?
+            .query_row(
+                params![chat_id, m.sender_id, m.client_msg_id],
+                message_from_row,
+            )?;
+        Ok(Insert::Duplicate(original))
     }
 }
 
@@ -378,48 +504,26 @@ impl MessageStore for SqliteStore {
     }
 
     async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
-        let m = message.clone();
-        self.with_conn("insert_message", move |conn| {
-            let chat_id = stored_id(m.chat_id, "chat id")?;
-            let message_id = stored_id(m.message_id, "message id")?;
-            // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process)
-            // are serialized, and the loser sees the winner's row in its own transaction.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO messages (chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (chat_id, sender_id, client_msg_id) DO NOTHING",
-                )?
-                .execute(params![
-                    chat_id,
-                    message_id,
-                    m.sender_id,
-                    m.client_msg_id,
-                    m.body,
-                    m.sent_at_ms as i64
-                ])?;
-            let result = if inserted == 1 {
-                // Replicas' clocks differ, so a later write may carry a lower id: keep the max.
-                tx.prepare_cached(
-                    "UPDATE chats SET last_message_id = ?2
-                     WHERE chat_id = ?1 AND (last_message_id IS NULL OR last_message_id < ?2)",
-                )?
-                .execute(params![chat_id, message_id])?;
-                Insert::Created(m)
-            } else {
-                let original = tx
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages
-                         WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
-                    ))?
-                    .query_row(params![chat_id, m.sender_id, m.client_msg_id], message_from_row)?;
-                Insert::Duplicate(original)
-            };
-            tx.commit()?;
-            Ok(result)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            message: message.clone(),
+            reply,
+        };
+        match tokio::time::timeout(self.acquire_timeout, self.writes.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Internal("SQLite writer thread ended".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                "insert_message: the write queue stayed full for {:?} (disk too slow for the load)",
+                self.acquire_timeout
+            )))
+            }
+        }
+        // The job is queued: its outcome arrives after its group commits, whatever happens to
+        // this request, so waiting here is bounded by the writer's own busy timeout.
+        answer
+            .await
+            .map_err(|_| StoreError::Internal("SQLite writer thread ended".into()))?
     }
 
     async fn history(

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use shared::auth::Signer;
 use shared::protocol::{decode_server, encode_client, ClientFrame, Encoding, Message, ServerFrame};
-use shared::testkit::RedisServer;
+use shared::testkit::{RedisCluster, RedisServer};
 use shared::Id;
 
 pub const SECRET: &str = "distributed-test-secret-0123456789abcdef";
@@ -146,6 +146,56 @@ impl Proc {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (the orchestrator's stop) and returns at once.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("process already reaped");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit; its status, or `None` if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        if self.child.is_none() {
+            return self.exited();
+        }
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident set size in KiB (from /proc), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The exit status if the process has ended (or was killed by the test).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         match self.child.as_mut() {
@@ -198,6 +248,10 @@ pub struct Options {
     pub apis: usize,
     pub node_ttl: Duration,
     pub route_sweep_interval: Duration,
+    /// A 3-master Redis Cluster instead of one standalone server.
+    pub redis_cluster: bool,
+    /// Extra environment for every gateway (overrides the defaults below).
+    pub gateway_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -207,7 +261,49 @@ impl Default for Options {
             apis: 2,
             node_ttl: Duration::from_secs(3),
             route_sweep_interval: Duration::from_secs(30),
+            redis_cluster: false,
+            gateway_env: Vec::new(),
         }
+    }
+}
+
+/// The private Redis a deployment uses: one server, or a 3-master cluster.
+pub enum Redis {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Standalone(r) => r.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The standalone server, for tests that stop and restart it.
+    pub fn standalone(&mut self) -> &mut RedisServer {
+        match self {
+            Redis::Standalone(r) => r,
+            Redis::Cluster(_) => panic!("this test needs a standalone Redis"),
+        }
+    }
+
+    /// The newest entry of stream `key`, asked of whichever master holds its slot.
+    pub fn newest_stream_entry(&self, key: &str) -> std::io::Result<Option<(u64, u64)>> {
+        let ports = match self {
+            Redis::Standalone(r) => vec![r.port()],
+            Redis::Cluster(c) => c.ports(),
+        };
+        let mut last = None;
+        for port in ports {
+            match newest_stream_entry(port, key) {
+                Ok(found) => return Ok(found),
+                // A master that does not own the slot answers -MOVED.
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no Redis port")))
     }
 }
 
@@ -216,7 +312,7 @@ impl Default for Options {
 pub struct Cluster {
     pub gateways: Vec<Gateway>,
     pub apis: Vec<Api>,
-    pub redis: RedisServer,
+    pub redis: Redis,
     pub http: Http,
     signer: Signer,
     pub dir: tempfile::TempDir,
@@ -226,9 +322,95 @@ fn millis(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+#[derive(Clone, Copy)]
 enum Kind {
     Gateway(&'static str),
     Api(u16),
+}
+
+/// Spawns one process on a free port and waits until it answers `/readyz`; a lost race for the
+/// port is retried on another one.
+#[allow(clippy::too_many_arguments)]
+async fn start_process(
+    kind: Kind,
+    redis_url: &str,
+    dir: &Path,
+    db: &Path,
+    http: &Http,
+    gateway_bin: &Path,
+    opts: &Options,
+    api_url: Option<String>,
+) -> (Kind, SocketAddr, Proc) {
+    let mut last_log = String::new();
+    for attempt in 0..3 {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut proc = match kind {
+            Kind::Gateway(node) => {
+                let mut env = vec![
+                    ("REDIS_URL", redis_url.to_string()),
+                    ("JWT_SECRET", SECRET.into()),
+                    ("GATEWAY_ADDR", addr.to_string()),
+                    ("NODE_ID", node.into()),
+                    ("NODE_TTL", millis(opts.node_ttl)),
+                    ("REDIS_TIMEOUT", "500ms".into()),
+                    ("DRAIN_WINDOW", "100ms".into()),
+                    ("DRAIN_DEADLINE", "2s".into()),
+                    // Many test clients share 127.0.0.1.
+                    ("CONNECT_RATE_PER_IP", "2000/1s:4000".into()),
+                ];
+                env.extend(api_url.clone().map(|u| ("API_URL", u)));
+                for (k, v) in &opts.gateway_env {
+                    env.retain(|(key, _)| key != k);
+                    env.push((*k, v.clone()));
+                }
+                Proc::spawn(&format!("{node}-{attempt}"), gateway_bin, &[], &env, dir)
+            }
+            Kind::Api(worker) => Proc::spawn(
+                &format!("api{worker}-{attempt}"),
+                Path::new(env!("CARGO_BIN_EXE_chat-api")),
+                &["serve"],
+                &[
+                    ("REDIS_URL", redis_url.to_string()),
+                    ("JWT_SECRET", SECRET.into()),
+                    ("API_ADDR", addr.to_string()),
+                    ("STORE_URL", format!("sqlite:{}", db.display())),
+                    ("WORKER_ID", worker.to_string()),
+                    ("REDIS_TIMEOUT", "500ms".into()),
+                    ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
+                    ("API_SHUTDOWN_GRACE", "1s".into()),
+                    // The steady senders go faster than a person types; the limits stay on
+                    // (through Redis) but far above the tests' pace.
+                    ("API_RATE_MESSAGES", "500/1s:1000".into()),
+                    ("API_RATE_REQUESTS", "1000/1s:2000".into()),
+                ],
+                dir,
+            ),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if http.ready(&format!("http://{addr}/readyz")).await {
+                return (kind, addr, proc);
+            }
+            if let Some(status) = proc.exited() {
+                last_log = proc.log_tail(LOG_TAIL_LINES);
+                assert!(
+                    last_log.contains("binding") || last_log.contains("in use"),
+                    "{} exited with {status} before it was ready:\n{last_log}",
+                    proc.name
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {READY_TIMEOUT:?}:\n{}",
+                proc.name,
+                proc.log_tail(LOG_TAIL_LINES)
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    panic!("could not bind a free port in 3 attempts:\n{last_log}");
 }
 
 impl Cluster {
@@ -238,95 +420,65 @@ impl Cluster {
         let gateway_bin = tokio::task::spawn_blocking(gateway_binary)
             .await
             .expect("gateway build task");
-        let redis = tokio::task::spawn_blocking(RedisServer::start)
-            .await
-            .expect("redis start task")
-            .expect("starting a private redis-server");
+        let cluster = opts.redis_cluster;
+        let redis = tokio::task::spawn_blocking(move || {
+            if cluster {
+                RedisCluster::start().map(Redis::Cluster)
+            } else {
+                RedisServer::start().map(Redis::Standalone)
+            }
+        })
+        .await
+        .expect("redis start task")
+        .expect("starting a private redis-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("chat.db");
+        // Two replicas opening a fresh file at the same instant can fail with "enabling WAL:
+        // database is locked" (switching to WAL needs an exclusive lock, and SQLite does not
+        // wait for it when both connections already hold a shared one). The WAL setting is
+        // persistent, so creating the file first lets the replicas start in parallel.
+        chat_api::store::sqlite::SqliteStore::open(&db).expect("creating the SQLite file");
         let http = Http::new();
-        let kinds: Vec<Kind> = opts
-            .gateways
-            .iter()
-            .map(|n| Kind::Gateway(n))
-            .chain((0..opts.apis).map(|i| Kind::Api(i as u16 + 1)))
-            .collect();
-        let started = futures_util::future::join_all(kinds.into_iter().map(|kind| {
-            let (redis_url, dir, db, http, gateway_bin, opts) = (
-                redis.url(),
-                dir.path().to_path_buf(),
-                db.clone(),
-                http.clone(),
-                gateway_bin.clone(),
-                opts.clone(),
-            );
-            async move {
-                let mut last_log = String::new();
-                for attempt in 0..3 {
-                    let port = free_port();
-                    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-                    let mut proc = match kind {
-                        Kind::Gateway(node) => Proc::spawn(
-                            &format!("{node}-{attempt}"),
-                            &gateway_bin,
-                            &[],
-                            &[
-                                ("REDIS_URL", redis_url.clone()),
-                                ("JWT_SECRET", SECRET.into()),
-                                ("GATEWAY_ADDR", addr.to_string()),
-                                ("NODE_ID", node.into()),
-                                ("NODE_TTL", millis(opts.node_ttl)),
-                                ("REDIS_TIMEOUT", "500ms".into()),
-                                ("DRAIN_WINDOW", "100ms".into()),
-                                ("DRAIN_DEADLINE", "2s".into()),
-                            ],
-                            &dir,
-                        ),
-                        Kind::Api(worker) => Proc::spawn(
-                            &format!("api{worker}-{attempt}"),
-                            Path::new(env!("CARGO_BIN_EXE_chat-api")),
-                            &["serve"],
-                            &[
-                                ("REDIS_URL", redis_url.clone()),
-                                ("JWT_SECRET", SECRET.into()),
-                                ("API_ADDR", addr.to_string()),
-                                ("STORE_URL", format!("sqlite:{}", db.display())),
-                                ("WORKER_ID", worker.to_string()),
-                                ("REDIS_TIMEOUT", "500ms".into()),
-                                ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
-                                ("API_SHUTDOWN_GRACE", "1s".into()),
-                            ],
-                            &dir,
-                        ),
-                    };
-                    let deadline = Instant::now() + READY_TIMEOUT;
-                    loop {
-                        if http.ready(&format!("http://{addr}/readyz")).await {
-                            return (kind, addr, proc);
-                        }
-                        if let Some(status) = proc.exited() {
-                            last_log = proc.log_tail(LOG_TAIL_LINES);
-                            // A lost race for the port is retried on another one.
-                            assert!(
-                                last_log.contains("binding") || last_log.contains("in use"),
-                                "{} exited with {status} before it was ready:\n{last_log}",
-                                proc.name
-                            );
-                            break;
-                        }
-                        assert!(
-                            Instant::now() < deadline,
-                            "{} not ready within {READY_TIMEOUT:?}:\n{}",
-                            proc.name,
-                            proc.log_tail(LOG_TAIL_LINES)
-                        );
-                        tokio::time::sleep(Duration::from_millis(25)).await;
-                    }
+        // The APIs first, so that the gateways can be given one as API_URL (typing frames).
+        let spawn_all = |kinds: Vec<Kind>, api_url: Option<String>| {
+            futures_util::future::join_all(kinds.into_iter().map(|kind| {
+                let (redis_url, dir, db, http, gateway_bin, opts, api_url) = (
+                    redis.url(),
+                    dir.path().to_path_buf(),
+                    db.clone(),
+                    http.clone(),
+                    gateway_bin.clone(),
+                    opts.clone(),
+                    api_url.clone(),
+                );
+                async move {
+                    start_process(
+                        kind,
+                        &redis_url,
+                        &dir,
+                        &db,
+                        &http,
+                        &gateway_bin,
+                        &opts,
+                        api_url,
+                    )
+                    .await
                 }
-                panic!("could not bind a free port in 3 attempts:\n{last_log}");
-            }
-        }))
+            }))
+        };
+        let mut started = spawn_all(
+            (0..opts.apis).map(|i| Kind::Api(i as u16 + 1)).collect(),
+            None,
+        )
         .await;
+        let api_url = started.first().map(|(_, addr, _)| format!("http://{addr}"));
+        started.extend(
+            spawn_all(
+                opts.gateways.iter().map(|n| Kind::Gateway(n)).collect(),
+                api_url,
+            )
+            .await,
+        );
         let mut gateways = Vec::new();
         let mut apis = Vec::new();
         for (kind, addr, proc) in started {
@@ -466,6 +618,49 @@ impl Cluster {
         }
     }
 
+    /// Panics if any process of this deployment (running, exited or killed) logged a panic.
+    pub fn assert_no_panics(&self) {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .expect("reading the log dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        assert!(
+            !logs.is_empty(),
+            "no process logs in {}",
+            self.dir.path().display()
+        );
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+                panic!("{} logged a panic: {line}", log.display());
+            }
+        }
+    }
+
+    /// The value of a counter or gauge on a gateway's `/metrics` (summed over its label sets
+    /// that contain `labels`), or 0 when absent.
+    pub async fn gateway_metric(&self, gateway: usize, name: &str, labels: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.gateways[gateway].addr);
+        let text = self
+            .http
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Panics unless every service process is still running.
     pub fn assert_all_running(&mut self) {
         for p in self
@@ -490,6 +685,8 @@ impl Cluster {
 pub struct Resp {
     pub status: u16,
     pub retry_after: Option<String>,
+    /// `Idempotent-Replayed: true` was set (a retried send returned the stored original).
+    pub replayed: bool,
     pub body: Value,
 }
 
@@ -517,6 +714,14 @@ impl Http {
 
     async fn finish(r: reqwest::Result<reqwest::Response>, what: &str) -> Resp {
         let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        Self::read(r).await
+    }
+
+    async fn read(r: reqwest::Response) -> Resp {
+        let replayed = r
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
         let status = r.status().as_u16();
         let retry_after = r
             .headers()
@@ -528,6 +733,7 @@ impl Http {
         Resp {
             status,
             retry_after,
+            replayed,
             body,
         }
     }
@@ -551,6 +757,30 @@ impl Http {
             .send()
             .await;
         Self::finish(r, &format!("GET {base}{path}")).await
+    }
+
+    /// A send whose transport failure (a replica killed mid-request, a refused connection) is an
+    /// `Err` to retry, not a panic; each attempt bounded by `limit`.
+    pub async fn try_send_message(
+        &self,
+        base: &str,
+        token: &str,
+        chat: Id,
+        client_msg_id: &str,
+        body: &str,
+        limit: Duration,
+    ) -> Result<Resp, String> {
+        let r = self
+            .client
+            .post(format!("{base}/v1/chats/{chat}/messages"))
+            .bearer_auth(token)
+            .timeout(limit)
+            .json(&serde_json::json!({ "client_msg_id": client_msg_id, "body": body }))
+            .send()
+            .await
+            // Debug keeps the cause (refused, reset, incomplete message).
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(Self::read(r).await)
     }
 
     pub async fn send_message(
@@ -614,6 +844,57 @@ impl WsClient {
         let (ws, _) = tokio::time::timeout(
             Duration::from_secs(5),
             tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("WebSocket handshake timed out"))??;
+        let mut client = WsClient {
+            ws,
+            encoding,
+            user: String::new(),
+            connection_id: String::new(),
+        };
+        match client.recv(Instant::now() + Duration::from_secs(5)).await {
+            Recv::Frame(ServerFrame::Hello {
+                user_id,
+                connection_id,
+                ..
+            }) => {
+                client.user = user_id;
+                client.connection_id = connection_id;
+                Ok(client)
+            }
+            other => anyhow::bail!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// Connects over a TCP socket whose receive buffer is `rcvbuf` bytes, so that a client that
+    /// stops reading makes the server's send queue fill quickly.
+    pub async fn connect_small_buffer(
+        url: &str,
+        token: &str,
+        encoding: Encoding,
+        rcvbuf: u32,
+    ) -> anyhow::Result<WsClient> {
+        let enc = match encoding {
+            Encoding::Json => "json",
+            Encoding::Msgpack => "msgpack",
+        };
+        let request = format!("{url}?encoding={enc}&access_token={token}").into_client_request()?;
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let addr: SocketAddr = host.parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::client_async(
+                request,
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            ),
         )
         .await
         .map_err(|_| anyhow::anyhow!("WebSocket handshake timed out"))??;
@@ -766,6 +1047,11 @@ pub struct CatchUpClient {
     pub socket_repeats: Vec<Id>,
     pub connections: usize,
     pub fetched_from_history: usize,
+    /// The server sent `resync`: the client owes a catch-up.
+    pub resync_requested: bool,
+    pub resyncs: usize,
+    /// Why each socket closed, in order.
+    pub closes: Vec<String>,
 }
 
 impl CatchUpClient {
@@ -780,14 +1066,34 @@ impl CatchUpClient {
             socket_repeats: Vec::new(),
             connections: 0,
             fetched_from_history: 0,
+            resync_requested: false,
+            resyncs: 0,
+            closes: Vec::new(),
         }
     }
 
     /// Connects to `ws_url`, then catches up through the API at `api`.
     pub async fn connect(&mut self, http: &Http, ws_url: &str, api: &str) {
-        let socket = WsClient::connect(ws_url, &self.token, self.encoding)
-            .await
-            .unwrap_or_else(|e| panic!("{} connecting to {ws_url}: {e}", self.user));
+        if let Err(e) = self.try_connect(http, ws_url, api).await {
+            panic!("{} connecting to {ws_url}: {e}", self.user);
+        }
+    }
+
+    /// Like [`CatchUpClient::connect`], but a refused connection is an `Err` to retry.
+    pub async fn try_connect(
+        &mut self,
+        http: &Http,
+        ws_url: &str,
+        api: &str,
+    ) -> anyhow::Result<()> {
+        let socket = WsClient::connect(ws_url, &self.token, self.encoding).await?;
+        self.attach(http, socket, api).await;
+        Ok(())
+    }
+
+    /// Takes `socket` (already past `hello`) as this client's connection and catches up if it
+    /// is a reconnect.
+    pub async fn attach(&mut self, http: &Http, socket: WsClient, api: &str) {
         self.socket = Some(socket);
         self.per_socket.clear();
         self.connections += 1;
@@ -810,6 +1116,7 @@ impl CatchUpClient {
     }
 
     pub async fn catch_up(&mut self, http: &Http, api: &str) {
+        self.resync_requested = false;
         let chats = http.get(api, &self.token, "/v1/chats").await;
         assert_eq!(
             chats.status, 200,
@@ -866,10 +1173,16 @@ impl CatchUpClient {
                     }
                     self.hold(message);
                 }
+                Recv::Frame(ServerFrame::Resync) => {
+                    self.resync_requested = true;
+                    self.resyncs += 1;
+                    return None;
+                }
                 Recv::Frame(_) => {}
                 Recv::Timeout => return None,
                 Recv::Closed(why) => {
                     self.socket = None;
+                    self.closes.push(why.clone());
                     return Some(why);
                 }
             }
@@ -918,13 +1231,22 @@ pub fn newest_stream_entry(redis_port: u16, key: &str) -> std::io::Result<Option
         }
         // `*0` is the whole answer for an empty or missing stream; otherwise the id is the
         // fourth line (`*1`, `*2`, `$LEN`, ID).
-        if out.starts_with(b"*0\r\n") || out.split(|b| *b == b'\n').count() > 4 {
+        if out.starts_with(b"*0\r\n")
+            || (out.starts_with(b"-") && out.ends_with(b"\r\n"))
+            || out.split(|b| *b == b'\n').count() > 4
+        {
             break;
         }
     }
     let text = String::from_utf8_lossy(&out);
     if text.starts_with("*0") {
         return Ok(None);
+    }
+    if text.starts_with('-') {
+        return Err(std::io::Error::other(format!(
+            "XREVRANGE: {}",
+            text.trim_end()
+        )));
     }
     let id = text.split("\r\n").nth(3).unwrap_or_default();
     let parsed = id

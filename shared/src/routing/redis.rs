@@ -375,6 +375,19 @@ impl RedisRouting {
 /// reached within the command timeout (×5, to allow cluster discovery); after that the client
 /// reconnects on its own with exponential backoff.
 pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, RoutingError> {
+    // The URL parser takes any scheme as standalone Redis; a typo such as http:// must fail here.
+    const SCHEMES: &[&str] = &[
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ];
+    if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Err(RoutingError::Unavailable(format!(
+            "invalid REDIS_URL {url:?}: expected redis://host:port[/db] or \
+             redis-cluster://host:port[,host:port…]"
+        )));
+    }
     let config = Config::from_url(&normalize_url(url)).map_err(|e| {
         RoutingError::Unavailable(format!(
             "invalid REDIS_URL (expected redis://host:port[/db] or \

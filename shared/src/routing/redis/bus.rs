@@ -76,6 +76,7 @@ impl NodeBus for RedisBus {
             block_timeout: s.opts.block_timeout,
             backoff: BACKOFF_MIN,
             resync: false,
+            oldest_age: None,
         };
         match sub.newest_id().await {
             Ok(newest) => sub.last_id = newest.unwrap_or(StreamId::ZERO),
@@ -124,6 +125,8 @@ pub struct RedisSubscription {
     block_timeout: Duration,
     backoff: Duration,
     resync: bool,
+    /// Age of the oldest entry of the last non-empty read (from its id's millisecond part).
+    oldest_age: Option<Duration>,
 }
 
 impl RedisSubscription {
@@ -182,14 +185,24 @@ impl RedisSubscription {
         .map_err(|_| RoutingError::Timeout)?
         .map_err(map_err)?;
         let mut out = Vec::new();
+        let mut oldest_ms: Option<u64> = None;
         for (id, fields) in entries(reply) {
             if let Some(id) = StreamId::parse(&id) {
                 self.last_id = self.last_id.max(id);
+                oldest_ms = Some(oldest_ms.map_or(id.0, |o| o.min(id.0)));
             }
             match decode(fields) {
                 Some(envelope) => out.push(envelope),
                 None => tracing::warn!(stream = %self.key, id = %id, "skipping malformed entry"),
             }
+        }
+        if let Some(ms) = oldest_ms {
+            // The id's time is the Redis server's clock: a skew against ours shows as lag (or
+            // zero, never negative).
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.oldest_age = Some(Duration::from_millis(now_ms.saturating_sub(ms)));
         }
         Ok(out)
     }
@@ -212,6 +225,10 @@ impl Subscription for RedisSubscription {
                 Err(e)
             }
         }
+    }
+
+    fn oldest_age(&self) -> Option<Duration> {
+        self.oldest_age
     }
 }
 

@@ -1,0 +1,76 @@
+//! Latency and error metrics around any [`MessageStore`]: `api_store_op_seconds{op}` and
+//! `api_store_errors_total{op}`, where `op` is the trait method.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use shared::protocol::Message;
+use shared::Id;
+
+use super::{Chat, Cursor, Insert, MessageStore, StoreError};
+use crate::telemetry::{STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
+
+async fn observe<T>(
+    op: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = fut.await;
+    metrics::histogram!(STORE_OP_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(STORE_ERRORS_TOTAL, "op" => op).increment(1);
+    }
+    result
+}
+
+/// The inner store, with every call timed and every failure counted.
+pub struct MeteredStore {
+    inner: Arc<dyn MessageStore>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn MessageStore>) -> MeteredStore {
+        MeteredStore { inner }
+    }
+}
+
+#[async_trait]
+impl MessageStore for MeteredStore {
+    async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError> {
+        observe("create_chat", self.inner.create_chat(chat, members)).await
+    }
+    async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
+        observe("get_chat", self.inner.get_chat(chat_id)).await
+    }
+    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
+        observe("user_chats", self.inner.user_chats(user)).await
+    }
+    async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError> {
+        observe("add_members", self.inner.add_members(chat_id, users)).await
+    }
+    async fn remove_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        observe("remove_member", self.inner.remove_member(chat_id, user)).await
+    }
+    async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
+        observe("is_member", self.inner.is_member(chat_id, user)).await
+    }
+    async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        observe("members", self.inner.members(chat_id)).await
+    }
+    async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
+        observe("insert_message", self.inner.insert_message(message)).await
+    }
+    async fn history(
+        &self,
+        chat_id: Id,
+        cursor: Cursor,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        observe("history", self.inner.history(chat_id, cursor, limit)).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        observe("ping", self.inner.ping()).await
+    }
+}

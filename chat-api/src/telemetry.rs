@@ -1,0 +1,137 @@
+//! chat-api metric names, their help texts, and registration at zero so that every series exists
+//! (and alerts can be written against it) before the first event. Labels are low cardinality only
+//! (method, route template, status, op, reason, limit), never user or chat ids.
+//! `docs/OPERATIONS.md` lists these names; a test scrapes a running API and checks both agree.
+
+/// Requests by `method`, `route` (the template, e.g. `/v1/chats/{chat_id}`) and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "api_http_requests_total";
+/// Request latency by `method`, `route` and `status`.
+pub const HTTP_REQUEST_SECONDS: &str = "api_http_request_seconds";
+/// Message store call latency by `op` (the store method).
+pub const STORE_OP_SECONDS: &str = "api_store_op_seconds";
+/// Failed message store calls by `op`.
+pub const STORE_ERRORS_TOTAL: &str = "api_store_errors_total";
+/// Requests answered with an error, by `reason` (the problem type slug, e.g. `payload-too-large`).
+pub const REJECTED_TOTAL: &str = "api_rejected_total";
+/// Requests refused by a rate limit (answered 429), by `limit` (see [`RATE_LIMITS`]).
+pub const RATE_LIMITED_TOTAL: &str = "api_rate_limited_total";
+pub const DRAINING: &str = "api_draining";
+pub const MESSAGES_CREATED_TOTAL: &str = "api_messages_created_total";
+pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "api_idempotent_replays_total";
+pub const FANOUT_SECONDS: &str = "api_fanout_duration_seconds";
+pub const FANOUT_RECIPIENTS_ONLINE_TOTAL: &str = "api_fanout_recipients_online_total";
+pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
+pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
+pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
+pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+
+/// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
+pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
+/// Every `op` of the store metrics: the [`crate::store::MessageStore`] methods.
+pub const STORE_OPS: &[&str] = &[
+    "create_chat",
+    "get_chat",
+    "user_chats",
+    "add_members",
+    "remove_member",
+    "is_member",
+    "members",
+    "insert_message",
+    "history",
+    "ping",
+];
+
+/// Counts one request refused by the rate limit `limit`. The 429 itself is counted in
+/// [`REJECTED_TOTAL`] by the error response.
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!(RATE_LIMITED_TOTAL, "limit" => limit).increment(1);
+}
+
+/// Describes every chat-api metric and registers the unlabelled ones (and every known label
+/// value) at zero. Idempotent; call once the recorder is installed.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests by method, route template and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency by method, route template and status"
+    );
+    describe_histogram!(
+        STORE_OP_SECONDS,
+        Unit::Seconds,
+        "Message store call latency by op"
+    );
+    describe_counter!(STORE_ERRORS_TOTAL, "Failed message store calls by op");
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Requests answered with a problem+json error, by problem type"
+    );
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused by a rate limit, by limit"
+    );
+    describe_gauge!(DRAINING, "1 while this replica drains for shutdown, else 0");
+    describe_counter!(
+        MESSAGES_CREATED_TOTAL,
+        "Messages stored (idempotent replays excluded)"
+    );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS_TOTAL,
+        "Sends answered with an already stored message"
+    );
+    describe_histogram!(
+        FANOUT_SECONDS,
+        Unit::Seconds,
+        "Route lookup and node-stream append after a message is stored"
+    );
+    describe_counter!(
+        FANOUT_RECIPIENTS_ONLINE_TOTAL,
+        "Recipients with a live route, summed over fan-outs"
+    );
+    describe_counter!(
+        FANOUT_ERRORS_TOTAL,
+        "Fan-outs that failed (backend) or ran out of time (timeout)"
+    );
+    describe_counter!(PUSH_EVENTS_TOTAL, "Backend push events accepted");
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests with a missing or invalid token"
+    );
+    describe_counter!(
+        INTERNAL_ERRORS_TOTAL,
+        "Requests that failed with a 500 (logged at ERROR)"
+    );
+    metrics::gauge!(DRAINING).increment(0.0);
+    for name in [
+        MESSAGES_CREATED_TOTAL,
+        IDEMPOTENT_REPLAYS_TOTAL,
+        FANOUT_RECIPIENTS_ONLINE_TOTAL,
+        PUSH_EVENTS_TOTAL,
+        AUTH_FAILURES_TOTAL,
+        INTERNAL_ERRORS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in ["backend", "timeout"] {
+        metrics::counter!(FANOUT_ERRORS_TOTAL, "reason" => reason).increment(0);
+    }
+    for (slug, _, _) in crate::error::PROBLEM_TYPES {
+        metrics::counter!(REJECTED_TOTAL, "reason" => *slug).increment(0);
+    }
+    for limit in RATE_LIMITS {
+        metrics::counter!(RATE_LIMITED_TOTAL, "limit" => *limit).increment(0);
+    }
+    for op in STORE_OPS {
+        metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op).increment(0);
+    }
+    // Series that appear only on rare events, registered at zero so alerts see them from the start.
+    metrics::counter!("api_typing_notices_total").increment(0);
+    metrics::counter!("api_typing_rate_limited_total").increment(0);
+    for bucket in ["req", "msg"] {
+        metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket).increment(0);
+    }
+}

@@ -1,0 +1,432 @@
+//! The authorization matrix: every HTTP endpoint × every kind of caller, each cell on a fresh app
+//! (real SQLite store), asserting the exact status and problem type, and that no answer to a
+//! caller outside chat A carries anything of chat A (title, message bodies, member names).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use chat_api::store::sqlite::SqliteStore;
+use chat_api::{app, AppState, Limits};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::IdGenerator;
+use tower::ServiceExt;
+
+/// Strings only chat A's members may ever see.
+const SECRETS: &[&str] = &[
+    "title-of-chat-a-7f3e",
+    "body-of-chat-a-91c2",
+    "member-two-ab12",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    /// Created chat A.
+    Owner,
+    /// A member of chat A who did not create it.
+    Member,
+    /// Never a member of chat A (has a chat B of its own).
+    Stranger,
+    /// Was a member of chat A and was removed.
+    Removed,
+    /// A service token with the `push` scope.
+    ServicePush,
+    /// A service token with another scope.
+    ServiceOther,
+    /// A token signed with another key.
+    Forged,
+    /// No token.
+    Anonymous,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::Owner,
+    Who::Member,
+    Who::Stranger,
+    Who::Removed,
+    Who::ServicePush,
+    Who::ServiceOther,
+    Who::Forged,
+    Who::Anonymous,
+];
+
+struct World {
+    router: Router,
+    signer: Signer,
+    chat_a: String,
+    chat_b: String,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn token(&self, who: Who) -> Option<String> {
+        let ttl = Duration::from_secs(600);
+        Some(match who {
+            Who::Owner => self.signer.token("owner-one", ttl, None),
+            Who::Member => self.signer.token("member-two-ab12", ttl, None),
+            Who::Stranger => self.signer.token("stranger", ttl, None),
+            Who::Removed => self.signer.token("removed-r", ttl, None),
+            Who::ServicePush => self.signer.token("billing", ttl, Some("push")),
+            Who::ServiceOther => self.signer.token("reports", ttl, Some("metrics")),
+            Who::Forged => Signer::hmac(
+                jsonwebtoken::Algorithm::HS256,
+                b"not-the-server-key-0123456789-abcdefgh",
+            )
+            .token("owner-one", ttl, None),
+            Who::Anonymous => return None,
+        })
+    }
+
+    async fn call(&self, who: Who, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = self.token(who) {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            content_type,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    text: String,
+}
+
+impl Reply {
+    fn problem_type(&self) -> Option<String> {
+        if self.content_type != "application/problem+json" {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&self.text).ok()?;
+        Some(
+            v["type"]
+                .as_str()?
+                .trim_start_matches("https://chat.example/problems/")
+                .to_string(),
+        )
+    }
+}
+
+/// A fresh app: chat A (owner-one, member-two-ab12, third-member; removed-r was in it and was
+/// removed) with one message, and chat B (stranger, owner-one).
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("chat.db")).unwrap());
+    let verifier = Verifier::new(&JwtSettings {
+        algorithm: jsonwebtoken::Algorithm::HS256,
+        key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
+        issuer: None,
+        audience: None,
+        leeway: Duration::from_secs(2),
+    })
+    .unwrap();
+    let state = AppState::new(
+        store,
+        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryBus::new(1024)),
+        verifier,
+        Arc::new(IdGenerator::new(3)),
+    )
+    .with_limits(Limits::default());
+    let mut w = World {
+        router: app(state),
+        signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
+        chat_a: String::new(),
+        chat_b: String::new(),
+        _dir: dir,
+    };
+    let r = w
+        .call(
+            Who::Owner,
+            Method::POST,
+            "/v1/chats",
+            Some(json!({"members": ["member-two-ab12", "third-member", "removed-r"], "title": SECRETS[0]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    w.chat_a = serde_json::from_str::<Value>(&r.text).unwrap()["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = w
+        .call(
+            Who::Member,
+            Method::POST,
+            &format!("/v1/chats/{}/messages", w.chat_a),
+            Some(json!({"client_msg_id": "m1", "body": SECRETS[1]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = w
+        .call(
+            Who::Owner,
+            Method::DELETE,
+            &format!("/v1/chats/{}/members/removed-r", w.chat_a),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = w
+        .call(
+            Who::Stranger,
+            Method::POST,
+            "/v1/chats",
+            Some(json!({"members": ["owner-one"], "title": "chat b"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    w.chat_b = serde_json::from_str::<Value>(&r.text).unwrap()["chat_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w
+}
+
+/// One endpoint of the matrix. `{a}` and `{b}` in the path stand for the chat ids.
+struct Endpoint {
+    method: Method,
+    path: &'static str,
+    body: Option<fn() -> Value>,
+    /// Expected (status, problem type) per caller kind.
+    expect: fn(Who) -> (u16, &'static str),
+}
+
+/// Authentication failures are the same everywhere.
+fn auth_first(who: Who) -> Option<(u16, &'static str)> {
+    match who {
+        Who::Anonymous | Who::Forged => Some((401, "unauthorized")),
+        _ => None,
+    }
+}
+
+/// Chat endpoints: users only; inside chat A members only.
+fn chat_a_members(ok: u16) -> impl Fn(Who) -> (u16, &'static str) {
+    move |who| {
+        auth_first(who).unwrap_or(match who {
+            Who::Owner | Who::Member => (ok, ""),
+            Who::Stranger | Who::Removed => (403, "not-a-member"),
+            _ => (403, "forbidden"),
+        })
+    }
+}
+
+fn endpoints() -> Vec<Endpoint> {
+    vec![
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    _ => (200, ""),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/chats",
+            body: Some(|| json!({"members": ["someone-else"]})),
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    _ => (201, ""),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats/{a}",
+            body: None,
+            expect: |w| chat_a_members(200)(w),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/chats/{a}/members",
+            body: Some(|| json!({"user_ids": ["newcomer"]})),
+            expect: |w| chat_a_members(200)(w),
+        },
+        Endpoint {
+            // Removing someone else: only the creator.
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/members/third-member",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::Owner => (204, ""),
+                    Who::Member => (403, "forbidden"),
+                    Who::Stranger | Who::Removed => (403, "not-a-member"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/chats/{a}/messages",
+            body: Some(|| json!({"client_msg_id": "x1", "body": "hello"})),
+            expect: |w| chat_a_members(201)(w),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats/{a}/messages?limit=50",
+            body: None,
+            expect: |w| chat_a_members(200)(w),
+        },
+        Endpoint {
+            // A chat that does not exist answers exactly like one the caller is not in.
+            method: Method::GET,
+            path: "/v1/chats/999999999999/messages",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    _ => (403, "not-a-member"),
+                })
+            },
+        },
+        Endpoint {
+            // Chat B: only the stranger (its creator) and owner-one are members.
+            method: Method::GET,
+            path: "/v1/chats/{b}",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::Stranger | Who::Owner => (200, ""),
+                    Who::Member | Who::Removed => (403, "not-a-member"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/push",
+            body: Some(|| json!({"user_ids": ["member-two-ab12"], "event": {"k": 1}})),
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServicePush => (202, ""),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/presence?user_ids=owner-one",
+            body: None,
+            expect: |w| auth_first(w).unwrap_or((200, "")),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/healthz",
+            body: None,
+            expect: |_| (200, ""),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/openapi.json",
+            body: None,
+            expect: |_| (200, ""),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn every_endpoint_for_every_caller() {
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for ep in endpoints() {
+        for who in EVERYONE {
+            let w = world().await;
+            let path = ep.path.replace("{a}", &w.chat_a).replace("{b}", &w.chat_b);
+            let reply = w
+                .call(who, ep.method.clone(), &path, ep.body.map(|b| b()))
+                .await;
+            cells += 1;
+            let (status, kind) = (ep.expect)(who);
+            let got_kind = reply.problem_type().unwrap_or_default();
+            if reply.status.as_u16() != status || got_kind != kind {
+                failures.push(format!(
+                    "{} {} as {who:?}: expected {status} {kind:?}, got {} {got_kind:?}: {}",
+                    ep.method, ep.path, reply.status, reply.text
+                ));
+            }
+            if !reply.status.is_success() && reply.content_type != "application/problem+json" {
+                failures.push(format!(
+                    "{} {} as {who:?}: refusal is not problem+json",
+                    ep.method, ep.path
+                ));
+            }
+            // Chat A's content reaches only its current members.
+            let may_see_a = matches!(who, Who::Owner | Who::Member);
+            if !may_see_a {
+                for secret in SECRETS {
+                    // The push endpoint's request names member-two as a recipient; the answer
+                    // may not, and neither may anything else.
+                    if reply.text.contains(secret) {
+                        failures.push(format!(
+                            "{} {} as {who:?}: answer leaks {secret:?}: {}",
+                            ep.method, ep.path, reply.text
+                        ));
+                    }
+                }
+                if ep.path.starts_with("/v1/chats") && reply.status.is_success() {
+                    assert!(
+                        !reply.text.contains(&w.chat_a),
+                        "{} {} as {who:?} lists chat A: {}",
+                        ep.method,
+                        ep.path,
+                        reply.text
+                    );
+                }
+            }
+        }
+    }
+    assert!(cells >= 100, "{cells} cells");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The removed member's chat list no longer shows chat A, and a user in no chat sees an empty
+/// list, not someone else's.
+#[tokio::test]
+async fn lists_show_only_own_chats() {
+    let w = world().await;
+    for (who, expect_a, expect_b) in [
+        (Who::Owner, true, true),
+        (Who::Member, true, false),
+        (Who::Stranger, false, true),
+        (Who::Removed, false, false),
+    ] {
+        let r = w.call(who, Method::GET, "/v1/chats", None).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text.contains(&w.chat_a), expect_a, "{who:?}: {}", r.text);
+        assert_eq!(r.text.contains(&w.chat_b), expect_b, "{who:?}: {}", r.text);
+    }
+}

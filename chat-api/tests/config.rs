@@ -1,0 +1,151 @@
+//! Invalid configuration makes the real `chat-api` binary (`serve` and `embedded`) exit non-zero
+//! before it binds a port, with a message naming the setting. Each run holds its ports open
+//! itself: had the binary reached a bind it would report "binding API_ADDR" or "binding
+//! GATEWAY_ADDR", which the control case (a valid configuration) shows it does.
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+const SECRET: &str = "config-test-secret-0123456789abcdef0123";
+/// A run that has not exited by then hangs on something (a bug, or a reachable dependency).
+const EXIT_LIMIT: Duration = Duration::from_secs(30);
+
+use shared::testkit::{closed_redis_url as closed_redis, run_to_exit, Exit as Outcome};
+
+fn hold() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding a port to hold");
+    let addr = l.local_addr().expect("held addr").to_string();
+    (l, addr)
+}
+
+/// Runs `chat-api <sub>` with `env` on top of a valid base configuration (an empty value removes
+/// the variable), with API_ADDR and GATEWAY_ADDR held.
+fn run(sub: &str, env: &[(&str, &str)]) -> Outcome {
+    let (api_port, api_addr) = hold();
+    let (gw_port, gw_addr) = hold();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-api"));
+    cmd.arg(sub)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("API_ADDR", &api_addr)
+        .env("GATEWAY_ADDR", &gw_addr)
+        .env("JWT_SECRET", SECRET)
+        .env("DATA_DIR", data.path());
+    if sub == "serve" {
+        cmd.env("REDIS_URL", closed_redis()).env(
+            "STORE_URL",
+            format!("sqlite:{}", data.path().join("chat.db").display()),
+        );
+    }
+    let out = run_to_exit(&mut cmd, env, EXIT_LIMIT);
+    drop((api_port, gw_port));
+    out
+}
+
+fn assert_rejected(sub: &str, env: &[(&str, &str)], setting: &str) {
+    let out = run(sub, env);
+    assert!(
+        out.code.is_some_and(|c| c != 0),
+        "{sub} {env:?}: expected a non-zero exit, got {:?}\n{}",
+        out.code,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(setting),
+        "{sub} {env:?}: the message does not name {setting}:\n{}",
+        out.stderr
+    );
+    for sign in ["binding API_ADDR", "binding GATEWAY_ADDR", "listening"] {
+        assert!(
+            !out.stderr.contains(sign),
+            "{sub} {env:?}: got as far as binding ({sign}):\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_urls_are_rejected_before_binding() {
+    assert_rejected("serve", &[("STORE_URL", "mysql://db/chat")], "STORE_URL");
+    assert_rejected("serve", &[("STORE_URL", "scylla://")], "STORE_URL");
+    assert_rejected("serve", &[("STORE_URL", "")], "STORE_URL");
+    assert_rejected(
+        "serve",
+        &[("REDIS_URL", "http://127.0.0.1:6379")],
+        "REDIS_URL",
+    );
+    assert_rejected("serve", &[("REDIS_URL", "")], "REDIS_URL");
+    assert_rejected("embedded", &[("STORE_URL", "sqlite:")], "STORE_URL");
+    assert_rejected("serve", &[("API_ADDR", "not-an-address")], "API_ADDR");
+}
+
+#[test]
+fn bad_keys_are_rejected_before_binding() {
+    for sub in ["serve", "embedded"] {
+        assert_rejected(
+            sub,
+            &[
+                ("JWT_SECRET", ""),
+                ("JWT_ALGORITHM", "EdDSA"),
+                ("JWT_PUBLIC_KEY_FILE", "/nonexistent/jwt-public.pem"),
+            ],
+            "JWT_PUBLIC_KEY_FILE",
+        );
+        assert_rejected(sub, &[("JWT_SECRET", "too-short")], "JWT_SECRET");
+    }
+    assert_rejected("serve", &[("JWT_SECRET", "")], "JWT_SECRET");
+}
+
+#[test]
+fn zero_sizes_are_rejected_before_binding() {
+    for setting in [
+        "API_MAX_REQUEST_BODY_BYTES",
+        "API_MAX_MESSAGE_BYTES",
+        "API_MAX_CLIENT_MSG_ID_CHARS",
+        "API_MAX_MEMBERS_PER_CHAT",
+        "API_PAGE_SIZE_DEFAULT",
+        "API_MAX_PRESENCE_USERS",
+        "API_MAX_PUSH_USERS",
+        "SQLITE_CONNECTIONS",
+    ] {
+        assert_rejected("serve", &[(setting, "0")], setting);
+    }
+    assert_rejected("serve", &[("API_PAGE_SIZE_MAX", "0")], "API_PAGE_SIZE_MAX");
+    for setting in [
+        "API_REQUEST_TIMEOUT",
+        "API_FANOUT_TIMEOUT",
+        "REDIS_TIMEOUT",
+        "ROUTE_SWEEP_INTERVAL",
+    ] {
+        assert_rejected("serve", &[(setting, "0s")], setting);
+    }
+    assert_rejected("serve", &[("WORKER_ID", "1024")], "WORKER_ID");
+    // embedded validates the gateway's settings too
+    assert_rejected(
+        "embedded",
+        &[("SEND_QUEUE_FRAMES", "0")],
+        "SEND_QUEUE_FRAMES",
+    );
+    assert_rejected("embedded", &[("DRAIN_WINDOW", "1m")], "DRAIN_WINDOW");
+    assert_rejected(
+        "embedded",
+        &[("API_MAX_MESSAGE_BYTES", "0")],
+        "API_MAX_MESSAGE_BYTES",
+    );
+}
+
+/// The control: a valid configuration goes on to bind, and reports the held port under the
+/// setting's name, so the cases above would notice a bind.
+#[test]
+fn a_valid_configuration_reaches_the_bind() {
+    let out = run("embedded", &[]);
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("binding API_ADDR"),
+        "expected a bind failure on the held port:\n{}",
+        out.stderr
+    );
+}

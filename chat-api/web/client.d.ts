@@ -1,0 +1,176 @@
+// Types of the browser client (client.js) and its MessagePack codec (msgpack.js).
+
+/** Decimal string (64-bit ids do not fit a JavaScript number). */
+export type Id = string;
+
+export interface Message {
+  chat_id: Id;
+  message_id: Id;
+  sender_id: string;
+  client_msg_id: string;
+  body: string;
+  sent_at_ms: number;
+}
+
+export interface Chat {
+  chat_id: Id;
+  title: string | null;
+  created_by: string;
+  created_at_ms: number;
+  last_message_id: Id | null;
+  members?: string[];
+}
+
+export interface HistoryPage {
+  /** Ascending by message id. */
+  messages: Message[];
+  has_more: boolean;
+}
+
+export interface Hello {
+  type: "hello";
+  v: number;
+  connection_id: string;
+  user_id: string;
+  heartbeat_interval_ms: number;
+  idle_timeout_ms: number;
+  token_expires_at: number;
+}
+
+export interface Presence {
+  user_id: string;
+  online: boolean;
+  last_seen_ms: number | null;
+}
+
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+export interface ChatEvents {
+  state: { state: ConnectionState; attempt: number; code?: number; reason?: string; delayMs?: number; connection_id?: string };
+  hello: Hello;
+  /** Each message once: `live` (a frame), `catchup` (history after a reconnect), `sent` (this client's send). */
+  message: { message: Message; source: "live" | "catchup" | "sent" };
+  typing: { chat_id: Id; user_id: string };
+  presence: Presence;
+  /** A backend push. */
+  event: { event: unknown };
+  /** The socket closed; `willReconnect` false means it stays closed until `connect()`. */
+  close: { code: number; reason: string; willReconnect: boolean; delayMs?: number };
+  /** Catch-up after a (re)connect finished. */
+  catchup: { messages: number };
+  /** The chat list fetched at each (re)connect. */
+  chats: { chats: Chat[] };
+  refreshed: { token_expires_at: number };
+  /** Server `error` frames (`code` from docs/PROTOCOL.md) and client-side failures (`token_failed`, `catchup_failed`, `bad_frame`, ...). */
+  error: { code: string; message: string; cause?: unknown };
+}
+
+export interface Backoff {
+  /** First delay (default 500). */
+  initialMs?: number;
+  /** Largest delay (default 30000). */
+  maxMs?: number;
+  /** Growth per attempt (default 2). */
+  factor?: number;
+  /** Share of each delay removed at random, 0 to 1 (default 0.5). */
+  jitter?: number;
+}
+
+export interface ChatClientOptions {
+  /** `ws://host:8080/ws` (the gateway). */
+  gatewayUrl: string;
+  /** `http://host:8081` (the API); default: the page's origin. */
+  apiUrl?: string;
+  /** A token, or a function that returns a fresh one (enables refresh and renewal after 401/4201). */
+  token: string | (() => string | Promise<string>);
+  encoding?: "json" | "msgpack";
+  backoff?: Backoff;
+  /** A connection open this long resets the backoff (default 10000). */
+  stableAfterMs?: number;
+  /** No `hello` this long after opening: reconnect (default 15000). */
+  handshakeTimeoutMs?: number;
+  /** Refresh the token this long before it expires, at most half its remaining life (default 60000). */
+  refreshMarginMs?: number;
+  /** Per HTTP request (default 10000). */
+  requestTimeoutMs?: number;
+  /** Tries per HTTP request, the first included (default 5). */
+  requestAttempts?: number;
+  catchUpPageSize?: number;
+  catchUpPagesMax?: number;
+  /** Message ids remembered per chat for deduplication (default 2000). */
+  recentPerChat?: number;
+  /** Reconnect at once on the browser's `online` event (default true). */
+  watchOnline?: boolean;
+  /** Injection points (tests, other runtimes). */
+  WebSocket?: typeof WebSocket;
+  fetch?: typeof fetch;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (handle: unknown) => void;
+  random?: () => number;
+  now?: () => number;
+}
+
+export declare class ApiError extends Error {
+  readonly status: number;
+  /** The `application/problem+json` body, when there was one. */
+  readonly problem: { type: string; title: string; status: number; detail: string; field?: string } | null;
+  readonly retryable: boolean;
+}
+
+export declare const Advice: {
+  readonly NOW: "now";
+  readonly BACKOFF: "backoff";
+  readonly NEW_TOKEN: "new_token";
+  readonly NEW_TOKEN_BACKOFF: "new_token_backoff";
+  readonly STOP: "stop";
+};
+export type AdviceValue = (typeof Advice)[keyof typeof Advice];
+
+export declare const State: {
+  readonly IDLE: "idle";
+  readonly CONNECTING: "connecting";
+  readonly OPEN: "open";
+  readonly RECONNECTING: "reconnecting";
+  readonly CLOSED: "closed";
+};
+
+export declare const PROTOCOL_VERSION: 1;
+export declare const DEFAULT_BACKOFF: Required<Backoff>;
+export declare function closeAdvice(code: number): AdviceValue;
+export declare function backoffDelay(attempt: number, backoff?: Backoff, random?: () => number): number;
+export declare function compareIds(a: Id, b: Id): -1 | 0 | 1;
+export declare function tokenExpiry(token: string): number | undefined;
+export declare function newClientMsgId(): string;
+
+export declare class MessageLog {
+  constructor(recentPerChat?: number);
+  cursor(chatId: Id): Id | undefined;
+  advance(chatId: Id, messageId: Id): void;
+  accept(message: Message): boolean;
+}
+
+export declare class ChatClient {
+  constructor(options: ChatClientOptions);
+  readonly state: ConnectionState;
+  /** Reconnect attempts since the last stable connection. */
+  readonly attempt: number;
+  /** The current connection's `hello`, or null. */
+  readonly hello: Hello | null;
+  readonly log: MessageLog;
+  on<K extends keyof ChatEvents>(type: K, listener: (event: ChatEvents[K]) => void): () => void;
+  off<K extends keyof ChatEvents>(type: K, listener: (event: ChatEvents[K]) => void): void;
+  connect(): void;
+  close(): void;
+  setToken(token: string): void;
+  /** Sends a `typing` frame; false when not connected. */
+  typing(chatId: Id): boolean;
+  /** Declares the highest message held for a chat, so that catch-up fetches what follows. */
+  track(chatId: Id, lastMessageId?: Id): void;
+  send(chatId: Id, body: string, options?: { clientMsgId?: string; signal?: AbortSignal; attempts?: number }): Promise<Message>;
+  history(chatId: Id, page?: { before?: Id; after?: Id; limit?: number }): Promise<HistoryPage>;
+  chats(): Promise<{ chats: Chat[] }>;
+  chat(chatId: Id): Promise<Chat>;
+  createChat(chat: { members: string[]; title?: string }): Promise<Chat>;
+  addMembers(chatId: Id, userIds: string[]): Promise<{ chat_id: Id; members: string[] }>;
+  presence(userIds: string[]): Promise<{ presence: Presence[] }>;
+}

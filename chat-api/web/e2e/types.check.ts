@@ -1,0 +1,24 @@
+// Compile-time check of client.d.ts (tsc --noEmit): the documented usage type-checks, misuse does not.
+import { ChatClient, ApiError, closeAdvice, type Message, type ConnectionState } from "../client.js";
+import { encode, decode } from "../msgpack.js";
+
+const chat = new ChatClient({ gatewayUrl: "ws://127.0.0.1:8080/ws", token: async () => "t", encoding: "msgpack" });
+chat.on("message", ({ message, source }) => {
+  const id: string = message.message_id;
+  const s: "live" | "catchup" | "sent" = source;
+  void id, s;
+});
+chat.on("state", ({ state }) => {
+  const st: ConnectionState = state;
+  void st;
+});
+chat.on("close", ({ code, willReconnect }) => void (code + (willReconnect ? 1 : 0)));
+// @ts-expect-error: no such event
+chat.on("nope", () => {});
+// @ts-expect-error: the token is required
+new ChatClient({ gatewayUrl: "ws://x/ws" });
+const sent: Promise<Message> = chat.send("1", "hi", { clientMsgId: "m-1" });
+sent.catch((e: unknown) => e instanceof ApiError && e.status === 422);
+const advice: string = closeAdvice(4201);
+const bytes: Uint8Array = encode({ type: "ping" });
+void advice, decode(bytes), chat.history("1", { before: "9", limit: 50 }).then((p) => p.has_more);

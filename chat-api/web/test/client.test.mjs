@@ -1,0 +1,323 @@
+// Unit tests of the browser client's reconnect/backoff policy, catch-up and send retries, and of
+// the MessagePack codec, under Node's test runner. The WebSocket, fetch and timers are scripted
+// stand-ins injected through the client's options (named as such below); the real gateway and API
+// are exercised by the browser end-to-end test (../e2e).
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  Advice,
+  ChatClient,
+  MessageLog,
+  backoffDelay,
+  closeAdvice,
+  compareIds,
+  tokenExpiry,
+} from "../client.js";
+import { decode, encode } from "../msgpack.js";
+
+test("close codes map to the documented advice", () => {
+  assert.equal(closeAdvice(1000), Advice.NOW);
+  assert.equal(closeAdvice(4000), Advice.NOW);
+  assert.equal(closeAdvice(4001), Advice.NOW);
+  for (const c of [4100, 4101, 4102, 4103]) assert.equal(closeAdvice(c), Advice.BACKOFF, String(c));
+  assert.equal(closeAdvice(4200), Advice.NEW_TOKEN_BACKOFF);
+  assert.equal(closeAdvice(4201), Advice.NEW_TOKEN);
+  for (const c of [4202, 4203, 4204]) assert.equal(closeAdvice(c), Advice.STOP, String(c));
+  // Dropped connections and refused handshakes (browsers report 1006) back off.
+  assert.equal(closeAdvice(1006), Advice.BACKOFF);
+  assert.equal(closeAdvice(1011), Advice.BACKOFF);
+});
+
+test("backoff grows exponentially, is capped, and jitter only shortens it", () => {
+  const b = { initialMs: 100, maxMs: 1_000, factor: 2, jitter: 0.5 };
+  const none = () => 0;
+  assert.deepEqual([0, 1, 2, 3, 4, 5].map((a) => backoffDelay(a, b, none)), [100, 200, 400, 800, 1000, 1000]);
+  const most = () => 0.999999;
+  assert.deepEqual([0, 1, 2, 3, 4].map((a) => backoffDelay(a, b, most)), [50, 100, 200, 400, 500]);
+  for (let i = 0; i < 200; i++) {
+    const d = backoffDelay(3, b);
+    assert.ok(d >= 400 && d <= 800, `${d}`);
+  }
+  assert.equal(backoffDelay(10_000, b, none), 1000, "huge attempt counts stay finite");
+});
+
+test("ids compare as 64-bit decimals and the log reports each message once", () => {
+  assert.equal(compareIds("9", "10"), -1);
+  assert.equal(compareIds("18446744073709551615", "18446744073709551614"), 1);
+  assert.equal(compareIds("42", "42"), 0);
+  const log = new MessageLog(3);
+  const m = (id) => ({ chat_id: "c", message_id: id });
+  assert.equal(log.accept(m("5")), true);
+  assert.equal(log.accept(m("5")), false);
+  assert.equal(log.accept(m("7")), true);
+  assert.equal(log.accept(m("6")), true);
+  assert.equal(log.cursor("c"), "7");
+  assert.equal(log.accept(m("8")), true, "window full: the oldest is forgotten");
+  assert.equal(log.accept(m("4")), false, "older than the window: seen and forgotten");
+});
+
+test("msgpack round-trips the protocol's values and refuses bad input", () => {
+  const frame = {
+    type: "message",
+    message: { chat_id: "1", message_id: "18446744073709551615", body: "héllo ✓".repeat(10), sent_at_ms: 1_700_000_000_123 },
+    n: [0, -1, -33, 127, 128, 255, 256, 65_535, 65_536, -129, -40_000, 2 ** 32, -(2 ** 40), 1.5],
+    flags: [true, false, null],
+    big: { ["k".repeat(40)]: "x".repeat(300) },
+  };
+  assert.deepEqual(decode(encode(frame)), frame);
+  const long = Array.from({ length: 70_000 }, (_, i) => i % 7);
+  assert.deepEqual(decode(encode(long)), long);
+  assert.throws(() => decode(encode(frame).slice(0, 10)), /truncated/);
+  assert.throws(() => decode(new Uint8Array([0xdd, 0xff, 0xff, 0xff, 0xff])), /truncated/, "a lying count allocates nothing");
+  assert.throws(() => decode(new Uint8Array([0xc1])), /unsupported/);
+  assert.throws(() => decode(new Uint8Array([0x01, 0x02])), /trailing/);
+});
+
+test("tokenExpiry reads exp from a JWT without checking it", () => {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  assert.equal(tokenExpiry(`${b64({ alg: "HS256" })}.${b64({ sub: "a", exp: 1234 })}.sig`), 1234);
+  assert.equal(tokenExpiry("not a token"), undefined);
+});
+
+// ---- scripted stand-ins ----------------------------------------------------------------------
+
+/** Timers that run only when the test says so; records every delay asked for. */
+function scriptedTimers() {
+  let next = 1;
+  const pending = new Map();
+  return {
+    pending,
+    setTimeout: (fn, ms) => {
+      const id = next++;
+      pending.set(id, { fn, ms });
+      return id;
+    },
+    clearTimeout: (id) => pending.delete(id),
+    /** Runs the earliest-due timer whose delay satisfies `pick`, returning its delay. */
+    fire(pick = () => true) {
+      const entries = [...pending.entries()].filter(([, t]) => pick(t.ms)).sort((a, b) => a[1].ms - b[1].ms);
+      assert.ok(entries.length, "no timer to fire");
+      const [id, t] = entries[0];
+      pending.delete(id);
+      t.fn();
+      return t.ms;
+    },
+  };
+}
+
+/** A WebSocket stand-in: records what the client sends; the test plays the server. */
+function scriptedSockets() {
+  const sockets = [];
+  class ScriptedWebSocket {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0;
+      this.sent = [];
+      sockets.push(this);
+    }
+    send(data) {
+      this.sent.push(typeof data === "string" ? JSON.parse(data) : decode(data));
+    }
+    close() {
+      this.readyState = 3;
+    }
+    // server side
+    hello(extra = {}) {
+      this.readyState = 1;
+      this.frame({ type: "hello", v: 1, connection_id: `c${sockets.length}`, user_id: "alice", heartbeat_interval_ms: 25_000, idle_timeout_ms: 60_000, token_expires_at: 0, ...extra });
+    }
+    frame(f) {
+      this.onmessage?.({ data: JSON.stringify(f) });
+    }
+    serverClose(code, reason = "") {
+      this.readyState = 3;
+      this.onclose?.({ code, reason });
+    }
+  }
+  return { sockets, ScriptedWebSocket };
+}
+
+const flush = () => new Promise((r) => setImmediate(r));
+
+function jsonResponse(status, body, headers = {}) {
+  return new Response(body === null ? null : JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+function newClient(extra = {}) {
+  const timers = scriptedTimers();
+  const ws = scriptedSockets();
+  const client = new ChatClient({
+    gatewayUrl: "ws://127.0.0.1:1/ws",
+    apiUrl: "http://127.0.0.1:2",
+    token: "t0",
+    WebSocket: ws.ScriptedWebSocket,
+    fetch: async () => jsonResponse(200, { chats: [] }),
+    setTimeout: timers.setTimeout,
+    clearTimeout: timers.clearTimeout,
+    random: () => 0,
+    backoff: { initialMs: 100, maxMs: 1_600, factor: 2, jitter: 0.5 },
+    watchOnline: false,
+    ...extra,
+  });
+  return { client, timers, ...ws };
+}
+
+test("reconnects as each close code says, backing off on repeats", async () => {
+  let tokens = 0;
+  const { client, timers, sockets } = newClient({ token: async () => `tok${++tokens}` });
+  const states = [];
+  client.on("state", (s) => states.push(s.state));
+  client.connect();
+  await flush();
+  assert.equal(sockets.length, 1);
+  assert.match(sockets[0].url, /encoding=json&access_token=tok1$/);
+  sockets[0].hello();
+  assert.equal(client.state, "open");
+
+  // Overloaded three times: 100, 200, 400 ms (random()=0: no jitter taken off).
+  const delays = [];
+  for (let i = 0; i < 3; i++) {
+    sockets.at(-1).serverClose(4102, "server overloaded");
+    assert.equal(client.state, "reconnecting");
+    delays.push(timers.fire((ms) => ms >= 100));
+    await flush();
+  }
+  assert.deepEqual(delays, [100, 200, 400]);
+  assert.equal(sockets.length, 4);
+
+  // Token expired: a new token, then reconnect.
+  sockets.at(-1).hello();
+  sockets.at(-1).serverClose(4201, "token expired");
+  timers.fire((ms) => ms >= 100);
+  await flush();
+  assert.match(sockets.at(-1).url, /access_token=tok2$/);
+
+  // A client bug: stays closed.
+  sockets.at(-1).hello();
+  sockets.at(-1).serverClose(4203, "frame too large");
+  assert.equal(client.state, "closed");
+  assert.equal([...timers.pending.values()].filter((t) => t.ms >= 100).length, 0);
+  assert.ok(states.includes("reconnecting") && states.at(-1) === "closed");
+});
+
+test("a stable connection resets the backoff; a static token cannot be renewed", async () => {
+  let now = 0;
+  const { client, timers, sockets } = newClient({ now: () => now, stableAfterMs: 10_000 });
+  client.connect();
+  await flush();
+  for (let i = 0; i < 3; i++) {
+    sockets.at(-1).serverClose(1006);
+    timers.fire((ms) => ms >= 100);
+    await flush();
+  }
+  assert.equal(client.attempt, 3);
+  sockets.at(-1).hello();
+  now += 10_000;
+  sockets.at(-1).serverClose(4100, "node draining");
+  assert.equal(timers.fire((ms) => ms >= 100), 100, "back to the first delay");
+  await flush();
+  sockets.at(-1).hello();
+  sockets.at(-1).serverClose(4201, "token expired");
+  assert.equal(client.state, "closed", "a fixed token string cannot be renewed");
+});
+
+test("a silent connection is given up after two heartbeat intervals", async () => {
+  const { client, timers, sockets } = newClient();
+  client.connect();
+  await flush();
+  sockets[0].hello({ heartbeat_interval_ms: 1_000 });
+  assert.equal(timers.fire((ms) => ms === 1_000), 1_000);
+  assert.deepEqual(sockets[0].sent, [{ type: "ping" }]);
+  timers.fire((ms) => ms === 2_000);
+  assert.equal(client.state, "reconnecting");
+});
+
+test("the token is refreshed over the socket before it expires", async () => {
+  let now = 1_000_000_000;
+  let n = 0;
+  const { client, timers, sockets } = newClient({ now: () => now, token: async () => `tok${++n}`, refreshMarginMs: 60_000 });
+  client.connect();
+  await flush();
+  sockets[0].hello({ token_expires_at: now / 1000 + 600 });
+  assert.equal(timers.fire((ms) => ms === 540_000), 540_000);
+  await flush();
+  assert.deepEqual(sockets[0].sent.at(-1), { type: "refresh", token: "tok2" });
+});
+
+test("catch-up pages from the cursor held at reconnect and reports each message once", async () => {
+  const calls = [];
+  const msg = (id) => ({ chat_id: "7", message_id: String(id), sender_id: "bob", client_msg_id: `m${id}`, body: `b${id}`, sent_at_ms: 1 });
+  let sockets;
+  const fetch = async (url) => {
+    const u = new URL(url);
+    calls.push(u.pathname + u.search);
+    if (u.pathname === "/v1/chats") return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: "12" }, { chat_id: "8", last_message_id: "3" }] });
+    const after = u.searchParams.get("after");
+    if (after === "5") {
+      // A live frame for a later message arrives while the first page is in flight.
+      sockets.at(-1).frame({ type: "message", message: msg(11) });
+      return jsonResponse(200, { messages: [msg(6), msg(7)], has_more: true });
+    }
+    if (after === "7") return jsonResponse(200, { messages: [msg(8), msg(11), msg(12)], has_more: false });
+    throw new Error(`unexpected ${url}`);
+  };
+  const t = newClient({ fetch, catchUpPageSize: 2 });
+  sockets = t.sockets;
+  const { client } = t;
+  client.track("7", "5");
+  const seen = [];
+  client.on("message", ({ message, source }) => seen.push(`${message.message_id}:${source}`));
+  let caught;
+  const done = new Promise((r) => client.on("catchup", (e) => r((caught = e))));
+  client.connect();
+  await flush();
+  sockets[0].hello();
+  await done;
+  assert.deepEqual(calls, ["/v1/chats", "/v1/chats/7/messages?after=5&limit=2", "/v1/chats/7/messages?after=7&limit=2"]);
+  assert.deepEqual(seen, ["11:live", "6:catchup", "7:catchup", "8:catchup", "12:catchup"]);
+  assert.equal(caught.messages, 4);
+  assert.equal(client.log.cursor("7"), "12");
+  assert.equal(client.log.cursor("8"), undefined, "untracked chats are left to the page");
+});
+
+test("send retries failures with the same client_msg_id and honours Retry-After", async () => {
+  const bodies = [];
+  let n = 0;
+  const stored = { chat_id: "7", message_id: "99", sender_id: "alice", client_msg_id: "", body: "hi", sent_at_ms: 1 };
+  const fetch = async (url, init) => {
+    bodies.push(JSON.parse(init.body));
+    n++;
+    if (n === 1) throw new TypeError("network down");
+    if (n === 2) return jsonResponse(503, { type: "x", title: "t", status: 503, detail: "store unavailable" }, { "retry-after": "1" });
+    return jsonResponse(201, { ...stored, client_msg_id: bodies[0].client_msg_id });
+  };
+  const sleeps = [];
+  const { client } = newClient({
+    fetch,
+    setTimeout: (fn, ms) => {
+      sleeps.push(ms);
+      return setTimeout(fn, 0);
+    },
+    clearTimeout,
+  });
+  const events = [];
+  client.on("message", (e) => events.push(e.source));
+  const m = await client.send("7", "hi");
+  assert.equal(n, 3);
+  assert.ok(bodies[0].client_msg_id.length >= 16);
+  assert.ok(bodies.every((b) => b.client_msg_id === bodies[0].client_msg_id && b.body === "hi"));
+  assert.equal(m.message_id, "99");
+  assert.ok(sleeps.includes(1_000), `Retry-After honoured: ${sleeps}`);
+  assert.deepEqual(events, ["sent"]);
+
+  // A 4xx is not retried.
+  let calls = 0;
+  const bad = newClient({ fetch: async () => (calls++, jsonResponse(422, { type: "v", title: "t", status: 422, detail: "body must be 1 to 4096 bytes" })) });
+  await assert.rejects(bad.client.send("7", ""), (e) => e.name === "ApiError" && e.status === 422 && /4096/.test(e.message));
+  assert.equal(calls, 1);
+});

@@ -1,0 +1,160 @@
+//! Micro-benchmarks of the gateway's hot paths (`cargo bench -p gateway`): encoding a frame per
+//! encoding, the route lookup that groups recipients by node, and local delivery of one envelope
+//! to many sockets' send queues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use gateway::delivery::deliver;
+use gateway::hub::SocketHandle;
+use gateway::node::Node;
+use gateway::{wsio, Deps, Settings};
+use shared::auth::{JwtSettings, KeySource, Verifier, DEV_SECRET};
+use shared::protocol::{decode_server, encode_server, Encoding, Message, ServerFrame};
+use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::routing::{Envelope, NodeInfo, RouteRegistry};
+use shared::Id;
+
+fn message_frame() -> ServerFrame {
+    ServerFrame::Message {
+        message: Message {
+            chat_id: Id(7_123_456_789_012_345),
+            message_id: Id(7_123_456_789_012_999),
+            sender_id: "user-0042".into(),
+            client_msg_id: "c-0001-abcdef".into(),
+            body: "hello there, this is a chat message of a typical length".into(),
+            sent_at_ms: 1_790_000_000_000,
+        },
+    }
+}
+
+fn encoding(c: &mut Criterion) {
+    let frame = message_frame();
+    let mut g = c.benchmark_group("encode_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("json", |b| {
+        b.iter(|| wsio::server_frame(Encoding::Json, &frame))
+    });
+    g.bench_function("msgpack", |b| {
+        b.iter(|| wsio::server_frame(Encoding::Msgpack, &frame))
+    });
+    // What delivery does once per envelope for JSON sockets: the bus carries MessagePack.
+    let canonical = encode_server(Encoding::Msgpack, &frame);
+    g.bench_function("msgpack_to_json", |b| {
+        b.iter(|| {
+            let f = decode_server(Encoding::Msgpack, &canonical).unwrap();
+            wsio::frame_bytes(
+                wsio::data_opcode(Encoding::Json),
+                &encode_server(Encoding::Json, &f),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = MemoryRegistry::new();
+    let nodes: Vec<NodeInfo> = (0..3)
+        .map(|n| NodeInfo {
+            node_id: format!("gw-{n}"),
+            incarnation: 1,
+        })
+        .collect();
+    let users: Vec<String> = (0..1_000).map(|u| format!("user-{u}")).collect();
+    rt.block_on(async {
+        for n in &nodes {
+            registry.heartbeat(n).await.unwrap();
+        }
+        for (i, u) in users.iter().enumerate() {
+            registry
+                .add_routes(&nodes[i % nodes.len()], std::slice::from_ref(u))
+                .await
+                .unwrap();
+        }
+    });
+    let mut g = c.benchmark_group("route_lookup_and_group_by_node");
+    for members in [1usize, 100, 1_000] {
+        g.throughput(Throughput::Elements(members as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(members), &members, |b, &m| {
+            b.iter(|| rt.block_on(registry.lookup(&users[..m])).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn local_delivery(c: &mut Criterion) {
+    let verifier = Verifier::new(&JwtSettings {
+        algorithm: jsonwebtoken::Algorithm::HS256,
+        key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
+        issuer: None,
+        audience: None,
+        leeway: Duration::ZERO,
+    })
+    .unwrap();
+    let node = Node::new(
+        Settings::default(),
+        Deps {
+            registry: Arc::new(MemoryRegistry::new()),
+            bus: Arc::new(MemoryBus::default()),
+            verifier,
+            metrics: None,
+            limiter: shared::ratelimit::memory(),
+        },
+    );
+    let mut g = c.benchmark_group("local_delivery");
+    for (sockets, encoding) in [
+        (100usize, Encoding::Json),
+        (1_000, Encoding::Json),
+        (10_000, Encoding::Json),
+        (1_000, Encoding::Msgpack),
+    ] {
+        let handles: Vec<Arc<SocketHandle>> = (0..sockets)
+            .map(|i| {
+                let h = Arc::new(SocketHandle::new(
+                    node.hub.next_socket_id(),
+                    format!("{encoding:?}-{sockets}-{i}").into(),
+                    encoding,
+                ));
+                node.hub.add(h.clone(), 16).unwrap();
+                h
+            })
+            .collect();
+        let envelope = Envelope::new(
+            handles.iter().map(|h| h.user.to_string()).collect(),
+            &message_frame(),
+        );
+        g.throughput(Throughput::Elements(sockets as u64));
+        g.bench_function(BenchmarkId::new(format!("{encoding:?}"), sockets), |b| {
+            b.iter(|| {
+                let queued = deliver(&node, &envelope);
+                assert_eq!(queued, sockets);
+                // Stand in for the socket tasks taking their frames, so queues never fill.
+                for h in &handles {
+                    let mut q = h.lock_queue();
+                    q.frames.clear();
+                    q.bytes = 0;
+                }
+            })
+        });
+        for h in &handles {
+            node.hub.remove(h);
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = encoding, route_lookup, local_delivery
+);
+criterion_main!(benches);

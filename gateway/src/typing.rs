@@ -1,0 +1,180 @@
+//! Typing indicators. The gateway knows no chat members, so a socket's `typing` frame is
+//! forwarded to chat-api (`POST /v1/chats/{chat_id}/typing`, with the socket's own token), which
+//! checks membership and fans a `typing` frame out to the other members. Rate limited per socket
+//! and chat here, per user in the API; failures come back to the socket as error frames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use shared::protocol::{ErrorCode, ServerFrame};
+use shared::Id;
+
+use crate::hub::{QueueLimits, SocketHandle};
+use crate::wsio;
+
+/// Forwards in flight at once per node; past it, typing frames are answered `unavailable`.
+const INFLIGHT_MAX: usize = 1024;
+/// Deadline of one forward.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Chats a socket's typing limiter remembers at once.
+const GATE_CHATS_MAX: usize = 16;
+
+/// The HTTP client that forwards typing frames to chat-api.
+pub struct TypingForwarder {
+    client: reqwest::Client,
+    base: String,
+    inflight: Arc<Semaphore>,
+}
+
+impl TypingForwarder {
+    pub fn new(base: &str) -> Option<TypingForwarder> {
+        let client = reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build();
+        match client {
+            Ok(client) => Some(TypingForwarder {
+                client,
+                base: base.to_string(),
+                inflight: Arc::new(Semaphore::new(INFLIGHT_MAX)),
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "could not build the HTTP client for API_URL; typing disabled");
+                None
+            }
+        }
+    }
+
+    /// Forwards one typing notice in the background; an error answer becomes an error frame on
+    /// the socket.
+    pub fn forward(
+        &self,
+        handle: Arc<SocketHandle>,
+        limits: QueueLimits,
+        token: Arc<str>,
+        chat_id: Id,
+    ) {
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            metrics::counter!("gateway_typing_total", "result" => "shed").increment(1);
+            reply(
+                &handle,
+                limits,
+                ErrorCode::Unavailable,
+                "too many typing notices in flight on this node; try again",
+            );
+            return;
+        };
+        let request = self
+            .client
+            .post(format!("{}/v1/chats/{chat_id}/typing", self.base))
+            .bearer_auth(&*token);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = request.send().await;
+            let (result, error) = match answer.as_ref().map(|r| r.status().as_u16()) {
+                Ok(202) => ("ok", None),
+                Ok(403) => (
+                    "forbidden",
+                    Some((ErrorCode::Forbidden, "you are not a member of this chat")),
+                ),
+                Ok(429) => (
+                    "rate_limited",
+                    Some((ErrorCode::RateLimited, "too many typing notices; slow down")),
+                ),
+                Ok(401) => (
+                    "unauthorized",
+                    Some((
+                        ErrorCode::InvalidToken,
+                        "the API refused this socket's token",
+                    )),
+                ),
+                Ok(status) => {
+                    tracing::debug!(status, "typing forward answered");
+                    (
+                        "failed",
+                        Some((
+                            ErrorCode::Unavailable,
+                            "typing notice not delivered; try again",
+                        )),
+                    )
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "typing forward failed");
+                    (
+                        "failed",
+                        Some((
+                            ErrorCode::Unavailable,
+                            "typing notice not delivered; try again",
+                        )),
+                    )
+                }
+            };
+            metrics::counter!("gateway_typing_total", "result" => result).increment(1);
+            if let Some((code, message)) = error {
+                reply(&handle, limits, code, message);
+            }
+        });
+    }
+}
+
+fn reply(handle: &SocketHandle, limits: QueueLimits, code: ErrorCode, message: &str) {
+    let frame = ServerFrame::Error {
+        code,
+        message: message.to_string(),
+    };
+    handle.enqueue(wsio::server_frame(handle.encoding, &frame), limits);
+}
+
+/// One socket's typing limiter: at most one notice per chat per interval. Holds no allocation
+/// until the socket first types.
+#[derive(Default)]
+pub struct TypingGate {
+    recent: Vec<(Id, Instant)>,
+}
+
+impl TypingGate {
+    /// Records a notice for `chat` and says whether it may go out now.
+    pub fn allow(&mut self, chat: Id, now: Instant, interval: Duration) -> bool {
+        self.recent
+            .retain(|(_, at)| now.saturating_duration_since(*at) < interval);
+        if self.recent.iter().any(|(c, _)| *c == chat) {
+            return false;
+        }
+        if self.recent.len() >= GATE_CHATS_MAX {
+            return false;
+        }
+        self.recent.push((chat, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_notice_per_chat_per_interval() {
+        let mut gate = TypingGate::default();
+        let t0 = Instant::now();
+        let i = Duration::from_secs(2);
+        assert!(gate.allow(Id(1), t0, i));
+        assert!(!gate.allow(Id(1), t0 + Duration::from_millis(1999), i));
+        assert!(gate.allow(Id(2), t0, i), "another chat");
+        assert!(gate.allow(Id(1), t0 + i, i));
+    }
+
+    #[test]
+    fn remembers_a_bounded_number_of_chats() {
+        let mut gate = TypingGate::default();
+        let t0 = Instant::now();
+        let i = Duration::from_secs(2);
+        for c in 0..GATE_CHATS_MAX as u64 {
+            assert!(gate.allow(Id(c), t0, i));
+        }
+        assert!(!gate.allow(Id(999), t0, i));
+        assert!(gate.allow(Id(999), t0 + i, i));
+    }
+}

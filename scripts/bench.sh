@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The standard benchmark suite: starts the system in embedded mode and in distributed mode (a
+# private redis-server, 2 gateways, 2 chat-api processes sharing one SQLite file), runs the loadtest
+# scenarios against each, and against a Socket.IO cluster with the Redis adapter when `node` is
+# installed (loadtest/socketio), then prints one table with every figure beside its SPEC §7 budget.
+#
+#   scripts/bench.sh            full suite on release binaries (builds them; ~10 min on 2 cores)
+#   scripts/bench.sh --smoke    seconds-long run on debug binaries (CI): checks nothing was lost
+#
+# Results (JSON per scenario, PNG plots in full mode) go to $BENCH_OUT (default target/bench).
+# Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=full
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) MODE=smoke ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (use --smoke)" >&2; exit 2 ;;
+  esac
+done
+
+OUT=${BENCH_OUT:-target/bench}
+rm -rf "$OUT" && mkdir -p "$OUT/results" "$OUT/logs"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ "$MODE" = full ]; then
+  echo "==> building release binaries"
+  cargo build --release --bins -p chat-api -p gateway -p loadtest
+  BIN=target/release
+  # name  sockets  fan-out: chats members rate secs  latency: rate secs  soak: sockets churn secs
+  CONNECT_SOCKETS=10000; FO_CHATS=4; FO_MEMBERS=1000; FO_RATE=100; FO_SECS=20s
+  LAT_RATES="500 5000"; LAT_SECS=15s; SOAK_SOCKETS=2000; SOAK_CHURN=200; SOAK_SECS=60s
+  PLOT=1
+else
+  BIN=target/debug
+  if [ ! -x "$BIN/loadtest" ] || [ ! -x "$BIN/chat-api" ] || [ ! -x "$BIN/gateway" ]; then
+    cargo build --bins -p chat-api -p gateway -p loadtest
+  fi
+  CONNECT_SOCKETS=200; FO_CHATS=2; FO_MEMBERS=20; FO_RATE=20; FO_SECS=2s
+  LAT_RATES="50"; LAT_SECS=2s; SOAK_SOCKETS=40; SOAK_CHURN=20; SOAK_SECS=3s
+  PLOT=0
+fi
+
+# A port base per run, so that two runs on one machine do not collide.
+BASE=$(( 20000 + ($$ % 2000) * 10 ))
+export JWT_SECRET="bench-secret-$(date +%s)-0123456789abcdefghijklmnop"
+# The scenarios send far faster than one person would: rate limits off (docs/SECURITY.md).
+export API_RATE_REQUESTS=off API_RATE_MESSAGES=off CONNECT_RATE_PER_IP=off
+export LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
+
+wait_port() { # host:port, bounded
+  local i
+  for i in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on $1 after 30 s" >&2; return 1
+}
+start() { # name, then the command; logs to $OUT/logs/name.log; sets LAST_PID
+  local name=$1; shift
+  "$@" >"$OUT/logs/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+lt() { "$BIN/loadtest" "$@"; }
+plot() { if [ "$PLOT" = 1 ]; then echo "--plot $OUT/$1.png"; fi; }
+uname -a >"$OUT/machine.txt"; nproc >>"$OUT/machine.txt"; cat /proc/loadavg >>"$OUT/machine.txt"
+
+echo "==> embedded: chat-api embedded (one process: API + gateway + SQLite)"
+E_API=127.0.0.1:$((BASE+1)); E_GW=127.0.0.1:$((BASE+2))
+DATA_DIR=$WORK/embedded API_ADDR=$E_API GATEWAY_ADDR=$E_GW start embedded "$BIN/chat-api" embedded
+EPID=$LAST_PID
+wait_port "$E_API"; wait_port "$E_GW"
+lt connect --url "ws://$E_GW/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+  --source-ips 4 --gateway-pid "$EPID" --settle 2s --hold 1s --out "$OUT/results/embedded-connect.json"
+lt fanout --api "http://$E_API" --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --chats "$FO_CHATS" \
+  --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" --out "$OUT/results/embedded-fanout.json"
+lt soak --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --sockets "$SOAK_SOCKETS" --churn-rate "$SOAK_CHURN" \
+  --duration "$SOAK_SECS" --out "$OUT/results/embedded-soak.json" $(plot embedded-soak-rss)
+stop "$EPID"
+
+if command -v redis-server >/dev/null; then
+  echo "==> distributed: redis-server, 2 gateways, 2 chat-api serve"
+  R=$((BASE+3)); GA=127.0.0.1:$((BASE+4)); GB=127.0.0.1:$((BASE+5))
+  AA=127.0.0.1:$((BASE+6)); AB=127.0.0.1:$((BASE+7))
+  start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
+  wait_port "127.0.0.1:$R"
+  export REDIS_URL=redis://127.0.0.1:$R
+  mkdir -p "$WORK/dist"
+  NODE_ID=gw-a GATEWAY_ADDR=$GA start gw-a "$BIN/gateway"; GAPID=$LAST_PID
+  NODE_ID=gw-b GATEWAY_ADDR=$GB start gw-b "$BIN/gateway"; GBPID=$LAST_PID
+  # The first API creates the SQLite file before the second opens it (WAL switch).
+  WORKER_ID=1 STORE_URL=sqlite:$WORK/dist/chat.db API_ADDR=$AA start api-1 "$BIN/chat-api" serve
+  wait_port "$AA"
+  WORKER_ID=2 STORE_URL=sqlite:$WORK/dist/chat.db API_ADDR=$AB start api-2 "$BIN/chat-api" serve
+  wait_port "$AB"; wait_port "$GA"; wait_port "$GB"
+  lt connect --url "ws://$GA/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+    --source-ips 4 --gateway-pid "$GAPID" --settle 2s --hold 1s --out "$OUT/results/distributed-connect.json"
+  lt fanout --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --gateway-pids "$GAPID,$GBPID" \
+    --chats "$FO_CHATS" --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" \
+    --out "$OUT/results/distributed-fanout.json"
+  for rate in $LAT_RATES; do
+    lt latency --api "http://$AA,http://$AB" --ws "ws://$GB/ws" --rate "$rate" --duration "$LAT_SECS" \
+      --out "$OUT/results/distributed-latency-$rate.json" $(plot "distributed-latency-$rate")
+  done
+  unset REDIS_URL
+else
+  echo "==> distributed: skipped (redis-server not installed)"
+fi
+
+SIO=loadtest/socketio
+if command -v node >/dev/null && command -v redis-server >/dev/null \
+  && { [ -d "$SIO/node_modules" ] || (cd "$SIO" && npm ci --no-audit --no-fund >/dev/null 2>&1); }; then
+  echo "==> socketio: Socket.IO cluster with the Redis adapter (2 node processes, private Redis)"
+  R=$((BASE+8)); SA=127.0.0.1:$((BASE+9)); SB=127.0.0.1:$((BASE+10))
+  start sio-redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
+  wait_port "127.0.0.1:$R"
+  REDIS_URL=redis://127.0.0.1:$R PORT=${SA#*:} start sio-a node "$SIO/server.js"; SAPID=$LAST_PID
+  REDIS_URL=redis://127.0.0.1:$R PORT=${SB#*:} start sio-b node "$SIO/server.js"; SBPID=$LAST_PID
+  wait_port "$SA"; wait_port "$SB"
+  lt connect --url "ws://$SA" --encoding socketio --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+    --source-ips 4 --gateway-pid "$SAPID" --settle 2s --hold 1s --out "$OUT/results/socketio-connect.json"
+  lt fanout --socketio --api "http://$SA,http://$SB" --ws "ws://$SA,ws://$SB" --gateway-pids "$SAPID,$SBPID" \
+    --chats "$FO_CHATS" --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" \
+    --out "$OUT/results/socketio-fanout.json"
+  # Sends enter node A and the receiver is on node B, so every event crosses Redis.
+  for rate in $LAT_RATES; do
+    lt latency --socketio --api "http://$SA" --ws "ws://$SB" --rate "$rate" --duration "$LAT_SECS" \
+      --out "$OUT/results/socketio-latency-$rate.json" $(plot "socketio-latency-$rate")
+  done
+else
+  echo "==> socketio: skipped (needs node, redis-server and the npm packages of $SIO)"
+fi
+
+echo "==> results ($MODE mode, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+if [ "$MODE" = smoke ]; then
+  lt report --dir "$OUT/results" --check
+else
+  lt report --dir "$OUT/results" | tee "$OUT/table.md"
+fi

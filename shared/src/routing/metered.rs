@@ -1,0 +1,124 @@
+//! Latency and error metrics around a route registry and node bus (used for the Redis ones):
+//! `redis_op_seconds{op}` and `redis_errors_total{op}`, where `op` is the trait method. Labels
+//! never carry user, chat or node ids.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{
+    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
+    Subscription,
+};
+
+/// Histogram of one registry or bus call, by `op`.
+pub const OP_SECONDS: &str = "redis_op_seconds";
+/// Failed calls (errors and timeouts), by `op`.
+pub const ERRORS_TOTAL: &str = "redis_errors_total";
+
+/// Every `op` label value, so that the series exist (at zero) before the first failure.
+pub const OPS: &[&str] = &[
+    "heartbeat",
+    "leave",
+    "add_routes",
+    "remove_routes",
+    "lookup",
+    "presence",
+    "publish",
+    "subscribe",
+    "read",
+];
+
+/// Registers every series at zero, so that dashboards and alerts see them before traffic.
+pub fn describe() {
+    metrics::describe_histogram!(
+        OP_SECONDS,
+        metrics::Unit::Seconds,
+        "Latency of route registry and node bus calls to Redis, by op (stream reads excluded: they block)"
+    );
+    metrics::describe_counter!(
+        ERRORS_TOTAL,
+        "Failed or timed-out route registry and node bus calls to Redis, by op"
+    );
+    for op in OPS {
+        metrics::counter!(ERRORS_TOTAL, "op" => *op).increment(0);
+    }
+}
+
+async fn observe<T>(
+    op: &'static str,
+    fut: impl Future<Output = Result<T, RoutingError>>,
+) -> Result<T, RoutingError> {
+    let started = Instant::now();
+    let result = fut.await;
+    metrics::histogram!(OP_SECONDS, "op" => op).record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(ERRORS_TOTAL, "op" => op).increment(1);
+    }
+    result
+}
+
+/// A [`RouteRegistry`] and [`NodeBus`] that records the metrics above around the inner one.
+pub struct Metered<T: ?Sized> {
+    inner: Arc<T>,
+}
+
+impl<T: ?Sized> Metered<T> {
+    pub fn new(inner: Arc<T>) -> Metered<T> {
+        Metered { inner }
+    }
+}
+
+#[async_trait]
+impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
+    async fn heartbeat(&self, node: &NodeInfo) -> Result<bool, RoutingError> {
+        observe("heartbeat", self.inner.heartbeat(node)).await
+    }
+    async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {
+        observe("leave", self.inner.leave(node)).await
+    }
+    async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        observe("add_routes", self.inner.add_routes(node, users)).await
+    }
+    async fn remove_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
+        observe("remove_routes", self.inner.remove_routes(node, users)).await
+    }
+    async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError> {
+        observe("lookup", self.inner.lookup(users)).await
+    }
+    async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
+        observe("presence", self.inner.presence(users)).await
+    }
+}
+
+#[async_trait]
+impl<T: NodeBus + ?Sized> NodeBus for Metered<T> {
+    async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError> {
+        observe("publish", self.inner.publish(entries)).await
+    }
+    async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
+        let inner = observe("subscribe", self.inner.subscribe(node)).await?;
+        Ok(Box::new(MeteredSubscription { inner }))
+    }
+}
+
+/// Counts failed stream reads; their latency is not recorded, as a read blocks until traffic.
+struct MeteredSubscription {
+    inner: Box<dyn Subscription>,
+}
+
+#[async_trait]
+impl Subscription for MeteredSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError> {
+        let result = self.inner.next_batch(max).await;
+        if result.is_err() {
+            metrics::counter!(ERRORS_TOTAL, "op" => "read").increment(1);
+        }
+        result
+    }
+    fn oldest_age(&self) -> Option<Duration> {
+        self.inner.oldest_age()
+    }
+}
