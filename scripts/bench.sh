@@ -37,8 +37,10 @@ if [ "$MODE" = full ]; then
   cargo build --release --bins -p chat-api -p gateway -p loadtest
   BIN=target/release
   # name  sockets  fan-out: chats members rate secs  latency: rate secs  soak: sockets churn secs
+  # catch-up: members rate drops/s secs
   CONNECT_SOCKETS=10000; FO_CHATS=4; FO_MEMBERS=1000; FO_RATE=100; FO_SECS=20s
   LAT_RATES="500 5000"; LAT_SECS=15s; SOAK_SOCKETS=2000; SOAK_CHURN=200; SOAK_SECS=60s
+  CU_MEMBERS=200; CU_RATE=200; CU_DROPS=20; CU_SECS=30s
   PLOT=1
 else
   BIN=target/debug
@@ -47,23 +49,30 @@ else
   fi
   CONNECT_SOCKETS=200; FO_CHATS=2; FO_MEMBERS=20; FO_RATE=20; FO_SECS=2s
   LAT_RATES="50"; LAT_SECS=2s; SOAK_SOCKETS=40; SOAK_CHURN=20; SOAK_SECS=3s
+  CU_MEMBERS=10; CU_RATE=20; CU_DROPS=4; CU_SECS=3s
   PLOT=0
 fi
 
-# A port base per run, so that two runs on one machine do not collide.
-BASE=$(( 20000 + ($$ % 2000) * 10 ))
+# A port base per run, so that two runs on one machine do not collide. It stays below the kernel's
+# ephemeral range (32768 and up here): a listener there can find its port already taken as the
+# source port of an outgoing connection (seen: the second Socket.IO node never started).
+BASE=$(( 10000 + ($$ % 2000) * 10 ))
 export JWT_SECRET="bench-secret-$(date +%s)-0123456789abcdefghijklmnop"
 # The scenarios send far faster than one person would: rate limits off (docs/SECURITY.md).
 export API_RATE_REQUESTS=off API_RATE_MESSAGES=off CONNECT_RATE_PER_IP=off
 export LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
 
-wait_port() { # host:port, bounded
+wait_port() { # host:port [log name], bounded; on failure shows the end of that process's log
   local i
   for i in $(seq 1 300); do
     if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
-  echo "nothing listens on $1 after 30 s" >&2; return 1
+  echo "nothing listens on $1 after 30 s" >&2
+  if [ -n "${2:-}" ] && [ -f "$OUT/logs/$2.log" ]; then
+    echo "--- last lines of $OUT/logs/$2.log" >&2; tail -n 20 "$OUT/logs/$2.log" >&2
+  fi
+  return 1
 }
 start() { # name, then the command; logs to $OUT/logs/name.log; sets LAST_PID
   local name=$1; shift
@@ -80,7 +89,7 @@ echo "==> embedded: chat-api embedded (one process: API + gateway + SQLite)"
 E_API=127.0.0.1:$((BASE+1)); E_GW=127.0.0.1:$((BASE+2))
 DATA_DIR=$WORK/embedded API_ADDR=$E_API GATEWAY_ADDR=$E_GW start embedded "$BIN/chat-api" embedded
 EPID=$LAST_PID
-wait_port "$E_API"; wait_port "$E_GW"
+wait_port "$E_API" embedded; wait_port "$E_GW" embedded
 lt connect --url "ws://$E_GW/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
   --source-ips 4 --gateway-pid "$EPID" --settle 2s --hold 1s --out "$OUT/results/embedded-connect.json"
 lt fanout --api "http://$E_API" --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --chats "$FO_CHATS" \
@@ -94,16 +103,16 @@ if command -v redis-server >/dev/null; then
   R=$((BASE+3)); GA=127.0.0.1:$((BASE+4)); GB=127.0.0.1:$((BASE+5))
   AA=127.0.0.1:$((BASE+6)); AB=127.0.0.1:$((BASE+7))
   start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-  wait_port "127.0.0.1:$R"
+  wait_port "127.0.0.1:$R" redis
   export REDIS_URL=redis://127.0.0.1:$R
   mkdir -p "$WORK/dist"
   NODE_ID=gw-a GATEWAY_ADDR=$GA start gw-a "$BIN/gateway"; GAPID=$LAST_PID
   NODE_ID=gw-b GATEWAY_ADDR=$GB start gw-b "$BIN/gateway"; GBPID=$LAST_PID
   # The first API creates the SQLite file before the second opens it (WAL switch).
   WORKER_ID=1 STORE_URL=sqlite:$WORK/dist/chat.db API_ADDR=$AA start api-1 "$BIN/chat-api" serve
-  wait_port "$AA"
+  wait_port "$AA" api-1
   WORKER_ID=2 STORE_URL=sqlite:$WORK/dist/chat.db API_ADDR=$AB start api-2 "$BIN/chat-api" serve
-  wait_port "$AB"; wait_port "$GA"; wait_port "$GB"
+  wait_port "$AB" api-2; wait_port "$GA" gw-a; wait_port "$GB" gw-b
   lt connect --url "ws://$GA/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
     --source-ips 4 --gateway-pid "$GAPID" --settle 2s --hold 1s --out "$OUT/results/distributed-connect.json"
   lt fanout --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --gateway-pids "$GAPID,$GBPID" \
@@ -113,6 +122,11 @@ if command -v redis-server >/dev/null; then
     lt latency --api "http://$AA,http://$AB" --ws "ws://$GB/ws" --rate "$rate" --duration "$LAT_SECS" \
       --out "$OUT/results/distributed-latency-$rate.json" $(plot "distributed-latency-$rate")
   done
+  # Sockets dropped at random under a steady stream, reconnecting to the other node: every
+  # member must end up holding every acknowledged message (SPEC §6).
+  lt catchup --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --members "$CU_MEMBERS" \
+    --rate "$CU_RATE" --drops-per-s "$CU_DROPS" --duration "$CU_SECS" \
+    --out "$OUT/results/distributed-catchup.json"
   unset REDIS_URL
 else
   echo "==> distributed: skipped (redis-server not installed)"
@@ -124,10 +138,10 @@ if command -v node >/dev/null && command -v redis-server >/dev/null \
   echo "==> socketio: Socket.IO cluster with the Redis adapter (2 node processes, private Redis)"
   R=$((BASE+8)); SA=127.0.0.1:$((BASE+9)); SB=127.0.0.1:$((BASE+10))
   start sio-redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
-  wait_port "127.0.0.1:$R"
+  wait_port "127.0.0.1:$R" sio-redis
   REDIS_URL=redis://127.0.0.1:$R PORT=${SA#*:} start sio-a node "$SIO/server.js"; SAPID=$LAST_PID
   REDIS_URL=redis://127.0.0.1:$R PORT=${SB#*:} start sio-b node "$SIO/server.js"; SBPID=$LAST_PID
-  wait_port "$SA"; wait_port "$SB"
+  wait_port "$SA" sio-a; wait_port "$SB" sio-b
   lt connect --url "ws://$SA" --encoding socketio --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
     --source-ips 4 --gateway-pid "$SAPID" --settle 2s --hold 1s --out "$OUT/results/socketio-connect.json"
   lt fanout --socketio --api "http://$SA,http://$SB" --ws "ws://$SA,ws://$SB" --gateway-pids "$SAPID,$SBPID" \

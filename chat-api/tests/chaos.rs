@@ -180,7 +180,7 @@ async fn drive_one(
 
 /// After the stream stopped: every client must come to hold every acknowledged message (through
 /// frames, reconnects and resyncs only), exactly once and in id order, with no message repeated
-/// on one socket.
+/// on one socket unless its send was replayed.
 async fn assert_every_member_holds_every_ack(
     clients: &mut [CatchUpClient],
     plans: &[Plan],
@@ -201,6 +201,12 @@ async fn assert_every_member_holds_every_ack(
         acked.len(),
         "one client_msg_id acknowledged twice"
     );
+    let replayed: HashSet<Id> = log
+        .acked
+        .iter()
+        .filter(|m| log.replayed.contains(&m.client_msg_id))
+        .map(|m| m.message_id)
+        .collect();
     let deadline = Instant::now() + SETTLE;
     join_all(clients.iter_mut().zip(plans).map(|(c, plan)| {
         let want = &want;
@@ -245,11 +251,17 @@ async fn assert_every_member_holds_every_ack(
             sorted.len(),
             held.iter().map(|m| m.message_id).collect::<Vec<_>>()
         );
+        // A replayed send is delivered again (its first attempt may have died before the
+        // fan-out), so only those may repeat on one socket.
+        let repeats: Vec<&Id> = c
+            .socket_repeats
+            .iter()
+            .filter(|id| !replayed.contains(id))
+            .collect();
         assert!(
-            c.socket_repeats.is_empty(),
-            "{}: a socket got messages twice: {:?}",
-            c.user,
-            c.socket_repeats
+            repeats.is_empty(),
+            "{}: a socket got messages twice that were never replayed: {repeats:?}",
+            c.user
         );
     }
 }
@@ -454,7 +466,6 @@ async fn chaos_gateway_drain() {
 /// stored (201) or answer 503 and are retried; the sockets stay open; once the gateways are
 /// registered again they send `resync`, and the clients catch up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure, under investigation: after a Redis restart one client missed acknowledged messages (resync/catch-up path)"]
 async fn chaos_redis_restart() {
     bounded(async {
         let mut cluster = Cluster::start(Options::default()).await;
@@ -518,7 +529,6 @@ async fn chaos_redis_restart() {
 /// sending back to back). Interrupted sends are retried with the same `client_msg_id` on the
 /// other replica: nothing is stored twice, every acknowledged message is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: a message stored by a replica killed before its fan-out is acknowledged only by the replayed retry (no re-fan-out) and may carry an id below ids a client already holds, so catch-up with after=<highest held> misses it"]
 async fn chaos_api_kill_9_mid_request() {
     api_replica_stops(true).await;
 }
@@ -601,11 +611,8 @@ async fn api_replica_stops(kill: bool) {
                 "no send was in flight when the replica died: the test did not test anything"
             );
         }
-        // Realtime delivery of a message stored by the dying replica may never have run; a
-        // client that catches up (on reconnect, resync, or when the app resumes) gets it.
-        for c in clients.iter_mut() {
-            c.catch_up(&cluster.http, cluster.api(1)).await;
-        }
+        // No extra catch-up here: a send stored by the dying replica before its fan-out is
+        // delivered by the replayed retry, to sockets that never closed.
         let mut all = SendLog::default();
         for l in &logs {
             all.acked.extend(l.acked.iter().cloned());
@@ -672,10 +679,20 @@ fn p99(samples: &mut [u64]) -> u64 {
 /// one is closed with 4101 (its send queue is bounded), the healthy ones' latency does not
 /// change, the gateway's memory comes back, and the slow client catches up after reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: the stalled client is not closed with 4101 within the test's bound (kernel socket buffers absorb the stream); needs a smaller send queue or a heavier stream"]
 async fn chaos_slow_consumer() {
     bounded(async {
-        let mut cluster = Cluster::start(Options::default()).await;
+        // A 64-frame queue (the default is 256 frames or 1 MiB) behind a 16 KiB kernel send
+        // buffer fills within a second or two of the heavy stream below once the client stops
+        // reading (with the kernel's autotuning, megabytes would be absorbed first); healthy
+        // clients never hold more than a few frames.
+        let mut cluster = Cluster::start(Options {
+            gateway_env: vec![
+                ("SEND_QUEUE_FRAMES", "64".to_string()),
+                ("SOCKET_SEND_BUFFER_BYTES", "16384".to_string()),
+            ],
+            ..Options::default()
+        })
+        .await;
         let (chat, mut healthy, sender) = members_on_both_gateways(&cluster, "sc", 2).await;
         let plans: Vec<Plan> = (0..healthy.len())
             .map(|i| Plan {

@@ -218,7 +218,8 @@ async fn message_posted_by_one_user_reaches_the_others_sockets_once() {
             other => panic!("expected message, got {other:?}"),
         }
     }
-    // A retry stores nothing new and sends nothing again; carol is not a member.
+    // A retry stores nothing new and delivers the same message again (its first attempt may
+    // have died before the fan-out; clients deduplicate by id); carol is not a member.
     let (status, again) = sys
         .post(
             &alice,
@@ -227,6 +228,13 @@ async fn message_posted_by_one_user_reaches_the_others_sockets_once() {
         )
         .await;
     assert_eq!((status, &again), (201, &sent));
+    match bob_json.next().await {
+        ServerFrame::Message { message } => assert_eq!(
+            message.message_id.to_string(),
+            sent["message_id"].as_str().unwrap()
+        ),
+        other => panic!("expected the replayed message, got {other:?}"),
+    }
     bob_json.assert_quiet(Duration::from_millis(300)).await;
     carol.assert_quiet(Duration::from_millis(100)).await;
     sys.stop().await;

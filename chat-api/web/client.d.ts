@@ -48,7 +48,7 @@ export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | 
 export interface ChatEvents {
   state: { state: ConnectionState; attempt: number; code?: number; reason?: string; delayMs?: number; connection_id?: string };
   hello: Hello;
-  /** Each message once: `live` (a frame), `catchup` (history after a reconnect), `sent` (this client's send). */
+  /** Each message once: `live` (a frame), `catchup` (history after a reconnect or a `resync`), `sent` (this client's send). */
   message: { message: Message; source: "live" | "catchup" | "sent" };
   typing: { chat_id: Id; user_id: string };
   presence: Presence;
@@ -58,6 +58,8 @@ export interface ChatEvents {
   close: { code: number; reason: string; willReconnect: boolean; delayMs?: number };
   /** Catch-up after a (re)connect finished. */
   catchup: { messages: number };
+  /** The node may have missed deliveries: a catch-up follows at once; the socket stays open. */
+  resync: Record<string, never>;
   /** The chat list fetched at each (re)connect. */
   chats: { chats: Chat[] };
   refreshed: { token_expires_at: number };

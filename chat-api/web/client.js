@@ -371,6 +371,11 @@ export class ChatClient {
         return this._emit("presence", { user_id: frame.user_id, online: frame.online, last_seen_ms: frame.last_seen_ms ?? null });
       case "event":
         return this._emit("event", { event: frame.event });
+      case "resync":
+        // The node may have missed deliveries; the socket stays open. Catch up from what is
+        // held now: frames after this one may be newer than the ones missed.
+        this._emit("resync", {});
+        return this._catchUp(gen);
       case "refreshed":
         if (this.hello) this.hello.token_expires_at = frame.token_expires_at;
         this._scheduleRefresh(gen, frame.token_expires_at);
@@ -452,13 +457,16 @@ export class ChatClient {
     else if (this.log.cursor(chatId) === undefined) this.log.highest.set(chatId, "0");
   }
 
-  /** After `hello`: fetch every tracked chat's messages past its cursor (docs/PROTOCOL.md,
-   * "Delivery and catch-up"). Retries with backoff while this socket lives. */
+  /** After `hello` or `resync`: fetch every tracked chat's messages past its cursor
+   * (docs/PROTOCOL.md, "Delivery and catch-up"). The cursors are taken now, synchronously: live
+   * frames that arrive meanwhile may raise the log's cursors past the gap, and the gap must still
+   * be fetched. Retries with backoff while this socket lives. */
   async _catchUp(gen) {
+    const cursors = new Map(this.log.highest);
     let failures = 0;
     while (gen === this._gen) {
       try {
-        const n = await this._catchUpOnce(gen);
+        const n = await this._catchUpOnce(gen, cursors);
         if (gen === this._gen) this._emit("catchup", { messages: n });
         return;
       } catch (e) {
@@ -469,16 +477,14 @@ export class ChatClient {
     }
   }
 
-  async _catchUpOnce(gen) {
+  async _catchUpOnce(gen, cursors) {
     const { chats } = await this.chats();
     if (gen !== this._gen) return 0;
     this._emit("chats", { chats });
     let delivered = 0;
     for (const chat of chats) {
-      const held = this.log.cursor(chat.chat_id);
+      const held = cursors.get(chat.chat_id);
       if (held === undefined || !chat.last_message_id || compareIds(chat.last_message_id, held) <= 0) continue;
-      // Page from the cursor held at the start: live frames meanwhile may raise the log's
-      // cursor past a gap, and the gap must still be fetched.
       let after = held;
       for (let page = 0; page < this.catchUpPagesMax; page++) {
         const q = `after=${encodeURIComponent(after)}&limit=${this.catchUpPageSize}`;

@@ -120,6 +120,7 @@ fn local_delivery(c: &mut Criterion) {
                     node.hub.next_socket_id(),
                     format!("{encoding:?}-{sockets}-{i}").into(),
                     encoding,
+                    0,
                 ));
                 node.hub.add(h.clone(), 16).unwrap();
                 h

@@ -30,6 +30,11 @@ pub struct GatewayArgs {
     /// Bytes queued per socket before it is closed as a slow consumer (4101).
     #[arg(long, env = "SEND_QUEUE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_queue_bytes: u32,
+    /// Kernel send buffer per socket (SO_SNDBUF; Linux doubles it), or 0 for the kernel's
+    /// autotuning. A cap bounds kernel memory per socket and makes a client that stops reading hit
+    /// the send queue (4101) sooner, instead of the kernel absorbing megabytes first.
+    #[arg(long, env = "SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub socket_send_buffer_bytes: u32,
     /// Largest client frame accepted; larger closes with 4203.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 16 << 10, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_frame_bytes: u32,
@@ -84,6 +89,8 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub send_queue_frames: usize,
     pub send_queue_bytes: usize,
+    /// SO_SNDBUF for each accepted socket; `None` leaves the kernel's autotuning.
+    pub socket_send_buffer_bytes: Option<usize>,
     pub max_frame_bytes: usize,
     pub max_frames_per_second: u32,
     pub max_connections: usize,
@@ -110,6 +117,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             send_queue_frames: 256,
             send_queue_bytes: 1 << 20,
+            socket_send_buffer_bytes: None,
             max_frame_bytes: 16 << 10,
             max_frames_per_second: 20,
             max_connections: 1_000_000,
@@ -186,6 +194,8 @@ impl GatewayArgs {
             handshake_timeout: self.handshake_timeout,
             send_queue_frames: self.send_queue_frames as usize,
             send_queue_bytes: self.send_queue_bytes as usize,
+            socket_send_buffer_bytes: (self.socket_send_buffer_bytes > 0)
+                .then_some(self.socket_send_buffer_bytes as usize),
             max_frame_bytes: self.max_frame_bytes as usize,
             max_frames_per_second: self.max_frames_per_second,
             max_connections: self.max_connections as usize,

@@ -67,6 +67,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 /// Hands one envelope to every local socket of its recipients. Returns the frames queued.
 pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
     let limits = node.queue_limits();
+    let epoch = node.resync_epoch.load(std::sync::atomic::Ordering::Acquire);
     let mut msgpack: Option<Bytes> = None;
     let mut json: Option<Option<Bytes>> = None;
     let mut queued = 0;
@@ -84,7 +85,8 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
                     }
                 }
             };
-            match socket.enqueue(frame, limits) {
+            match socket.enqueue_delivery(frame, limits, epoch, node.resync_frame(socket.encoding))
+            {
                 Enqueue::Queued => queued += 1,
                 Enqueue::Overflow => dropped += 1,
                 Enqueue::Closed => {}

@@ -32,6 +32,9 @@ pub struct SendQueue {
     pub close: Option<CloseCode>,
     /// The front frame is partly written and must be finished before anything else is sent.
     pub front_started: bool,
+    /// The node's resync epoch this socket last got a `resync` for (or joined at). See
+    /// [`SocketHandle::enqueue_delivery`].
+    pub resync_epoch: u32,
 }
 
 /// Queue limits.
@@ -51,12 +54,17 @@ pub enum Enqueue {
 }
 
 impl SocketHandle {
-    pub fn new(id: u64, user: Arc<str>, encoding: Encoding) -> Self {
+    /// A socket that joins at the node's current resync `epoch`: it catches up on connect, so it
+    /// owes no resync for gaps before it.
+    pub fn new(id: u64, user: Arc<str>, encoding: Encoding, resync_epoch: u32) -> Self {
         SocketHandle {
             id,
             user,
             encoding,
-            queue: Mutex::new(SendQueue::default()),
+            queue: Mutex::new(SendQueue {
+                resync_epoch,
+                ..SendQueue::default()
+            }),
             notify: Notify::new(),
         }
     }
@@ -65,29 +73,55 @@ impl SocketHandle {
     /// queued frames are dropped at once so that a stuck client holds no memory.
     pub fn enqueue(&self, frame: Bytes, limits: QueueLimits) -> Enqueue {
         let mut q = self.queue.lock();
-        if q.close.is_some() {
-            return Enqueue::Closed;
-        }
-        if q.frames.len() >= limits.frames || q.bytes + frame.len() > limits.bytes {
-            q.close = Some(CloseCode::SlowConsumer);
-            // Keep a partly written frame, or the close frame would land inside it.
-            let keep = if q.front_started {
-                q.frames.pop_front()
-            } else {
-                None
-            };
-            q.frames = VecDeque::new();
-            q.bytes = keep.as_ref().map_or(0, Bytes::len);
-            q.frames.extend(keep);
-            drop(q);
-            self.notify.notify_one();
-            return Enqueue::Overflow;
-        }
-        q.bytes += frame.len();
-        q.frames.push_back(frame);
+        let result = push(&mut q, frame, limits);
         drop(q);
         self.notify.notify_one();
-        Enqueue::Queued
+        result
+    }
+
+    /// Queues a delivery. When the node may have missed deliveries since this socket last heard
+    /// of it (the node's resync `epoch` is newer than the socket's), `resync` goes first, in the
+    /// same critical section: the client then sees `resync` before any message delivered after
+    /// the gap, so its catch-up starts from what it held before the gap and fetches the missed
+    /// messages even though newer ones arrive meanwhile (docs/PROTOCOL.md).
+    pub fn enqueue_delivery(
+        &self,
+        frame: Bytes,
+        limits: QueueLimits,
+        epoch: u32,
+        resync: &Bytes,
+    ) -> Enqueue {
+        let mut q = self.queue.lock();
+        let mut result = Enqueue::Queued;
+        if q.resync_epoch < epoch && q.close.is_none() {
+            q.resync_epoch = epoch;
+            result = push(&mut q, resync.clone(), limits);
+        }
+        if result == Enqueue::Queued {
+            result = push(&mut q, frame, limits);
+        }
+        drop(q);
+        self.notify.notify_one();
+        result
+    }
+
+    /// Queues `resync` unless this socket already got one for `epoch` (from a delivery).
+    /// Returns `None` when nothing was owed.
+    pub fn enqueue_resync(
+        &self,
+        epoch: u32,
+        resync: Bytes,
+        limits: QueueLimits,
+    ) -> Option<Enqueue> {
+        let mut q = self.queue.lock();
+        if q.resync_epoch >= epoch {
+            return None;
+        }
+        q.resync_epoch = epoch;
+        let result = push(&mut q, resync, limits);
+        drop(q);
+        self.notify.notify_one();
+        Some(result)
     }
 
     /// Asks the socket to close with `code` (first request wins).
@@ -108,6 +142,30 @@ impl SocketHandle {
     pub fn lock_queue(&self) -> parking_lot::MutexGuard<'_, SendQueue> {
         self.queue.lock()
     }
+}
+
+/// Appends `frame` to `q`, or turns `q` into a slow consumer's close when a limit would be passed
+/// (dropping what it held, so that a stuck client holds no memory).
+fn push(q: &mut SendQueue, frame: Bytes, limits: QueueLimits) -> Enqueue {
+    if q.close.is_some() {
+        return Enqueue::Closed;
+    }
+    if q.frames.len() >= limits.frames || q.bytes + frame.len() > limits.bytes {
+        q.close = Some(CloseCode::SlowConsumer);
+        // Keep a partly written frame, or the close frame would land inside it.
+        let keep = if q.front_started {
+            q.frames.pop_front()
+        } else {
+            None
+        };
+        q.frames = VecDeque::new();
+        q.bytes = keep.as_ref().map_or(0, Bytes::len);
+        q.frames.extend(keep);
+        return Enqueue::Overflow;
+    }
+    q.bytes += frame.len();
+    q.frames.push_back(frame);
+    Enqueue::Queued
 }
 
 /// Why a socket could not be added.
@@ -204,7 +262,7 @@ mod tests {
 
     #[test]
     fn queue_overflow_closes_and_frees() {
-        let h = SocketHandle::new(1, "u".into(), Encoding::Json);
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
         assert_eq!(
             h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
             Enqueue::Queued
@@ -229,7 +287,7 @@ mod tests {
 
     #[test]
     fn frame_count_limit() {
-        let h = SocketHandle::new(1, "u".into(), Encoding::Json);
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
         for _ in 0..3 {
             assert_eq!(h.enqueue(Bytes::from_static(b"a"), LIMITS), Enqueue::Queued);
         }
@@ -240,13 +298,40 @@ mod tests {
     }
 
     #[test]
+    fn resync_goes_before_the_first_delivery_after_a_gap_and_only_once() {
+        let limits = QueueLimits {
+            frames: 10,
+            bytes: 100,
+        };
+        let resync = Bytes::from_static(b"R");
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 3);
+        // Epoch 3 is the one it joined at: nothing owed.
+        h.enqueue_delivery(Bytes::from_static(b"m1"), limits, 3, &resync);
+        assert_eq!(h.enqueue_resync(3, resync.clone(), limits), None);
+        // A gap (epoch 4): the resync precedes the next delivery, once.
+        h.enqueue_delivery(Bytes::from_static(b"m2"), limits, 4, &resync);
+        h.enqueue_delivery(Bytes::from_static(b"m3"), limits, 4, &resync);
+        assert_eq!(h.enqueue_resync(4, resync.clone(), limits), None);
+        // A gap with no delivery: the broadcast sends it.
+        assert_eq!(
+            h.enqueue_resync(5, resync.clone(), limits),
+            Some(Enqueue::Queued)
+        );
+        h.enqueue_delivery(Bytes::from_static(b"m4"), limits, 5, &resync);
+        let q = h.lock_queue();
+        let frames: Vec<&[u8]> = q.frames.iter().map(|f| &f[..]).collect();
+        assert_eq!(frames, [&b"m1"[..], b"R", b"m2", b"m3", b"R", b"m4"]);
+        assert_eq!(q.bytes, 10);
+    }
+
+    #[test]
     fn first_and_last_socket_of_a_user() {
         let hub = Hub::new();
-        let a = Arc::new(SocketHandle::new(1, "u".into(), Encoding::Json));
-        let b = Arc::new(SocketHandle::new(2, "u".into(), Encoding::Msgpack));
+        let a = Arc::new(SocketHandle::new(1, "u".into(), Encoding::Json, 0));
+        let b = Arc::new(SocketHandle::new(2, "u".into(), Encoding::Msgpack, 0));
         assert_eq!(hub.add(a.clone(), 2), Ok(true));
         assert_eq!(hub.add(b.clone(), 2), Ok(false));
-        let c = Arc::new(SocketHandle::new(3, "u".into(), Encoding::Json));
+        let c = Arc::new(SocketHandle::new(3, "u".into(), Encoding::Json, 0));
         assert_eq!(hub.add(c, 2), Err(AddError::TooManySockets));
         assert_eq!(hub.socket_count(), 2);
         assert!(!hub.remove(&a));

@@ -3,17 +3,21 @@
 //! and route reconciliation, which re-registers every local user after the registry lost state.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use bytes::Bytes;
+
+use shared::protocol::{Encoding, ServerFrame};
 use shared::routing::NodeInfo;
 
 use crate::hub::{Hub, QueueLimits};
 use crate::typing::TypingForwarder;
+use crate::wsio;
 use crate::{Deps, Settings};
 
 pub struct Node {
@@ -32,6 +36,12 @@ pub struct Node {
     /// Resyncs asked for and not yet served, and whether the task serving them runs.
     pub resync_requests: AtomicU64,
     pub resync_running: AtomicBool,
+    /// Bumped whenever this node may have missed deliveries; a socket behind it gets `resync`
+    /// before its next delivery (see `SocketHandle::enqueue_delivery`) or from the broadcast.
+    pub resync_epoch: AtomicU32,
+    /// The `resync` frame, encoded once per encoding.
+    resync_json: Bytes,
+    resync_msgpack: Bytes,
 }
 
 impl Node {
@@ -55,6 +65,22 @@ impl Node {
             registry_ok: AtomicBool::new(false),
             resync_requests: AtomicU64::new(0),
             resync_running: AtomicBool::new(false),
+            resync_epoch: AtomicU32::new(0),
+            resync_json: wsio::server_frame(Encoding::Json, &ServerFrame::Resync),
+            resync_msgpack: wsio::server_frame(Encoding::Msgpack, &ServerFrame::Resync),
+        }
+    }
+
+    /// Marks the start of a possible gap in this node's deliveries: every socket now owes its
+    /// client a `resync` before anything delivered later.
+    pub fn begin_gap(&self) -> u32 {
+        self.resync_epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn resync_frame(&self, encoding: Encoding) -> &Bytes {
+        match encoding {
+            Encoding::Json => &self.resync_json,
+            Encoding::Msgpack => &self.resync_msgpack,
         }
     }
 
@@ -208,6 +234,9 @@ pub async fn liveness_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             Err(e) => {
                 if node.registry_ok.swap(false, Ordering::AcqRel) {
                     tracing::warn!(error = %e, "route registry heartbeat failed");
+                    // Sends during the outage may not reach this node; whatever it delivers
+                    // after it comes behind a resync.
+                    node.begin_gap();
                 }
                 metrics::counter!("gateway_heartbeat_errors_total").increment(1);
             }

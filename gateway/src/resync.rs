@@ -1,8 +1,14 @@
 //! Resync: after this node may have missed deliveries (its node stream or the route registry was
 //! unreachable, or the registry lost its routes), every local socket gets a `resync` frame telling
-//! the client to run its catch-up. Sent only once the routes are registered again, so that a
-//! message stored after a client's catch-up began reaches it in real time; spread over the drain
-//! window so that the catch-ups do not hit the API all at once.
+//! the client to run its catch-up.
+//!
+//! Two rules keep the catch-up complete. The gap is marked at once (the node's resync epoch), and
+//! from then on a socket's next delivery is preceded by its `resync`: a client never sees a message
+//! from after the gap before the `resync`, so the watermark its catch-up starts from is below every
+//! message it missed. Sockets that get no delivery get their `resync` from the broadcast here, sent
+//! only once the routes are registered again (so that a message stored after the client's catch-up
+//! began reaches it in real time) and spread over the drain window so that the catch-ups do not hit
+//! the API all at once.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,10 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use shared::protocol::{Encoding, ServerFrame};
-
 use crate::node::Node;
-use crate::wsio;
 
 /// How long a resync waits for the routes to be registered again before it goes out anyway.
 const ROUTES_WAIT: Duration = Duration::from_secs(10);
@@ -24,6 +27,8 @@ pub fn request(node: &Arc<Node>, reason: &'static str) {
     if node.draining.load(Ordering::Acquire) {
         return;
     }
+    // At once, before the routes come back: any delivery from now on goes behind a resync.
+    node.begin_gap();
     node.resync_requests.fetch_add(1, Ordering::AcqRel);
     if node.resync_running.swap(true, Ordering::AcqRel) {
         return;
@@ -59,16 +64,12 @@ async fn send(node: &Arc<Node>, reason: &'static str) {
         "asking clients to catch up (resync)"
     );
     metrics::counter!("gateway_resyncs_total").increment(1);
-    let json = wsio::server_frame(Encoding::Json, &ServerFrame::Resync);
-    let msgpack = wsio::server_frame(Encoding::Msgpack, &ServerFrame::Resync);
+    let epoch = node.resync_epoch.load(Ordering::Acquire);
     let window = node.settings.drain_window;
     let limits = node.queue_limits();
+    // Sockets that got a delivery since the gap already had their resync ahead of it.
     crate::spread(&sockets, window, Instant::now() + window, |s| {
-        let frame = match s.encoding {
-            Encoding::Json => json.clone(),
-            Encoding::Msgpack => msgpack.clone(),
-        };
-        s.enqueue(frame, limits);
+        s.enqueue_resync(epoch, node.resync_frame(s.encoding).clone(), limits);
     })
     .await;
 }

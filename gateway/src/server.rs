@@ -54,6 +54,11 @@ too many handshakes in progress\r\n";
 
 async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    if let Some(bytes) = node.settings.socket_send_buffer_bytes {
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+            tracing::debug!(error = %e, "could not set SO_SNDBUF");
+        }
+    }
     // The permit lives until the handshake ends (the upgrade hands the socket off, or the
     // connection closes), so slow or idle HTTP clients cannot pile up without bound.
     let Ok(_permit) = node.handshakes.clone().try_acquire_owned() else {

@@ -61,6 +61,7 @@ pub async fn run(
         node.hub.next_socket_id(),
         user.clone(),
         encoding,
+        node.resync_epoch.load(Ordering::Acquire),
     ));
     match node
         .hub
@@ -261,7 +262,16 @@ impl Socket<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.handle.notify.notified(), if !write_blocked => {
+                _ = self.handle.notify.notified() => {
+                    if write_blocked {
+                        // Nothing can be written until the socket drains; what matters now is a
+                        // close request (a slow consumer whose queue just overflowed), which must
+                        // not wait for a client that may never read again.
+                        if let Some(code) = self.handle.closing() {
+                            return End::Close(code);
+                        }
+                        continue;
+                    }
                     match flush(self.stream, self.handle) {
                         Ok(Flush::Done) => {}
                         Ok(Flush::Blocked) => {

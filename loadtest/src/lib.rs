@@ -2,8 +2,10 @@
 //! they saw. `connect` opens many idle authenticated sockets from several worker processes and
 //! loopback source addresses and measures the gateway's resident memory per socket; `fanout`
 //! measures deliveries and frames per gateway core; `latency` end-to-end latency, open loop;
-//! `soak` churns sockets and samples memory over time.
+//! `soak` churns sockets and samples memory over time; `catchup` drops sockets at random under a
+//! steady stream and checks that the catch-up algorithm leaves every member holding everything.
 
+pub mod catchup;
 pub mod connect;
 pub mod eio;
 pub mod fanout;

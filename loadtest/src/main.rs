@@ -24,6 +24,8 @@ enum Cmd {
     Fanout(loadtest::fanout::FanoutArgs),
     /// Churn sockets for a bounded time and sample the gateways' RSS over time.
     Soak(loadtest::soak::SoakArgs),
+    /// Drop sockets at random under a steady stream; every member must catch up on everything.
+    Catchup(loadtest::catchup::CatchUpArgs),
     /// Print one table from a directory of result files, each figure beside its budget.
     Report(loadtest::report::ReportArgs),
     /// (internal) one worker process of `connect`.
@@ -45,6 +47,9 @@ fn main() -> anyhow::Result<()> {
             .map(|_| ()),
         Cmd::Soak(args) => tokio::runtime::Runtime::new()?
             .block_on(loadtest::soak::run(args))
+            .map(|_| ()),
+        Cmd::Catchup(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::catchup::run(args))
             .map(|_| ()),
         Cmd::Report(args) => loadtest::report::run(args),
         Cmd::ConnectWorker(args) => tokio::runtime::Builder::new_current_thread()

@@ -180,6 +180,21 @@ fn rows(system: &str, v: &Value, problems: &mut Vec<String>) -> Vec<Row> {
                 ));
             }
         }
+        "catchup" => {
+            let missing = f(v, "missing").unwrap_or(f64::MAX);
+            out.push(row(
+                format!(
+                    "acknowledged messages missing after catch-up ({} members, {} drops, {} resyncs)",
+                    v["members"], v["drops"], v["resyncs"]
+                ),
+                format!("{missing:.0} of {}", v["acknowledged"]),
+                "0",
+                verdict(missing == 0.0, || "missed".into()),
+            ));
+            if missing != 0.0 {
+                problems.push(format!("{system} catchup: {missing} messages missing"));
+            }
+        }
         other => problems.push(format!("unknown scenario {other:?}")),
     }
     out

@@ -114,6 +114,11 @@ pub async fn send(
         }
         Insert::Duplicate(original) => {
             metrics::counter!("api_idempotent_replays_total").increment(1);
+            // The first attempt may have stored the message and died before its fan-out (a
+            // replica killed mid-request): deliver again. Clients deduplicate by message id, and
+            // a message whose id is below ids they already hold would be missed by a catch-up
+            // that starts from the highest id held.
+            deliver(&state, &original).await;
             (original, true)
         }
     };

@@ -123,7 +123,8 @@ pub fn spec() -> Value {
             "/v1/chats/{chat_id}/messages": {
                 "post": {"summary": "Send a message; durable before 201",
                     "description": "Idempotent per (chat, sender, client_msg_id): a retry returns the \
-                        original with the same status and body and `Idempotent-Replayed: true`.",
+                        original with the same status and body and `Idempotent-Replayed: true`, and delivers it \
+                        to the members' sockets again (clients deduplicate by `message_id`).",
                     "parameters": [chat_id_param()], "requestBody": body("SendMessage"),
                     "responses": common_errors(json!({
                         "201": {"description": "stored (or replayed)",

@@ -285,6 +285,47 @@ test("catch-up pages from the cursor held at reconnect and reports each message 
   assert.equal(client.log.cursor("8"), undefined, "untracked chats are left to the page");
 });
 
+test("resync catches up from the cursor held when it arrived, though newer frames follow", async () => {
+  const calls = [];
+  const msg = (id) => ({ chat_id: "7", message_id: String(id), sender_id: "bob", client_msg_id: `m${id}`, body: `b${id}`, sent_at_ms: 1 });
+  let sockets;
+  let catchUps = 0;
+  const fetch = async (url) => {
+    const u = new URL(url);
+    calls.push(u.pathname + u.search);
+    if (u.pathname === "/v1/chats") {
+      catchUps++;
+      // After the resync, a live frame newer than the missed messages lands before the answer.
+      if (catchUps === 2) sockets.at(-1).frame({ type: "message", message: msg(9) });
+      return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: catchUps === 1 ? "5" : "9" }] });
+    }
+    if (u.searchParams.get("after") === "5") return jsonResponse(200, { messages: [msg(6), msg(7), msg(8), msg(9)], has_more: false });
+    throw new Error(`unexpected ${url}`);
+  };
+  const t = newClient({ fetch });
+  sockets = t.sockets;
+  const { client } = t;
+  client.track("7", "5");
+  const seen = [];
+  client.on("message", ({ message, source }) => seen.push(`${message.message_id}:${source}`));
+  let resyncs = 0;
+  client.on("resync", () => resyncs++);
+  const caught = [];
+  client.on("catchup", (e) => caught.push(e.messages));
+  client.connect();
+  await flush();
+  sockets[0].hello();
+  while (caught.length < 1) await flush();
+  sockets[0].frame({ type: "resync" });
+  while (caught.length < 2) await flush();
+  assert.equal(resyncs, 1);
+  assert.deepEqual(calls, ["/v1/chats", "/v1/chats", "/v1/chats/7/messages?after=5&limit=200"]);
+  assert.deepEqual(seen, ["9:live", "6:catchup", "7:catchup", "8:catchup"]);
+  assert.deepEqual(caught, [0, 3]);
+  assert.equal(client.log.cursor("7"), "9");
+  assert.equal(sockets.length, 1, "the socket stays open");
+});
+
 test("send retries failures with the same client_msg_id and honours Retry-After", async () => {
   const bodies = [];
   let n = 0;
