@@ -45,7 +45,7 @@ if [ "$MODE" = full ]; then
 else
   BIN=target/debug
   if [ ! -x "$BIN/loadtest" ] || [ ! -x "$BIN/chat-api" ] || [ ! -x "$BIN/gateway" ]; then
-    cargo build --bins -p chat-api -p gateway -p loadtest
+    cargo build --workspace --bins --tests # the selection scripts/test.sh builds
   fi
   CONNECT_SOCKETS=200; FO_CHATS=2; FO_MEMBERS=20; FO_RATE=20; FO_SECS=2s
   LAT_RATES="50"; LAT_SECS=2s; SOAK_SOCKETS=40; SOAK_CHURN=20; SOAK_SECS=3s

@@ -42,8 +42,8 @@ echo "==> client.d.ts type check (tsc)"
 (cd "$E2E" && timeout 120 npm run --silent types)
 
 if [ -z "${CHAT_API_BIN:-}" ]; then
-  echo "==> cargo build -p chat-api"
-  cargo build -p chat-api --bin chat-api
+  echo "==> cargo build (the selection scripts/test.sh builds)"
+  cargo build --workspace --bins --tests
   CHAT_API_BIN=$(pwd)/target/debug/chat-api
 fi
 export CHAT_API_BIN

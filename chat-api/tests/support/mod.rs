@@ -49,7 +49,9 @@ pub fn gateway_binary() -> PathBuf {
         };
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
+        // The same selection as `cargo test --workspace` (and scripts/test.sh): another one
+        // would unify dependency features differently and rebuild much of the graph.
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"])
             .arg("--manifest-path")
             .arg(&manifest);
         match dir.file_name().and_then(|n| n.to_str()) {
@@ -64,7 +66,7 @@ pub fn gateway_binary() -> PathBuf {
         let out = cmd.output().expect("running cargo to build the gateway");
         assert!(
             out.status.success(),
-            "`cargo build -p gateway` failed:\n{}",
+            "`cargo build --workspace --bins --tests` failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(bin.is_file(), "{} missing after the build", bin.display());
