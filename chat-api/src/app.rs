@@ -257,6 +257,9 @@ pub async fn run(
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            // Logged here, not after the select below: the server may finish before that
+            // branch is polled.
+            tracing::info!(grace_ms = grace.as_millis() as u64, "chat-api draining");
             draining.store(true, Ordering::Relaxed);
             metrics::gauge!(crate::telemetry::DRAINING).set(1.0);
             let _ = stopping_tx.send(true);
@@ -268,7 +271,6 @@ pub async fn run(
         done = &mut server => return Ok(done??),
         _ = stopping_rx.wait_for(|s| *s) => {}
     }
-    tracing::info!(grace_ms = grace.as_millis() as u64, "chat-api draining");
     match tokio::time::timeout(grace, &mut server).await {
         Ok(done) => Ok(done??),
         Err(_) => {

@@ -6,8 +6,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -16,7 +14,7 @@ use tokio::time::Instant;
 
 use shared::protocol::{Encoding, Message};
 use shared::Id;
-use support::{now_ms, CatchUpClient, Cluster, Options, WsClient};
+use support::{now_ms, CatchUpClient, Cluster, Options, Sender, WsClient};
 
 /// Upper bound of each test, processes included.
 const TEST_LIMIT: Duration = Duration::from_secs(50);
@@ -146,16 +144,6 @@ async fn deliver_once(redis_cluster: bool) {
     .await;
 }
 
-/// What the steady sender recorded.
-#[derive(Default)]
-struct SendLog {
-    /// Every acknowledged (201) message, in send order.
-    acked: Vec<Message>,
-    /// Attempts that did not answer 201: (client_msg_id, status).
-    failures: Vec<(String, u16)>,
-    slowest: Duration,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_kill_9_then_catch_up() {
     kill_9_then_catch_up(false).await;
@@ -201,48 +189,7 @@ async fn kill_9_then_catch_up(redis_cluster: bool) {
 
         // Steady stream: one message every ~20 ms, alternating replicas; a failed attempt is
         // retried with the same client_msg_id, as clients do.
-        let stop = Arc::new(AtomicBool::new(false));
-        let sender = {
-            let (http, token, apis, stop) = (
-                cluster.http.clone(),
-                cluster.token("sender"),
-                [cluster.api(0).to_string(), cluster.api(1).to_string()],
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                let mut log = SendLog::default();
-                let mut n = 0usize;
-                while !stop.load(Ordering::Acquire) {
-                    let cid = format!("m-{n:04}");
-                    let mut attempt = 0;
-                    loop {
-                        let started = Instant::now();
-                        let r = http
-                            .send_message(
-                                &apis[(n + attempt) % 2],
-                                &token,
-                                chat,
-                                &cid,
-                                &format!("body {n}"),
-                            )
-                            .await;
-                        log.slowest = log.slowest.max(started.elapsed());
-                        if r.status == 201 {
-                            log.acked
-                                .push(serde_json::from_value(r.body).expect("message"));
-                            break;
-                        }
-                        log.failures.push((cid.clone(), r.status));
-                        attempt += 1;
-                        assert!(attempt < 20, "{cid} never acknowledged: {:?}", log.failures);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                log
-            })
-        };
+        let sender = Sender::start(&cluster, "sender", chat, Duration::from_millis(20), 0);
 
         let closed = pump_all(&mut clients[..], Duration::from_millis(800)).await;
         assert!(
@@ -285,16 +232,10 @@ async fn kill_9_then_catch_up(redis_cluster: bool) {
                 .await;
         }
         pump_all(&mut clients[..], Duration::from_millis(600)).await;
-        stop.store(true, Ordering::Release);
-        let log = sender.await.expect("sender task");
+        let log = sender.finish().await;
 
         let acked: Vec<Id> = log.acked.iter().map(|m| m.message_id).collect();
         let want: HashSet<Id> = acked.iter().copied().collect();
-        assert_eq!(
-            want.len(),
-            acked.len(),
-            "two sends acknowledged with one id"
-        );
         let deadline = Instant::now() + Duration::from_secs(10);
         join_all(clients.iter_mut().map(|c| {
             let want = &want;
@@ -306,39 +247,7 @@ async fn kill_9_then_catch_up(redis_cluster: bool) {
         .await;
         // Anything still in flight would show up now as a repeat on some socket.
         pump_all(&mut clients[..], Duration::from_millis(300)).await;
-
-        let mut sorted = log.acked.clone();
-        sorted.sort_by_key(|m| m.message_id);
-        assert_eq!(
-            sorted.iter().map(|m| &m.client_msg_id).collect::<Vec<_>>(),
-            log.acked
-                .iter()
-                .map(|m| &m.client_msg_id)
-                .collect::<Vec<_>>(),
-            "id order must be send order for one sequential sender"
-        );
-        for c in &clients {
-            let held = c.chat(chat);
-            let missing: Vec<Id> = acked.iter().copied().filter(|id| !c.holds(*id)).collect();
-            assert!(
-                missing.is_empty(),
-                "{}: {} acknowledged messages missing: {missing:?}",
-                c.user,
-                missing.len()
-            );
-            assert!(
-                held == sorted,
-                "{}: not every acknowledged message exactly once in id order: held {:?}",
-                c.user,
-                held.iter().map(|m| m.message_id).collect::<Vec<_>>()
-            );
-            assert!(
-                c.socket_repeats.is_empty(),
-                "{}: a socket got messages twice: {:?}",
-                c.user,
-                c.socket_repeats
-            );
-        }
+        support::assert_every_member_holds(&clients, chat, &log);
         // No replica routed to A once its liveness key could have expired: nothing newer was
         // appended to its stream. (The route sweep, which would delete the stream of a dead
         // node, runs only every 30 s here, so the stream still shows its newest entry.)

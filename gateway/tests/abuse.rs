@@ -2,93 +2,21 @@
 //! connection attempts per IP (429 with Retry-After), concurrent handshakes (503), slow and
 //! oversized request heads, and refresh frames with someone else's or a service's token.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use gateway::{Deps, Settings};
-use shared::auth::{Claims, JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use gateway::Settings;
+use shared::auth::{Claims, Signer};
 use shared::ids::now_unix_ms;
 use shared::protocol::{decode_server, ErrorCode, ServerFrame};
-use shared::ratelimit::{MemoryLimiter, Quota};
-use shared::routing::memory::{MemoryBus, MemoryRegistry};
-
-struct Node {
-    addr: std::net::SocketAddr,
-    signer: Signer,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Node {
-    async fn start(settings: Settings) -> Node {
-        let verifier = Verifier::new(&JwtSettings {
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(2),
-        })
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
-        let deps = Deps {
-            registry: Arc::new(MemoryRegistry::new()),
-            bus: Arc::new(MemoryBus::default()),
-            verifier,
-            metrics: None,
-            limiter: Arc::new(MemoryLimiter::new()),
-        };
-        let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
-            let _ = rx.await;
-        }));
-        Node {
-            addr,
-            signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn url(&self, token: Option<&str>) -> String {
-        match token {
-            Some(t) => format!("ws://{}/ws?access_token={t}", self.addr),
-            None => format!("ws://{}/ws", self.addr),
-        }
-    }
-
-    /// Status of an upgrade attempt (101 when it succeeded) and the Retry-After header, if any.
-    async fn attempt(&self, token: Option<&str>) -> (u16, Option<String>) {
-        match tokio_tungstenite::connect_async(self.url(token)).await {
-            Ok((mut ws, r)) => {
-                let _ = ws.close(None).await;
-                (r.status().as_u16(), None)
-            }
-            Err(tungstenite::Error::Http(r)) => (
-                r.status().as_u16(),
-                r.headers()
-                    .get("retry-after")
-                    .map(|v| v.to_str().unwrap().to_string()),
-            ),
-            Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
-}
+use shared::ratelimit::Quota;
+use support::Harness;
 
 fn settings() -> Settings {
     Settings {
@@ -126,7 +54,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, 
 
 #[tokio::test]
 async fn upgrade_authorization_matrix() {
-    let node = Node::start(settings()).await;
+    let node = Harness::start(settings()).await;
     let ttl = Duration::from_secs(600);
     let now = now_unix_ms() / 1000;
     let expired = node.signer.sign(&Claims {
@@ -179,7 +107,7 @@ async fn upgrade_authorization_matrix() {
 
 #[tokio::test]
 async fn connection_attempts_per_ip_are_limited_with_retry_after() {
-    let node = Node::start(Settings {
+    let node = Harness::start(Settings {
         connect_rate_per_ip: Some(Quota::per_minute(1, 3)),
         ..settings()
     })
@@ -206,7 +134,7 @@ async fn connection_attempts_per_ip_are_limited_with_retry_after() {
 
 #[tokio::test]
 async fn concurrent_handshakes_are_bounded() {
-    let node = Node::start(Settings {
+    let node = Harness::start(Settings {
         max_concurrent_handshakes: 2,
         handshake_timeout: Duration::from_secs(30),
         ..settings()
@@ -265,7 +193,7 @@ async fn concurrent_handshakes_are_bounded() {
 
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
-    let node = Node::start(Settings {
+    let node = Harness::start(Settings {
         handshake_timeout: Duration::from_millis(500),
         ..settings()
     })
@@ -293,7 +221,7 @@ async fn slow_request_heads_are_cut_off() {
 
 #[tokio::test]
 async fn oversized_request_heads_are_refused() {
-    let node = Node::start(Settings {
+    let node = Harness::start(Settings {
         max_request_head_bytes: 8192,
         ..settings()
     })
@@ -316,7 +244,7 @@ async fn oversized_request_heads_are_refused() {
 
 #[tokio::test]
 async fn refresh_with_a_foreign_or_service_token_is_refused() {
-    let node = Node::start(settings()).await;
+    let node = Harness::start(settings()).await;
     let ttl = Duration::from_secs(600);
     let (mut ws, _) =
         tokio_tungstenite::connect_async(node.url(Some(&node.signer.token("alice", ttl, None))))

@@ -1,106 +1,20 @@
 //! Black-box tests of one gateway node over real sockets with a WebSocket client other than
 //! fastwebsockets (tokio-tungstenite), using the in-process registry and bus.
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use gateway::{Deps, Settings};
-use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use gateway::Settings;
+use shared::auth::Signer;
 use shared::close::CloseCode;
-use shared::protocol::{
-    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame,
-};
-use shared::routing::memory::{MemoryBus, MemoryRegistry};
-use shared::routing::{fan_out, NodeBus, RouteRegistry};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-struct Harness {
-    addr: std::net::SocketAddr,
-    registry: Arc<dyn RouteRegistry>,
-    bus: Arc<dyn NodeBus>,
-    signer: Signer,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Harness {
-    async fn start(settings: Settings) -> Harness {
-        let registry: Arc<dyn RouteRegistry> = Arc::new(MemoryRegistry::new());
-        let bus: Arc<dyn NodeBus> = Arc::new(MemoryBus::default());
-        let verifier = Verifier::new(&JwtSettings {
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-            issuer: None,
-            audience: None,
-            leeway: Duration::ZERO,
-        })
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel();
-        let deps = Deps {
-            registry: registry.clone(),
-            bus: bus.clone(),
-            verifier,
-            metrics: None,
-            limiter: shared::ratelimit::memory(),
-        };
-        let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
-            let _ = rx.await;
-        }));
-        Harness {
-            addr,
-            registry,
-            bus,
-            signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn token(&self, user: &str) -> String {
-        self.signer.token(user, Duration::from_secs(3600), None)
-    }
-
-    async fn connect(&self, user: &str, encoding: &str) -> (Ws, ServerFrame) {
-        let url = format!(
-            "ws://{}/ws?encoding={encoding}&access_token={}",
-            self.addr,
-            self.token(user)
-        );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        let enc = Encoding::parse(encoding).unwrap();
-        let hello = next_frame(&mut ws, enc).await;
-        (ws, hello)
-    }
-
-    async fn publish(&self, users: &[&str], frame: &ServerFrame) {
-        let users: Vec<String> = users.iter().map(|s| s.to_string()).collect();
-        fan_out(&self.registry, &self.bus, &users, frame)
-            .await
-            .unwrap();
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-    }
-}
+use shared::protocol::{encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame};
+use support::{next_frame, Harness, Ws};
 
 fn fast_settings() -> Settings {
     Settings {
@@ -110,27 +24,6 @@ fn fast_settings() -> Settings {
         drain_window: Duration::from_millis(100),
         drain_deadline: Duration::from_secs(3),
         ..Settings::default()
-    }
-}
-
-/// The next protocol frame (skipping control frames), decoded.
-async fn next_frame(ws: &mut Ws, enc: Encoding) -> ServerFrame {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("frame in time");
-        match msg.expect("stream open").expect("frame") {
-            WsMessage::Text(t) => {
-                assert_eq!(enc, Encoding::Json, "text frame on a msgpack socket");
-                return decode_server(Encoding::Json, t.as_bytes()).unwrap();
-            }
-            WsMessage::Binary(b) => {
-                assert_eq!(enc, Encoding::Msgpack, "binary frame on a json socket");
-                return decode_server(Encoding::Msgpack, &b).unwrap();
-            }
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
     }
 }
 
