@@ -145,9 +145,12 @@ after(async () => {
 const bodies = (page) => page.$$eval("#list .msg .body", (els) => els.map((e) => e.textContent));
 
 async function expectShownOnce(page, expected, who) {
-  await until(`${who} to show ${expected.length} messages`, async () => {
+  // A message being sent is shown (pending, without an id) before its 201 arrives: wait for
+  // every one to be acknowledged too.
+  await until(`${who} to show ${expected.length} messages, none pending`, async () => {
     const shown = await bodies(page);
-    return expected.every((b) => shown.includes(b));
+    const ids = await page.$$eval("#list .msg", (els) => els.map((e) => e.dataset.id));
+    return expected.every((b) => shown.includes(b)) && ids.every(Boolean);
   });
   const shown = await bodies(page);
   for (const b of expected) {
