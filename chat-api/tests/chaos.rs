@@ -144,7 +144,9 @@ async fn members_on_both_gateways(
     (chat, clients, sender)
 }
 
-fn report(name: &str, log: &SendLog, clients: &[CatchUpClient]) {
+/// The end of every scenario: prints what happened, then checks that every process still meant
+/// to run does and that none logged a panic.
+fn finish_scenario(cluster: &mut Cluster, name: &str, log: &SendLog, clients: &[CatchUpClient]) {
     let history: Vec<usize> = clients.iter().map(|c| c.fetched_from_history).collect();
     let reconnects: Vec<usize> = clients.iter().map(|c| c.connections - 1).collect();
     let resyncs: Vec<usize> = clients.iter().map(|c| c.resyncs).collect();
@@ -155,6 +157,8 @@ fn report(name: &str, log: &SendLog, clients: &[CatchUpClient]) {
         log.failures.len(),
         log.replayed.len()
     );
+    cluster.assert_all_running();
+    cluster.assert_no_panics();
 }
 
 /// Scenario 1: `kill -9` of a gateway. Its clients see the connection drop, reconnect to the
@@ -204,10 +208,8 @@ async fn chaos_gateway_kill_9() {
             );
         }
         assert!(log.failures.is_empty(), "sends failed: {:?}", log.failures);
-        report("kill -9 gateway", &log, &clients);
         cluster.gateways.remove(0);
-        cluster.assert_all_running();
-        cluster.assert_no_panics();
+        finish_scenario(&mut cluster, "kill -9 gateway", &log, &clients);
     })
     .await;
 }
@@ -304,11 +306,9 @@ async fn chaos_gateway_drain() {
             "closes not spread over the {window:?} window: first {first:?}, last {last:?}"
         );
         assert!(log.failures.is_empty(), "sends failed: {:?}", log.failures);
-        report("drain gateway", &log, &clients);
         eprintln!("drain: 4100 closes from {first:?} to {last:?} after SIGTERM; exit after {exited_after:?}");
         cluster.gateways.remove(0);
-        cluster.assert_all_running();
-        cluster.assert_no_panics();
+        finish_scenario(&mut cluster, "drain gateway", &log, &clients);
     })
     .await;
 }
@@ -369,9 +369,7 @@ async fn chaos_redis_restart() {
                 "{cid}: a send during the outage failed with {why}"
             );
         }
-        report("redis restart", &log, &clients);
-        cluster.assert_all_running();
-        cluster.assert_no_panics();
+        finish_scenario(&mut cluster, "redis restart", &log, &clients);
     })
     .await;
 }
@@ -503,19 +501,14 @@ async fn api_replica_stops(kill: bool) {
             all.acked.len(),
             "stored messages that were never acknowledged"
         );
-        report(
-            if kill {
-                "kill -9 API replica"
-            } else {
-                "SIGTERM API replica"
-            },
-            &all,
-            &clients,
-        );
         eprintln!("{interrupted} sends cut (not refused); replica gone after {exited_after:?}");
         cluster.apis.remove(0);
-        cluster.assert_all_running();
-        cluster.assert_no_panics();
+        let name = if kill {
+            "kill -9 API replica"
+        } else {
+            "SIGTERM API replica"
+        };
+        finish_scenario(&mut cluster, name, &all, &clients);
     })
     .await;
 }
@@ -707,9 +700,7 @@ async fn chaos_slow_consumer() {
             rss_stuck <= rss_base + 8192,
             "gateway RSS grew from {rss_base} KiB to {rss_stuck} KiB with one stuck client"
         );
-        report("slow consumer", &log, &healthy);
-        cluster.assert_all_running();
-        cluster.assert_no_panics();
+        finish_scenario(&mut cluster, "slow consumer", &log, &healthy);
     })
     .await;
 }

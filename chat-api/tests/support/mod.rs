@@ -849,24 +849,7 @@ impl WsClient {
         )
         .await
         .map_err(|_| anyhow::anyhow!("WebSocket handshake timed out"))??;
-        let mut client = WsClient {
-            ws,
-            encoding,
-            user: String::new(),
-            connection_id: String::new(),
-        };
-        match client.recv(Instant::now() + Duration::from_secs(5)).await {
-            Recv::Frame(ServerFrame::Hello {
-                user_id,
-                connection_id,
-                ..
-            }) => {
-                client.user = user_id;
-                client.connection_id = connection_id;
-                Ok(client)
-            }
-            other => anyhow::bail!("expected hello, got {other:?}"),
-        }
+        WsClient::after_upgrade(ws, encoding).await
     }
 
     /// Connects over a TCP socket whose receive buffer is `rcvbuf` bytes, so that a client that
@@ -900,6 +883,16 @@ impl WsClient {
         )
         .await
         .map_err(|_| anyhow::anyhow!("WebSocket handshake timed out"))??;
+        WsClient::after_upgrade(ws, encoding).await
+    }
+
+    /// Wraps an upgraded socket and reads its `hello` (bounded).
+    async fn after_upgrade(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        encoding: Encoding,
+    ) -> anyhow::Result<WsClient> {
         let mut client = WsClient {
             ws,
             encoding,
