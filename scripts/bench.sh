@@ -41,6 +41,7 @@ if [ "$MODE" = full ]; then
   CONNECT_SOCKETS=10000; FO_CHATS=4; FO_MEMBERS=1000; FO_RATE=100; FO_SECS=20s
   LAT_RATES="500 5000"; LAT_SECS=15s; SOAK_SOCKETS=2000; SOAK_CHURN=200; SOAK_SECS=60s
   CU_MEMBERS=200; CU_RATE=200; CU_DROPS=20; CU_SECS=30s
+  FLOOD_SECS=20s
   PLOT=1
 else
   BIN=target/debug
@@ -50,6 +51,7 @@ else
   CONNECT_SOCKETS=200; FO_CHATS=2; FO_MEMBERS=20; FO_RATE=20; FO_SECS=2s
   LAT_RATES="50"; LAT_SECS=2s; SOAK_SOCKETS=40; SOAK_CHURN=20; SOAK_SECS=3s
   CU_MEMBERS=10; CU_RATE=20; CU_DROPS=4; CU_SECS=3s
+  FLOOD_SECS=2s
   PLOT=0
 fi
 
@@ -97,6 +99,16 @@ lt fanout --api "http://$E_API" --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --ch
 lt soak --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --sockets "$SOAK_SOCKETS" --churn-rate "$SOAK_CHURN" \
   --duration "$SOAK_SECS" --out "$OUT/results/embedded-soak.json" $(plot embedded-soak-rss)
 stop "$EPID"
+
+echo "==> embedded with the default rate limits: one user and one address flood, another user measures"
+F_API=127.0.0.1:$((BASE+8)); F_GW=127.0.0.1:$((BASE+9))
+start flood env -u API_RATE_REQUESTS -u API_RATE_MESSAGES -u CONNECT_RATE_PER_IP \
+  DATA_DIR="$WORK/flood" API_ADDR="$F_API" GATEWAY_ADDR="$F_GW" "$BIN/chat-api" embedded
+FPID=$LAST_PID
+wait_port "$F_API" flood; wait_port "$F_GW" flood
+lt flood --api "http://$F_API" --ws "ws://$F_GW/ws" --duration "$FLOOD_SECS" \
+  --out "$OUT/results/embedded-flood.json" >/dev/null
+stop "$FPID"
 
 if command -v redis-server >/dev/null; then
   echo "==> distributed: redis-server, 2 gateways, 2 chat-api serve"

@@ -26,11 +26,12 @@ pub struct FloodArgs {
     /// Gateway WebSocket URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub ws: String,
-    /// Victim HTTP requests per second (every fourth is a message send, the rest history reads).
-    #[arg(long, default_value_t = 20)]
+    /// Victim HTTP requests per second (every eighth is a message send, the rest history reads).
+    /// The defaults stay inside the default per-user limits (50 requests/s, 10 messages/s).
+    #[arg(long, default_value_t = 40)]
     pub victim_rate: u32,
     /// Victim WebSocket connects per second (from --victim-ip).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 20)]
     pub victim_connect_rate: u32,
     /// Source address of the victim's connects (the attacker's is --attacker-ip).
     #[arg(long, default_value = "127.0.0.2")]
@@ -43,8 +44,13 @@ pub struct FloodArgs {
     /// Concurrent attacker loops opening WebSockets from one IP.
     #[arg(long, default_value_t = 16)]
     pub flood_ws: u32,
+    /// Nice level of the attacker process (0: none). On one machine the attacker's client work
+    /// shares the cores with the server and the victim; ranked below them it stands in for an
+    /// attacker on machines of its own, and what the victim feels is the server's doing.
+    #[arg(long, default_value_t = 19)]
+    pub attacker_nice: u32,
     /// Length of each phase.
-    #[arg(long, default_value = "15s", value_parser = shared::config::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = shared::config::parse_duration)]
     pub duration: Duration,
     #[arg(long, env = "JWT_SECRET", default_value = shared::auth::DEV_SECRET, hide_default_value = true)]
     pub secret: String,
@@ -66,14 +72,8 @@ pub struct Percentiles {
 pub struct PhaseResult {
     pub victim_http: Percentiles,
     pub victim_connect: Percentiles,
-    /// Attacker message sends answered 201 / 429 / otherwise.
-    pub flood_http_ok: u64,
-    pub flood_http_429: u64,
-    pub flood_http_other: u64,
-    /// Attacker upgrade attempts answered 101 / 429 / otherwise.
-    pub flood_ws_ok: u64,
-    pub flood_ws_429: u64,
-    pub flood_ws_other: u64,
+    /// How the attacker was answered (all zero when there was none).
+    pub flood: FloodAnswers,
 }
 
 #[derive(Serialize, Debug)]
@@ -148,7 +148,15 @@ impl Recorder {
 }
 
 /// Opens a WebSocket from `source`, waits for `hello`; the answer's HTTP status (101 on success).
-async fn ws_attempt(ws_url: &str, source: Ipv4Addr, token: &str) -> Result<u16, String> {
+/// With `reset`, the socket ends with a reset rather than a FIN, as a flooder's would: no
+/// TIME_WAIT is left behind, whose thousands would make each next `bind` of the same source
+/// address scan for a free port in the kernel, on the cores the server shares here.
+async fn ws_attempt(
+    ws_url: &str,
+    source: Ipv4Addr,
+    token: &str,
+    reset: bool,
+) -> Result<u16, String> {
     let rest = ws_url.strip_prefix("ws://").ok_or("ws:// URLs only")?;
     let authority = rest.split('/').next().unwrap_or("");
     let addr: SocketAddr = authority
@@ -158,6 +166,9 @@ async fn ws_attempt(ws_url: &str, source: Ipv4Addr, token: &str) -> Result<u16, 
     socket
         .bind(SocketAddr::new(IpAddr::V4(source), 0))
         .map_err(|e| format!("bind {source}: {e}"))?;
+    if reset {
+        socket.set_zero_linger().map_err(|e| e.to_string())?;
+    }
     let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let sep = if ws_url.contains('?') { '&' } else { '?' };
     let url = format!("{ws_url}{sep}access_token={token}");
@@ -204,54 +215,143 @@ struct Setup {
     attacker_chat: String,
 }
 
+/// What the attacker process needs besides [`FloodArgs`].
+#[derive(clap::Args, Clone, Debug)]
+pub struct AttackerArgs {
+    #[command(flatten)]
+    pub flood: FloodArgs,
+    /// The attacker user's chat (its token comes in `FLOOD_TOKEN`).
+    #[arg(long)]
+    pub chat: String,
+    /// Tag for client message ids, unique per run.
+    #[arg(long)]
+    pub tag: String,
+}
+
+/// How the attacker's requests were answered.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
+pub struct FloodAnswers {
+    /// Message sends answered 201 / 429 / otherwise.
+    pub http_ok: u64,
+    pub http_429: u64,
+    pub http_other: u64,
+    /// Upgrade attempts answered 101 / 429 / otherwise.
+    pub ws_ok: u64,
+    pub ws_429: u64,
+    pub ws_other: u64,
+}
+
+/// The attacker, run as its own process (`loadtest flood-attacker`, started by [`run`]): closed
+/// loops that send messages as one user and open WebSockets from one address until its stdin
+/// closes (or a safety bound passes), then prints how it was answered as one JSON line.
+///
+/// A process of its own, so that the victim's measurements never wait behind the attacker's tasks
+/// in one runtime, and so that its CPU use can be ranked below the server's and the victim's
+/// (`--attacker-nice`): a real attacker's client work runs on its own machines.
+pub async fn attacker(args: AttackerArgs) -> anyhow::Result<()> {
+    let token = std::env::var("FLOOD_TOKEN").context("FLOOD_TOKEN")?;
+    let a = &args.flood;
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()?;
+    let mut loops = Vec::new();
+    for w in 0..a.flood_http {
+        let (http, counters, stop) = (http.clone(), counters.clone(), stop.clone());
+        let url = format!("{}/v1/chats/{}/messages", a.api, args.chat);
+        let (token, tag) = (token.clone(), args.tag.clone());
+        loops.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&json!({"client_msg_id": format!("f-{tag}-{w}-{i}"), "body": "spam"}))
+                    .send()
+                    .await;
+                let c = match r.map(|r| r.status().as_u16()) {
+                    Ok(201) => &counters.http_ok,
+                    Ok(429) => &counters.http_429,
+                    _ => &counters.http_other,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for _ in 0..a.flood_ws {
+        let (counters, stop) = (counters.clone(), stop.clone());
+        let (ws, ip, token) = (a.ws.clone(), a.attacker_ip, token.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let c = match ws_attempt(&ws, ip, &token, true).await {
+                    Ok(101) => &counters.ws_ok,
+                    Ok(429) => &counters.ws_429,
+                    _ => &counters.ws_other,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Until the parent closes our stdin (or, should it die, a bound well past any phase).
+    let eof = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    });
+    let _ = tokio::time::timeout(a.duration * 4 + Duration::from_secs(60), eof).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        let _ = tokio::time::timeout(Duration::from_secs(30), l).await;
+    }
+    let c = &counters;
+    let answers = FloodAnswers {
+        http_ok: c.http_ok.load(Ordering::Relaxed),
+        http_429: c.http_429.load(Ordering::Relaxed),
+        http_other: c.http_other.load(Ordering::Relaxed),
+        ws_ok: c.ws_ok.load(Ordering::Relaxed),
+        ws_429: c.ws_429.load(Ordering::Relaxed),
+        ws_other: c.ws_other.load(Ordering::Relaxed),
+    };
+    println!("{}", serde_json::to_string(&answers)?);
+    Ok(())
+}
+
+/// Starts the attacker process for one flood phase.
+fn spawn_attacker(args: &FloodArgs, s: &Setup, tag: &str) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = if args.attacker_nice > 0 {
+        let mut c = std::process::Command::new("nice");
+        c.args(["-n", &args.attacker_nice.to_string()]).arg(exe);
+        c
+    } else {
+        std::process::Command::new(exe)
+    };
+    cmd.arg("flood-attacker")
+        .args(["--api", &args.api, "--ws", &args.ws])
+        .args(["--attacker-ip", &args.attacker_ip.to_string()])
+        .args(["--flood-http", &args.flood_http.to_string()])
+        .args(["--flood-ws", &args.flood_ws.to_string()])
+        .args(["--duration", &format!("{}ms", args.duration.as_millis())])
+        .args(["--chat", &s.attacker_chat, "--tag", tag])
+        .env("FLOOD_TOKEN", &s.attacker_token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the attacker process")
+}
+
 async fn phase(args: &FloodArgs, s: &Setup, flood: bool, tag: &str) -> anyhow::Result<PhaseResult> {
     let http_rec = Recorder::new()?;
     let connect_rec = Recorder::new()?;
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut attackers = Vec::new();
-    if flood {
-        for w in 0..args.flood_http {
-            let (http, counters, stop) = (s.http.clone(), counters.clone(), stop.clone());
-            let url = format!("{}/v1/chats/{}/messages", args.api, s.attacker_chat);
-            let token = s.attacker_token.clone();
-            let tag = tag.to_string();
-            attackers.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let r = http
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&json!({"client_msg_id": format!("f-{tag}-{w}-{i}"), "body": "spam"}))
-                        .send()
-                        .await;
-                    let c = match r.map(|r| r.status().as_u16()) {
-                        Ok(201) => &counters.http_ok,
-                        Ok(429) => &counters.http_429,
-                        _ => &counters.http_other,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        for _ in 0..args.flood_ws {
-            let (counters, stop) = (counters.clone(), stop.clone());
-            let (ws, ip, token) = (args.ws.clone(), args.attacker_ip, s.attacker_token.clone());
-            attackers.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let c = match ws_attempt(&ws, ip, &token).await {
-                        Ok(101) => &counters.ws_ok,
-                        Ok(429) => &counters.ws_429,
-                        _ => &counters.ws_other,
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
+    let attacker = if flood {
+        let child = spawn_attacker(args, s, tag)?;
         // Let the flood reach its steady state before measuring.
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+        Some(child)
+    } else {
+        None
+    };
 
     let started = Instant::now();
     let mut victims = Vec::new();
@@ -268,7 +368,7 @@ async fn phase(args: &FloodArgs, s: &Setup, flood: bool, tag: &str) -> anyhow::R
             i += 1;
             let (http, rec) = (s.http.clone(), http_rec.clone());
             let token = s.victim_token.clone();
-            let req = if i % 4 == 0 {
+            let req = if i % 8 == 0 {
                 http.post(format!("{}/v1/chats/{}/messages", args.api, s.victim_chat))
                     .json(&json!({"client_msg_id": format!("v-{tag}-{i}"), "body": "hello"}))
             } else {
@@ -293,7 +393,7 @@ async fn phase(args: &FloodArgs, s: &Setup, flood: bool, tag: &str) -> anyhow::R
                 s.victim_token.clone(),
             );
             victims.push(tokio::spawn(async move {
-                let ok = matches!(ws_attempt(&ws, ip, &token).await, Ok(101));
+                let ok = matches!(ws_attempt(&ws, ip, &token, false).await, Ok(101));
                 rec.record(scheduled, ok);
             }));
         }
@@ -303,20 +403,21 @@ async fn phase(args: &FloodArgs, s: &Setup, flood: bool, tag: &str) -> anyhow::R
     for v in victims {
         let _ = tokio::time::timeout(Duration::from_secs(30), v).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for a in attackers {
-        let _ = tokio::time::timeout(Duration::from_secs(30), a).await;
-    }
-    let c = &counters;
+    let answers = match attacker {
+        None => FloodAnswers::default(),
+        Some(mut child) => {
+            drop(child.stdin.take()); // the attacker stops at EOF
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+            let line = String::from_utf8_lossy(&out.stdout);
+            serde_json::from_str(line.trim()).with_context(|| {
+                format!("the attacker process ({}) printed no result", out.status)
+            })?
+        }
+    };
     Ok(PhaseResult {
         victim_http: http_rec.summary(),
         victim_connect: connect_rec.summary(),
-        flood_http_ok: c.http_ok.load(Ordering::Relaxed),
-        flood_http_429: c.http_429.load(Ordering::Relaxed),
-        flood_http_other: c.http_other.load(Ordering::Relaxed),
-        flood_ws_ok: c.ws_ok.load(Ordering::Relaxed),
-        flood_ws_429: c.ws_429.load(Ordering::Relaxed),
-        flood_ws_other: c.ws_other.load(Ordering::Relaxed),
+        flood: answers,
     })
 }
 

@@ -31,6 +31,9 @@ enum Cmd {
     /// (internal) one worker process of `connect`.
     #[command(hide = true)]
     ConnectWorker(loadtest::connect::WorkerArgs),
+    /// (internal) the attacker process of `flood`.
+    #[command(hide = true)]
+    FloodAttacker(loadtest::flood::AttackerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +45,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Flood(args) => tokio::runtime::Runtime::new()?
             .block_on(loadtest::flood::run(args))
             .map(|_| ()),
+        Cmd::FloodAttacker(args) => {
+            tokio::runtime::Runtime::new()?.block_on(loadtest::flood::attacker(args))
+        }
         Cmd::Fanout(args) => tokio::runtime::Runtime::new()?
             .block_on(loadtest::fanout::run(args))
             .map(|_| ()),

@@ -195,6 +195,35 @@ fn rows(system: &str, v: &Value, problems: &mut Vec<String>) -> Vec<Row> {
                 problems.push(format!("{system} catchup: {missing} messages missing"));
             }
         }
+        "flood" => {
+            let flood = &v["flood"];
+            for (what, key) in [("HTTP", "http"), ("connect", "connect")] {
+                let (alone, under) = (
+                    f(&v["baseline"][format!("victim_{key}")], "p99_ms").unwrap_or(0.0),
+                    f(&flood[format!("victim_{key}")], "p99_ms").unwrap_or(0.0),
+                );
+                let ratio = f(v, &format!("{key}_p99_ratio")).unwrap_or(f64::MAX);
+                out.push(row(
+                    format!("another user's {what} p99 alone / under a flood"),
+                    format!("{alone:.2} / {under:.2} ms ({ratio:.2}×)"),
+                    "≤ 2×",
+                    verdict(ratio <= 2.0, || format!("missed: {ratio:.1}×")),
+                ));
+                let errors = f(&flood[format!("victim_{key}")], "errors").unwrap_or(0.0);
+                if errors > 0.0 {
+                    problems.push(format!(
+                        "{system} flood: {errors} victim {what} requests failed"
+                    ));
+                }
+            }
+            let refused = f(&flood["flood"], "http_429").unwrap_or(0.0)
+                + f(&flood["flood"], "ws_429").unwrap_or(0.0);
+            if refused == 0.0 {
+                problems.push(format!(
+                    "{system} flood: nothing was refused (rate limits off?)"
+                ));
+            }
+        }
         other => problems.push(format!("unknown scenario {other:?}")),
     }
     out
