@@ -4,7 +4,7 @@
 use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::handler::Handler;
@@ -47,6 +47,8 @@ pub struct AppState {
     pub limiter: Arc<dyn RateLimiter>,
     /// Per-user typing notice limit (local to this replica).
     pub typing: api::typing::TypingLimiter,
+    /// Places for over-limit requests held before their 429 (see [`AppState::rate_limited`]).
+    pub held: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -72,6 +74,9 @@ impl AppState {
             cors_origins: Vec::new(),
             limiter: shared::ratelimit::memory(),
             typing: Default::default(),
+            held: Arc::new(tokio::sync::Semaphore::new(
+                Limits::default().rate_limited_held_max,
+            )),
         }
     }
 
@@ -93,8 +98,37 @@ impl AppState {
     }
 
     pub fn with_limits(mut self, limits: Limits) -> AppState {
+        self.held = Arc::new(tokio::sync::Semaphore::new(limits.rate_limited_held_max));
         self.limits = limits;
         self
+    }
+
+    /// The 429 for a request over the rate limit `limit` (a [`crate::telemetry::RATE_LIMITS`]
+    /// label), answered after [`shared::ratelimit::hold_refusal`]: held for up to its own
+    /// retry-after, at most `limits.rate_limited_hold`, while fewer than
+    /// `limits.rate_limited_held_max` are held (past that, at once).
+    pub async fn rate_limited(
+        &self,
+        limit: &'static str,
+        what: &'static str,
+        retry_after: Duration,
+    ) -> ApiError {
+        crate::telemetry::rate_limited(limit);
+        let places = &self.held;
+        let retry_after = match shared::ratelimit::hold_refusal(
+            places,
+            retry_after,
+            self.limits.rate_limited_hold,
+        )
+        .await
+        {
+            Some(held) => retry_after - held,
+            None => {
+                metrics::counter!(crate::telemetry::RATE_LIMITED_UNHELD_TOTAL).increment(1);
+                retry_after
+            }
+        };
+        ApiError::RateLimited { what, retry_after }
     }
 
     pub fn with_metrics(mut self, handle: PrometheusHandle) -> AppState {

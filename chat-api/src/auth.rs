@@ -40,10 +40,9 @@ async fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
         if let Decision::Limited { retry_after } =
             check_fail_open(&*state.limiter, "req", &identity.subject, quota).await
         {
-            return Err(ApiError::RateLimited {
-                what: "requests",
-                retry_after,
-            });
+            return Err(state
+                .rate_limited("user_requests", "requests", retry_after)
+                .await);
         }
     }
     Ok(identity)

@@ -119,6 +119,19 @@ pub struct ApiArgs {
     /// Messages sent per user (all chats together), as `COUNT/PERIOD[:BURST]` or `off`.
     #[arg(long, env = "API_RATE_MESSAGES", default_value = "10/1s:20", value_parser = parse_quota_arg)]
     pub rate_messages: QuotaArg,
+    /// How long a request over a rate limit is held before its 429 is sent: its own retry-after,
+    /// at most this (`0s`: answer at once). A client that honours Retry-After loses nothing; one
+    /// that retries at once is paced by the server rather than by how fast it can refuse.
+    #[arg(long, env = "API_RATE_LIMITED_HOLD", value_name = "API_RATE_LIMITED_HOLD", default_value = "1s", value_parser = parse_duration)]
+    pub rate_limited_hold: Duration,
+    /// Over-limit requests held at once; past it, 429s are answered without a hold.
+    #[arg(
+        long,
+        env = "API_RATE_LIMITED_HELD_MAX",
+        value_name = "API_RATE_LIMITED_HELD_MAX",
+        default_value_t = 10_000
+    )]
+    pub rate_limited_held_max: usize,
 }
 
 /// Bounds and deadlines the handlers apply. [`Limits::default`] matches the flag defaults.
@@ -141,6 +154,10 @@ pub struct Limits {
     pub rate_requests: Option<Quota>,
     /// Messages sent per user; `None` is unlimited.
     pub rate_messages: Option<Quota>,
+    /// Longest hold of an over-limit request before its 429 (zero: none).
+    pub rate_limited_hold: Duration,
+    /// Over-limit requests held at once.
+    pub rate_limited_held_max: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +178,8 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             rate_requests: Some(Quota::per_second(50, 100)),
             rate_messages: Some(Quota::per_second(10, 20)),
+            rate_limited_hold: Duration::from_secs(1),
+            rate_limited_held_max: 10_000,
         }
     }
 }
@@ -177,6 +196,8 @@ pub enum ConfigError {
     PageSizes { default: usize, max: usize },
     #[error("API_MAX_MESSAGE_BYTES ({message}) must leave room in API_MAX_REQUEST_BODY_BYTES ({body}): a message is sent as JSON")]
     MessageExceedsBody { message: usize, body: usize },
+    #[error("API_RATE_LIMITED_HOLD ({hold:?}) must be shorter than API_REQUEST_TIMEOUT ({timeout:?}): a held 429 would turn into a 503")]
+    HoldExceedsTimeout { hold: Duration, timeout: Duration },
     #[error("WORKER_ID {0} exceeds 1023")]
     WorkerId(u16),
     #[error("CORS_ALLOWED_ORIGINS entry {0:?}: expected `*` or an origin such as https://app.example (scheme, host, optional port, no path)")]
@@ -221,6 +242,12 @@ impl ApiArgs {
                 body: self.max_request_body_bytes,
             });
         }
+        if self.rate_limited_hold >= self.request_timeout {
+            return Err(ConfigError::HoldExceedsTimeout {
+                hold: self.rate_limited_hold,
+                timeout: self.request_timeout,
+            });
+        }
         if let Some(w) = self.worker_id {
             if w > shared::ids::WORKER_ID_MAX {
                 return Err(ConfigError::WorkerId(w));
@@ -242,6 +269,8 @@ impl ApiArgs {
             shutdown_grace: self.shutdown_grace,
             rate_requests: self.rate_requests.0,
             rate_messages: self.rate_messages.0,
+            rate_limited_hold: self.rate_limited_hold,
+            rate_limited_held_max: self.rate_limited_held_max,
         })
     }
 
@@ -309,6 +338,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ConfigError::MessageExceedsBody { .. }));
         assert!(parse(&["--worker-id", "1024"]).limits().is_err());
+        let e = parse(&["--rate-limited-hold", "10s"]).limits().unwrap_err();
+        assert!(matches!(e, ConfigError::HoldExceedsTimeout { .. }), "{e}");
         let cors = parse(&[
             "--cors-allowed-origins",
             "http://a.example:3000,https://b.example",

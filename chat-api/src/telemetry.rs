@@ -15,6 +15,8 @@ pub const STORE_ERRORS_TOTAL: &str = "api_store_errors_total";
 pub const REJECTED_TOTAL: &str = "api_rejected_total";
 /// Requests refused by a rate limit (answered 429), by `limit` (see [`RATE_LIMITS`]).
 pub const RATE_LIMITED_TOTAL: &str = "api_rate_limited_total";
+/// 429s answered at once because `API_RATE_LIMITED_HELD_MAX` requests were already held.
+pub const RATE_LIMITED_UNHELD_TOTAL: &str = "api_rate_limited_unheld_total";
 pub const DRAINING: &str = "api_draining";
 pub const MESSAGES_CREATED_TOTAL: &str = "api_messages_created_total";
 pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "api_idempotent_replays_total";
@@ -74,6 +76,10 @@ pub fn describe() {
         RATE_LIMITED_TOTAL,
         "Requests refused by a rate limit, by limit"
     );
+    describe_counter!(
+        RATE_LIMITED_UNHELD_TOTAL,
+        "429s answered without a hold because API_RATE_LIMITED_HELD_MAX were already held"
+    );
     describe_gauge!(DRAINING, "1 while this replica drains for shutdown, else 0");
     describe_counter!(
         MESSAGES_CREATED_TOTAL,
@@ -113,6 +119,7 @@ pub fn describe() {
         PUSH_EVENTS_TOTAL,
         AUTH_FAILURES_TOTAL,
         INTERNAL_ERRORS_TOTAL,
+        RATE_LIMITED_UNHELD_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

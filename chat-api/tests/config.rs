@@ -80,6 +80,11 @@ fn bad_urls_are_rejected_before_binding() {
     assert_rejected("serve", &[("REDIS_URL", "")], "REDIS_URL");
     assert_rejected("embedded", &[("STORE_URL", "sqlite:")], "STORE_URL");
     assert_rejected("serve", &[("API_ADDR", "not-an-address")], "API_ADDR");
+    assert_rejected(
+        "serve",
+        &[("API_RATE_LIMITED_HOLD", "10s")],
+        "API_RATE_LIMITED_HOLD",
+    );
 }
 
 #[test]

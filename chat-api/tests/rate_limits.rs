@@ -1,6 +1,7 @@
 //! Per-user request and message rate limits through the real router: 429 problem+json with
 //! `Retry-After`, other users unaffected, nothing stored for a refused send, one budget shared by
-//! two API replicas through a private Redis, and fail-open when Redis is gone.
+//! two API replicas through a private Redis, fail-open when Redis is gone, and over-limit requests
+//! held before their 429 (bounded in time and in number).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,6 +221,55 @@ async fn messages_per_user_are_limited_and_refused_sends_store_nothing() {
     let ids: Vec<&str> = page.iter().map(|m| m.client_msg_id.as_str()).collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(!ids.contains(&"m2"));
+}
+
+#[tokio::test]
+async fn over_limit_requests_are_held_within_bounds_before_their_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Duration::from_secs(2);
+    let limits = Limits {
+        rate_requests: Some(Quota::per_minute(1, 1)),
+        rate_limited_hold: hold,
+        ..Limits::default()
+    };
+    let held = router(store(&dir), limits.clone(), None);
+    assert_eq!(
+        call(&held, "dave", Method::GET, "/v1/chats", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    let reply = call(&held, "dave", Method::GET, "/v1/chats", None).await;
+    assert!(
+        started.elapsed() >= hold,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_rate_limited(&reply);
+    // The hold counts towards the wait: what is left of the minute is reported.
+    let ms = reply.body["retry_after_ms"].as_u64().unwrap();
+    assert!(ms <= 58_000, "retry_after_ms {ms} after a 2 s hold");
+
+    // No place to hold it (at most 0 held): the same refusal comes without the hold.
+    let unheld = router(
+        store(&dir),
+        Limits {
+            rate_limited_held_max: 0,
+            ..limits
+        },
+        None,
+    );
+    assert_eq!(
+        call(&unheld, "erin", Method::GET, "/v1/chats", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = call(&unheld, "erin", Method::GET, "/v1/chats", None).await;
+    assert_rate_limited(&reply);
+    let ms = reply.body["retry_after_ms"].as_u64().unwrap();
+    assert!(ms > 59_000, "retry_after_ms {ms} without a hold");
 }
 
 #[tokio::test]

@@ -63,6 +63,14 @@ pub struct GatewayArgs {
     /// gateway nodes through Redis in distributed mode. Over it: HTTP 429 with Retry-After.
     #[arg(long, env = "CONNECT_RATE_PER_IP", default_value = "100/1s:200", value_parser = parse_quota_arg)]
     pub connect_rate_per_ip: QuotaArg,
+    /// How long an upgrade attempt over CONNECT_RATE_PER_IP is held before its 429: its own
+    /// retry-after, at most this (`0s`: answer at once). Paces a client that retries at once.
+    #[arg(long, env = "CONNECT_RATE_LIMITED_HOLD", default_value = "1s", value_parser = parse_duration)]
+    pub connect_rate_limited_hold: Duration,
+    /// Refused upgrade attempts held at once (each keeps its connection and handshake place);
+    /// past it, 429s are answered without a hold.
+    #[arg(long, env = "CONNECT_RATE_LIMITED_HELD_MAX", default_value_t = 1_000)]
+    pub connect_rate_limited_held_max: u32,
     /// TCP connections that may be in their HTTP handshake at once; more are answered 503 at once.
     #[arg(long, env = "MAX_CONCURRENT_HANDSHAKES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_handshakes: u32,
@@ -101,6 +109,10 @@ pub struct Settings {
     pub stream_batch: usize,
     /// Upgrade attempts per client IP; `None` is unlimited.
     pub connect_rate_per_ip: Option<Quota>,
+    /// Longest hold of a refused upgrade attempt before its 429 (zero: none).
+    pub connect_rate_limited_hold: Duration,
+    /// Refused upgrade attempts held at once.
+    pub connect_rate_limited_held_max: usize,
     pub max_concurrent_handshakes: usize,
     pub max_request_head_bytes: usize,
     /// chat-api base URL for forwarding typing frames, without a trailing slash.
@@ -127,6 +139,8 @@ impl Default for Settings {
             node_ttl: Duration::from_secs(10),
             stream_batch: 256,
             connect_rate_per_ip: Some(Quota::per_second(100, 200)),
+            connect_rate_limited_hold: Duration::from_secs(1),
+            connect_rate_limited_held_max: 1_000,
             max_concurrent_handshakes: 10_000,
             max_request_head_bytes: 16 << 10,
             api_url: None,
@@ -144,6 +158,10 @@ pub enum ConfigError {
         window: Duration,
         deadline: Duration,
     },
+    #[error(
+        "CONNECT_RATE_LIMITED_HOLD ({hold:?}) must be shorter than HANDSHAKE_TIMEOUT ({timeout:?})"
+    )]
+    Hold { hold: Duration, timeout: Duration },
     #[error("NODE_ID {0:?} is not valid: use 1-64 characters from A-Z a-z 0-9 _ . -")]
     NodeId(String),
     #[error("API_URL {0:?} is not valid: expected http://HOST:PORT")]
@@ -176,6 +194,12 @@ impl GatewayArgs {
                 deadline: self.drain_deadline,
             });
         }
+        if self.connect_rate_limited_hold >= self.handshake_timeout {
+            return Err(ConfigError::Hold {
+                hold: self.connect_rate_limited_hold,
+                timeout: self.handshake_timeout,
+            });
+        }
         let api_url = match &self.api_url {
             None => None,
             Some(u) => {
@@ -205,6 +229,8 @@ impl GatewayArgs {
             node_ttl: self.node_ttl,
             stream_batch: self.stream_batch as usize,
             connect_rate_per_ip: self.connect_rate_per_ip.0,
+            connect_rate_limited_hold: self.connect_rate_limited_hold,
+            connect_rate_limited_held_max: self.connect_rate_limited_held_max as usize,
             max_concurrent_handshakes: self.max_concurrent_handshakes as usize,
             max_request_head_bytes: self.max_request_head_bytes as usize,
             api_url,

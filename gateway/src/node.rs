@@ -31,6 +31,8 @@ pub struct Node {
     pub registry_ok: AtomicBool,
     /// Permits for connections still in their HTTP handshake (slowloris bound).
     pub handshakes: Arc<Semaphore>,
+    /// Places for refused upgrade attempts held before their 429.
+    pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
     pub typing: Option<TypingForwarder>,
     /// Resyncs asked for and not yet served, and whether the task serving them runs.
@@ -55,6 +57,7 @@ impl Node {
         let typing = settings.api_url.as_deref().and_then(TypingForwarder::new);
         Node {
             handshakes,
+            held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
             settings,
             info,

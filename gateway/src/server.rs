@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use shared::auth::{query_param, token_from_request, AuthError};
 use shared::protocol::Encoding;
-use shared::ratelimit::{check_fail_open, Decision};
+use shared::ratelimit::{check_fail_open, hold_refusal, Decision};
 
 use crate::node::Node;
 use crate::socket;
@@ -104,23 +104,32 @@ fn ip_key(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// Spends one upgrade attempt of the client's IP; over the limit, the 429 answer.
+/// Spends one upgrade attempt of the client's IP; over the limit, the 429 answer, after holding
+/// the attempt for up to its retry-after (`shared::ratelimit::hold_refusal`).
 async fn connect_rate(node: &Node, peer: SocketAddr) -> Option<Response<Body>> {
     let quota = node.settings.connect_rate_per_ip.as_ref()?;
-    match check_fail_open(&*node.deps.limiter, "conn", &ip_key(peer.ip()), quota).await {
-        Decision::Allowed => None,
-        Decision::Limited { retry_after } => {
-            let mut r = reject(
-                StatusCode::TOO_MANY_REQUESTS,
-                "connect_rate",
-                "too many connection attempts from this address; retry later\n",
-            );
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
-            Some(r)
+    let Decision::Limited { retry_after } =
+        check_fail_open(&*node.deps.limiter, "conn", &ip_key(peer.ip()), quota).await
+    else {
+        return None;
+    };
+    crate::telemetry::rate_limited("ip_connections");
+    let hold = node.settings.connect_rate_limited_hold;
+    let retry_after = match hold_refusal(&node.held_refusals, retry_after, hold).await {
+        Some(held) => retry_after - held,
+        None => {
+            metrics::counter!(crate::telemetry::RATE_LIMITED_UNHELD_TOTAL).increment(1);
+            retry_after
         }
-    }
+    };
+    let mut r = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many connection attempts from this address; retry later\n",
+    );
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+    Some(r)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -21,6 +21,8 @@ pub const ACCEPT_ERRORS_TOTAL: &str = "gateway_accept_errors_total";
 pub const REJECTED_TOTAL: &str = "gateway_rejected_total";
 /// Connections refused by a rate limit, by `limit` (see [`RATE_LIMITS`]).
 pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
+/// 429s answered at once because `CONNECT_RATE_LIMITED_HELD_MAX` attempts were already held.
+pub const RATE_LIMITED_UNHELD_TOTAL: &str = "gateway_rate_limited_unheld_total";
 pub const DRAINING: &str = "gateway_draining";
 
 /// Every `reason` of [`REJECTED_TOTAL`]; add new ones here so they are registered and documented.
@@ -96,6 +98,10 @@ pub fn describe() {
         RATE_LIMITED_TOTAL,
         "Connections refused by a rate limit, by limit"
     );
+    describe_counter!(
+        RATE_LIMITED_UNHELD_TOTAL,
+        "429s answered without a hold because CONNECT_RATE_LIMITED_HELD_MAX were already held"
+    );
     describe_gauge!(DRAINING, "1 while this node drains for shutdown, else 0");
     metrics::gauge!(SOCKETS_OPEN).increment(0.0);
     metrics::gauge!(DRAINING).increment(0.0);
@@ -109,6 +115,7 @@ pub fn describe() {
         HEARTBEAT_ERRORS_TOTAL,
         ROUTE_SYNC_ERRORS_TOTAL,
         ACCEPT_ERRORS_TOTAL,
+        RATE_LIMITED_UNHELD_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

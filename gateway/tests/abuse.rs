@@ -107,8 +107,10 @@ async fn upgrade_authorization_matrix() {
 
 #[tokio::test]
 async fn connection_attempts_per_ip_are_limited_with_retry_after() {
+    let hold = Duration::from_millis(300);
     let node = Harness::start(Settings {
         connect_rate_per_ip: Some(Quota::per_minute(1, 3)),
+        connect_rate_limited_hold: hold,
         ..settings()
     })
     .await;
@@ -116,8 +118,15 @@ async fn connection_attempts_per_ip_are_limited_with_retry_after() {
     for i in 0..3 {
         assert_eq!(node.attempt(Some(&token)).await.0, 101, "attempt {i}");
     }
+    let started = std::time::Instant::now();
     let (status, retry_after) = node.attempt(Some(&token)).await;
     assert_eq!(status, 429);
+    // Held for its retry-after (20 s here), at most CONNECT_RATE_LIMITED_HOLD, before the answer.
+    assert!(
+        started.elapsed() >= hold,
+        "answered after {:?}",
+        started.elapsed()
+    );
     let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&secs), "{secs}");
     // Failed attempts count too: a token-guessing flood is throttled the same way.

@@ -96,6 +96,10 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
     }
     assert_rejected(&[("DRAIN_WINDOW", "30s")], "DRAIN_WINDOW");
     assert_rejected(&[("IDLE_TIMEOUT", "10s")], "IDLE_TIMEOUT");
+    assert_rejected(
+        &[("CONNECT_RATE_LIMITED_HOLD", "10s")],
+        "CONNECT_RATE_LIMITED_HOLD",
+    );
     assert_rejected(&[("NODE_ID", "bad node id")], "NODE_ID");
     assert_rejected(&[("GATEWAY_ADDR", "localhost")], "GATEWAY_ADDR");
 }

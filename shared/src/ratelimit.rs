@@ -158,6 +158,27 @@ pub async fn check_fail_open(
     }
 }
 
+/// Holds a refused request for its own `retry_after`, at most `max`, while `places` has a place
+/// for it; returns how long it was held, or `None` when every place was taken (answer at once).
+///
+/// A client that honours Retry-After loses nothing by the hold (it would have waited anyway); one
+/// that retries at once, such as a flood in a closed loop, is paced by the server at one attempt
+/// per connection per hold, instead of by how fast the server can refuse: that is what keeps one
+/// caller's flood off everyone else's latency. `places` bounds what the holds keep alive.
+pub async fn hold_refusal(
+    places: &tokio::sync::Semaphore,
+    retry_after: Duration,
+    max: Duration,
+) -> Option<Duration> {
+    let hold = retry_after.min(max);
+    if hold.is_zero() {
+        return Some(Duration::ZERO);
+    }
+    let _place = places.try_acquire().ok()?;
+    tokio::time::sleep(hold).await;
+    Some(hold)
+}
+
 /// GCRA on a TAT in microseconds: returns the new TAT to store, or how long to wait.
 fn gcra(tat_us: u64, now_us: u64, quota: &Quota) -> Result<u64, Duration> {
     let t = quota.interval_us();
@@ -437,6 +458,28 @@ mod tests {
         let wait = gcra(tat, now, &q).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
         assert!(gcra(tat, now + 100_000, &q).is_ok());
+    }
+
+    #[tokio::test]
+    async fn refusals_are_held_for_their_retry_after_within_bounds() {
+        let places = tokio::sync::Semaphore::new(1);
+        let (long, max) = (Duration::from_secs(5), Duration::from_millis(100));
+        let short = Duration::from_millis(20);
+        let t0 = Instant::now();
+        assert_eq!(hold_refusal(&places, short, max).await, Some(short));
+        assert!(t0.elapsed() >= short, "held for its own retry-after");
+        let t1 = Instant::now();
+        assert_eq!(hold_refusal(&places, long, max).await, Some(max));
+        assert!(t1.elapsed() >= max, "held for the maximum");
+        assert_eq!(
+            hold_refusal(&places, long, Duration::ZERO).await,
+            Some(Duration::ZERO)
+        );
+        // Every place taken: answered at once, not held.
+        let _taken = places.try_acquire().unwrap();
+        let t2 = Instant::now();
+        assert_eq!(hold_refusal(&places, long, long).await, None);
+        assert!(t2.elapsed() < long);
     }
 
     #[tokio::test]

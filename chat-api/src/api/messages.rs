@@ -84,10 +84,9 @@ pub async fn send(
         if let Decision::Limited { retry_after } =
             check_fail_open(&*state.limiter, "msg", user.id(), quota).await
         {
-            return Err(ApiError::RateLimited {
-                what: "messages",
-                retry_after,
-            });
+            return Err(state
+                .rate_limited("user_messages", "messages", retry_after)
+                .await);
         }
     }
     require_member(&state, chat_id, user.id()).await?;
