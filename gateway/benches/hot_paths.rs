@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the gateway's hot paths (`cargo bench -p gateway`): encoding a frame per
-//! encoding, the route lookup that groups recipients by node, and local delivery of one envelope
-//! to many sockets' send queues.
+//! encoding, the route lookup that groups recipients by node, local delivery of one envelope to
+//! many sockets' send queues, and the write of queued frames to real TCP sockets over loopback
+//! (one `write` per frame, or one vectored write per batch of queued frames).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,12 +151,85 @@ fn local_delivery(c: &mut Criterion) {
     g.finish();
 }
 
+/// What one socket write costs, kernel included: frames written to 100 loopback TCP connections,
+/// one `write` each, or 8 queued frames in one `writev` (what a socket task does when frames
+/// queue up). On loopback the sender's system call also runs the receiving side's TCP work, as it
+/// does in the gateway under the load generator. Only the writes are timed; the reading ends are
+/// drained between rounds.
+fn socket_write(c: &mut Criterion) {
+    use std::io::{IoSlice, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    const SOCKETS: usize = 100;
+    const BATCH: usize = 8;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pairs: Vec<(TcpStream, TcpStream)> = (0..SOCKETS)
+        .map(|_| {
+            let writer = TcpStream::connect(addr).unwrap();
+            writer.set_nodelay(true).unwrap();
+            let (reader, _) = listener.accept().unwrap();
+            reader.set_nonblocking(true).unwrap();
+            (writer, reader)
+        })
+        .collect();
+    let frame = wsio::server_frame(Encoding::Json, &message_frame());
+    let drain = |pairs: &[(TcpStream, TcpStream)]| {
+        let mut buf = [0u8; 64 << 10];
+        for (_, r) in pairs {
+            let mut r: &TcpStream = r;
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    };
+    let mut g = c.benchmark_group("socket_write_loopback");
+    g.throughput(Throughput::Elements(SOCKETS as u64));
+    g.bench_function("one_write_per_frame", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                for (w, _) in &pairs {
+                    let mut w: &TcpStream = w;
+                    w.write_all(&frame).unwrap();
+                }
+                spent += started.elapsed();
+                drain(&pairs);
+            }
+            spent
+        })
+    });
+    g.throughput(Throughput::Elements((SOCKETS * BATCH) as u64));
+    let slices: Vec<IoSlice> = (0..BATCH).map(|_| IoSlice::new(&frame)).collect();
+    g.bench_function(format!("writev_{BATCH}_frames"), |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                for (w, _) in &pairs {
+                    let mut w: &TcpStream = w;
+                    let n = w.write_vectored(&slices).unwrap();
+                    assert_eq!(
+                        n,
+                        frame.len() * BATCH,
+                        "a short write would skew the figure"
+                    );
+                }
+                spent += started.elapsed();
+                drain(&pairs);
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(20);
-    targets = encoding, route_lookup, local_delivery
+    targets = encoding, route_lookup, local_delivery, socket_write
 );
 criterion_main!(benches);
