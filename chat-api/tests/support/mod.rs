@@ -1279,6 +1279,9 @@ pub struct SendLog {
 pub struct Sender {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<SendLog>,
+    /// Sends in flight to each API replica (by index into `cluster.apis`), so that a test can
+    /// stop a replica at a moment when a send is on its way to it.
+    in_flight: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>>,
 }
 
 impl Sender {
@@ -1298,6 +1301,9 @@ impl Sender {
             format!("{user}-"),
         );
         let apis: Vec<String> = cluster.apis.iter().map(|a| a.base.clone()).collect();
+        let in_flight: std::sync::Arc<Vec<std::sync::atomic::AtomicUsize>> =
+            std::sync::Arc::new(apis.iter().map(|_| Default::default()).collect());
+        let counts = in_flight.clone();
         let task = tokio::spawn(async move {
             let mut log = SendLog::default();
             let mut n = 0usize;
@@ -1310,11 +1316,20 @@ impl Sender {
                 let give_up = Instant::now() + Duration::from_secs(20);
                 let mut attempt = 0;
                 loop {
-                    let api = &apis[(n + attempt) % apis.len()];
+                    let k = (n + attempt) % apis.len();
                     let started = Instant::now();
+                    counts[k].fetch_add(1, Ordering::SeqCst);
                     let r = http
-                        .try_send_message(api, &token, chat, &cid, &body, Duration::from_secs(3))
+                        .try_send_message(
+                            &apis[k],
+                            &token,
+                            chat,
+                            &cid,
+                            &body,
+                            Duration::from_secs(3),
+                        )
                         .await;
+                    counts[k].fetch_sub(1, Ordering::SeqCst);
                     log.slowest = log.slowest.max(started.elapsed());
                     match r {
                         Ok(r) if r.status == 201 => {
@@ -1341,7 +1356,16 @@ impl Sender {
             }
             log
         });
-        Sender { stop, task }
+        Sender {
+            stop,
+            task,
+            in_flight,
+        }
+    }
+
+    /// Sends in flight now to API replica `api`.
+    pub fn in_flight(&self, api: usize) -> usize {
+        self.in_flight[api].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops after the message in flight and returns what was recorded.
