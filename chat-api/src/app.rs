@@ -104,7 +104,7 @@ impl AppState {
     }
 
     /// The 429 for a request over the rate limit `limit` (a [`crate::telemetry::RATE_LIMITS`]
-    /// label), answered after [`shared::ratelimit::hold_refusal`]: held for up to its own
+    /// label), answered after [`shared::ratelimit::retry_after_held`]: held for up to its own
     /// retry-after, at most `limits.rate_limited_hold`, while fewer than
     /// `limits.rate_limited_held_max` are held (past that, at once).
     pub async fn rate_limited(
@@ -114,20 +114,13 @@ impl AppState {
         retry_after: Duration,
     ) -> ApiError {
         crate::telemetry::rate_limited(limit);
-        let places = &self.held;
-        let retry_after = match shared::ratelimit::hold_refusal(
-            places,
+        let retry_after = shared::ratelimit::retry_after_held(
+            &self.held,
             retry_after,
             self.limits.rate_limited_hold,
+            crate::telemetry::RATE_LIMITED_UNHELD_TOTAL,
         )
-        .await
-        {
-            Some(held) => retry_after - held,
-            None => {
-                metrics::counter!(crate::telemetry::RATE_LIMITED_UNHELD_TOTAL).increment(1);
-                retry_after
-            }
-        };
+        .await;
         ApiError::RateLimited { what, retry_after }
     }
 

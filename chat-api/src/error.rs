@@ -230,8 +230,7 @@ impl IntoResponse for ApiError {
 
 /// Whole seconds rounded up, at least 1: a client that waits this long is allowed again.
 fn retry_after_ceil(d: Duration) -> HeaderValue {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    HeaderValue::from(secs.max(1))
+    HeaderValue::from(shared::ratelimit::retry_after_secs(d))
 }
 
 /// Whole seconds, at least 1 (the header has no fractions).

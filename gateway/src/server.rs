@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use shared::auth::{query_param, token_from_request, AuthError};
 use shared::protocol::Encoding;
-use shared::ratelimit::{check_fail_open, hold_refusal, Decision};
+use shared::ratelimit::{check_fail_open, retry_after_held, retry_after_secs, Decision};
 
 use crate::node::Node;
 use crate::socket;
@@ -105,7 +105,7 @@ fn ip_key(ip: std::net::IpAddr) -> String {
 }
 
 /// Spends one upgrade attempt of the client's IP; over the limit, the 429 answer, after holding
-/// the attempt for up to its retry-after (`shared::ratelimit::hold_refusal`).
+/// the attempt for up to its retry-after (`shared::ratelimit::retry_after_held`).
 async fn connect_rate(node: &Node, peer: SocketAddr) -> Option<Response<Body>> {
     let quota = node.settings.connect_rate_per_ip.as_ref()?;
     let Decision::Limited { retry_after } =
@@ -114,21 +114,21 @@ async fn connect_rate(node: &Node, peer: SocketAddr) -> Option<Response<Body>> {
         return None;
     };
     crate::telemetry::rate_limited("ip_connections");
-    let hold = node.settings.connect_rate_limited_hold;
-    let retry_after = match hold_refusal(&node.held_refusals, retry_after, hold).await {
-        Some(held) => retry_after - held,
-        None => {
-            metrics::counter!(crate::telemetry::RATE_LIMITED_UNHELD_TOTAL).increment(1);
-            retry_after
-        }
-    };
+    let retry_after = retry_after_held(
+        &node.held_refusals,
+        retry_after,
+        node.settings.connect_rate_limited_hold,
+        crate::telemetry::RATE_LIMITED_UNHELD_TOTAL,
+    )
+    .await;
     let mut r = text(
         StatusCode::TOO_MANY_REQUESTS,
         "too many connection attempts from this address; retry later\n",
     );
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after_secs(retry_after)),
+    );
     Some(r)
 }
 

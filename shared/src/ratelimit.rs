@@ -179,6 +179,29 @@ pub async fn hold_refusal(
     Some(hold)
 }
 
+/// [`hold_refusal`], then the retry-after left to tell the client: what remains after the hold,
+/// or all of it when no place was free (counted in the counter `unheld_metric`).
+pub async fn retry_after_held(
+    places: &tokio::sync::Semaphore,
+    retry_after: Duration,
+    max: Duration,
+    unheld_metric: &'static str,
+) -> Duration {
+    match hold_refusal(places, retry_after, max).await {
+        Some(held) => retry_after - held,
+        None => {
+            metrics::counter!(unheld_metric).increment(1);
+            retry_after
+        }
+    }
+}
+
+/// A retry-after as the `Retry-After` header's whole seconds: rounded up, at least 1, so that a
+/// client that waits this long is allowed again.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// GCRA on a TAT in microseconds: returns the new TAT to store, or how long to wait.
 fn gcra(tat_us: u64, now_us: u64, quota: &Quota) -> Result<u64, Duration> {
     let t = quota.interval_us();
@@ -458,6 +481,13 @@ mod tests {
         let wait = gcra(tat, now, &q).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
         assert!(gcra(tat, now + 100_000, &q).is_ok());
+    }
+
+    #[test]
+    fn retry_after_header_rounds_up_to_at_least_one_second() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1200)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
     }
 
     #[tokio::test]
