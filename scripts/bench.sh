@@ -125,6 +125,28 @@ if command -v redis-server >/dev/null; then
   wait_port "$AA" api-1
   WORKER_ID=2 STORE_URL=sqlite:$WORK/dist/chat.db API_ADDR=$AB start api-2 "$BIN/chat-api" serve
   wait_port "$AB" api-2; wait_port "$GA" gw-a; wait_port "$GB" gw-b
+  # A real Prometheus scrapes the four processes under the load below, with the shipped alerting
+  # rules loaded; after the scenarios, every rule and dashboard query must return data.
+  PROM=""
+  if command -v prometheus >/dev/null; then
+    PROM=127.0.0.1:$((BASE+11))
+    cat >"$WORK/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$(pwd)/k8s/monitoring/alerts/chat-alerts.yaml"]
+scrape_configs:
+  - job_name: chat
+    static_configs:
+      - {targets: ["$GA"], labels: {namespace: chat, pod: gw-a, container: gateway, service: gateway}}
+      - {targets: ["$GB"], labels: {namespace: chat, pod: gw-b, container: gateway, service: gateway}}
+      - {targets: ["$AA"], labels: {namespace: chat, pod: api-1, container: chat-api, service: chat-api}}
+      - {targets: ["$AB"], labels: {namespace: chat, pod: api-2, container: chat-api, service: chat-api}}
+YAML
+    start prometheus prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prom" \
+      --web.listen-address="$PROM" --log.level=warn
+    wait_port "$PROM" prometheus
+  elif [ "${MONITORING_CHECK:-}" = require ]; then
+    echo "prometheus is not installed (MONITORING_CHECK=require)" >&2; exit 1
+  fi
   lt connect --url "ws://$GA/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
     --source-ips 4 --gateway-pid "$GAPID" --settle 2s --hold 1s --out "$OUT/results/distributed-connect.json"
   lt fanout --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --gateway-pids "$GAPID,$GBPID" \
@@ -139,6 +161,13 @@ if command -v redis-server >/dev/null; then
   lt catchup --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --members "$CU_MEMBERS" \
     --rate "$CU_RATE" --drops-per-s "$CU_DROPS" --duration "$CU_SECS" \
     --out "$OUT/results/distributed-catchup.json"
+  if [ -n "$PROM" ]; then
+    echo "==> monitoring: alerting rules and dashboard queries against Prometheus"
+    scripts/check-monitoring.py --prometheus "http://$PROM" --rules k8s/monitoring/alerts/chat-alerts.yaml \
+      --dashboard k8s/monitoring/dashboards/chat.json
+  else
+    echo "==> monitoring: skipped (prometheus not installed)"
+  fi
   unset REDIS_URL
 else
   echo "==> distributed: skipped (redis-server not installed)"

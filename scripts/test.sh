@@ -11,6 +11,11 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   need_root apt-get update -qq
   need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
+if ! command -v prometheus >/dev/null; then
+  echo "==> installing prometheus (the bench smoke run checks the alert rules and dashboard with it)"
+  need_root apt-get update -qq
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust from https://rustup.rs" >&2
   exit 1
@@ -27,7 +32,7 @@ cargo build --workspace --bins --tests
 cargo test --workspace --no-fail-fast
 
 echo "==> benchmark smoke run (debug binaries, seconds; checks the bench script still works)"
-./scripts/bench.sh --smoke
+MONITORING_CHECK=require ./scripts/bench.sh --smoke
 
 echo "==> Kubernetes manifests"
 ./scripts/validate-k8s.sh

@@ -53,6 +53,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = Arc::new(Node::new(settings, deps));
+    metrics::gauge!(telemetry::CONNECTIONS_MAX).set(node.settings.max_connections as f64);
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node_id = %node.info.node_id, incarnation = node.info.incarnation, "gateway listening");
     let (stop_tx, stop_rx) = watch::channel(false);

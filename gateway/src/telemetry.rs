@@ -4,6 +4,8 @@
 //! `docs/OPERATIONS.md` lists these names; a test scrapes a running gateway and checks both agree.
 
 pub const SOCKETS_OPEN: &str = "gateway_sockets_open";
+/// `MAX_CONNECTIONS`, so that alerts can compare [`SOCKETS_OPEN`] with it.
+pub const CONNECTIONS_MAX: &str = "gateway_connections_max";
 pub const CONNECTS_TOTAL: &str = "gateway_connects_total";
 pub const DISCONNECTS_TOTAL: &str = "gateway_disconnects_total";
 pub const HANDSHAKE_SECONDS: &str = "gateway_handshake_seconds";
@@ -57,6 +59,10 @@ pub fn rate_limited(limit: &'static str) {
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(SOCKETS_OPEN, "WebSocket connections open on this node");
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "MAX_CONNECTIONS: the most sockets this node accepts"
+    );
     describe_counter!(
         CONNECTS_TOTAL,
         "Sockets accepted (after auth and the upgrade)"
