@@ -154,6 +154,9 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
         let algorithm = parse_algorithm(&args.jwt.jwt_algorithm)?;
         let signer = match (&args.jwt.jwt_secret, &args.private_key_file) {
             (Some(secret), None) if args.jwt.jwt_algorithm.starts_with("HS") => {
+                // The servers' checks (e.g. the secret's length): never print a token that
+                // every server would refuse.
+                args.jwt.verifier().context("JWT configuration")?;
                 Signer::hmac(algorithm, secret.as_bytes())
             }
             (None, Some(path)) if !args.jwt.jwt_algorithm.starts_with("HS") => {

@@ -4,13 +4,13 @@ use chat_api::cli::{self, Cli, Command};
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     shared::config::init_tracing(cli.log_format);
-    match cli.command {
+    shared::config::exit_code(match cli.command {
         Command::Token(args) => cli::token(args),
         Command::Embedded(args) => cli::embedded(args).await,
         Command::Serve(args) => cli::serve(args).await,
         Command::Migrate(args) => cli::migrate(args).await,
-    }
+    })
 }

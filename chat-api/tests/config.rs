@@ -30,6 +30,8 @@ fn run(sub: &str, env: &[(&str, &str)]) -> Outcome {
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        // Configuration errors print one line whatever this says (no backtrace).
+        .env("RUST_BACKTRACE", "1")
         .env("API_ADDR", &api_addr)
         .env("GATEWAY_ADDR", &gw_addr)
         .env("JWT_SECRET", SECRET)
@@ -58,6 +60,7 @@ fn assert_rejected(sub: &str, env: &[(&str, &str)], setting: &str) {
         "{sub} {env:?}: the message does not name {setting}:\n{}",
         out.stderr
     );
+    assert_one_line_error(&out.stderr, setting);
     for sign in ["binding API_ADDR", "binding GATEWAY_ADDR", "listening"] {
         assert!(
             !out.stderr.contains(sign),
@@ -65,6 +68,39 @@ fn assert_rejected(sub: &str, env: &[(&str, &str)], setting: &str) {
             out.stderr
         );
     }
+}
+
+/// The failure is one `error: …` (ours: one line; clap's usage errors add their usage lines
+/// after it) naming `setting`, with no backtrace.
+fn assert_one_line_error(stderr: &str, setting: &str) {
+    let errors = stderr.lines().filter(|l| l.starts_with("error: ")).count();
+    let from_error = stderr.find("error: ").map_or("", |i| &stderr[i..]);
+    assert!(
+        errors == 1 && from_error.contains(setting),
+        "expected one `error:` naming {setting}:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("Backtrace"),
+        "a configuration error printed a backtrace:\n{stderr}"
+    );
+}
+
+#[test]
+fn token_refuses_a_secret_the_servers_refuse() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-api"));
+    cmd.args(["token", "--sub", "alice"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_BACKTRACE", "1");
+    let short = run_to_exit(&mut cmd, &[("JWT_SECRET", "short")], EXIT_LIMIT);
+    assert!(
+        short.code.is_some_and(|c| c != 0),
+        "a short JWT_SECRET printed a token:\n{}",
+        short.stderr
+    );
+    assert_one_line_error(&short.stderr, "JWT_SECRET");
+    let ok = run_to_exit(&mut cmd, &[("JWT_SECRET", SECRET)], EXIT_LIMIT);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
 }
 
 #[test]

@@ -12,7 +12,11 @@ use shared::routing::metered::Metered;
 use shared::routing::redis::{connect, RedisOptions};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    shared::config::exit_code(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shared::config::init_tracing(cli.log_format);
     let settings = cli.gateway.settings().context("gateway configuration")?;

@@ -74,6 +74,23 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// A token that does not decode, said in words (the library's own names, such as
+/// `InvalidToken`, mean nothing to a client).
+fn malformed(e: &jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind;
+    let what = match e.kind() {
+        ErrorKind::InvalidToken => {
+            "it is not three base64url parts (header.claims.signature)".into()
+        }
+        ErrorKind::Base64(_) => "a part is not valid base64url".into(),
+        ErrorKind::Json(e) => format!("its header or claims are not the expected JSON ({e})"),
+        ErrorKind::Utf8(_) => "a part is not UTF-8".into(),
+        ErrorKind::MissingAlgorithm => "its header names no algorithm".into(),
+        _ => format!("it could not be decoded ({e})"),
+    };
+    AuthError::Invalid(what)
+}
+
 impl AuthError {
     /// A short label for metrics (`reason`), stable across versions.
     pub fn reason(&self) -> &'static str {
@@ -369,7 +386,7 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName => AuthError::WrongAlgorithm,
-            other => AuthError::Invalid(format!("{other:?}")),
+            _ => malformed(&e),
         })?;
         let key = self
             .keys
@@ -390,7 +407,7 @@ impl Verifier {
                 ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
                 ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-                other => AuthError::Invalid(format!("{other:?}")),
+                _ => malformed(&e),
             },
         )?;
         let claims = data.claims;
@@ -620,7 +637,9 @@ mod tests {
             b64::encode(format!(r#"{{"sub":"a","exp":{}}}"#, now + 60).as_bytes())
         );
         assert!(v.verify(&none).is_err());
-        assert!(v.verify("not-a-token").is_err());
+        let garbage = v.verify("not-a-token").unwrap_err().to_string();
+        assert!(garbage.contains("three base64url parts"), "{garbage}");
+        assert!(!garbage.contains("InvalidToken"), "{garbage}");
         let bad_sub = s.token("a b", Duration::from_secs(60), None);
         assert!(matches!(v.verify(&bad_sub), Err(AuthError::Invalid(_))));
         // `exp` is required.

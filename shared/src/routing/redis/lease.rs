@@ -116,7 +116,15 @@ impl WorkerLease {
             lost,
             renewer,
         };
-        tokio::time::sleep(opts.settle.unwrap_or(opts.ttl)).await;
+        let settle = opts.settle.unwrap_or(opts.ttl);
+        // The port opens only after this wait: say so, or a start looks hung.
+        tracing::info!(
+            worker_id = id,
+            settle_ms = settle.as_millis() as u64,
+            "worker id reserved; waiting one lease TTL before using it, so that an earlier holder \
+             that lost this id stops first (set WORKER_ID to skip the lease)"
+        );
+        tokio::time::sleep(settle).await;
         if lease.lost() {
             return Err(LeaseError::LostWhileSettling(id));
         }
