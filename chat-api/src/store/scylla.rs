@@ -466,15 +466,30 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
-        let ids: Vec<rows::UserChatRow> =
-            self.all_rows(&self.st.select_user_chats, (user,)).await?;
-        let ids = ids
-            .into_iter()
-            .map(|r| id_from_cql(r.chat_id).map_err(StoreError::Internal))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut chats: Vec<Chat> = futures_util::stream::iter(ids)
-            .map(|id| self.get_chat(id))
-            .buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
+        // The user's `user_chats` partition is read page by page (PAGE_SIZE rows), and each
+        // page's chats are looked up as its rows arrive, CHAT_LOOKUP_CONCURRENCY at a time: the
+        // ids are never all held before the first lookup, and the cost is one partition page
+        // per PAGE_SIZE chats plus one point read per chat.
+        let statement = self.st.select_user_chats.get_statement();
+        let pager = self
+            .session
+            .execute_iter(self.st.select_user_chats.clone(), (user,))
+            .await
+            .map_err(|e| match e {
+                PagerExecutionError::PrepareError(_)
+                | PagerExecutionError::SerializationError(_) => internal(statement, e),
+                _ => StoreError::Unavailable(format!("{statement}: {e}")),
+            })?;
+        let mut chats: Vec<Chat> = pager
+            .rows_stream::<rows::UserChatRow>()
+            .map_err(|e| internal(statement, e))?
+            .map(|row| match row {
+                Ok(r) => id_from_cql(r.chat_id).map_err(StoreError::Internal),
+                Err(e @ NextRowError::RowDeserializationError(_)) => Err(internal(statement, e)),
+                Err(e) => Err(StoreError::Unavailable(format!("{statement}: {e}"))),
+            })
+            .map_ok(|id| self.get_chat(id))
+            .try_buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
             .try_filter_map(|c| async move { Ok(c) })
             .try_collect()
             .await?;
