@@ -196,9 +196,8 @@ pub struct ScyllaStore {
     /// The message, its chat's `last_message_id` and its bucket in the index, together (see
     /// schema/README.md).
     write_message_batch: Batch,
-    /// Set once the server refused a statement as unsupported in this keyspace: readiness fails
-    /// with this reason until an operator fixes the deployment.
-    unsupported: std::sync::OnceLock<String>,
+    /// Whether the server refused a statement as unsupported in this keyspace.
+    unsupported: Unsupported,
     in_flight: Semaphore,
     max_in_flight: usize,
     permit_wait: Duration,
@@ -260,7 +259,7 @@ impl ScyllaStore {
             session,
             st,
             write_message_batch,
-            unsupported: std::sync::OnceLock::new(),
+            unsupported: Unsupported::default(),
             in_flight: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
             permit_wait: config.request_timeout,
@@ -297,17 +296,7 @@ impl ScyllaStore {
     /// [`execution_error`], and a server's "not supported" answer turned into a readiness failure
     /// (logged once), answered as unavailable: a deployment error, not a bug in a request.
     fn failed(&self, statement: &str, e: ExecutionError) -> StoreError {
-        if migrate::is_unsupported(&e) {
-            let reason = format!(
-                "ScyllaDB refused `{statement}` as unsupported in this keyspace ({e}); a keyspace \
-                 with tablets cannot run the send claim: see `chat-api migrate` and schema/README.md"
-            );
-            if self.unsupported.set(reason.clone()).is_ok() {
-                tracing::error!(%reason, "the store cannot serve: readiness fails until the keyspace is fixed");
-            }
-            return StoreError::Unavailable(reason);
-        }
-        execution_error(statement, e)
+        self.unsupported.map(statement, e)
     }
 
     async fn batch(&self, batch: &Batch, values: impl BatchValues) -> Result<(), StoreError> {
@@ -677,10 +666,39 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(reason) = self.unsupported.get() {
-            return Err(StoreError::Unavailable(reason.clone()));
-        }
+        self.unsupported.check()?;
         self.exec(&self.st.ping, ()).await.map(|_| ())
+    }
+}
+
+/// The one state of a store that a server refused as unsupported (a keyspace with tablets running
+/// an LWT, say): set by the first such answer, never cleared, read by readiness.
+#[derive(Debug, Default)]
+pub struct Unsupported(std::sync::OnceLock<String>);
+
+impl Unsupported {
+    /// Maps a driver error: an "unsupported" answer is recorded (one ERROR log) and answered as
+    /// unavailable (503, never an internal error); anything else goes to [`execution_error`].
+    pub fn map(&self, statement: &str, e: ExecutionError) -> StoreError {
+        if !migrate::is_unsupported(&e) {
+            return execution_error(statement, e);
+        }
+        let reason = format!(
+            "ScyllaDB refused `{statement}` as unsupported in this keyspace ({e}); a keyspace \
+             with tablets cannot run the send claim: see `chat-api migrate` and schema/README.md"
+        );
+        if self.0.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "the store cannot serve: readiness fails until a restart on a fixed keyspace");
+        }
+        StoreError::Unavailable(reason)
+    }
+
+    /// Readiness: fails with the recorded reason once set.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.0.get() {
+            Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -980,6 +998,36 @@ mod tests {
             walk_order(idx(&[]), 12, 13, Direction::Up),
             Vec::<i32>::new()
         );
+    }
+
+    #[test]
+    fn an_unsupported_answer_fails_readiness_and_is_never_internal() {
+        use scylla::errors::{DbError, RequestAttemptError};
+        let db = |kind: DbError, msg: &str| {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(kind, msg.into()))
+        };
+        let state = Unsupported::default();
+        assert!(state.check().is_ok());
+        // An ordinary bug stays internal and does not touch readiness.
+        let bug = state.map(
+            "SELECT x",
+            db(DbError::SyntaxError, "line 1: no viable alternative"),
+        );
+        assert!(matches!(bug, StoreError::Internal(_)), "{bug}");
+        assert!(state.check().is_ok());
+        let refused = state.map(
+            cql::CLAIM_SEND,
+            db(DbError::Invalid, "LWT is not yet supported with tablets"),
+        );
+        assert!(
+            matches!(&refused, StoreError::Unavailable(m) if m.contains("tablets")),
+            "{refused}"
+        );
+        let ready = state.check().unwrap_err();
+        assert!(ready.to_string().contains("chat-api migrate"), "{ready}");
+        // It stays failed: a later ordinary answer does not clear it.
+        let _ = state.map("SELECT x", db(DbError::Overloaded, "busy"));
+        assert!(state.check().is_err());
     }
 
     #[test]
