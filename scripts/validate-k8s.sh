@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes manifests under k8s/ without a cluster: renders each kustomization,
 # lints the YAML, checks every object against the Kubernetes JSON schemas (offline), checks the
-# references between objects and the drain timing, and exits non-zero on any failure.
+# references between objects, the drain timing and the migrate Job's keyspace replication against
+# the ScyllaCluster it targets, and exits non-zero on any failure. The replication check first
+# proves on made-up renders that it rejects what it must (a self-test, run every time).
 #
 # Tools: kubernetes-validate and yamllint are installed from PyPI into a venv outside the repo on
 # first use (then no network is needed). Rendering uses `kustomize` if on PATH, else
@@ -136,7 +138,8 @@ def config_defaults(section):
 GATEWAY_DEFAULTS = {k: v for k, v in config_defaults("gateway").items()
                     if k in ("DRAIN_DEADLINE", "DRAIN_WINDOW", "HEARTBEAT_INTERVAL", "IDLE_TIMEOUT")}
 API_DEFAULTS = {k: v for k, v in config_defaults("chat-api serve").items() if k == "API_SHUTDOWN_GRACE"}
-if len(GATEWAY_DEFAULTS) != 4 or len(API_DEFAULTS) != 1:
+MIGRATE_DEFAULTS = {k: v for k, v in config_defaults("chat-api migrate").items() if k == "SCYLLA_REPLICATION"}
+if len(GATEWAY_DEFAULTS) != 4 or len(API_DEFAULTS) != 1 or len(MIGRATE_DEFAULTS) != 1:
     raise SystemExit("FAIL: docs/CONFIG.md lacks the drain settings: %r %r" % (GATEWAY_DEFAULTS, API_DEFAULTS))
 print("service defaults (docs/CONFIG.md, generated from the code): %s" % ", ".join(
     "%s=%s" % kv for kv in sorted({**GATEWAY_DEFAULTS, **API_DEFAULTS}.items())))
@@ -348,6 +351,99 @@ def check_drain(label, objs):
                 bad("%s %s: no preStop sleep; new connections can arrive after SIGTERM" % (label, name_of(d)))
 
 
+def migrate_replication_problems(objs, quiet=False):
+    """(g) The migrate Job's SCYLLA_REPLICATION against the ScyllaCluster its STORE_URL names
+    ("<cluster>-client.<namespace>..."): a factor above a datacenter's members makes every
+    LOCAL_QUORUM request Unavailable (or the keyspace's creation fail), a datacenter the cluster
+    lacks gets no replica, and a local_dc the cluster lacks finds no node."""
+    problems = []
+    clusters = objs.get("ScyllaCluster", {})
+    for (ns, n), job in sorted(objs.get("Job", {}).items()):
+        for c in pod_spec(job)["containers"]:
+            binary = (c.get("command") or [""])[0].rsplit("/", 1)[-1]
+            if binary != "chat-api" or "migrate" not in c.get("args", []):
+                continue
+            env = container_env(c, objs, ns)
+            where = "Job/%s/%s" % (ns, n)
+            url = env.get("STORE_URL", "")
+            m = re.match(r"scylla://([^/?]+)/[^?]*(?:\?(.*))?$", url)
+            if not m:
+                problems.append("%s: STORE_URL %r is not scylla://HOST[:PORT]/KEYSPACE" % (where, url))
+                continue
+            host = m.group(1).split(",")[0].rsplit(":", 1)[0]
+            parts = host.split(".")
+            svc, svc_ns = parts[0], parts[1] if len(parts) > 1 else ns
+            if not svc.endswith("-client"):
+                problems.append("%s: STORE_URL host %r is not a Scylla Operator client Service (<cluster>-client)" % (where, host))
+                continue
+            cluster = clusters.get((svc_ns, svc[:-len("-client")]))
+            if cluster is None:
+                problems.append("%s: STORE_URL targets ScyllaCluster %s/%s, which is not in the render" % (where, svc_ns, svc[:-len("-client")]))
+                continue
+            dc = cluster["spec"]["datacenter"]
+            members = {dc["name"]: sum(int(r.get("members", 0)) for r in dc.get("racks", []))}
+            replication = str(env.get("SCYLLA_REPLICATION", MIGRATE_DEFAULTS["SCYLLA_REPLICATION"])).strip()
+            try:
+                if ":" in replication:
+                    factors = {d.strip(): int(f) for d, f in (p.split(":", 1) for p in replication.split(","))}
+                else:
+                    factors = {d: int(replication) for d in members}
+            except ValueError:
+                problems.append("%s: SCYLLA_REPLICATION %r is not N or dc:N[,dc:N]" % (where, replication))
+                continue
+            for d, f in sorted(factors.items()):
+                if d not in members:
+                    problems.append("%s: SCYLLA_REPLICATION %r names datacenter %r; ScyllaCluster %s/%s has only %s"
+                                    % (where, replication, d, svc_ns, cluster["metadata"]["name"], sorted(members)))
+                elif f > members[d]:
+                    problems.append("%s: SCYLLA_REPLICATION %r asks %d replicas in %s, but ScyllaCluster %s/%s has %d member(s) there"
+                                    % (where, replication, f, d, svc_ns, cluster["metadata"]["name"], members[d]))
+            for opt in (m.group(2) or "").split("&"):
+                key, _, value = opt.partition("=")
+                if key == "local_dc" and value not in members:
+                    problems.append("%s: STORE_URL local_dc=%s is not a datacenter of ScyllaCluster %s/%s (%s)"
+                                    % (where, value, svc_ns, cluster["metadata"]["name"], sorted(members)))
+            if not quiet:
+                print("  migrate %s: SCYLLA_REPLICATION %s vs ScyllaCluster %s members %s"
+                      % (where, replication, cluster["metadata"]["name"], members))
+    return problems
+
+
+def check_migrate_replication(label, objs):
+    for p in migrate_replication_problems(objs):
+        bad("%s %s" % (label, p))
+
+
+def self_test_migrate_replication():
+    """The replication check must reject what it exists to reject, on made-up renders."""
+    def render(replication, members, url="scylla://scylla-client.scylla.svc:9042/chat?local_dc=dc1"):
+        job = {"kind": "Job", "metadata": {"name": "m", "namespace": "chat"}, "spec": {"template": {"spec": {
+            "containers": [{"command": ["/usr/local/bin/chat-api"], "args": ["migrate"],
+                            "env": [{"name": "STORE_URL", "value": url}] +
+                                   ([{"name": "SCYLLA_REPLICATION", "value": replication}] if replication else [])}]}}}}
+        cluster = {"kind": "ScyllaCluster", "metadata": {"name": "scylla", "namespace": "scylla"},
+                   "spec": {"datacenter": {"name": "dc1", "racks": [{"members": m} for m in members]}}}
+        return index([job, cluster])
+
+    cases = [
+        ("dc1:3 on 1 member", render("dc1:3", [1]), "asks 3 replicas"),
+        ("3 on 2 members", render("3", [1, 1]), "asks 3 replicas"),
+        ("the default (3) on 1 member", render(None, [1]), "asks 3 replicas"),
+        ("a datacenter the cluster lacks", render("dc1:1,dc2:1", [1]), "names datacenter 'dc2'"),
+        ("local_dc the cluster lacks", render("dc1:1", [1], "scylla://scylla-client.scylla.svc:9042/chat?local_dc=dc9"), "local_dc=dc9"),
+        ("another cluster", render("dc1:1", [1], "scylla://other-client.scylla.svc:9042/chat"), "not in the render"),
+    ]
+    for name, objs, want in cases:
+        found = migrate_replication_problems(objs, quiet=True)
+        if not any(want in p for p in found):
+            raise SystemExit("FAIL: self-test: the replication check accepts %s (found %r)" % (name, found))
+    for name, objs in [("dc1:3 on 3 members", render("dc1:3", [1, 1, 1])), ("1 on 1 member", render("1", [1]))]:
+        found = migrate_replication_problems(objs, quiet=True)
+        if found:
+            raise SystemExit("FAIL: self-test: the replication check rejects %s: %r" % (name, found))
+    print("self-test: the migrate replication check rejects %d bad renders and accepts 2 good ones" % len(cases))
+
+
 def check_ingress_timeouts(label, objs):
     for (ns, n), ing in objs.get("Ingress", {}).items():
         ann = ing["metadata"].get("annotations", {})
@@ -394,6 +490,7 @@ def check_monitoring(objs):
     return served if rules else None
 
 
+self_test_migrate_replication()
 all_objs = {}
 hpa_metrics = []  # (render, HPA, custom metric): the same HPA differs between overlays
 for item in inputs:
@@ -409,6 +506,7 @@ for item in inputs:
         check_references(short, docs, objs)
         check_drain(short, objs)
         check_ingress_timeouts(short, objs)
+        check_migrate_replication(short, objs)
     else:
         print("  references and drain timing of k8s/%s not checked: it was not rendered" % label)
     for kind, byname in objs.items():

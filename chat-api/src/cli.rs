@@ -107,13 +107,17 @@ pub struct ServeArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
-    /// `scylla://HOST[:PORT][,HOST...]/KEYSPACE`.
+    /// `scylla://HOST[:PORT][,HOST...]/KEYSPACE[?local_dc=DC]` (the options of `serve`'s STORE_URL are accepted).
     #[arg(long, env = "STORE_URL")]
     pub store_url: String,
-    /// Keyspace replication: a replication factor per data centre (`dc1:3,dc2:3`), or one
-    /// number for the default data centre.
+    /// Keyspace replication: a replication factor per datacenter (`dc1:3,dc2:3`), or one number
+    /// for every datacenter. Never more than the nodes of a datacenter: writes at LOCAL_QUORUM
+    /// fail while fewer than a majority of the factor's replicas exist.
     #[arg(long, env = "SCYLLA_REPLICATION", default_value = "3")]
     pub replication: String,
+    /// Client timeout of each migration statement and of the wait for schema agreement after DDL.
+    #[arg(long, env = "SCYLLA_DDL_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub ddl_timeout: Duration,
 }
 
 /// Signs a token and prints it on stdout.
@@ -485,11 +489,15 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let replication =
         Replication::parse(&args.replication).context("--replication / SCYLLA_REPLICATION")?;
     let session = config
-        .session_builder()
+        .migrate_session_builder(args.ddl_timeout)
         .build()
         .await
         .context("connecting to ScyllaDB (STORE_URL)")?;
     let report = crate::migrate::migrate(&session, &config.keyspace, &replication).await?;
+    // A keyspace that existed before (created by hand, or by an older build on a server that
+    // defaults to tablets) is checked as `serve` will check it.
+    let layout = crate::migrate::keyspace_layout(&session, &config.keyspace).await?;
+    crate::migrate::check_layout(&config.keyspace, &layout, config.local_dc.as_deref())?;
     println!("{report:?}");
     Ok(())
 }

@@ -19,8 +19,12 @@ pub struct ApiArgs {
         default_value = "0.0.0.0:8081"
     )]
     pub api_addr: SocketAddr,
-    /// Message store: `sqlite:PATH` or `scylla://HOST[:PORT][,HOST...]/KEYSPACE`. Embedded mode
-    /// defaults to `sqlite:$DATA_DIR/chat.db`.
+    /// Message store: `sqlite:PATH` or `scylla://HOST[:PORT][,HOST...]/KEYSPACE[?OPTIONS]`.
+    /// Embedded mode defaults to `sqlite:$DATA_DIR/chat.db`. ScyllaDB options (`&`-separated):
+    /// `consistency` (`LOCAL_QUORUM` default, or `QUORUM`; weaker levels are refused), `local_dc`
+    /// (this replica's datacenter; required when the keyspace spans several), `server_timeout`
+    /// (`USING TIMEOUT` of each statement, default `2s`), `request_timeout` (client side, default
+    /// `3s`, must exceed `server_timeout`), `max_in_flight` (default `1024`).
     #[arg(long, env = "STORE_URL", value_name = "STORE_URL")]
     pub store_url: Option<String>,
     /// Snowflake worker id (0-1023) of this replica; must differ between live replicas.

@@ -2,17 +2,44 @@
 //! ScyllaDB in order, once each, recording version and checksum in `schema_migrations`; and the
 //! start-up check that refuses to serve on a keyspace older than [`REQUIRED_SCHEMA_VERSION`].
 //!
-//! Every statement in the files is `IF NOT EXISTS`, so a run interrupted half-way through a file
-//! is finished by the next run. Schema agreement after each DDL statement is awaited by the
-//! driver session (its default); test sessions against a fake server may turn that off.
+//! Every statement in the files is idempotent (`IF NOT EXISTS`, or an `ALTER … WITH` that sets
+//! the same options again), so a run interrupted half-way through a file is finished by the next
+//! run. Schema agreement after each DDL statement is awaited by the driver session (its default);
+//! test sessions against a fake server may turn that off.
+//!
+//! The keyspace is created with tablets disabled ([`TABLETS_OFF`]): ScyllaDB does not run
+//! lightweight transactions (the idempotency claim of every send) in keyspaces that use tablets,
+//! and since 6.0 new keyspaces use them by default. [`check_layout`] refuses such a keyspace, for
+//! `migrate` and for `serve`.
 
+use futures_util::{StreamExt, TryStreamExt};
 use scylla::client::session::Session;
-use scylla::errors::ExecutionError;
+use scylla::cluster::metadata::Strategy;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 
+use crate::store::scylla::rows::bucket_of;
 use crate::store::scylla::validate_keyspace;
 
 /// The schema version this build needs: the newest file in `schema/`.
-pub const REQUIRED_SCHEMA_VERSION: i32 = 2;
+pub const REQUIRED_SCHEMA_VERSION: i32 = 3;
+
+/// Appended to `CREATE KEYSPACE` by the migrator (not written in the file, because a server that
+/// predates tablets rejects the option; there the keyspace uses vnodes anyway).
+pub const TABLETS_OFF: &str = " AND tablets = {'enabled': false}";
+
+/// The schema version whose application indexes the buckets of existing messages.
+pub const BUCKET_INDEX_VERSION: i32 = 3;
+/// Schema 3 backfill: every chat, paged (a full scan, once).
+pub const SELECT_ALL_CHATS: &str =
+    "SELECT chat_id, first_bucket, last_message_id FROM {keyspace}.chats";
+/// Schema 3 backfill: whether a bucket holds any message.
+pub const SELECT_ANY_MESSAGE: &str =
+    "SELECT message_id FROM {keyspace}.messages WHERE chat_id = ? AND bucket = ? LIMIT 1";
+/// Schema 3 backfill: index one bucket.
+pub const INSERT_BUCKET: &str =
+    "INSERT INTO {keyspace}.chat_buckets (chat_id, bucket) VALUES (?, ?)";
+/// Chats indexed at once by the backfill.
+const BACKFILL_CONCURRENCY: usize = 16;
 
 /// The `component` partition of `schema_migrations` this crate owns.
 pub const COMPONENT: &str = "chat-api";
@@ -36,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "0002_tables.cql",
         cql: include_str!("../../schema/0002_tables.cql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_bucket_index.cql",
+        cql: include_str!("../../schema/0003_bucket_index.cql"),
     },
 ];
 
@@ -84,6 +116,126 @@ pub enum MigrateError {
         found: i32,
         required: i32,
     },
+    #[error("schema 3 could not index the buckets of existing messages in keyspace {keyspace}: {detail} (run `chat-api migrate` again: the step is idempotent)")]
+    Backfill { keyspace: String, detail: String },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+}
+
+/// A keyspace this service cannot run on correctly, found before serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error(
+        "keyspace {keyspace} uses tablets, and ScyllaDB does not run lightweight transactions (the \
+         idempotency claim of every send) in such keyspaces: every send would fail. Tablets cannot \
+         be turned off in an existing keyspace: create a new one with `chat-api migrate` (it sets \
+         tablets = {{'enabled': false}}; on ScyllaDB 2025.x the server must not run with \
+         tablets_mode_for_new_keyspaces: enforced) and point STORE_URL at it"
+    )]
+    Tablets { keyspace: String },
+    #[error(
+        "keyspace {keyspace} replicates to datacenters {datacenters:?}: set ?local_dc=<this \
+         replica's datacenter> in STORE_URL, so that LOCAL_QUORUM means this datacenter"
+    )]
+    NoLocalDc {
+        keyspace: String,
+        datacenters: Vec<String>,
+    },
+    #[error(
+        "STORE_URL local_dc={local_dc:?} is not among the datacenters of keyspace {keyspace} \
+         ({datacenters:?}): requests would find no local replica"
+    )]
+    UnknownLocalDc {
+        keyspace: String,
+        local_dc: String,
+        datacenters: Vec<String>,
+    },
+    #[error("keyspace {keyspace} is not in the cluster's metadata: {detail}")]
+    Missing { keyspace: String, detail: String },
+}
+
+/// What the store needs to know about its keyspace before serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyspaceLayout {
+    pub tablets: bool,
+    /// The datacenters named in the replication map, sorted (empty for SimpleStrategy).
+    pub datacenters: Vec<String>,
+}
+
+/// Reads the keyspace's replication and tablets setting from the driver's cluster metadata
+/// (`system_schema.keyspaces` and `system_schema.scylla_keyspaces`), refreshed first.
+pub async fn keyspace_layout(
+    session: &Session,
+    keyspace: &str,
+) -> Result<KeyspaceLayout, LayoutError> {
+    let missing = |detail: String| LayoutError::Missing {
+        keyspace: keyspace.to_owned(),
+        detail,
+    };
+    session
+        .refresh_metadata()
+        .await
+        .map_err(|e| missing(e.to_string()))?;
+    let state = session.get_cluster_state();
+    let ks = state
+        .get_keyspace(keyspace)
+        .ok_or_else(|| missing("run `chat-api migrate` first".into()))?;
+    let mut datacenters: Vec<String> = match &ks.strategy {
+        Strategy::NetworkTopologyStrategy {
+            datacenter_repfactors,
+        } => datacenter_repfactors.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    datacenters.sort();
+    Ok(KeyspaceLayout {
+        tablets: ks.tablet_based,
+        datacenters,
+    })
+}
+
+/// Refuses a keyspace with tablets, a keyspace in several datacenters without `local_dc`, and a
+/// `local_dc` the keyspace does not replicate to.
+pub fn check_layout(
+    keyspace: &str,
+    layout: &KeyspaceLayout,
+    local_dc: Option<&str>,
+) -> Result<(), LayoutError> {
+    if layout.tablets {
+        return Err(LayoutError::Tablets {
+            keyspace: keyspace.to_owned(),
+        });
+    }
+    match local_dc {
+        None if layout.datacenters.len() > 1 => Err(LayoutError::NoLocalDc {
+            keyspace: keyspace.to_owned(),
+            datacenters: layout.datacenters.clone(),
+        }),
+        Some(dc)
+            if !layout.datacenters.is_empty() && !layout.datacenters.iter().any(|d| d == dc) =>
+        {
+            Err(LayoutError::UnknownLocalDc {
+                keyspace: keyspace.to_owned(),
+                local_dc: dc.to_owned(),
+                datacenters: layout.datacenters.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a server refused a statement as unsupported in this keyspace (LWT with tablets, for
+/// one): a deployment error that no retry fixes, so the service must stop being ready.
+pub fn is_unsupported(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::Invalid | DbError::ConfigError | DbError::ServerError,
+            message,
+        )) => {
+            let m = message.to_ascii_lowercase();
+            m.contains("not supported") || m.contains("not yet supported")
+        }
+        _ => false,
+    }
 }
 
 /// Keyspace replication, rendered into `{{replication}}`.
@@ -150,10 +302,27 @@ pub fn statements(m: &Migration, keyspace: &str, replication: &Replication) -> V
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.replace("{{keyspace}}", keyspace)
-                .replace("{{replication}}", replication.as_cql())
+            let s = s
+                .replace("{{keyspace}}", keyspace)
+                .replace("{{replication}}", replication.as_cql());
+            if s.starts_with("CREATE KEYSPACE") {
+                s + TABLETS_OFF
+            } else {
+                s
+            }
         })
         .collect()
+}
+
+/// A server that predates tablets rejects the option: the keyspace then uses vnodes anyway.
+fn rejects_tablets_option(e: &ExecutionError) -> bool {
+    match e {
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::SyntaxError | DbError::ConfigError | DbError::Invalid,
+            message,
+        )) => message.to_ascii_lowercase().contains("tablets"),
+        _ => false,
+    }
 }
 
 /// FNV-1a (64-bit) of the file as embedded, in hex: detects edits, not tampering.
@@ -263,14 +432,27 @@ pub async fn migrate_to(
             continue;
         }
         for statement in statements(m, keyspace, replication) {
-            session
-                .query_unpaged(statement.as_str(), ())
-                .await
-                .map_err(|source| MigrateError::Apply {
-                    name: m.name,
-                    statement: statement.clone(),
-                    source: Box::new(source),
-                })?;
+            let mut result = session.query_unpaged(statement.as_str(), ()).await;
+            if let (Err(e), Some(without)) = (&result, statement.strip_suffix(TABLETS_OFF)) {
+                if rejects_tablets_option(e) {
+                    tracing::info!(
+                        "the server has no tablets option: creating the keyspace on vnodes"
+                    );
+                    result = session.query_unpaged(without, ()).await;
+                }
+            }
+            result.map_err(|source| MigrateError::Apply {
+                name: m.name,
+                statement: statement.clone(),
+                source: Box::new(source),
+            })?;
+        }
+        if m.version == BUCKET_INDEX_VERSION {
+            let indexed = backfill_bucket_index(session, keyspace).await?;
+            tracing::info!(
+                buckets = indexed,
+                "indexed the buckets of existing messages"
+            );
         }
         let record = qualified(INSERT_APPLIED, keyspace);
         session
@@ -294,6 +476,64 @@ pub async fn migrate_to(
         report.applied.push(m.version);
     }
     Ok(report)
+}
+
+/// Schema 3: writes a `chat_buckets` row for every bucket that holds messages written before the
+/// index existed. For each chat with messages, reads one row of each bucket from one before its
+/// `first_bucket` (a replica whose clock lagged the creator's could have stamped a message there)
+/// to the bucket of its `last_message_id`. Idempotent; a full scan of `chats`, run once.
+pub async fn backfill_bucket_index(session: &Session, keyspace: &str) -> Result<u64, MigrateError> {
+    let fail = |detail: String| MigrateError::Backfill {
+        keyspace: keyspace.to_owned(),
+        detail,
+    };
+    let chats: Vec<(i64, Option<i32>, Option<i64>)> = session
+        .query_iter(qualified(SELECT_ALL_CHATS, keyspace), ())
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .rows_stream::<(i64, Option<i32>, Option<i64>)>()
+        .map_err(|e| fail(e.to_string()))?
+        .try_filter(|(_, _, last)| futures_util::future::ready(last.is_some()))
+        .try_collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if chats.is_empty() {
+        return Ok(0);
+    }
+    let probe = session
+        .prepare(qualified(SELECT_ANY_MESSAGE, keyspace))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let insert = session
+        .prepare(qualified(INSERT_BUCKET, keyspace))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let counts: Vec<u64> = futures_util::stream::iter(chats)
+        .map(|(chat_id, first, last)| {
+            let (probe, insert) = (&probe, &insert);
+            async move {
+                let last = shared::Id(u64::try_from(last.unwrap_or(0)).unwrap_or(0));
+                let mut indexed = 0;
+                for bucket in first.unwrap_or(0).saturating_sub(1).max(0)..=bucket_of(last) {
+                    let rows = session
+                        .execute_unpaged(probe, (chat_id, bucket))
+                        .await?
+                        .into_rows_result()
+                        .map(|r| r.rows_num())
+                        .unwrap_or(0);
+                    if rows > 0 {
+                        session.execute_unpaged(insert, (chat_id, bucket)).await?;
+                        indexed += 1;
+                    }
+                }
+                Ok::<u64, ExecutionError>(indexed)
+            }
+        })
+        .buffer_unordered(BACKFILL_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(counts.into_iter().sum())
 }
 
 /// For `serve`: fails with [`MigrateError::Outdated`] (naming `chat-api migrate`) unless the
@@ -335,13 +575,119 @@ mod tests {
             .iter()
             .flat_map(|m| statements(m, "chat", &r))
             .collect();
-        assert_eq!(all.len(), 7, "{all:#?}");
-        assert!(all[0].starts_with("CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"));
+        assert_eq!(all.len(), 9, "{all:#?}");
+        assert_eq!(
+            all[0],
+            "CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': \
+             'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2} AND durable_writes = true \
+             AND tablets = {'enabled': false}"
+        );
         for s in &all {
             assert!(!s.contains("{{"), "{s}");
             assert!(!s.contains("--"), "{s}");
-            assert!(s.contains("IF NOT EXISTS chat"), "{s}");
+            assert!(
+                s.contains("IF NOT EXISTS chat") || s.starts_with("ALTER TABLE chat."),
+                "{s}"
+            );
+            assert_eq!(
+                s.contains("tablets"),
+                s.starts_with("CREATE KEYSPACE"),
+                "only the keyspace sets tablets: {s}"
+            );
         }
+        assert_eq!(
+            all[8],
+            "ALTER TABLE chat.messages WITH compaction = {'class': 'SizeTieredCompactionStrategy'}"
+        );
+        assert!(
+            all[7].contains("PRIMARY KEY (chat_id, bucket)"),
+            "{}",
+            all[7]
+        );
+    }
+
+    #[test]
+    fn an_older_server_without_tablets_gets_the_keyspace_without_the_option() {
+        let refused = |kind: DbError, msg: &str| {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(kind, msg.into()))
+        };
+        assert!(rejects_tablets_option(&refused(
+            DbError::SyntaxError,
+            "Unknown property 'tablets'"
+        )));
+        assert!(!rejects_tablets_option(&refused(
+            DbError::SyntaxError,
+            "line 1:10 no viable alternative"
+        )));
+        assert!(!rejects_tablets_option(&refused(
+            DbError::Unauthorized,
+            "tablets"
+        )));
+    }
+
+    #[test]
+    fn layout_refuses_tablets_and_ambiguous_datacenters() {
+        let layout = |tablets: bool, dcs: &[&str]| KeyspaceLayout {
+            tablets,
+            datacenters: dcs.iter().map(|d| d.to_string()).collect(),
+        };
+        assert_eq!(check_layout("chat", &layout(false, &["dc1"]), None), Ok(()));
+        assert_eq!(
+            check_layout("chat", &layout(false, &["dc1"]), Some("dc1")),
+            Ok(())
+        );
+        assert_eq!(check_layout("chat", &layout(false, &[]), Some("x")), Ok(()));
+        let err = check_layout("chat", &layout(true, &["dc1"]), Some("dc1")).unwrap_err();
+        assert!(matches!(err, LayoutError::Tablets { .. }));
+        let text = err.to_string();
+        assert!(
+            text.contains("tablets") && text.contains("chat-api migrate"),
+            "{text}"
+        );
+        let err = check_layout("chat", &layout(false, &["dc1", "dc2"]), None).unwrap_err();
+        assert!(err.to_string().contains("local_dc"), "{err}");
+        assert_eq!(
+            check_layout("chat", &layout(false, &["dc1", "dc2"]), Some("dc2")),
+            Ok(())
+        );
+        let err = check_layout("chat", &layout(false, &["dc1", "dc2"]), Some("dc3")).unwrap_err();
+        assert!(matches!(err, LayoutError::UnknownLocalDc { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_unsupported_answer_is_recognized() {
+        let db = |kind: DbError, msg: &str| {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(kind, msg.into()))
+        };
+        assert!(is_unsupported(&db(
+            DbError::Invalid,
+            "LWT is not yet supported with tablets"
+        )));
+        assert!(is_unsupported(&db(
+            DbError::ConfigError,
+            "Feature X is not supported in keyspaces with tablets"
+        )));
+        assert!(!is_unsupported(&db(
+            DbError::Invalid,
+            "Undefined column name x"
+        )));
+        assert!(!is_unsupported(&db(DbError::Overloaded, "not supported")));
+    }
+
+    #[test]
+    fn backfill_statements() {
+        assert_eq!(
+            qualified(SELECT_ALL_CHATS, "chat"),
+            "SELECT chat_id, first_bucket, last_message_id FROM chat.chats"
+        );
+        assert_eq!(
+            qualified(SELECT_ANY_MESSAGE, "chat"),
+            "SELECT message_id FROM chat.messages WHERE chat_id = ? AND bucket = ? LIMIT 1"
+        );
+        assert_eq!(
+            qualified(INSERT_BUCKET, "chat"),
+            "INSERT INTO chat.chat_buckets (chat_id, bucket) VALUES (?, ?)"
+        );
     }
 
     #[test]

@@ -123,6 +123,61 @@ fn bad_urls_are_rejected_before_binding() {
     );
 }
 
+/// Settings that would break the ScyllaDB store's guarantees exit before any connection: a
+/// listener stands where the ScyllaDB node would be, and nothing connects to it.
+#[test]
+fn scylla_settings_that_break_guarantees_are_refused_before_connecting() {
+    let scylla = TcpListener::bind("127.0.0.1:0").expect("a port standing in for ScyllaDB");
+    scylla.set_nonblocking(true).expect("non-blocking");
+    let node = scylla.local_addr().expect("addr");
+    for (option, setting) in [
+        ("consistency=ONE", "consistency"),
+        ("consistency=LOCAL_ONE", "consistency"),
+        ("consistency=ALL", "consistency"),
+        ("request_timeout=1s&server_timeout=2s", "request_timeout"),
+        ("local_dc=", "local_dc"),
+    ] {
+        let url = format!("scylla://{node}/chat?{option}");
+        assert_rejected("serve", &[("STORE_URL", &url)], setting);
+        let out = run_to_exit(
+            Command::new(env!("CARGO_BIN_EXE_chat-api"))
+                .arg("migrate")
+                .env_clear()
+                .env("STORE_URL", &url),
+            &[],
+            EXIT_LIMIT,
+        );
+        assert!(
+            out.code.is_some_and(|c| c != 0),
+            "migrate {url}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(setting),
+            "migrate {url}:\n{}",
+            out.stderr
+        );
+        assert!(
+            matches!(scylla.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{url}: the process connected to ScyllaDB before refusing its configuration"
+        );
+    }
+    let out = run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_chat-api"))
+            .arg("migrate")
+            .env_clear()
+            .env("STORE_URL", format!("scylla://{node}/chat"))
+            .env("SCYLLA_DDL_TIMEOUT", "0s"),
+        &[],
+        EXIT_LIMIT,
+    );
+    assert!(
+        out.stderr.contains("ddl-timeout") || out.stderr.contains("SCYLLA_DDL_TIMEOUT"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn bad_keys_are_rejected_before_binding() {
     for sub in ["serve", "embedded"] {

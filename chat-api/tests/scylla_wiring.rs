@@ -69,7 +69,7 @@ async fn migrations_apply_once_and_are_recorded_with_checksums() {
         assert!(migrate::applied(&session, KS).await.unwrap().is_empty());
 
         let first = migrate::migrate(&session, KS, &repl).await.unwrap();
-        assert_eq!(first.applied, [1, 2]);
+        assert_eq!(first.applied, [1, 2, 3]);
         assert!(first.already.is_empty());
 
         let applied = migrate::applied(&session, KS).await.unwrap();
@@ -85,7 +85,7 @@ async fn migrations_apply_once_and_are_recorded_with_checksums() {
 
         let again = migrate::migrate(&session, KS, &repl).await.unwrap();
         assert!(again.applied.is_empty(), "nothing is applied twice");
-        assert_eq!(again.already, [1, 2]);
+        assert_eq!(again.already, [1, 2, 3]);
         migrate::check_schema(&session, KS)
             .await
             .expect("schema is current");
@@ -290,6 +290,14 @@ async fn message_rows_map_and_the_bucket_is_part_of_the_key() {
             "one bucket, by message id"
         );
         assert_eq!(read(bucket + 1).await, [elsewhere]);
+
+        // The bucket index row written with each message binds (chat id, bucket) by full key.
+        // Any read of it (a DESC table) is refused here; reads run in the conformance suite.
+        let index = session.prepare(cql::INSERT_CHAT_BUCKET).await.unwrap();
+        session
+            .execute_unpaged(&index, (99_i64, bucket))
+            .await
+            .expect("index row by full key");
     })
     .await;
 }
@@ -447,7 +455,10 @@ async fn harness_refuses_what_kassandra_would_get_wrong() {
             cql::UPDATE_CHAT_LAST_MESSAGE,
             cql::SELECT_MEMBER,
             cql::SELECT_MESSAGE,
+            cql::SELECT_BUCKETS_DOWN,
+            cql::SELECT_BUCKETS_UP,
             "SELECT body FROM messages WHERE chat_id = ? AND bucket = ?",
+            "ALTER TABLE messages ADD edited boolean",
             "SELECT user_id FROM members WHERE chat_id IN ?",
             "INSERT INTO members (chat_id, user_id) VALUES (?, ?) USING TTL 60",
             "SELECT user_id FROM members WHERE chat_id = ? and user_id = ?",
@@ -482,7 +493,7 @@ async fn harness_refuses_what_kassandra_would_get_wrong() {
         // The whole store cannot be built here: it prepares statements the harness refuses, so
         // nothing in it can silently run on kassandra.
         let config = ScyllaConfig::from_url("scylla://127.0.0.1/chat").unwrap();
-        let err = ScyllaStore::with_session(Arc::new(session), &config)
+        let err = ScyllaStore::with_session(Arc::new(session), &config, 1)
             .await
             .expect_err("store construction is refused");
         assert!(err.to_string().contains(REFUSED), "{err}");
@@ -518,6 +529,8 @@ fn harness_learns_clustering_columns_and_order_from_the_ddl() {
     assert!(!info("user_chats").descending);
     assert!(info("chats").clustering.is_empty());
     assert!(info("idempotency").clustering.is_empty());
+    assert_eq!(info("chat_buckets").clustering, ["bucket"]);
+    assert!(info("chat_buckets").descending);
     assert_eq!(info("schema_migrations").clustering, ["version"]);
 }
 
@@ -534,7 +547,9 @@ fn refusal_accepts_exactly_the_faithful_statements() {
         cql::SELECT_MEMBERS,
         cql::SELECT_USER_CHATS,
         cql::INSERT_MESSAGE,
+        cql::INSERT_CHAT_BUCKET,
         cql::PING,
+        "ALTER TABLE chat.messages WITH compaction = {'class': 'SizeTieredCompactionStrategy'}",
         "SELECT keyspace_name FROM system_schema.tables WHERE keyspace_name IN ?",
         "SELECT a FROM t WHERE b = 'x < y IF USING' LIMIT 10",
     ] {
@@ -553,6 +568,12 @@ fn refusal_accepts_exactly_the_faithful_statements() {
         ("SELECT a FROM t WHERE k = ? LIMIT ?", "LIMIT ?"),
         ("SELECT a FROM t WHERE k = ? ORDER BY a ASC", "ORDER BY"),
         ("SELECT a FROM t WHERE k IN (1, 2)", "IN"),
+        (cql::SELECT_BUCKETS_DOWN, "range predicates"),
+        ("ALTER TABLE t ADD c int", "ALTER other than"),
+        (
+            "ALTER KEYSPACE chat WITH durable_writes = false",
+            "ALTER other than",
+        ),
         (
             "UPDATE t SET n = n + 1 WHERE k = 1",
             "counter or collection arithmetic",

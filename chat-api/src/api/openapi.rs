@@ -69,7 +69,7 @@ pub fn spec() -> Value {
             json!({"type": format!("{PROBLEM_BASE}{slug}"), "status": status, "title": title})
         })
         .collect();
-    let member_only = "403: `not-a-member` for non-members and unknown chats alike.";
+    let member_only = "403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.";
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -24,6 +24,7 @@ pub async fn run_all(store: Arc<dyn MessageStore>) {
     history_pages_1000_messages(&store).await;
     history_limits_and_ends(&store).await;
     other_chats_never_leak(&store).await;
+    ids_beyond_storage_name_no_chat(&store).await;
     ping(&store).await;
 }
 
@@ -448,6 +449,59 @@ pub async fn other_chats_never_leak(store: &Arc<dyn MessageStore>) {
         assert!(!expected.is_empty());
         assert_eq!(page, expected);
     }
+}
+
+/// Ids above `i64::MAX` (any client can put one in a URL) name no chat on every store: reads
+/// answer "nothing there", never an error, so the API answers 403 (not a member) and no request
+/// counts as an internal error.
+pub async fn ids_beyond_storage_name_no_chat(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let chat = new_chat(store, std::slice::from_ref(&a)).await;
+    insert(store, &message(chat.chat_id, &a, "m", "x")).await;
+    for big in [Id(i64::MAX as u64 + 1), Id(u64::MAX - 1), Id(u64::MAX)] {
+        let what = |op: &str| format!("{op}({big}) on a chat id above i64::MAX");
+        assert_eq!(
+            store
+                .get_chat(big)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", what("get_chat"))),
+            None
+        );
+        assert!(!store
+            .is_member(big, &a)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", what("is_member"))));
+        assert!(store
+            .members(big)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", what("members")))
+            .is_empty());
+        assert!(!store
+            .remove_member(big, &a)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", what("remove_member"))));
+        for cursor in [Cursor::Latest, Cursor::After(Id(0)), Cursor::Before(big)] {
+            assert!(store
+                .history(big, cursor, 10)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", what("history")))
+                .is_empty());
+        }
+    }
+    // Cursors beyond i64::MAX on a real chat are bounds, not errors.
+    assert_eq!(
+        store
+            .history(chat.chat_id, Cursor::Before(Id(u64::MAX)), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store
+        .history(chat.chat_id, Cursor::After(Id(i64::MAX as u64 + 1)), 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// The store answers its readiness check.

@@ -1,12 +1,18 @@
 //! The ScyllaDB message store: messages partitioned by `(chat_id, bucket)`, chats, members and each
 //! user's chat list in tables of their own (schema in `schema/`, applied by `chat-api migrate`).
-//! Statements are prepared once at construction, run under one execution profile (token-aware
-//! default policy, configurable consistency and timeout) and are bounded by an in-flight semaphore.
+//! Statements are prepared once at construction, run under one execution profile (token-aware,
+//! datacenter-local policy, quorum consistency, client timeout above the statements' server-side
+//! `USING TIMEOUT`) and are bounded by an in-flight semaphore.
 //!
 //! Idempotent sends work across replicas without an in-process cache: an LWT
 //! (`INSERT … IF NOT EXISTS`) on the `idempotency` table claims (chat, sender, client_msg_id) for a
 //! message id; the winner writes the message, a loser returns the winner's message (waiting
-//! briefly for it, and completing the write from the claim if the winner stalled or died).
+//! briefly for it, and completing the write from the claim if the winner stalled or died), and
+//! re-issues its idempotent write so that a batch that timed out half-way is repaired.
+//!
+//! History walks read the chat's bucket index (`chat_buckets`), then only buckets that hold
+//! messages: a page costs one index read plus at most `limit + 2` partition reads, whatever the
+//! gaps in the chat's life ([`walk`]).
 
 mod config;
 pub mod cql;
@@ -28,12 +34,14 @@ use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{CqlValue, MaybeUnset, Row};
 use shared::protocol::Message;
 use shared::Id;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-pub use config::{parse_consistency, validate_keyspace, ConfigError, ScyllaConfig};
+pub use config::{
+    claim_serial_consistency, parse_consistency, validate_keyspace, ConfigError, ScyllaConfig,
+};
 use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, MessageRow};
 
 use crate::migrate::{self, MigrateError};
@@ -73,7 +81,7 @@ pub enum ScyllaError {
         "cannot prepare `{statement}`: {source} (is the schema migrated with `chat-api migrate`?)"
     )]
     Prepare {
-        statement: &'static str,
+        statement: String,
         #[source]
         source: PrepareError,
     },
@@ -96,47 +104,63 @@ struct Statements {
     select_message: PreparedStatement,
     select_messages_before: PreparedStatement,
     select_messages_after: PreparedStatement,
+    insert_chat_bucket: PreparedStatement,
+    select_buckets_down: PreparedStatement,
+    select_buckets_up: PreparedStatement,
     ping: PreparedStatement,
 }
 
 impl Statements {
-    async fn prepare(session: &Session) -> Result<Statements, ScyllaError> {
+    /// Prepares the texts of [`cql::Texts`] for `config`; the claim runs with the serial
+    /// consistency that keeps it unique across `datacenters`.
+    async fn prepare(
+        session: &Session,
+        config: &ScyllaConfig,
+        datacenters: usize,
+    ) -> Result<Statements, ScyllaError> {
+        let texts = cql::Texts::new(config.server_timeout);
         // Everything except the LWT claim is safe to retry or speculatively execute: plain upserts
         // and deletes by full key, reads, and the last-message update with an explicit timestamp.
-        let p = |cql: &'static str, idempotent: bool| async move {
-            let mut st = session
-                .prepare(cql)
-                .await
-                .map_err(|source| ScyllaError::Prepare {
-                    statement: cql,
-                    source,
-                })?;
+        let p = |cql: String, idempotent: bool| async move {
+            let mut st =
+                session
+                    .prepare(cql.as_str())
+                    .await
+                    .map_err(|source| ScyllaError::Prepare {
+                        statement: cql.clone(),
+                        source,
+                    })?;
             st.set_is_idempotent(idempotent);
             Ok::<_, ScyllaError>(st)
         };
-        let mut select_members = p(cql::SELECT_MEMBERS, true).await?;
+        let mut select_members = p(texts.select_members, true).await?;
         select_members.set_page_size(PAGE_SIZE);
-        let mut select_user_chats = p(cql::SELECT_USER_CHATS, true).await?;
+        let mut select_user_chats = p(texts.select_user_chats, true).await?;
         select_user_chats.set_page_size(PAGE_SIZE);
+        // A driver-level retry of a claim that did apply would read as lost; the claim path
+        // recognizes its own message id, but retries are still left to the caller.
+        let mut claim_send = p(texts.claim_send, false).await?;
+        claim_send.set_serial_consistency(Some(claim_serial_consistency(datacenters)));
         Ok(Statements {
-            insert_chat: p(cql::INSERT_CHAT, true).await?,
-            select_chat: p(cql::SELECT_CHAT, true).await?,
-            update_chat_last_message: p(cql::UPDATE_CHAT_LAST_MESSAGE, true).await?,
-            insert_member: p(cql::INSERT_MEMBER, true).await?,
-            insert_user_chat: p(cql::INSERT_USER_CHAT, true).await?,
-            delete_member: p(cql::DELETE_MEMBER, true).await?,
-            delete_user_chat: p(cql::DELETE_USER_CHAT, true).await?,
-            select_member: p(cql::SELECT_MEMBER, true).await?,
+            insert_chat: p(texts.insert_chat, true).await?,
+            select_chat: p(texts.select_chat, true).await?,
+            update_chat_last_message: p(cql::UPDATE_CHAT_LAST_MESSAGE.into(), true).await?,
+            insert_member: p(cql::INSERT_MEMBER.into(), true).await?,
+            insert_user_chat: p(cql::INSERT_USER_CHAT.into(), true).await?,
+            delete_member: p(cql::DELETE_MEMBER.into(), true).await?,
+            delete_user_chat: p(cql::DELETE_USER_CHAT.into(), true).await?,
+            select_member: p(texts.select_member, true).await?,
             select_members,
             select_user_chats,
-            // A driver-level retry of a claim that did apply would read as lost; the claim path
-            // recognizes its own message id, but retries are still left to the caller.
-            claim_send: p(cql::CLAIM_SEND, false).await?,
-            insert_message: p(cql::INSERT_MESSAGE, true).await?,
-            select_message: p(cql::SELECT_MESSAGE, true).await?,
-            select_messages_before: p(cql::SELECT_MESSAGES_BEFORE, true).await?,
-            select_messages_after: p(cql::SELECT_MESSAGES_AFTER, true).await?,
-            ping: p(cql::PING, true).await?,
+            claim_send,
+            insert_message: p(cql::INSERT_MESSAGE.into(), true).await?,
+            select_message: p(texts.select_message, true).await?,
+            select_messages_before: p(texts.select_messages_before, true).await?,
+            select_messages_after: p(texts.select_messages_after, true).await?,
+            insert_chat_bucket: p(cql::INSERT_CHAT_BUCKET.into(), true).await?,
+            select_buckets_down: p(texts.select_buckets_down, true).await?,
+            select_buckets_up: p(texts.select_buckets_up, true).await?,
+            ping: p(texts.ping.into(), true).await?,
         })
     }
 }
@@ -169,8 +193,11 @@ pub fn membership_values(chat_id: i64, users: &[String]) -> Vec<(i64, &str)> {
 pub struct ScyllaStore {
     session: Arc<Session>,
     st: Statements,
-    /// The message and its chat's `last_message_id`, together (see schema/README.md).
+    /// The message, its chat's `last_message_id` and its bucket in the index, together (see
+    /// schema/README.md).
     write_message_batch: Batch,
+    /// Whether the server refused a statement as unsupported in this keyspace.
+    unsupported: Unsupported,
     in_flight: Semaphore,
     max_in_flight: usize,
     permit_wait: Duration,
@@ -186,7 +213,9 @@ impl std::fmt::Debug for ScyllaStore {
 
 impl ScyllaStore {
     /// Connects, refuses a keyspace whose schema is older than this build needs (naming
-    /// `chat-api migrate`), binds the session to the keyspace and prepares every statement.
+    /// `chat-api migrate`) or whose layout breaks the store's guarantees (tablets, several
+    /// datacenters without `local_dc`), binds the session to the keyspace and prepares every
+    /// statement.
     pub async fn connect(config: &ScyllaConfig) -> Result<ScyllaStore, ScyllaError> {
         let session =
             config
@@ -198,6 +227,11 @@ impl ScyllaStore {
                     source,
                 })?;
         migrate::check_schema(&session, &config.keyspace).await?;
+        let layout = migrate::keyspace_layout(&session, &config.keyspace)
+            .await
+            .map_err(MigrateError::from)?;
+        migrate::check_layout(&config.keyspace, &layout, config.local_dc.as_deref())
+            .map_err(MigrateError::from)?;
         session
             .use_keyspace(&config.keyspace, false)
             .await
@@ -205,23 +239,27 @@ impl ScyllaStore {
                 keyspace: config.keyspace.clone(),
                 source,
             })?;
-        ScyllaStore::with_session(Arc::new(session), config).await
+        ScyllaStore::with_session(Arc::new(session), config, layout.datacenters.len()).await
     }
 
-    /// Builds the store on a session already bound to the keyspace (tests build their own).
+    /// Builds the store on a session already bound to the keyspace (tests build their own), for a
+    /// keyspace replicated to `datacenters` datacenters.
     pub async fn with_session(
         session: Arc<Session>,
         config: &ScyllaConfig,
+        datacenters: usize,
     ) -> Result<ScyllaStore, ScyllaError> {
-        let st = Statements::prepare(&session).await?;
+        let st = Statements::prepare(&session, config, datacenters).await?;
         let mut write_message_batch = Batch::new(BatchType::Logged);
         write_message_batch.append_statement(st.insert_message.clone());
         write_message_batch.append_statement(st.update_chat_last_message.clone());
+        write_message_batch.append_statement(st.insert_chat_bucket.clone());
         write_message_batch.set_is_idempotent(true);
         Ok(ScyllaStore {
             session,
             st,
             write_message_batch,
+            unsupported: Unsupported::default(),
             in_flight: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
             permit_wait: config.request_timeout,
@@ -252,7 +290,13 @@ impl ScyllaStore {
         self.session
             .execute_unpaged(st, values)
             .await
-            .map_err(|e| execution_error(st.get_statement(), e))
+            .map_err(|e| self.failed(st.get_statement(), e))
+    }
+
+    /// [`execution_error`], and a server's "not supported" answer turned into a readiness failure
+    /// (logged once), answered as unavailable: a deployment error, not a bug in a request.
+    fn failed(&self, statement: &str, e: ExecutionError) -> StoreError {
+        self.unsupported.map(statement, e)
     }
 
     async fn batch(&self, batch: &Batch, values: impl BatchValues) -> Result<(), StoreError> {
@@ -261,7 +305,7 @@ impl ScyllaStore {
             .batch(batch, values)
             .await
             .map(|_| ())
-            .map_err(|e| execution_error("BATCH", e))
+            .map_err(|e| self.failed("BATCH", e))
     }
 
     async fn rows<R>(
@@ -307,7 +351,11 @@ impl ScyllaStore {
     }
 
     async fn chat_row(&self, chat_id: Id) -> Result<Option<ChatRow>, StoreError> {
-        let rows: Vec<ChatRow> = self.rows(&self.st.select_chat, (cql_id(chat_id)?,)).await?;
+        // No stored id exceeds a bigint: a larger one names no chat (as in the SQLite store).
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(None);
+        };
+        let rows: Vec<ChatRow> = self.rows(&self.st.select_chat, (key,)).await?;
         // An `UPDATE` of `last_message_id` alone can make a row without `created_by`; that is not
         // a chat (it never happens through the API, which checks membership first).
         Ok(rows.into_iter().next().filter(|r| r.created_by.is_some()))
@@ -330,15 +378,19 @@ impl ScyllaStore {
             .transpose()
     }
 
+    /// The message, `last_message_id` (timestamped by the id, so it converges to the largest) and
+    /// the bucket index in one logged batch: idempotent, so re-issuing it repairs a batch whose
+    /// outcome was unknown.
     async fn write_message(&self, m: &Message) -> Result<(), StoreError> {
         let chat_id = cql_id(m.chat_id)?;
         let message_id = cql_id(m.message_id)?;
+        let bucket = bucket_of(m.message_id);
         self.batch(
             &self.write_message_batch,
             (
                 (
                     chat_id,
-                    bucket_of(m.message_id),
+                    bucket,
                     message_id,
                     m.sender_id.as_str(),
                     m.client_msg_id.as_str(),
@@ -349,6 +401,7 @@ impl ScyllaStore {
                     message_id,
                     chat_id,
                 ),
+                (chat_id, bucket),
             ),
         )
         .await
@@ -387,7 +440,7 @@ impl MessageStore for ScyllaStore {
             &self.st.insert_chat,
             (
                 cql_id(chat.chat_id)?,
-                chat.title.as_deref(),
+                title_value(chat.title.as_deref()),
                 chat.created_by.as_str(),
                 i64::try_from(chat.created_at_ms).unwrap_or(i64::MAX),
                 bucket_of_ms(born_ms.saturating_sub(rows::CLOCK_SKEW_MS)),
@@ -402,15 +455,30 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
-        let ids: Vec<rows::UserChatRow> =
-            self.all_rows(&self.st.select_user_chats, (user,)).await?;
-        let ids = ids
-            .into_iter()
-            .map(|r| id_from_cql(r.chat_id).map_err(StoreError::Internal))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut chats: Vec<Chat> = futures_util::stream::iter(ids)
-            .map(|id| self.get_chat(id))
-            .buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
+        // The user's `user_chats` partition is read page by page (PAGE_SIZE rows), and each
+        // page's chats are looked up as its rows arrive, CHAT_LOOKUP_CONCURRENCY at a time: the
+        // ids are never all held before the first lookup, and the cost is one partition page
+        // per PAGE_SIZE chats plus one point read per chat.
+        let statement = self.st.select_user_chats.get_statement();
+        let pager = self
+            .session
+            .execute_iter(self.st.select_user_chats.clone(), (user,))
+            .await
+            .map_err(|e| match e {
+                PagerExecutionError::PrepareError(_)
+                | PagerExecutionError::SerializationError(_) => internal(statement, e),
+                _ => StoreError::Unavailable(format!("{statement}: {e}")),
+            })?;
+        let mut chats: Vec<Chat> = pager
+            .rows_stream::<rows::UserChatRow>()
+            .map_err(|e| internal(statement, e))?
+            .map(|row| match row {
+                Ok(r) => id_from_cql(r.chat_id).map_err(StoreError::Internal),
+                Err(e @ NextRowError::RowDeserializationError(_)) => Err(internal(statement, e)),
+                Err(e) => Err(StoreError::Unavailable(format!("{statement}: {e}"))),
+            })
+            .map_ok(|id| self.get_chat(id))
+            .try_buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
             .try_filter_map(|c| async move { Ok(c) })
             .try_collect()
             .await?;
@@ -450,16 +518,18 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
-        let rows: Vec<rows::MemberRow> = self
-            .rows(&self.st.select_member, (cql_id(chat_id)?, user))
-            .await?;
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(false);
+        };
+        let rows: Vec<rows::MemberRow> = self.rows(&self.st.select_member, (key, user)).await?;
         Ok(!rows.is_empty())
     }
 
     async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<rows::MemberRow> = self
-            .all_rows(&self.st.select_members, (cql_id(chat_id)?,))
-            .await?;
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<rows::MemberRow> = self.all_rows(&self.st.select_members, (key,)).await?;
         let mut members: Vec<String> = rows.into_iter().map(|r| r.user_id).collect();
         // The clustering order is already byte order; sorting keeps the contract explicit.
         members.sort();
@@ -490,14 +560,18 @@ impl MessageStore for ScyllaStore {
             .message_id
             .ok_or_else(|| StoreError::Internal("lost send claim carries no message_id".into()))
             .and_then(|v| id_from_cql(v).map_err(StoreError::Internal))?;
-        for wait_ms in LOST_CLAIM_WAITS_MS {
+        for wait_ms in LOST_CLAIM_WAITS_MS.iter().copied().map(Some).chain([None]) {
             if let Some(original) = self.read_message(m.chat_id, winner_id).await? {
+                // The original's batch may have timed out after its batchlog write: the message
+                // is readable but `last_message_id` (which catch-up relies on) and the bucket
+                // index may lag until the batchlog replays. Re-issuing the idempotent,
+                // timestamped write repairs them now.
+                self.write_message(&original).await?;
                 return Ok(Insert::Duplicate(original));
             }
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        }
-        if let Some(original) = self.read_message(m.chat_id, winner_id).await? {
-            return Ok(Insert::Duplicate(original));
+            if let Some(ms) = wait_ms {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
         }
         // The winner claimed but has not written for ~300 ms: it is stalled or gone. Its claim
         // holds the whole message, so complete the write (an idempotent upsert by full key) rather
@@ -531,15 +605,18 @@ impl MessageStore for ScyllaStore {
         let Some(chat) = self.chat_row(chat_id).await? else {
             return Ok(Vec::new());
         };
-        // An acknowledged message was written in the same logged batch as `last_message_id`, so
-        // the walk never needs to look past it, nor below the chat's first bucket.
+        // An acknowledged message was written in the same logged batch as `last_message_id` and
+        // its bucket's index row, so the walk never needs to look past the former, and the
+        // index names every bucket to read.
         let Some(last) = chat.last_message_id else {
             return Ok(Vec::new());
         };
         let last = id_from_cql(last).map_err(StoreError::Internal)?;
-        let first_bucket = chat.first_bucket.unwrap_or(0);
-        let cql_chat = cql_id(chat_id)?;
-        let mut out: Vec<MessageRow> = Vec::with_capacity(limit);
+        let key = chat.chat_id;
+        // Enough index rows to fill the page: every bucket after the first holds at least one
+        // message inside the cursor's range.
+        let index_limit = i32::try_from(limit + 1).unwrap_or(i32::MAX);
+        let want = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         match cursor {
             Cursor::Latest | Cursor::Before(_) => {
                 let upper = match cursor {
@@ -549,21 +626,20 @@ impl MessageStore for ScyllaStore {
                 if upper == 0 {
                     return Ok(Vec::new());
                 }
-                let start = Id((upper as u64 - 1).min(last.0));
-                let mut bucket = bucket_of(start);
-                while bucket >= first_bucket && out.len() < limit {
-                    let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
-                    let page: Vec<MessageRow> = self
-                        .rows(
-                            &self.st.select_messages_before,
-                            (cql_chat, bucket, upper, want),
-                        )
-                        .await?;
-                    out.extend(page);
-                    bucket -= 1;
-                }
-                out.truncate(limit);
+                let top = bucket_of(Id((upper as u64 - 1).min(last.0)));
+                let index: Vec<rows::BucketRow> = self
+                    .rows(&self.st.select_buckets_down, (key, top, index_limit))
+                    .await?;
+                let buckets = walk_order(index, bucket_of(last), top, Direction::Down);
+                let mut out = walk(&buckets, limit, |bucket, n| {
+                    self.rows::<MessageRow>(
+                        &self.st.select_messages_before,
+                        (key, bucket, upper, want(n)),
+                    )
+                })
+                .await?;
                 out.reverse();
+                finish(out)
             }
             Cursor::After(a) => {
                 let Ok(lower) = i64::try_from(a.0) else {
@@ -572,29 +648,57 @@ impl MessageStore for ScyllaStore {
                 if a >= last {
                     return Ok(Vec::new());
                 }
-                let mut bucket = bucket_of(a).max(first_bucket);
-                let end = bucket_of(last);
-                while bucket <= end && out.len() < limit {
-                    let want = i32::try_from(limit - out.len()).unwrap_or(i32::MAX);
-                    let page: Vec<MessageRow> = self
-                        .rows(
-                            &self.st.select_messages_after,
-                            (cql_chat, bucket, lower, want),
-                        )
-                        .await?;
-                    out.extend(page);
-                    bucket += 1;
-                }
-                out.truncate(limit);
+                let bottom = bucket_of(a);
+                let index: Vec<rows::BucketRow> = self
+                    .rows(&self.st.select_buckets_up, (key, bottom, index_limit))
+                    .await?;
+                let buckets = walk_order(index, bucket_of(last), bottom, Direction::Up);
+                let out = walk(&buckets, limit, |bucket, n| {
+                    self.rows::<MessageRow>(
+                        &self.st.select_messages_after,
+                        (key, bucket, lower, want(n)),
+                    )
+                })
+                .await?;
+                finish(out)
             }
         }
-        out.into_iter()
-            .map(|r| r.into_message().map_err(StoreError::Internal))
-            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.unsupported.check()?;
         self.exec(&self.st.ping, ()).await.map(|_| ())
+    }
+}
+
+/// The one state of a store that a server refused as unsupported (a keyspace with tablets running
+/// an LWT, say): set by the first such answer, never cleared, read by readiness.
+#[derive(Debug, Default)]
+pub struct Unsupported(std::sync::OnceLock<String>);
+
+impl Unsupported {
+    /// Maps a driver error: an "unsupported" answer is recorded (one ERROR log) and answered as
+    /// unavailable (503, never an internal error); anything else goes to [`execution_error`].
+    pub fn map(&self, statement: &str, e: ExecutionError) -> StoreError {
+        if !migrate::is_unsupported(&e) {
+            return execution_error(statement, e);
+        }
+        let reason = format!(
+            "ScyllaDB refused `{statement}` as unsupported in this keyspace ({e}); a keyspace \
+             with tablets cannot run the send claim: see `chat-api migrate` and schema/README.md"
+        );
+        if self.0.set(reason.clone()).is_ok() {
+            tracing::error!(%reason, "the store cannot serve: readiness fails until a restart on a fixed keyspace");
+        }
+        StoreError::Unavailable(reason)
+    }
+
+    /// Readiness: fails with the recorded reason once set.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.0.get() {
+            Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -651,6 +755,81 @@ fn cql_id(id: Id) -> Result<i64, StoreError> {
     id_to_cql(id).map_err(StoreError::Internal)
 }
 
+/// The stored key of an id read from a request: `None` above `i64::MAX`, where no chat can exist.
+fn stored_key(id: Id) -> Option<i64> {
+    id_to_cql(id).ok()
+}
+
+/// A null title is left unset: binding `None` would write a tombstone.
+pub fn title_value(title: Option<&str>) -> MaybeUnset<&str> {
+    title.map_or(MaybeUnset::Unset, MaybeUnset::Set)
+}
+
+/// Which way a history walk goes through the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Newest first (`Latest`, `Before`): buckets at or below the start.
+    Down,
+    /// Oldest first (`After`): buckets at or above the start.
+    Up,
+}
+
+/// The buckets a walk reads, in order: those the index named, plus the bucket of the chat's last
+/// message when it is inside the range (a replica of an older version, during a rolling upgrade,
+/// writes messages without index rows; the newest bucket is then still read).
+pub fn walk_order(
+    index: Vec<rows::BucketRow>,
+    last_bucket: i32,
+    start: i32,
+    direction: Direction,
+) -> Vec<i32> {
+    let mut buckets: Vec<i32> = index.into_iter().map(|r| r.bucket).collect();
+    let in_range = match direction {
+        Direction::Down => last_bucket <= start,
+        Direction::Up => last_bucket >= start,
+    };
+    if in_range {
+        buckets.push(last_bucket);
+    }
+    buckets.sort_unstable();
+    buckets.dedup();
+    if direction == Direction::Down {
+        buckets.reverse();
+    }
+    buckets
+}
+
+/// Reads `buckets` in order, asking each for the rows still missing, until `limit` rows are in
+/// hand. One read per bucket at most: with the index, a page costs one index read plus at most
+/// `buckets.len()` (≤ `limit + 2`) partition reads, and a page that the newest bucket fills, the
+/// common case, costs one.
+pub async fn walk<F, Fut>(
+    buckets: &[i32],
+    limit: usize,
+    mut fetch: F,
+) -> Result<Vec<MessageRow>, StoreError>
+where
+    F: FnMut(i32, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<MessageRow>, StoreError>>,
+{
+    let mut out: Vec<MessageRow> = Vec::with_capacity(limit.min(64));
+    for &bucket in buckets {
+        if out.len() >= limit {
+            break;
+        }
+        let page = fetch(bucket, limit - out.len()).await?;
+        out.extend(page);
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
+fn finish(rows: Vec<MessageRow>) -> Result<Vec<Message>, StoreError> {
+    rows.into_iter()
+        .map(|r| r.into_message().map_err(StoreError::Internal))
+        .collect()
+}
+
 fn decode_rows<R>(statement: &str, result: QueryResult) -> Result<Vec<R>, StoreError>
 where
     R: for<'f, 'm> DeserializeRow<'f, 'm>,
@@ -696,5 +875,171 @@ pub fn execution_error(statement: &str, e: ExecutionError) -> StoreError {
         StoreError::Internal(format!("{statement}: {e}"))
     } else {
         StoreError::Unavailable(format!("{statement}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A model of one chat's `messages` partitions (in memory; no server runs in unit tests):
+    /// bucket → message ids, ascending. `fetch` answers like SELECT_MESSAGES_BEFORE.
+    struct Model {
+        buckets: BTreeMap<i32, Vec<i64>>,
+        reads: AtomicUsize,
+    }
+
+    impl Model {
+        fn new(buckets: impl IntoIterator<Item = (i32, Vec<i64>)>) -> Model {
+            Model {
+                buckets: buckets.into_iter().collect(),
+                reads: AtomicUsize::new(0),
+            }
+        }
+
+        fn index(&self) -> Vec<rows::BucketRow> {
+            self.buckets
+                .keys()
+                .rev()
+                .map(|&bucket| rows::BucketRow { bucket })
+                .collect()
+        }
+
+        async fn before(
+            &self,
+            bucket: i32,
+            upper: i64,
+            n: usize,
+        ) -> Result<Vec<MessageRow>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(self
+                .buckets
+                .get(&bucket)
+                .into_iter()
+                .flatten()
+                .rev()
+                .filter(|id| **id < upper)
+                .take(n)
+                .map(|&message_id| MessageRow {
+                    chat_id: 1,
+                    message_id,
+                    sender_id: "u".into(),
+                    client_msg_id: message_id.to_string(),
+                    body: String::new(),
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_year_of_silence_costs_no_reads() {
+        // 3 messages now, 100 a year (37 buckets) earlier: the page reads exactly 2 buckets.
+        let now = 1000;
+        let model = Model::new([
+            (now, vec![9001, 9002, 9003]),
+            (now - 37, (1..=100).collect()),
+        ]);
+        let buckets = walk_order(model.index(), now, now, Direction::Down);
+        assert_eq!(buckets, [now, now - 37]);
+        let page = walk(&buckets, 50, |b, n| model.before(b, i64::MAX, n))
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 50);
+        assert_eq!(model.reads.load(Ordering::Relaxed), 2);
+        assert_eq!(page[3].message_id, 100, "newest first across the gap");
+    }
+
+    #[tokio::test]
+    async fn the_worst_case_is_one_read_per_indexed_bucket() {
+        // The sparsest chat possible: one message in each of many buckets. The index read is
+        // limited to `limit + 1` rows, plus the last message's bucket: at most `limit + 2` reads.
+        const LIMIT: usize = 20;
+        let model = Model::new((0..500).map(|b| (b, vec![i64::from(b) * 10])));
+        let index: Vec<_> = model.index().into_iter().take(LIMIT + 1).collect();
+        let buckets = walk_order(index, 499, 499, Direction::Down);
+        assert!(buckets.len() <= LIMIT + 2);
+        let page = walk(&buckets, LIMIT, |b, n| model.before(b, i64::MAX, n))
+            .await
+            .unwrap();
+        assert_eq!(page.len(), LIMIT);
+        assert!(model.reads.load(Ordering::Relaxed) <= LIMIT + 2);
+        // The first bucket can hold nothing below the cursor; the page is still full.
+        let model = Model::new((0..500).map(|b| (b, vec![i64::from(b) * 10])));
+        let page = walk(&buckets, LIMIT, |b, n| model.before(b, 4990, n))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.len(),
+            LIMIT,
+            "limit + 1 index rows fill a page whose first bucket is spent"
+        );
+        assert_eq!(model.reads.load(Ordering::Relaxed), LIMIT + 1);
+    }
+
+    #[test]
+    fn the_last_bucket_is_always_walked_when_in_range() {
+        let idx = |b: &[i32]| b.iter().map(|&bucket| rows::BucketRow { bucket }).collect();
+        // A replica of an older version wrote bucket 12 without an index row.
+        assert_eq!(
+            walk_order(idx(&[11, 9]), 12, 12, Direction::Down),
+            [12, 11, 9]
+        );
+        assert_eq!(walk_order(idx(&[12, 9]), 12, 12, Direction::Down), [12, 9]);
+        assert_eq!(
+            walk_order(idx(&[9]), 12, 10, Direction::Down),
+            [9],
+            "out of range"
+        );
+        assert_eq!(walk_order(idx(&[9, 11]), 12, 9, Direction::Up), [9, 11, 12]);
+        assert_eq!(
+            walk_order(idx(&[]), 12, 13, Direction::Up),
+            Vec::<i32>::new()
+        );
+    }
+
+    #[test]
+    fn an_unsupported_answer_fails_readiness_and_is_never_internal() {
+        use scylla::errors::{DbError, RequestAttemptError};
+        let db = |kind: DbError, msg: &str| {
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(kind, msg.into()))
+        };
+        let state = Unsupported::default();
+        assert!(state.check().is_ok());
+        // An ordinary bug stays internal and does not touch readiness.
+        let bug = state.map(
+            "SELECT x",
+            db(DbError::SyntaxError, "line 1: no viable alternative"),
+        );
+        assert!(matches!(bug, StoreError::Internal(_)), "{bug}");
+        assert!(state.check().is_ok());
+        let refused = state.map(
+            cql::CLAIM_SEND,
+            db(DbError::Invalid, "LWT is not yet supported with tablets"),
+        );
+        assert!(
+            matches!(&refused, StoreError::Unavailable(m) if m.contains("tablets")),
+            "{refused}"
+        );
+        let ready = state.check().unwrap_err();
+        assert!(ready.to_string().contains("chat-api migrate"), "{ready}");
+        // It stays failed: a later ordinary answer does not clear it.
+        let _ = state.map("SELECT x", db(DbError::Overloaded, "busy"));
+        assert!(state.check().is_err());
+    }
+
+    #[test]
+    fn a_missing_title_is_unset_not_null() {
+        assert!(matches!(title_value(None), MaybeUnset::Unset));
+        assert!(matches!(title_value(Some("t")), MaybeUnset::Set("t")));
+    }
+
+    #[test]
+    fn ids_beyond_a_bigint_name_no_stored_key() {
+        assert_eq!(stored_key(Id(i64::MAX as u64)), Some(i64::MAX));
+        assert_eq!(stored_key(Id(i64::MAX as u64 + 1)), None);
+        assert_eq!(stored_key(Id(u64::MAX)), None);
     }
 }

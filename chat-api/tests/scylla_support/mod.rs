@@ -6,8 +6,10 @@
 //! as `WHERE a = ?`, `INSERT … IF NOT EXISTS` as a plain insert, `USING TTL` is ignored, `LIMIT ?`
 //! and `ORDER BY` are dropped. It reads `WHERE <clustering column> = x` as "from x to the end of
 //! the partition", and ignores `CLUSTERING ORDER BY (… DESC)` (rows always come back ascending).
-//! It also panics on counters, `timeuuid`, `smallint` and `frozen<…>`. The harness learns each
-//! table's clustering columns and order from the DDL that passes through it.
+//! It also panics on counters, `timeuuid`, `smallint` and `frozen<…>`, and has no `ALTER`. The
+//! harness learns each table's clustering columns and order from the DDL that passes through it,
+//! and answers `ALTER TABLE … WITH <options>` itself: table options (compaction, caching, …)
+//! change no query's result, so accepting them without effect is faithful.
 //! So every user-keyspace statement is checked here first and refused with an `Invalid` error
 //! naming the reason: a test can pass only on an answer kassandra computes faithfully. Queries on
 //! `system`/`system_schema` (the driver's own metadata reads) are let through.
@@ -179,6 +181,9 @@ fn handle(
             if let Some(reason) = refusal(text, tables) {
                 return refuse(reason, text);
             }
+            if opcode == RequestOpcode::Query && is_table_options_change(text) {
+                return Response::Result(kassandra::frame::response::result::QueryResult::Void);
+            }
             tables.learn(text);
         }
     }
@@ -230,6 +235,9 @@ pub fn refusal(cql: &str, tables: &Tables) -> Option<&'static str> {
     let first = upper.first().map(String::as_str).unwrap_or("");
     let is = |i: usize, s: &str| upper.get(i).map(String::as_str) == Some(s);
     match first {
+        "ALTER" if !is_table_options_change(cql) => {
+            Some("ALTER other than a table's options (kassandra has no ALTER)")
+        }
         "CREATE" => {
             for t in &upper {
                 match t.as_str() {
@@ -278,6 +286,23 @@ pub fn refusal(cql: &str, tables: &Tables) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// `ALTER TABLE name WITH …`: options only, no column changes.
+pub fn is_table_options_change(cql: &str) -> bool {
+    let upper: Vec<String> = tokenize(cql)
+        .iter()
+        .map(|t| t.to_ascii_uppercase())
+        .collect();
+    let Some(with) = upper.iter().position(|t| t == "WITH") else {
+        return false;
+    };
+    upper.first().map(String::as_str) == Some("ALTER")
+        && upper.get(1).map(String::as_str) == Some("TABLE")
+        && with >= 3
+        && !upper[2..with]
+            .iter()
+            .any(|t| matches!(t.as_str(), "ADD" | "DROP" | "RENAME" | "ALTER" | "TYPE"))
 }
 
 /// What kassandra reads wrongly in a SELECT on a known table.

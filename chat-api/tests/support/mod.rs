@@ -376,7 +376,7 @@ async fn start_process(
                     ("REDIS_URL", redis_url.to_string()),
                     ("JWT_SECRET", SECRET.into()),
                     ("API_ADDR", addr.to_string()),
-                    ("STORE_URL", format!("sqlite:{}", db.display())),
+                    ("STORE_URL", store_url(db)),
                     ("WORKER_ID", worker.to_string()),
                     ("REDIS_TIMEOUT", "500ms".into()),
                     ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
@@ -413,6 +413,15 @@ async fn start_process(
         }
     }
     panic!("could not bind a free port in 3 attempts:\n{last_log}");
+}
+
+/// The API replicas' store: the shared SQLite file, or `CHAT_TEST_STORE_URL` when set (a migrated
+/// ScyllaDB keyspace: `scripts/scylla-conformance.sh` runs the chaos scenarios that way).
+fn store_url(db: &Path) -> String {
+    match std::env::var("CHAT_TEST_STORE_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => format!("sqlite:{}", db.display()),
+    }
 }
 
 impl Cluster {

@@ -1,6 +1,13 @@
 //! Every CQL statement the ScyllaDB store prepares, as constants, so that their text is reviewed and
 //! pinned by tests in one place. Table names are unqualified: the session is bound to the keyspace
 //! from `STORE_URL`.
+//!
+//! Statements executed on their own are prepared with `USING TIMEOUT` (a ScyllaDB extension) so
+//! that the server gives up, and says so, before the client does ([`timed`]). Statements that run
+//! inside a logged batch carry no timeout of their own: a protocol batch is bounded by the
+//! server's `write_request_timeout_in_ms`.
+
+use std::time::Duration;
 
 /// Upserts the chat row; `last_message_id` is left to [`UPDATE_CHAT_LAST_MESSAGE`].
 pub const INSERT_CHAT: &str = "INSERT INTO chats (chat_id, title, created_by, created_at_ms, \
@@ -54,8 +61,74 @@ pub const SELECT_MESSAGES_AFTER: &str = "SELECT chat_id, message_id, sender_id, 
      body FROM messages WHERE chat_id = ? AND bucket = ? AND message_id > ? \
      ORDER BY message_id ASC LIMIT ?";
 
+/// Records that a chat has messages in a bucket: written in the same logged batch as every message,
+/// so that history walks read only buckets that hold messages (see schema/README.md).
+pub const INSERT_CHAT_BUCKET: &str = "INSERT INTO chat_buckets (chat_id, bucket) VALUES (?, ?)";
+
+/// The chat's non-empty buckets at or below a bucket, newest first (the clustering order).
+pub const SELECT_BUCKETS_DOWN: &str =
+    "SELECT bucket FROM chat_buckets WHERE chat_id = ? AND bucket <= ? LIMIT ?";
+
+/// The chat's non-empty buckets at or above a bucket, oldest first.
+pub const SELECT_BUCKETS_UP: &str = "SELECT bucket FROM chat_buckets WHERE chat_id = ? AND \
+     bucket >= ? ORDER BY bucket ASC LIMIT ?";
+
 /// Reachability: one local-table row, no bind markers.
 pub const PING: &str = "SELECT release_version FROM system.local";
+
+/// `cql` with a server-side deadline, in whole milliseconds (at least 1).
+pub fn timed(cql: &str, server_timeout: Duration) -> String {
+    let ms = server_timeout.as_millis().max(1);
+    format!("{cql} USING TIMEOUT {ms}ms")
+}
+
+/// The text each statement of the store is prepared with, for one server timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Texts {
+    pub insert_chat: String,
+    pub select_chat: String,
+    pub select_member: String,
+    pub select_members: String,
+    pub select_user_chats: String,
+    pub claim_send: String,
+    pub select_message: String,
+    pub select_messages_before: String,
+    pub select_messages_after: String,
+    pub select_buckets_down: String,
+    pub select_buckets_up: String,
+    /// Batched statements: no timeout of their own.
+    pub batched: [&'static str; 7],
+    pub ping: &'static str,
+}
+
+impl Texts {
+    pub fn new(server_timeout: Duration) -> Texts {
+        let t = |cql: &str| timed(cql, server_timeout);
+        Texts {
+            insert_chat: t(INSERT_CHAT),
+            select_chat: t(SELECT_CHAT),
+            select_member: t(SELECT_MEMBER),
+            select_members: t(SELECT_MEMBERS),
+            select_user_chats: t(SELECT_USER_CHATS),
+            claim_send: t(CLAIM_SEND),
+            select_message: t(SELECT_MESSAGE),
+            select_messages_before: t(SELECT_MESSAGES_BEFORE),
+            select_messages_after: t(SELECT_MESSAGES_AFTER),
+            select_buckets_down: t(SELECT_BUCKETS_DOWN),
+            select_buckets_up: t(SELECT_BUCKETS_UP),
+            batched: [
+                INSERT_MEMBER,
+                INSERT_USER_CHAT,
+                DELETE_MEMBER,
+                DELETE_USER_CHAT,
+                INSERT_MESSAGE,
+                UPDATE_CHAT_LAST_MESSAGE,
+                INSERT_CHAT_BUCKET,
+            ],
+            ping: PING,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -185,6 +258,72 @@ mod tests {
             SELECT_MESSAGES_AFTER,
             "SELECT chat_id, message_id, sender_id, client_msg_id, body FROM messages \
              WHERE chat_id = ? AND bucket = ? AND message_id > ? ORDER BY message_id ASC LIMIT ?"
+        );
+    }
+
+    #[test]
+    fn bucket_index() {
+        assert_eq!(
+            INSERT_CHAT_BUCKET,
+            "INSERT INTO chat_buckets (chat_id, bucket) VALUES (?, ?)"
+        );
+        assert_eq!(
+            SELECT_BUCKETS_DOWN,
+            "SELECT bucket FROM chat_buckets WHERE chat_id = ? AND bucket <= ? LIMIT ?"
+        );
+        assert_eq!(
+            SELECT_BUCKETS_UP,
+            "SELECT bucket FROM chat_buckets WHERE chat_id = ? AND bucket >= ? \
+             ORDER BY bucket ASC LIMIT ?"
+        );
+    }
+
+    #[test]
+    fn standalone_statements_carry_the_configured_server_timeout() {
+        let texts = Texts::new(Duration::from_millis(1500));
+        assert_eq!(
+            texts.claim_send,
+            "INSERT INTO idempotency (chat_id, sender_id, client_msg_id, message_id, body) \
+             VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TIMEOUT 1500ms"
+        );
+        assert_eq!(
+            texts.select_messages_before,
+            "SELECT chat_id, message_id, sender_id, client_msg_id, body FROM messages \
+             WHERE chat_id = ? AND bucket = ? AND message_id < ? LIMIT ? USING TIMEOUT 1500ms"
+        );
+        assert_eq!(
+            texts.select_chat,
+            format!("{SELECT_CHAT} USING TIMEOUT 1500ms")
+        );
+        for standalone in [
+            &texts.insert_chat,
+            &texts.select_chat,
+            &texts.select_member,
+            &texts.select_members,
+            &texts.select_user_chats,
+            &texts.claim_send,
+            &texts.select_message,
+            &texts.select_messages_before,
+            &texts.select_messages_after,
+            &texts.select_buckets_down,
+            &texts.select_buckets_up,
+        ] {
+            assert!(
+                standalone.ends_with(" USING TIMEOUT 1500ms"),
+                "{standalone}"
+            );
+        }
+        // A protocol batch has no USING clause; its statements must not carry one either.
+        for batched in texts.batched {
+            assert!(!batched.contains("TIMEOUT"), "{batched}");
+        }
+        assert_eq!(
+            Texts::new(Duration::from_secs(2)).select_chat,
+            format!("{SELECT_CHAT} USING TIMEOUT 2000ms")
+        );
+        assert_eq!(
+            timed(PING, Duration::from_micros(10)),
+            format!("{PING} USING TIMEOUT 1ms")
         );
     }
 

@@ -84,6 +84,12 @@ pub struct MemberRow {
     pub user_id: String,
 }
 
+/// `SELECT bucket FROM chat_buckets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, DeserializeRow)]
+pub struct BucketRow {
+    pub bucket: i32,
+}
+
 /// `SELECT chat_id FROM user_chats`.
 #[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
 pub struct UserChatRow {
