@@ -67,8 +67,15 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError>;
     /// The chat with its `last_message_id`, if it exists.
     async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError>;
-    /// The chats `user` is a member of, each with its `last_message_id`, newest activity first.
-    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError>;
+    /// One page of the chats `user` is a member of: the (at most) `limit` with the lowest chat ids
+    /// above `after` (all when `None`), each with its `last_message_id`, newest activity first
+    /// (a chat without messages by its creation). Bounded: never more than `limit` chats read.
+    async fn user_chats(
+        &self,
+        user: &str,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, StoreError>;
     /// Adds members (already-present ones are left as they are).
     async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError>;
     /// Removes a member; `false` if it was not a member.

@@ -1033,3 +1033,53 @@ async fn run_serves_on_a_socket_and_shuts_down() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn chat_list_pages_by_chat_id_with_a_cursor() {
+    let t = setup();
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        created.push(t.create_chat("pager", &["bob"]).await);
+    }
+    // Activity in the oldest chat puts it first inside its page, never on another page.
+    assert_eq!(
+        t.send("bob", created[0], "m1", "hi").await.status,
+        StatusCode::CREATED
+    );
+    let pager = t.user("pager");
+    let mut seen = Vec::new();
+    let mut uri = "/v1/chats?limit=2".to_string();
+    for _ in 0..5 {
+        let r = t.call(Method::GET, &uri, Some(&pager), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        let page: Vec<Id> = r.body["chats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["chat_id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().copied());
+        if !r.body["has_more"].as_bool().unwrap() {
+            assert!(r.body.get("next_after").is_none(), "{:?}", r.body);
+            break;
+        }
+        let next = r.body["next_after"].as_str().unwrap();
+        assert_eq!(next.parse::<Id>().unwrap(), *page.iter().max().unwrap());
+        uri = format!("/v1/chats?limit=2&after={next}");
+    }
+    assert_eq!(
+        seen[0], created[0],
+        "newest activity first inside the first page"
+    );
+    seen.sort();
+    assert_eq!(seen, created, "every chat once across pages");
+    // Without a limit, one page holds them all.
+    let all = t.call(Method::GET, "/v1/chats", Some(&pager), None).await;
+    assert_eq!(all.body["chats"].as_array().unwrap().len(), 5);
+    assert_eq!(all.body["has_more"], false);
+    for bad in ["/v1/chats?limit=0", "/v1/chats?after=soon"] {
+        let r = t.call(Method::GET, bad, Some(&pager), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
+    }
+}

@@ -310,7 +310,12 @@ async fn membership_batches_write_and_delete_both_tables() {
         let insert_user_chat = session.prepare(cql::INSERT_USER_CHAT).await.unwrap();
         let delete_member = session.prepare(cql::DELETE_MEMBER).await.unwrap();
         let delete_user_chat = session.prepare(cql::DELETE_USER_CHAT).await.unwrap();
-        let select_user_chats = session.prepare(cql::SELECT_USER_CHATS).await.unwrap();
+        // The store pages `user_chats` by a clustering range, which the harness refuses: read
+        // the whole partition instead (the paging runs in the conformance suite).
+        let select_user_chats = session
+            .prepare("SELECT chat_id FROM user_chats WHERE user_id = ?")
+            .await
+            .unwrap();
 
         let users = vec!["ann".to_owned(), "bo".to_owned(), "cy".to_owned()];
         for chat in [10_i64, 11] {
@@ -545,7 +550,6 @@ fn refusal_accepts_exactly_the_faithful_statements() {
         cql::DELETE_MEMBER,
         cql::DELETE_USER_CHAT,
         cql::SELECT_MEMBERS,
-        cql::SELECT_USER_CHATS,
         cql::INSERT_MESSAGE,
         cql::INSERT_CHAT_BUCKET,
         cql::PING,
@@ -558,6 +562,7 @@ fn refusal_accepts_exactly_the_faithful_statements() {
     for (bad, why) in [
         (cql::SELECT_MESSAGES_BEFORE, "range predicates"),
         (cql::SELECT_MESSAGES_AFTER, "range predicates"),
+        (cql::SELECT_USER_CHATS, "range predicates"),
         (cql::CLAIM_SEND, "IF (lightweight transactions)"),
         (cql::UPDATE_CHAT_LAST_MESSAGE, "USING TTL/TIMESTAMP"),
         (cql::SELECT_MEMBER, "a clustering-column restriction"),

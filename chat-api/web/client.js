@@ -533,9 +533,19 @@ export class ChatClient {
     return page;
   }
 
-  /** The caller's chats, newest activity first. */
-  chats() {
-    return this._request("GET", "/v1/chats");
+  /** All the caller's chats, newest activity first (every page of `GET /v1/chats`, followed). */
+  async chats() {
+    const chats = [];
+    let after;
+    for (;;) {
+      const page = await this._request("GET", `/v1/chats${after ? "?after=" + encodeURIComponent(after) : ""}`);
+      chats.push(...page.chats);
+      if (!page.has_more || !page.next_after) break;
+      after = page.next_after;
+    }
+    const activity = (c) => BigInt(c.last_message_id ?? c.chat_id);
+    chats.sort((a, b) => (activity(a) < activity(b) ? 1 : activity(a) > activity(b) ? -1 : 0));
+    return { chats };
   }
 
   /** One chat with its members. */

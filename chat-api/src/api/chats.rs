@@ -20,7 +20,7 @@ use super::{clean_user_ids, require_member, ChatView};
 use crate::app::AppState;
 use crate::auth::User;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::store::Chat;
 
 #[derive(Debug, Deserialize)]
@@ -35,9 +35,26 @@ pub struct AddMembers {
     pub user_ids: Vec<String>,
 }
 
+/// The most chats one `GET /v1/chats` page holds, and its default size: a user with fewer chats
+/// gets them all in one answer.
+pub const CHATS_PAGE_MAX: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatListQuery {
+    /// Chats with ids above this one (the previous page's `next_after`).
+    pub after: Option<Id>,
+    pub limit: Option<usize>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ChatList {
+    /// This page's chats, newest activity first.
     pub chats: Vec<ChatView>,
+    /// More chats exist: ask again with `after=next_after`.
+    pub has_more: bool,
+    /// The highest chat id of this page: the cursor of the next one (absent when no more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<Id>,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,18 +118,39 @@ fn too_many_members(field: &'static str, max: usize) -> ApiError {
     )
 }
 
-/// `GET /v1/chats`: the caller's chats, newest activity first, each with `last_message_id`.
+/// `GET /v1/chats?after=&limit=`: one page of the caller's chats, each with `last_message_id`.
+/// Pages cover ascending ranges of chat ids (so new activity never moves a chat between pages);
+/// inside a page, newest activity first. Each page reads at most `limit + 1` chats.
 pub async fn list(
     State(state): State<Arc<AppState>>,
     user: User,
+    ApiQuery(q): ApiQuery<ChatListQuery>,
 ) -> Result<Json<ChatList>, ApiError> {
-    let chats = state
+    let limit = match q.limit {
+        None => CHATS_PAGE_MAX,
+        Some(0) => return Err(ApiError::InvalidQuery("`limit` must be at least 1".into())),
+        Some(n) => n.min(CHATS_PAGE_MAX),
+    };
+    // One extra chat tells whether another page exists.
+    let mut chats = state
         .store
-        .user_chats(user.id())
+        .user_chats(user.id(), q.after, limit + 1)
         .await
         .map_err(|e| ApiError::store(e, state.limits.retry_after))?;
+    let has_more = chats.len() > limit;
+    if has_more {
+        // The extra one is the highest chat id, wherever activity placed it.
+        if let Some(i) = (0..chats.len()).max_by_key(|&i| chats[i].chat_id) {
+            chats.remove(i);
+        }
+    }
+    let next_after = has_more
+        .then(|| chats.iter().map(|c| c.chat_id).max())
+        .flatten();
     Ok(Json(ChatList {
         chats: chats.into_iter().map(|c| ChatView::new(c, None)).collect(),
+        has_more,
+        next_after,
     }))
 }
 

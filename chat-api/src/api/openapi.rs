@@ -99,9 +99,18 @@ pub fn spec() -> Value {
                         "400": problem("invalid body"), "403": problem("service token"),
                         "413": problem("body too large"), "415": problem("not JSON"),
                         "422": problem("bad user id, title or too many members")}))},
-                "get": {"summary": "The caller's chats, newest activity first",
+                "get": {"summary": "One page of the caller's chats",
+                    "description": "Pages cover ascending ranges of chat ids (new activity never \
+                        moves a chat to another page); inside a page, newest activity first. While \
+                        `has_more`, ask again with `after=next_after`.",
+                    "parameters": [
+                        {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
+                            "description": "the previous page's `next_after`"},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                            "default": crate::api::chats::CHATS_PAGE_MAX,
+                            "description": format!("capped at {}", crate::api::chats::CHATS_PAGE_MAX)}}],
                     "responses": common_errors(json!({"200": ok("chats", "ChatList"),
-                        "403": problem("service token")}))}
+                        "400": problem("a bad cursor or limit"), "403": problem("service token")}))}
             },
             "/v1/chats/{chat_id}": {"get": {"summary": "A chat with its members",
                 "description": member_only, "parameters": [chat_id_param()],
@@ -175,8 +184,10 @@ pub fn spec() -> Value {
                     "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]}}},
                 "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
                     "properties": {"members": {"type": "array", "items": {"type": "string"}}}}]},
-                "ChatList": {"type": "object", "properties": {"chats": {"type": "array",
-                    "items": {"$ref": "#/components/schemas/Chat"}}}},
+                "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
+                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/Chat"}},
+                    "has_more": {"type": "boolean"},
+                    "next_after": {"$ref": "#/components/schemas/Id"}}},
                 "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
                     "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
                 "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},

@@ -18,6 +18,7 @@ pub async fn run_all(store: Arc<dyn MessageStore>) {
     create_and_get_chat(&store).await;
     members_add_remove(&store).await;
     user_chats_with_last_message_id(&store).await;
+    user_chats_pages_by_chat_id(&store).await;
     last_message_id_is_the_highest(&store).await;
     idempotent_insert_sequential(&store).await;
     idempotent_insert_concurrent(&store).await;
@@ -152,6 +153,9 @@ pub async fn members_add_remove(store: &Arc<dyn MessageStore>) {
     );
 }
 
+/// A page size above any test's chat count.
+const ALL: usize = 1000;
+
 /// A user's chat list holds exactly its chats, newest activity first, each with its latest
 /// message id; leaving a chat removes it from the list.
 pub async fn user_chats_with_last_message_id(store: &Arc<dyn MessageStore>) {
@@ -161,7 +165,7 @@ pub async fn user_chats_with_last_message_id(store: &Arc<dyn MessageStore>) {
     let newer = new_chat(store, std::slice::from_ref(&u)).await;
     let foreign = new_chat(store, std::slice::from_ref(&other)).await;
 
-    let list = store.user_chats(&u).await.unwrap();
+    let list = store.user_chats(&u, None, ALL).await.unwrap();
     let ids_of = |l: &[Chat]| l.iter().map(|c| c.chat_id).collect::<Vec<_>>();
     assert_eq!(
         ids_of(&list),
@@ -172,7 +176,7 @@ pub async fn user_chats_with_last_message_id(store: &Arc<dyn MessageStore>) {
 
     let m = message(older.chat_id, &other, "c1", "hi");
     insert(store, &m).await;
-    let list = store.user_chats(&u).await.unwrap();
+    let list = store.user_chats(&u, None, ALL).await.unwrap();
     assert_eq!(
         ids_of(&list),
         vec![older.chat_id, newer.chat_id],
@@ -181,15 +185,57 @@ pub async fn user_chats_with_last_message_id(store: &Arc<dyn MessageStore>) {
     assert_eq!(list[0].last_message_id, Some(m.message_id));
     assert_eq!(list[1].last_message_id, None);
     assert!(!ids_of(&list).contains(&foreign.chat_id));
-    assert_eq!(ids_of(&store.user_chats(&other).await.unwrap()).len(), 2);
+    assert_eq!(
+        ids_of(&store.user_chats(&other, None, ALL).await.unwrap()).len(),
+        2
+    );
 
     store.remove_member(older.chat_id, &u).await.unwrap();
     assert_eq!(
-        ids_of(&store.user_chats(&u).await.unwrap()),
+        ids_of(&store.user_chats(&u, None, ALL).await.unwrap()),
         vec![newer.chat_id]
     );
     assert!(store
-        .user_chats(&unique_user("nobody"))
+        .user_chats(&unique_user("nobody"), None, ALL)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// The chat list pages by chat id: each page holds the lowest chat ids above its cursor, pages
+/// neither overlap nor skip, a cursor above every chat (or above every storable id) ends it.
+pub async fn user_chats_pages_by_chat_id(store: &Arc<dyn MessageStore>) {
+    let u = unique_user("pager");
+    let mut created = Vec::new();
+    for _ in 0..7 {
+        created.push(new_chat(store, std::slice::from_ref(&u)).await.chat_id);
+    }
+    // Activity in the oldest chat must not move it to another page.
+    insert(store, &message(created[0], &u, "p1", "hi")).await;
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store.user_chats(&u, after, 3).await.unwrap();
+        assert!(page.len() <= 3, "a page holds at most its limit");
+        if page.is_empty() {
+            break;
+        }
+        let mut ids: Vec<Id> = page.iter().map(|c| c.chat_id).collect();
+        ids.sort();
+        after = ids.last().copied();
+        seen.extend(ids);
+    }
+    assert_eq!(
+        seen, created,
+        "pages cover every chat once, in chat-id order"
+    );
+    let first = store.user_chats(&u, None, 3).await.unwrap();
+    assert_eq!(
+        first[0].chat_id, created[0],
+        "inside a page, newest activity first"
+    );
+    assert!(store
+        .user_chats(&u, Some(Id(u64::MAX)), 3)
         .await
         .unwrap()
         .is_empty());

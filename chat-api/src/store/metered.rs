@@ -44,8 +44,13 @@ impl MessageStore for MeteredStore {
     async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
         observe("get_chat", self.inner.get_chat(chat_id)).await
     }
-    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
-        observe("user_chats", self.inner.user_chats(user)).await
+    async fn user_chats(
+        &self,
+        user: &str,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, StoreError> {
+        observe("user_chats", self.inner.user_chats(user, after, limit)).await
     }
     async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError> {
         observe("add_members", self.inner.add_members(chat_id, users)).await

@@ -454,15 +454,23 @@ impl MessageStore for ScyllaStore {
         self.chat_row(chat_id).await?.map(chat_from_row).transpose()
     }
 
-    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
-        // The user's `user_chats` partition is read page by page (PAGE_SIZE rows), and each
-        // page's chats are looked up as its rows arrive, CHAT_LOOKUP_CONCURRENCY at a time: the
-        // ids are never all held before the first lookup, and the cost is one partition page
-        // per PAGE_SIZE chats plus one point read per chat.
+    async fn user_chats(
+        &self,
+        user: &str,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, StoreError> {
+        // One clustering range of the user's `user_chats` partition (at most `limit` rows), each
+        // chat looked up as its row arrives, CHAT_LOOKUP_CONCURRENCY at a time: a page costs one
+        // range read plus one point read per chat, however many chats the user has.
+        let Some(after) = after.map_or(Some(i64::MIN), |a| i64::try_from(a.0).ok()) else {
+            return Ok(Vec::new()); // above every storable id: no further chat
+        };
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let statement = self.st.select_user_chats.get_statement();
         let pager = self
             .session
-            .execute_iter(self.st.select_user_chats.clone(), (user,))
+            .execute_iter(self.st.select_user_chats.clone(), (user, after, limit))
             .await
             .map_err(|e| match e {
                 PagerExecutionError::PrepareError(_)

@@ -426,18 +426,29 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn user_chats(&self, user: &str) -> Result<Vec<Chat>, StoreError> {
+    async fn user_chats(
+        &self,
+        user: &str,
+        after: Option<Id>,
+        limit: usize,
+    ) -> Result<Vec<Chat>, StoreError> {
         let user = user.to_string();
+        // Above every storable id: such a cursor names no further chat.
+        let Some(after) = after.map_or(Some(i64::MIN), |a| i64::try_from(a.0).ok()) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_conn("user_chats", move |conn| {
-            // Chat ids are time-ordered like message ids, so a chat without messages sorts by
-            // its creation time.
+            // The page is a range of `members_by_user` (user_id, chat_id); chat ids are
+            // time-ordered like message ids, so a chat without messages sorts by its creation.
             let mut stmt = conn.prepare_cached(
                 "SELECT c.chat_id, c.title, c.created_by, c.created_at_ms, c.last_message_id
-                 FROM members m JOIN chats c ON c.chat_id = m.chat_id
-                 WHERE m.user_id = ?1
+                 FROM (SELECT chat_id FROM members WHERE user_id = ?1 AND chat_id > ?2
+                       ORDER BY chat_id LIMIT ?3) m
+                 JOIN chats c ON c.chat_id = m.chat_id
                  ORDER BY COALESCE(c.last_message_id, c.chat_id) DESC",
             )?;
-            let rows = stmt.query_map([user], chat_from_row)?;
+            let rows = stmt.query_map(params![user, after, limit], chat_from_row)?;
             rows.collect()
         })
         .await

@@ -37,8 +37,10 @@ pub const SELECT_MEMBER: &str = "SELECT user_id FROM members WHERE chat_id = ? A
 /// A whole `members` partition, read paged.
 pub const SELECT_MEMBERS: &str = "SELECT user_id FROM members WHERE chat_id = ?";
 
-/// A whole `user_chats` partition, read paged.
-pub const SELECT_USER_CHATS: &str = "SELECT chat_id FROM user_chats WHERE user_id = ?";
+/// One page of a `user_chats` partition: the lowest chat ids above a cursor (a clustering
+/// range, so a page costs `LIMIT` rows however many chats the user has).
+pub const SELECT_USER_CHATS: &str =
+    "SELECT chat_id FROM user_chats WHERE user_id = ? AND chat_id > ? LIMIT ?";
 
 /// The cross-replica idempotency claim (LWT). On a lost claim the result row carries the
 /// winner's `message_id` and `body`.
@@ -212,7 +214,7 @@ mod tests {
     fn select_user_chats() {
         assert_eq!(
             SELECT_USER_CHATS,
-            "SELECT chat_id FROM user_chats WHERE user_id = ?"
+            "SELECT chat_id FROM user_chats WHERE user_id = ? AND chat_id > ? LIMIT ?"
         );
     }
 
