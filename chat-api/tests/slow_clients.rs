@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use chat_api::store::sqlite::SqliteStore;
 use chat_api::{AppState, Limits};
-use shared::auth::{JwtSettings, KeySource, Verifier, DEV_SECRET};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use shared::testkit::{dev_key_verifier, read_until_closed};
 use shared::IdGenerator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,14 +26,7 @@ impl Server {
     async fn start(limits: Limits) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_with(dir.path().join("chat.db"), Default::default()).unwrap();
-        let verifier = Verifier::new(&JwtSettings {
-            algorithm: jsonwebtoken::Algorithm::HS256,
-            key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(2),
-        })
-        .unwrap();
+        let verifier = dev_key_verifier(Duration::from_secs(2));
         let state = AppState::new(
             Arc::new(store),
             Arc::new(MemoryRegistry::new()),
@@ -63,26 +56,6 @@ impl Server {
             .expect("server stops in time")
             .unwrap()
             .unwrap();
-    }
-}
-
-/// Reads until the server closes the connection or `limit` passes; the text and when it closed.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = limit.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&out).into_owned(),
-                    Some(started.elapsed()),
-                )
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), None),
-        }
     }
 }
 

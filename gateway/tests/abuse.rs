@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -16,6 +16,7 @@ use shared::auth::{Claims, Signer};
 use shared::ids::now_unix_ms;
 use shared::protocol::{decode_server, ErrorCode, ServerFrame};
 use shared::ratelimit::Quota;
+use shared::testkit::read_until_closed;
 use support::Harness;
 
 fn settings() -> Settings {
@@ -25,30 +26,6 @@ fn settings() -> Settings {
         drain_deadline: Duration::from_secs(3),
         connect_rate_per_ip: None,
         ..Settings::default()
-    }
-}
-
-/// Reads what the server sends until it closes (or `limit` passes); returns it and when it ended.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at(
-            tokio::time::Instant::from_std(started + limit),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&out).into_owned(),
-                    Some(started.elapsed()),
-                )
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), None),
-        }
     }
 }
 

@@ -486,7 +486,7 @@ impl Signer {
         let now = now_unix_ms() / 1000;
         let claims = Claims {
             sub: sub.to_string(),
-            exp: now + ttl.as_secs(),
+            exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
             nbf: None,
             iss: self.issuer.clone(),
