@@ -239,7 +239,10 @@ fn huge_expiry_is_accepted_and_clamped() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    // `PROPTEST_CASES` raises the count for longer runs.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
 
     /// Whatever `exp` is signed and whatever the clock says, verification and the expiry timer
     /// never panic.
