@@ -485,3 +485,23 @@ async fn forwarded_client_addresses_only_through_trusted_proxies() {
     drop(idle);
     node.stop().await;
 }
+
+/// A connection that never sends a byte holds its handshake places only until HANDSHAKE_TIMEOUT.
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_handshake_timeout() {
+    let timeout = Duration::from_millis(300);
+    let node = Harness::start(Settings {
+        handshake_timeout: timeout,
+        ..settings()
+    })
+    .await;
+    let mut s = connect_from(&node, "127.0.0.5").await;
+    let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = closed.expect("the node drops a silent connection");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(closed < Duration::from_secs(3), "dropped after {closed:?}");
+    node.stop().await;
+}
