@@ -2,6 +2,9 @@
 # non-root user. `schema/` is embedded into `chat-api` at build time (`chat-api migrate`).
 #   docker build -t chat .
 #   docker run --rm chat chat-api --help
+#   docker run --rm -e JWT_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 8081:8081 chat
+# The default command (embedded mode) listens on all addresses, so it needs a JWT key: without
+# one it would verify tokens with the public development key, and it refuses to start.
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
@@ -29,7 +32,9 @@ RUN apt-get update \
 COPY --from=builder /usr/local/bin/gateway /usr/local/bin/chat-api /usr/local/bin/
 USER chat
 WORKDIR /var/lib/chat
-ENV DATA_DIR=/var/lib/chat
+ENV DATA_DIR=/var/lib/chat \
+    API_ADDR=0.0.0.0:8081 \
+    GATEWAY_ADDR=0.0.0.0:8080
 EXPOSE 8080 8081
 # tini forwards SIGTERM so both services can drain (SPEC §9).
 ENTRYPOINT ["/usr/bin/tini", "--"]

@@ -1,7 +1,7 @@
 //! The HTTP application: shared state, the router (`app`) and the server loop (`run`) with
 //! graceful shutdown bounded by a deadline.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,6 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
-use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::auth::Verifier;
@@ -254,12 +253,13 @@ async fn observe(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+        .unwrap_or_else(|| crate::telemetry::UNMATCHED_ROUTE.to_owned());
+    // Labels from a closed set only: a made-up method must not create a series.
+    let method = crate::telemetry::method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route.clone(), "status" => status.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
         .increment(1);
@@ -267,46 +267,61 @@ async fn observe(req: Request, next: Next) -> Response {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
-/// requests finish and returns, at the latest after `limits.shutdown_grace`.
+/// requests finish and returns, at the latest after `limits.shutdown_grace`. Each connection is
+/// bounded by the header-read and keep-alive timeouts ([`crate::conn`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let grace = state.limits.shutdown_grace;
+    let timeouts = crate::conn::ConnTimeouts {
+        header_read: state.limits.header_read_timeout,
+        keep_alive: state.limits.keep_alive_timeout,
+    };
     let draining = state.draining.clone();
     let addr = listener.local_addr()?;
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    // Small responses must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Logged here, not after the select below: the server may finish before that
-            // branch is polled.
-            tracing::info!(grace_ms = grace.as_millis() as u64, "chat-api draining");
-            draining.store(true, Ordering::Relaxed);
-            metrics::gauge!(crate::telemetry::DRAINING).set(1.0);
-            let _ = stopping_tx.send(true);
-        })
-        .into_future();
+    let router = app(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tracing::info!(%addr, "chat-api listening");
-    let mut server = tokio::spawn(server);
-    tokio::select! {
-        done = &mut server => return Ok(done??),
-        _ = stopping_rx.wait_for(|s| *s) => {}
-    }
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(done) => Ok(done??),
-        Err(_) => {
-            server.abort();
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "requests still running at the shutdown deadline were cut off"
-            );
-            Ok(())
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(crate::conn::serve(
+                        stream,
+                        router.clone(),
+                        timeouts,
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     }
+    drop(listener);
+    tracing::info!(grace_ms = grace.as_millis() as u64, "chat-api draining");
+    draining.store(true, Ordering::Relaxed);
+    metrics::gauge!(crate::telemetry::DRAINING).set(1.0);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "requests still running at the shutdown deadline were cut off"
+        );
+    }
+    Ok(())
 }

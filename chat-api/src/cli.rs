@@ -86,6 +86,94 @@ pub struct EmbeddedArgs {
     /// development key).
     #[arg(long, env = "DEV_TOKEN_TTL", default_value = "1h", value_parser = parse_nonzero_duration)]
     pub dev_token_ttl: Duration,
+    /// With no JWT key configured (the built-in development key, which is public), listen on
+    /// API_ADDR and GATEWAY_ADDR even when they are not loopback addresses. Without it such a
+    /// start is refused, and addresses left at their defaults become 127.0.0.1: anyone who can
+    /// reach the port could mint tokens, `push` tokens included.
+    #[arg(long, env = "INSECURE_DEV_KEY_PUBLIC")]
+    pub insecure_dev_key_on_public_address: bool,
+    /// Which listen addresses were left at their defaults (set by [`Cli::parse_from_env`]).
+    #[arg(skip)]
+    pub defaulted: DefaultedAddrs,
+}
+
+/// Which of `embedded`'s listen addresses were given neither as a flag nor in the environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultedAddrs {
+    pub api: bool,
+    pub gateway: bool,
+}
+
+impl Cli {
+    /// Parses `args`, noting for `embedded` which listen addresses were left at their defaults
+    /// (with the development key those become loopback addresses).
+    pub fn try_parse_noting_defaults<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().try_get_matches_from(args)?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        if let (Command::Embedded(args), Some(sub)) =
+            (&mut cli.command, matches.subcommand_matches("embedded"))
+        {
+            let defaulted =
+                |id: &str| sub.value_source(id) == Some(clap::parser::ValueSource::DefaultValue);
+            args.defaulted = DefaultedAddrs {
+                api: defaulted("api_addr"),
+                gateway: defaulted("gateway_addr"),
+            };
+        }
+        Ok(cli)
+    }
+
+    /// [`Cli::try_parse_noting_defaults`] of the process's arguments; exits on a usage error.
+    pub fn parse_from_env() -> Cli {
+        Cli::try_parse_noting_defaults(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// A start with the development key on an address others can reach.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "refusing to listen on {addr} ({setting}) with the built-in development key, which is public: \
+     set JWT_SECRET (or JWT_PUBLIC_KEY_FILE / JWT_KEYS_FILE), use a loopback address, or pass \
+     --insecure-dev-key-on-public-address (INSECURE_DEV_KEY_PUBLIC=true)"
+)]
+pub struct PublicDevKey {
+    pub setting: &'static str,
+    pub addr: std::net::SocketAddr,
+}
+
+/// The addresses `embedded` listens on. With a configured key, as given. With the development
+/// key, defaulted addresses move to 127.0.0.1 and a non-loopback one is refused unless
+/// `insecure` (the `--insecure-dev-key-on-public-address` flag).
+pub fn listen_addrs(
+    args: &EmbeddedArgs,
+    dev_key: bool,
+) -> Result<(std::net::SocketAddr, std::net::SocketAddr), PublicDevKey> {
+    let pick = |setting: &'static str, mut addr: std::net::SocketAddr, defaulted: bool| {
+        if !dev_key {
+            return Ok(addr);
+        }
+        if defaulted {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        if addr.ip().is_loopback() || args.insecure_dev_key_on_public_address {
+            Ok(addr)
+        } else {
+            Err(PublicDevKey { setting, addr })
+        }
+    };
+    Ok((
+        pick("API_ADDR", args.api.api_addr, args.defaulted.api)?,
+        pick(
+            "GATEWAY_ADDR",
+            args.gateway.gateway_addr,
+            args.defaulted.gateway,
+        )?,
+    ))
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,6 +355,15 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         gateway_settings.node_id = "embedded".into();
     }
     let (verifier, dev_key) = verifier_or_dev_key(&args.jwt)?;
+    let (api_addr, gateway_addr) = listen_addrs(&args, dev_key)?;
+    if dev_key {
+        tracing::warn!(
+            %api_addr,
+            %gateway_addr,
+            "no JWT_SECRET or JWT_PUBLIC_KEY_FILE configured: accepting tokens signed with the \
+             built-in development key; never expose this instance"
+        );
+    }
     gateway::raise_nofile_limit();
     let store = match &args.api.store_url {
         Some(url) => open_sqlite(url, &args.api)?,
@@ -278,12 +375,12 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening {}", path.display()))?
         }
     };
-    let api_listener = tokio::net::TcpListener::bind(args.api.api_addr)
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
-        .with_context(|| format!("binding API_ADDR {}", args.api.api_addr))?;
-    let gateway_listener = tokio::net::TcpListener::bind(args.gateway.gateway_addr)
+        .with_context(|| format!("binding API_ADDR {api_addr}"))?;
+    let gateway_listener = tokio::net::TcpListener::bind(gateway_addr)
         .await
-        .with_context(|| format!("binding GATEWAY_ADDR {}", args.gateway.gateway_addr))?;
+        .with_context(|| format!("binding GATEWAY_ADDR {gateway_addr}"))?;
     if gateway_settings.api_url.is_none() {
         // Typing frames from the embedded gateway go to the embedded API over loopback.
         let mut api = api_listener.local_addr()?;
@@ -294,10 +391,6 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     }
     let metrics = install_metrics(&[gateway::telemetry::describe])?;
     if dev_key {
-        tracing::warn!(
-            "no JWT_SECRET or JWT_PUBLIC_KEY_FILE configured: accepting tokens signed with the \
-             built-in development key; never expose this instance"
-        );
         eprintln!(
             "chat is up: demo page and API http://{} , WebSocket ws://{}/ws\n\
              get a token with: chat-api token --sub alice",
@@ -500,4 +593,62 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     crate::migrate::check_layout(&config.keyspace, &layout, config.local_dc.as_deref())?;
     println!("{report:?}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn embedded(args: &[&str]) -> EmbeddedArgs {
+        let mut all = vec!["chat-api", "embedded"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_noting_defaults(all).unwrap().command {
+            Command::Embedded(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_development_key_moves_default_addresses_to_loopback() {
+        let args = embedded(&[]);
+        assert_eq!(
+            args.defaulted,
+            DefaultedAddrs {
+                api: true,
+                gateway: true
+            }
+        );
+        let (api, gw) = listen_addrs(&args, true).unwrap();
+        assert_eq!(
+            (api.to_string(), gw.to_string()),
+            ("127.0.0.1:8081".into(), "127.0.0.1:8080".into())
+        );
+        // A configured key keeps the documented defaults.
+        let (api, gw) = listen_addrs(&args, false).unwrap();
+        assert!(api.ip().is_unspecified() && gw.ip().is_unspecified());
+    }
+
+    #[test]
+    fn the_development_key_refuses_a_public_address_unless_told_otherwise() {
+        let args = embedded(&["--api-addr", "0.0.0.0:9000"]);
+        let e = listen_addrs(&args, true).unwrap_err();
+        assert_eq!(e.setting, "API_ADDR");
+        assert!(e.to_string().contains("JWT_SECRET"), "{e}");
+        assert!(listen_addrs(&args, false).is_ok());
+        let args = embedded(&[
+            "--gateway-addr",
+            "[::]:9000",
+            "--insecure-dev-key-on-public-address",
+        ]);
+        let (api, gw) = listen_addrs(&args, true).unwrap();
+        assert!(api.ip().is_loopback());
+        assert!(gw.ip().is_unspecified());
+        let args = embedded(&[
+            "--api-addr",
+            "127.0.0.2:9000",
+            "--gateway-addr",
+            "[::1]:9001",
+        ]);
+        assert!(listen_addrs(&args, true).is_ok());
+    }
 }

@@ -95,6 +95,14 @@ pub struct ApiArgs {
     /// Deadline of the real-time fan-out after a message is stored (best effort).
     #[arg(long, env = "API_FANOUT_TIMEOUT", value_name = "API_FANOUT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration)]
     pub fanout_timeout: Duration,
+    /// A request head (request line and headers) must be complete within this time of its first
+    /// byte; a slower one (a trickled head) is cut.
+    #[arg(long, env = "API_HEADER_READ_TIMEOUT", value_name = "API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress is closed after this long. Keep it above the
+    /// upstream keep-alive timeout of a reverse proxy in front (ingress-nginx: 60s).
+    #[arg(long, env = "API_KEEP_ALIVE_TIMEOUT", value_name = "API_KEEP_ALIVE_TIMEOUT", default_value = "75s", value_parser = parse_nonzero_duration)]
+    pub keep_alive_timeout: Duration,
     /// `Retry-After` sent with 503 answers.
     #[arg(long, env = "API_RETRY_AFTER", value_name = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -152,6 +160,10 @@ pub struct Limits {
     pub title_chars_max: usize,
     pub request_timeout: Duration,
     pub fanout_timeout: Duration,
+    /// From the first byte of a request head to its end.
+    pub header_read_timeout: Duration,
+    /// Longest idle time of a connection between requests.
+    pub keep_alive_timeout: Duration,
     pub retry_after: Duration,
     pub shutdown_grace: Duration,
     /// Authenticated requests per caller; `None` is unlimited.
@@ -178,6 +190,8 @@ impl Default for Limits {
             title_chars_max: 200,
             request_timeout: Duration::from_secs(10),
             fanout_timeout: Duration::from_secs(2),
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             rate_requests: Some(Quota::per_second(50, 100)),
@@ -269,6 +283,8 @@ impl ApiArgs {
             title_chars_max: Limits::default().title_chars_max,
             request_timeout: self.request_timeout,
             fanout_timeout: self.fanout_timeout,
+            header_read_timeout: self.header_read_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
             retry_after: self.retry_after,
             shutdown_grace: self.shutdown_grace,
             rate_requests: self.rate_requests.0,

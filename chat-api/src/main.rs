@@ -1,11 +1,10 @@
 //! The `chat-api` binary: parses the command line and runs the chosen subcommand.
 
 use chat_api::cli::{self, Cli, Command};
-use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from_env();
     shared::config::init_tracing(cli.log_format);
     shared::config::exit_code(match cli.command {
         Command::Token(args) => cli::token(args),

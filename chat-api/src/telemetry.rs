@@ -3,7 +3,8 @@
 //! (method, route template, status, op, reason, limit), never user or chat ids.
 //! `docs/OPERATIONS.md` lists these names; a test scrapes a running API and checks both agree.
 
-/// Requests by `method`, `route` (the template, e.g. `/v1/chats/{chat_id}`) and `status`.
+/// Requests by `method` (see [`method_label`]), `route` (the template, e.g.
+/// `/v1/chats/{chat_id}`, or [`UNMATCHED_ROUTE`]) and `status`.
 pub const HTTP_REQUESTS_TOTAL: &str = "api_http_requests_total";
 /// Request latency by `method`, `route` and `status`.
 pub const HTTP_REQUEST_SECONDS: &str = "api_http_request_seconds";
@@ -18,6 +19,11 @@ pub const RATE_LIMITED_TOTAL: &str = "api_rate_limited_total";
 /// 429s answered at once because `API_RATE_LIMITED_HELD_MAX` requests were already held.
 pub const RATE_LIMITED_UNHELD_TOTAL: &str = "api_rate_limited_unheld_total";
 pub const DRAINING: &str = "api_draining";
+/// Connections cut by the server, by `reason` (see [`CONNECTION_CUT_REASONS`]).
+pub const CONNECTIONS_CUT_TOTAL: &str = "api_connections_cut_total";
+/// Every `reason` of [`CONNECTIONS_CUT_TOTAL`]: a request head slower than
+/// `API_HEADER_READ_TIMEOUT`.
+pub const CONNECTION_CUT_REASONS: &[&str] = &["header_read_timeout"];
 pub const MESSAGES_CREATED_TOTAL: &str = "api_messages_created_total";
 pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "api_idempotent_replays_total";
 pub const FANOUT_SECONDS: &str = "api_fanout_duration_seconds";
@@ -26,6 +32,25 @@ pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+
+/// Every `method` of the HTTP metrics: the standard methods; any other (a client may send any
+/// token as a method) is counted as [`OTHER_METHOD`], so the label set stays closed.
+pub const HTTP_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+/// The `method` label of every request whose method is not in [`HTTP_METHODS`].
+pub const OTHER_METHOD: &str = "other";
+/// The `route` label of requests that matched no route (never the raw path).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The `method` label of a request: one of [`HTTP_METHODS`] or [`OTHER_METHOD`].
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    HTTP_METHODS
+        .iter()
+        .find(|m| **m == method.as_str())
+        .copied()
+        .unwrap_or(OTHER_METHOD)
+}
 
 /// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
 pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
@@ -81,6 +106,13 @@ pub fn describe() {
         "429s answered without a hold because API_RATE_LIMITED_HELD_MAX were already held"
     );
     describe_gauge!(DRAINING, "1 while this replica drains for shutdown, else 0");
+    describe_counter!(
+        CONNECTIONS_CUT_TOTAL,
+        "Connections cut by the server (a request head slower than API_HEADER_READ_TIMEOUT), by reason"
+    );
+    for reason in CONNECTION_CUT_REASONS {
+        metrics::counter!(CONNECTIONS_CUT_TOTAL, "reason" => *reason).increment(0);
+    }
     describe_counter!(
         MESSAGES_CREATED_TOTAL,
         "Messages stored (idempotent replays excluded)"

@@ -12,7 +12,7 @@ use chat_api::store::sqlite::SqliteStore;
 use chat_api::{app, AppState, Limits};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use shared::auth::{Signer, DEV_SECRET};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::IdGenerator;
 use tower::ServiceExt;
@@ -136,14 +136,7 @@ impl Reply {
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("chat.db")).unwrap());
-    let verifier = Verifier::new(&JwtSettings {
-        algorithm: jsonwebtoken::Algorithm::HS256,
-        key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-        issuer: None,
-        audience: None,
-        leeway: Duration::from_secs(2),
-    })
-    .unwrap();
+    let verifier = shared::testkit::dev_key_verifier(Duration::from_secs(2));
     let state = AppState::new(
         store,
         Arc::new(MemoryRegistry::new()),

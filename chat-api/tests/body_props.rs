@@ -15,7 +15,7 @@ use chat_api::{app, AppState, Limits};
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
+use shared::auth::{Signer, DEV_SECRET};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::IdGenerator;
 use tower::ServiceExt;
@@ -37,14 +37,7 @@ fn fixture() -> Fixture {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("chat.db")).unwrap());
-    let verifier = Verifier::new(&JwtSettings {
-        algorithm: jsonwebtoken::Algorithm::HS256,
-        key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-        issuer: None,
-        audience: None,
-        leeway: Duration::from_secs(2),
-    })
-    .unwrap();
+    let verifier = shared::testkit::dev_key_verifier(Duration::from_secs(2));
     // Rate limits off: these tests send thousands of requests as one user on purpose.
     let limits = Limits {
         rate_requests: None,

@@ -215,6 +215,8 @@ fn zero_sizes_are_rejected_before_binding() {
         "API_FANOUT_TIMEOUT",
         "REDIS_TIMEOUT",
         "ROUTE_SWEEP_INTERVAL",
+        "API_HEADER_READ_TIMEOUT",
+        "API_KEEP_ALIVE_TIMEOUT",
     ] {
         assert_rejected("serve", &[(setting, "0s")], setting);
     }
@@ -244,4 +246,73 @@ fn a_valid_configuration_reaches_the_bind() {
         "expected a bind failure on the held port:\n{}",
         out.stderr
     );
+}
+
+/// With no JWT key configured, `embedded` runs on the built-in development key, which is public:
+/// a non-loopback address is refused before any bind, in one line that names JWT_SECRET and the
+/// flag that overrides it.
+#[test]
+fn the_development_key_is_refused_on_a_public_address() {
+    for setting in ["API_ADDR", "GATEWAY_ADDR"] {
+        let env = [("JWT_SECRET", ""), (setting, "0.0.0.0:1")];
+        assert_rejected("embedded", &env, "JWT_SECRET");
+        let out = run("embedded", &env);
+        let refusal: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("refusing"))
+            .collect();
+        assert_eq!(refusal.len(), 1, "{}", out.stderr);
+        assert!(
+            refusal[0].contains(setting)
+                && refusal[0].contains("--insecure-dev-key-on-public-address"),
+            "{}",
+            refusal[0]
+        );
+    }
+}
+
+/// The flag whose name says it is insecure lifts the refusal: the run goes on to bind.
+#[test]
+fn the_insecure_flag_allows_the_development_key_on_a_public_address() {
+    let held = TcpListener::bind("0.0.0.0:0").expect("holding a port on all addresses");
+    let addr = format!("0.0.0.0:{}", held.local_addr().unwrap().port());
+    let out = run(
+        "embedded",
+        &[
+            ("JWT_SECRET", ""),
+            ("API_ADDR", &addr),
+            ("INSECURE_DEV_KEY_PUBLIC", "true"),
+        ],
+    );
+    assert!(
+        out.stderr.contains("binding API_ADDR") && !out.stderr.contains("refusing"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// With the development key and no address given, `embedded` listens on loopback only. The run
+/// stops at a bad STORE_URL, after the addresses are chosen (and logged) and before any bind.
+#[test]
+fn the_development_key_listens_on_loopback_by_default() {
+    let out = run(
+        "embedded",
+        &[
+            ("JWT_SECRET", ""),
+            ("API_ADDR", ""),
+            ("GATEWAY_ADDR", ""),
+            ("STORE_URL", "sqlite:"),
+        ],
+    );
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.stderr);
+    // The log names both addresses (field names may be coloured, so only the values are matched).
+    assert!(
+        out.stderr.contains("127.0.0.1:8081")
+            && out.stderr.contains("127.0.0.1:8080")
+            && !out.stderr.contains("0.0.0.0"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("binding"), "{}", out.stderr);
 }

@@ -474,3 +474,108 @@ async fn run() {
         }
     }
 }
+
+/// Requests with made-up methods and paths, unauthenticated, to both services.
+const MADE_UP_REQUESTS: usize = 300;
+/// Series that may appear during the flood for other reasons (far fewer than the flood's 300).
+const SERIES_SLACK: usize = 30;
+
+/// Every metric label comes from a closed set: 300 requests with made-up methods (and made-up
+/// paths) add no `method` value but `other`, no raw path as `route`, and only a bounded number of
+/// series to either service's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_keep_the_label_sets_bounded() {
+    tokio::time::timeout(TEST_LIMIT, made_up_methods())
+        .await
+        .expect("test ran past its time limit");
+}
+
+fn series_count(s: &Scrape) -> usize {
+    s.samples.values().map(Vec::len).sum()
+}
+
+async fn made_up_methods() {
+    let cluster = Cluster::start(Options {
+        gateways: vec!["gw-labels"],
+        apis: 1,
+        // Hundreds of upgrade attempts from one address: not what this test is about.
+        gateway_env: vec![("CONNECT_RATE_PER_IP", "off".to_owned())],
+        ..Options::default()
+    })
+    .await;
+    let api = cluster.api(0).to_owned();
+    let gateway = format!("http://{}", cluster.gateways[0].addr);
+    let client = reqwest::Client::new();
+    // One of each kind first, so that "before" already holds every series the flood may touch.
+    let warm = |i: usize| {
+        let method = reqwest::Method::from_bytes(format!("XQ{i}ZZ").as_bytes()).unwrap();
+        let paths = [
+            "/v1/chats".to_owned(),
+            format!("/v1/chats/{i}"),
+            format!("/made-up-{i}"),
+            "/ws".to_owned(),
+            "/healthz".to_owned(),
+        ];
+        (method, paths)
+    };
+    let hit = |base: &str, i: usize| {
+        let (method, paths) = warm(i);
+        let requests: Vec<_> = paths
+            .iter()
+            .map(|p| client.request(method.clone(), format!("{base}{p}")).send())
+            .collect();
+        async move {
+            for r in requests {
+                let r = r.await.expect("an answer to a made-up method");
+                assert!(r.status().as_u16() < 500, "{}", r.status());
+            }
+        }
+    };
+    hit(&api, 0).await;
+    hit(&gateway, 0).await;
+    let (api_before, _) = scrape(&api).await;
+    let (gw_before, _) = scrape(&gateway).await;
+    for i in 1..MADE_UP_REQUESTS {
+        hit(&api, i).await;
+        hit(&gateway, i).await;
+    }
+    let (api_after, api_text) = scrape(&api).await;
+    let (gw_after, gw_text) = scrape(&gateway).await;
+
+    let closed: BTreeSet<&str> = chat_api::telemetry::HTTP_METHODS
+        .iter()
+        .copied()
+        .chain([chat_api::telemetry::OTHER_METHOD])
+        .collect();
+    let routes: BTreeSet<&str> = chat_api::routes()
+        .iter()
+        .map(|(_, p)| *p)
+        .chain([chat_api::telemetry::UNMATCHED_ROUTE])
+        .collect();
+    for (name, samples) in &api_after.samples {
+        for s in samples {
+            if let Some(m) = s.labels.get("method") {
+                assert!(closed.contains(m.as_str()), "{name}: method {m:?}");
+            }
+            if let Some(r) = s.labels.get("route") {
+                assert!(
+                    routes.contains(r.as_str()) || (!r.contains("made-up") && !r.contains("/v1/")),
+                    "{name}: route {r:?} is not a route template"
+                );
+            }
+        }
+    }
+    // The flood repeated kinds of request already seen once: no new series from it (a little
+    // slack for series that background work, such as a route sweep, registers meanwhile).
+    for (service, before, after, text) in [
+        ("chat-api", &api_before, &api_after, &api_text),
+        ("gateway", &gw_before, &gw_after, &gw_text),
+    ] {
+        assert!(
+            series_count(after) <= series_count(before) + SERIES_SLACK,
+            "{service} went from {} to {} series:\n{text}",
+            series_count(before),
+            series_count(after)
+        );
+    }
+}

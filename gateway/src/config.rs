@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shared::client_ip::TrustedProxies;
 use shared::config::{parse_duration, parse_nonzero_duration};
 use shared::ratelimit::{parse_quota_arg, Quota, QuotaArg};
 
@@ -74,6 +75,18 @@ pub struct GatewayArgs {
     /// TCP connections that may be in their HTTP handshake at once; more are answered 503 at once.
     #[arg(long, env = "MAX_CONCURRENT_HANDSHAKES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_handshakes: u32,
+    /// TCP connections from one client address (IPv6: one /64) that may be in their HTTP
+    /// handshake at once; more are answered 429 at once, so one address cannot take every
+    /// MAX_CONCURRENT_HANDSHAKES place. Behind TRUSTED_PROXIES, counted per forwarded client.
+    #[arg(long, env = "MAX_HANDSHAKES_PER_IP", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_ip: u32,
+    /// Comma-separated CIDRs (or addresses) of reverse proxies in front of this node, such as
+    /// an ingress controller's pod network. Only for connections from them is the client's
+    /// address taken from `X-Forwarded-For` (the right-most entry that is not a trusted proxy);
+    /// per-address limits (CONNECT_RATE_PER_IP, MAX_HANDSHAKES_PER_IP) then apply per client.
+    /// Unset: no proxy is trusted and the header is ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: Option<TrustedProxies>,
     /// Largest HTTP request head (request line and headers) accepted before the upgrade.
     #[arg(long, env = "MAX_REQUEST_HEAD_BYTES", default_value_t = 16 << 10, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_request_head_bytes: u32,
@@ -114,6 +127,10 @@ pub struct Settings {
     /// Refused upgrade attempts held at once.
     pub connect_rate_limited_held_max: usize,
     pub max_concurrent_handshakes: usize,
+    /// Handshakes in progress per client address (IPv6: per /64).
+    pub max_handshakes_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (empty: none).
+    pub trusted_proxies: TrustedProxies,
     pub max_request_head_bytes: usize,
     /// chat-api base URL for forwarding typing frames, without a trailing slash.
     pub api_url: Option<String>,
@@ -142,6 +159,8 @@ impl Default for Settings {
             connect_rate_limited_hold: Duration::from_secs(1),
             connect_rate_limited_held_max: 1_000,
             max_concurrent_handshakes: 10_000,
+            max_handshakes_per_ip: 32,
+            trusted_proxies: TrustedProxies::default(),
             max_request_head_bytes: 16 << 10,
             api_url: None,
             typing_interval: Duration::from_secs(2),
@@ -232,6 +251,8 @@ impl GatewayArgs {
             connect_rate_limited_hold: self.connect_rate_limited_hold,
             connect_rate_limited_held_max: self.connect_rate_limited_held_max as usize,
             max_concurrent_handshakes: self.max_concurrent_handshakes as usize,
+            max_handshakes_per_ip: self.max_handshakes_per_ip as usize,
+            trusted_proxies: self.trusted_proxies.clone().unwrap_or_default(),
             max_request_head_bytes: self.max_request_head_bytes as usize,
             api_url,
             typing_interval: self.typing_interval,

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod handshakes;
 pub mod hub;
 pub mod node;
 mod resync;

@@ -31,6 +31,8 @@ pub struct Node {
     pub registry_ok: AtomicBool,
     /// Permits for connections still in their HTTP handshake (slowloris bound).
     pub handshakes: Arc<Semaphore>,
+    /// Handshakes in progress per client address (MAX_HANDSHAKES_PER_IP).
+    pub handshakes_per_ip: Arc<crate::handshakes::HandshakesPerIp>,
     /// Places for refused upgrade attempts held before their 429.
     pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
@@ -57,6 +59,9 @@ impl Node {
         let typing = settings.api_url.as_deref().and_then(TypingForwarder::new);
         Node {
             handshakes,
+            handshakes_per_ip: crate::handshakes::HandshakesPerIp::new(
+                settings.max_handshakes_per_ip,
+            ),
             held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
             settings,

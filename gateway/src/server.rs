@@ -2,7 +2,7 @@
 //! the health, readiness and metrics endpoints on the same port.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,13 @@ use shared::auth::{query_param, token_from_request, AuthError};
 use shared::protocol::Encoding;
 use shared::ratelimit::{check_fail_open, retry_after_held, retry_after_secs, Decision};
 
+use crate::handshakes::ip_key;
 use crate::node::Node;
 use crate::socket;
 
 type Body = Full<Bytes>;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Accepts connections until `stop` flips.
 pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -52,6 +55,12 @@ const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 
 content-type: text/plain; charset=utf-8\r\ncontent-length: 33\r\nconnection: close\r\n\r\n\
 too many handshakes in progress\r\n";
 
+/// Answer to a connection over [`Settings::max_handshakes_per_ip`], written without parsing
+/// anything the client sent.
+const BUSY_PER_IP_RESPONSE: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 51\r\nconnection: close\r\n\r\n\
+too many handshakes in progress from this address\r\n";
+
 async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     if let Some(bytes) = node.settings.socket_send_buffer_bytes {
@@ -59,10 +68,25 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
             tracing::debug!(error = %e, "could not set SO_SNDBUF");
         }
     }
+    // A trusted proxy carries many clients: its connections count against the forwarded
+    // client's handshakes once the request head names it (in the service below).
+    let behind_proxy = node.settings.trusted_proxies.contains(peer.ip());
+    let _ip_slot = if behind_proxy {
+        None
+    } else {
+        match node.handshakes_per_ip.try_acquire(peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                crate::telemetry::rejected("ip_handshakes_full");
+                let _ = stream.try_write(BUSY_PER_IP_RESPONSE);
+                return;
+            }
+        }
+    };
     // The permit lives until the handshake ends (the upgrade hands the socket off, or the
     // connection closes), so slow or idle HTTP clients cannot pile up without bound.
     let Ok(_permit) = node.handshakes.clone().try_acquire_owned() else {
-        metrics::counter!("gateway_rejected_total", "reason" => "handshakes_full").increment(1);
+        crate::telemetry::rejected("handshakes_full");
         let _ = stream.try_write(BUSY_RESPONSE);
         return;
     };
@@ -71,12 +95,28 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     let service = service_fn(move |req: Request<Incoming>| {
         let node = svc_node.clone();
         async move {
-            if req.uri().path() == "/ws" {
-                if let Some(refused) = connect_rate(&node, peer).await {
-                    return Ok::<_, Infallible>(refused);
-                }
+            let client = node.settings.trusted_proxies.client_ip(
+                peer.ip(),
+                req.headers()
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            );
+            if req.uri().path() != "/ws" {
+                return Ok::<_, Infallible>(handle(node, req, client));
             }
-            Ok::<_, Infallible>(handle(node, req, peer))
+            let _client_slot = if behind_proxy {
+                match node.handshakes_per_ip.try_acquire(client) {
+                    Some(slot) => Some(slot),
+                    None => return Ok(too_many_handshakes_from(client)),
+                }
+            } else {
+                None
+            };
+            if let Some(refused) = connect_rate(&node, client).await {
+                return Ok(refused);
+            }
+            Ok(handle(node, req, client))
         }
     });
     let conn = http1::Builder::new()
@@ -92,24 +132,25 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     }
 }
 
-/// The rate-limit key of a client address: the IPv4 address, or the /64 prefix of an IPv6 one
-/// (one subscriber usually holds a whole /64, so per-address keys would be free to multiply).
-fn ip_key(ip: std::net::IpAddr) -> String {
-    match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
+/// The 429 for a forwarded client over MAX_HANDSHAKES_PER_IP.
+fn too_many_handshakes_from(client: IpAddr) -> Response<Body> {
+    tracing::debug!(%client, "too many handshakes in progress from this client");
+    let mut r = reject(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ip_handshakes_full",
+        "too many handshakes in progress from this address\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from(1u32));
+    r
 }
 
 /// Spends one upgrade attempt of the client's IP; over the limit, the 429 answer, after holding
 /// the attempt for up to its retry-after (`shared::ratelimit::retry_after_held`).
-async fn connect_rate(node: &Node, peer: SocketAddr) -> Option<Response<Body>> {
+async fn connect_rate(node: &Node, client: IpAddr) -> Option<Response<Body>> {
     let quota = node.settings.connect_rate_per_ip.as_ref()?;
     let Decision::Limited { retry_after } =
-        check_fail_open(&*node.deps.limiter, "conn", &ip_key(peer.ip()), quota).await
+        check_fail_open(&*node.deps.limiter, "conn", &ip_key(client), quota).await
     else {
         return None;
     };
@@ -142,9 +183,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade(node, req, peer),
+        "/ws" => upgrade(node, req, client),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if node.draining.load(Ordering::Acquire) {
@@ -174,7 +215,7 @@ fn handle(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response
 }
 
 fn reject(status: StatusCode, reason: &'static str, body: &'static str) -> Response<Body> {
-    metrics::counter!("gateway_rejected_total", "reason" => reason).increment(1);
+    crate::telemetry::rejected(reason);
     let mut r = text(status, body);
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -185,7 +226,7 @@ fn reject(status: StatusCode, reason: &'static str, body: &'static str) -> Respo
     r
 }
 
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Response<Body> {
     let started = std::time::Instant::now();
     if node.draining.load(Ordering::Acquire) {
         return reject(
@@ -271,7 +312,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         let ws = match upgrade.await {
             Ok(ws) => ws,
             Err(e) => {
-                tracing::debug!(error = %e, %peer, "upgrade did not complete");
+                tracing::debug!(error = %e, %client, "upgrade did not complete");
                 return;
             }
         };
@@ -298,23 +339,4 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
     };
     tokio::spawn(task);
     response.map(|_| Full::new(Bytes::new()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ip_key;
-
-    #[test]
-    fn ipv6_clients_are_keyed_by_their_64_prefix() {
-        assert_eq!(ip_key("10.1.2.3".parse().unwrap()), "10.1.2.3");
-        assert_eq!(ip_key("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
-        assert_eq!(
-            ip_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
-            ip_key("2001:db8:1:2:bbbb::9".parse().unwrap())
-        );
-        assert_ne!(
-            ip_key("2001:db8:1:2::1".parse().unwrap()),
-            ip_key("2001:db8:1:3::1".parse().unwrap())
-        );
-    }
 }

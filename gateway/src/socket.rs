@@ -13,7 +13,7 @@ use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use shared::auth::Identity;
+use shared::auth::{expires_in, Identity};
 use shared::close::CloseCode;
 use shared::ids::now_unix_ms;
 use shared::protocol::{
@@ -85,6 +85,13 @@ pub async fn run(
     }
     metrics::gauge!("gateway_sockets_open").increment(1.0);
     metrics::counter!("gateway_connects_total").increment(1);
+    // Unregisters the socket however this task ends, a panic included: a leaked entry would
+    // count against MAX_SOCKETS_PER_USER until the node restarts.
+    let _registered = Registered {
+        node: &node,
+        handle: &handle,
+        user: &user,
+    };
 
     let hello = ServerFrame::Hello {
         v: PROTOCOL_VERSION,
@@ -118,9 +125,21 @@ pub async fn run(
         End::Peer => CloseCode::Normal.code(),
     };
     metrics::counter!("gateway_disconnects_total", "code" => code.to_string()).increment(1);
-    metrics::gauge!("gateway_sockets_open").decrement(1.0);
-    if node.hub.remove(&handle) {
-        node.routes.mark(&user);
+}
+
+/// A socket's place in the hub, given back on drop.
+struct Registered<'a> {
+    node: &'a Node,
+    handle: &'a Arc<SocketHandle>,
+    user: &'a Arc<str>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_sockets_open").decrement(1.0);
+        if self.node.hub.remove(self.handle) {
+            self.node.routes.mark(self.user);
+        }
     }
 }
 
@@ -318,12 +337,11 @@ impl Socket<'_> {
         }
     }
 
-    /// The next heartbeat, or the token expiry if sooner.
+    /// The next heartbeat, or the token expiry if sooner. `expires_at` comes from the client's
+    /// token (any `u64`), so the arithmetic is clamped (`shared::auth::expires_in`).
     fn next_tick(&self) -> Instant {
-        let hb = Instant::now() + self.node.settings.heartbeat_interval;
-        let now_s = now_unix_ms() / 1000;
-        let expiry = Instant::now() + Duration::from_secs(self.expires_at.saturating_sub(now_s));
-        hb.min(expiry + Duration::from_millis(10))
+        let expiry = expires_in(self.expires_at, now_unix_ms() / 1000) + Duration::from_millis(10);
+        Instant::now() + self.node.settings.heartbeat_interval.min(expiry)
     }
 
     fn on_tick(&mut self) -> Result<(), CloseCode> {

@@ -35,6 +35,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "bad_handshake",
     "draining",
     "handshake_timeout",
+    "handshakes_full",
+    "ip_handshakes_full",
     "max_connections",
     "not_upgrade",
     "too_many_sockets",

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -16,6 +16,7 @@ use shared::auth::{Claims, Signer};
 use shared::ids::now_unix_ms;
 use shared::protocol::{decode_server, ErrorCode, ServerFrame};
 use shared::ratelimit::Quota;
+use shared::testkit::read_until_closed;
 use support::Harness;
 
 fn settings() -> Settings {
@@ -25,30 +26,6 @@ fn settings() -> Settings {
         drain_deadline: Duration::from_secs(3),
         connect_rate_per_ip: None,
         ..Settings::default()
-    }
-}
-
-/// Reads what the server sends until it closes (or `limit` passes); returns it and when it ended.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at(
-            tokio::time::Instant::from_std(started + limit),
-            stream.read(&mut buf),
-        )
-        .await
-        {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&out).into_owned(),
-                    Some(started.elapsed()),
-                )
-            }
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), None),
-        }
     }
 }
 
@@ -286,5 +263,245 @@ async fn refresh_with_a_foreign_or_service_token_is_refused() {
             }
         }
     }
+    node.stop().await;
+}
+
+/// A validly signed token whose `exp` is `u64::MAX`, at connect or in a `refresh`, must not kill
+/// the socket's task (an `Instant` overflow once did, leaking the user's socket slot): each such
+/// socket keeps working, and after more of them than MAX_SOCKETS_PER_USER the user's real device
+/// still connects.
+#[tokio::test]
+async fn huge_token_expiry_neither_panics_nor_leaks_socket_slots() {
+    const CONNECTS: usize = 20;
+    let heartbeat = Duration::from_millis(50);
+    let node = Harness::start(Settings {
+        heartbeat_interval: heartbeat,
+        idle_timeout: Duration::from_secs(10),
+        max_sockets_per_user: 4,
+        ..settings()
+    })
+    .await;
+    let huge = node.signer.sign(&Claims {
+        sub: "alice".into(),
+        exp: u64::MAX,
+        iat: None,
+        nbf: None,
+        iss: None,
+        aud: None,
+        scope: None,
+    });
+    let plain = node.token("alice");
+    for i in 0..CONNECTS {
+        // Even connects carry the huge expiry from the start, odd ones get it by `refresh`.
+        let first = if i % 2 == 0 { &huge } else { &plain };
+        let (mut ws, r) = tokio_tungstenite::connect_async(node.url(Some(first)))
+            .await
+            .unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        assert_eq!(r.status().as_u16(), 101);
+        let hello = support::next_frame(&mut ws, shared::protocol::Encoding::Json).await;
+        let ServerFrame::Hello {
+            token_expires_at, ..
+        } = hello
+        else {
+            panic!("connect {i}: expected hello, got {hello:?}")
+        };
+        if i % 2 == 1 {
+            ws.send(WsMessage::Text(
+                format!(r#"{{"type":"refresh","token":"{huge}"}}"#).into(),
+            ))
+            .await
+            .unwrap();
+            let answer = support::next_frame(&mut ws, shared::protocol::Encoding::Json).await;
+            assert!(
+                matches!(answer, ServerFrame::Refreshed { token_expires_at } if token_expires_at == u64::MAX),
+                "connect {i}: refresh answered {answer:?}"
+            );
+        } else {
+            assert_eq!(token_expires_at, u64::MAX);
+        }
+        // Several heartbeats later the socket still answers: its timer survived the expiry.
+        tokio::time::sleep(heartbeat * 3).await;
+        ws.send(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap_or_else(|e| panic!("connect {i}: socket gone: {e}"));
+        let pong = support::next_frame(&mut ws, shared::protocol::Encoding::Json).await;
+        assert!(matches!(pong, ServerFrame::Pong), "connect {i}: {pong:?}");
+        ws.close(None).await.unwrap();
+        // Bounded wait for the server to see the close before the next connect.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while ws.next().await.is_some() {}
+        })
+        .await;
+    }
+    // The user's real device: accepted with `hello`, not closed with 4204.
+    let (_ws, hello) = node.connect("alice", "json").await;
+    assert!(matches!(hello, ServerFrame::Hello { .. }), "{hello:?}");
+    node.stop().await;
+}
+
+/// A TCP connection to the node from `source` (any 127/8 address is this host's loopback).
+async fn connect_from(node: &Harness, source: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{source}:0").parse().unwrap())
+        .unwrap_or_else(|e| panic!("binding {source}: {e}"));
+    socket.connect(node.addr).await.unwrap()
+}
+
+/// Status of an upgrade attempt from `source`, with an optional `X-Forwarded-For`.
+async fn attempt_from(node: &Harness, source: &str, forwarded_for: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = connect_from(node, source).await;
+    let token = node.token("alice");
+    let mut request = node.url(Some(&token)).into_client_request().unwrap();
+    if let Some(xff) = forwarded_for {
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+    }
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(request, stream),
+    )
+    .await
+    .expect("an answer to the upgrade in time");
+    match attempt {
+        Ok((mut ws, r)) => {
+            let _ = ws.close(None).await;
+            r.status().as_u16()
+        }
+        Err(tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("upgrade from {source} failed without an HTTP answer: {e}"),
+    }
+}
+
+/// 150 idle connections from one address (nothing sent) must not take every handshake place:
+/// MAX_HANDSHAKES_PER_IP turns that address's surplus away at once, and another address's valid
+/// upgrade goes through.
+#[tokio::test]
+async fn idle_connections_from_one_address_do_not_lock_out_others() {
+    const IDLE: usize = 150;
+    let node = Harness::start(Settings {
+        max_concurrent_handshakes: 100,
+        handshake_timeout: Duration::from_secs(30),
+        ..settings()
+    })
+    .await;
+    let per_ip = Settings::default().max_handshakes_per_ip;
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(connect_from(&node, "127.0.0.2").await);
+    }
+    // Let the node accept them all before the other address comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut ws, r) = {
+        let stream = connect_from(&node, "127.0.0.3").await;
+        let token = node.token("bob");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::client_async(
+                node.url(Some(&token)),
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            ),
+        )
+        .await
+        .expect("an answer to the upgrade in time")
+        .expect("the upgrade from another address is accepted")
+    };
+    assert_eq!(r.status().as_u16(), 101);
+    let hello = support::next_frame(&mut ws, shared::protocol::Encoding::Json).await;
+    assert!(matches!(hello, ServerFrame::Hello { .. }), "{hello:?}");
+    // The idle address kept MAX_HANDSHAKES_PER_IP places; the rest were answered 429 and closed.
+    let answers = futures_util::future::join_all(
+        idle.iter_mut()
+            .map(|s| read_until_closed(s, Duration::from_millis(500))),
+    )
+    .await;
+    let refused = answers
+        .iter()
+        .filter(|(text, closed)| closed.is_some() && text.starts_with("HTTP/1.1 429"))
+        .count();
+    assert_eq!(refused, IDLE - per_ip, "{:?}", &answers[..3]);
+    node.stop().await;
+}
+
+/// `X-Forwarded-For` is believed only from TRUSTED_PROXIES: from anyone else a spoofed header
+/// does not buy a fresh budget, and through a trusted proxy each forwarded client has its own.
+#[tokio::test]
+async fn forwarded_client_addresses_only_through_trusted_proxies() {
+    let node = Harness::start(Settings {
+        connect_rate_per_ip: Some(Quota::per_minute(1, 2)),
+        connect_rate_limited_hold: Duration::ZERO,
+        max_handshakes_per_ip: 2,
+        trusted_proxies: shared::client_ip::TrustedProxies::parse("127.0.0.1/32").unwrap(),
+        ..settings()
+    })
+    .await;
+    // An untrusted peer: a different forwarded address each time changes nothing.
+    let spoofed: Vec<u16> = {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(attempt_from(&node, "127.0.0.4", Some(&format!("198.51.100.{}", 50 + i))).await);
+        }
+        v
+    };
+    assert_eq!(
+        spoofed,
+        [101, 101, 429],
+        "the header of an untrusted peer was believed"
+    );
+    // Idle connections from the trusted proxy are not capped as one address...
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(connect_from(&node, "127.0.0.1").await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...and the clients behind it have separate budgets, the right-most untrusted entry being
+    // the client (whatever the client itself put to its left).
+    for (client, xff) in [
+        ("A", "203.0.113.1"),
+        ("A", "6.6.6.6, 203.0.113.1"),
+        ("B", "203.0.113.2"),
+        ("B", "203.0.113.2, 127.0.0.1"),
+    ] {
+        assert_eq!(
+            attempt_from(&node, "127.0.0.1", Some(xff)).await,
+            101,
+            "client {client}"
+        );
+    }
+    assert_eq!(
+        attempt_from(&node, "127.0.0.1", Some("203.0.113.1")).await,
+        429
+    );
+    assert_eq!(
+        attempt_from(&node, "127.0.0.1", Some("203.0.113.2")).await,
+        429
+    );
+    assert_eq!(
+        attempt_from(&node, "127.0.0.1", Some("203.0.113.3")).await,
+        101
+    );
+    drop(idle);
+    node.stop().await;
+}
+
+/// A connection that never sends a byte holds its handshake places only until HANDSHAKE_TIMEOUT.
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_handshake_timeout() {
+    let timeout = Duration::from_millis(300);
+    let node = Harness::start(Settings {
+        handshake_timeout: timeout,
+        ..settings()
+    })
+    .await;
+    let mut s = connect_from(&node, "127.0.0.5").await;
+    let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let closed = closed.expect("the node drops a silent connection");
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert!(closed < Duration::from_secs(3), "dropped after {closed:?}");
     node.stop().await;
 }

@@ -82,6 +82,7 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
         "MAX_FRAMES_PER_SECOND",
         "STREAM_BATCH",
         "MAX_FRAME_BYTES",
+        "MAX_HANDSHAKES_PER_IP",
     ] {
         assert_rejected(&[(setting, "0")], setting);
     }
@@ -102,6 +103,11 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
     );
     assert_rejected(&[("NODE_ID", "bad node id")], "NODE_ID");
     assert_rejected(&[("GATEWAY_ADDR", "localhost")], "GATEWAY_ADDR");
+    assert_rejected(
+        &[("TRUSTED_PROXIES", "10.0.0.0/8,ingress")],
+        "TRUSTED_PROXIES",
+    );
+    assert_rejected(&[("TRUSTED_PROXIES", "10.0.0.0/33")], "TRUSTED_PROXIES");
 }
 
 /// The control: with a valid configuration and a reachable Redis the binary does go on to bind,

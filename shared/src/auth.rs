@@ -428,6 +428,16 @@ impl Verifier {
 /// Longest token accepted, in bytes.
 pub const TOKEN_BYTES_MAX: usize = 4096;
 
+/// The longest time until expiry a server plans with: a validly signed token may carry any `exp`
+/// (up to `u64::MAX`), and `Instant + Duration` panics on overflow, so timers are capped here.
+pub const EXPIRY_HORIZON_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Time from `now_unix_s` until `expires_at` (Unix seconds): zero once expired, at most
+/// [`EXPIRY_HORIZON_MAX`], so that `Instant::now() + expires_in(..)` can never overflow.
+pub fn expires_in(expires_at: u64, now_unix_s: u64) -> Duration {
+    Duration::from_secs(expires_at.saturating_sub(now_unix_s)).min(EXPIRY_HORIZON_MAX)
+}
+
 /// Mints tokens (the `token` command and tests).
 pub struct Signer {
     key: EncodingKey,
@@ -493,7 +503,7 @@ impl Signer {
         let now = now_unix_ms() / 1000;
         let claims = Claims {
             sub: sub.to_string(),
-            exp: now + ttl.as_secs(),
+            exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
             nbf: None,
             iss: self.issuer.clone(),

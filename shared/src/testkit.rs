@@ -460,3 +460,41 @@ pub fn closed_redis_url() -> String {
         .port();
     format!("redis://127.0.0.1:{port}")
 }
+
+/// A verifier for the built-in development key (HS256, no issuer or audience), as the servers
+/// under test use when they run without a configured key.
+pub fn dev_key_verifier(leeway: Duration) -> crate::auth::Verifier {
+    crate::auth::Verifier::new(&crate::auth::JwtSettings {
+        algorithm: jsonwebtoken::Algorithm::HS256,
+        key: crate::auth::KeySource::Secret(crate::auth::DEV_SECRET.as_bytes().to_vec()),
+        issuer: None,
+        audience: None,
+        leeway,
+    })
+    .expect("the development key is a valid HS256 key")
+}
+
+/// Reads what the server sends on `stream` until it closes the connection or `limit` passes:
+/// the text, and after how long it closed (`None`: still open at `limit`).
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&out).into_owned(),
+                    Some(started.elapsed()),
+                )
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), None),
+        }
+    }
+}

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
 use shared::auth::{
-    load_keys_file, AuthError, ClaimRules, Claims, JwtSettings, KeyError, KeySource, KeySpec,
-    Signer, Verifier,
+    expires_in, load_keys_file, AuthError, ClaimRules, Claims, JwtSettings, KeyError, KeySource,
+    KeySpec, Signer, Verifier, EXPIRY_HORIZON_MAX,
 };
 use shared::config::JwtArgs;
 use shared::ids::now_unix_ms;
@@ -201,6 +201,63 @@ fn expired_not_yet_valid_and_leeway() {
     assert_eq!(v.verify(&s.sign(&c)), Err(AuthError::NotYetValid));
     c.nbf = Some(now() + 1);
     assert!(v.verify(&s.sign(&c)).is_ok(), "nbf within the leeway");
+}
+
+/// Any `exp` a validly signed token may carry, `u64::MAX` included, verifies without a panic, and
+/// the time until it (what servers arm timers with) is clamped so that `Instant + it` cannot
+/// overflow.
+#[test]
+fn huge_expiry_is_accepted_and_clamped() {
+    let s = Signer::hmac(Algorithm::HS256, SECRET);
+    let v = hmac_verifier();
+    for exp in [
+        u64::MAX,
+        u64::MAX - 1,
+        i64::MAX as u64,
+        (i64::MAX as u64) + 1,
+        1 << 53,
+    ] {
+        let mut c = claims("a");
+        c.exp = exp;
+        let id = v
+            .verify(&s.sign(&c))
+            .unwrap_or_else(|e| panic!("exp {exp}: {e}"));
+        assert_eq!(id.expires_at, exp);
+        let left = expires_in(id.expires_at, now());
+        assert_eq!(left, EXPIRY_HORIZON_MAX, "exp {exp}");
+        let _ = std::time::Instant::now() + left;
+        let _ = tokio::time::Instant::now() + left;
+    }
+    // A float `exp` (beyond any integer) is refused, not rounded.
+    let (header, payload) = (
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        r#"{"sub":"a","exp":1e300}"#,
+    );
+    let input = format!("{}.{}", B64.encode(header), B64.encode(payload));
+    let huge_float = forge(header, payload, &hs256(SECRET, &input));
+    assert!(v.verify(&huge_float).is_err());
+}
+
+proptest::proptest! {
+    // `PROPTEST_CASES` raises the count for longer runs.
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// Whatever `exp` is signed and whatever the clock says, verification and the expiry timer
+    /// never panic.
+    #[test]
+    fn any_expiry_never_panics(exp in proptest::prelude::any::<u64>(), now_s in proptest::prelude::any::<u64>()) {
+        let mut c = claims("a");
+        c.exp = exp;
+        let s = Signer::hmac(Algorithm::HS256, SECRET);
+        if let Ok(id) = hmac_verifier().verify(&s.sign(&c)) {
+            proptest::prop_assert_eq!(id.expires_at, exp);
+        }
+        let left = expires_in(exp, now_s);
+        proptest::prop_assert!(left <= EXPIRY_HORIZON_MAX);
+        let _ = std::time::Instant::now() + left + std::time::Duration::from_millis(10);
+    }
 }
 
 #[test]
