@@ -7,6 +7,9 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shared::config::init_tracing(cli.log_format);
+    // Faults injected by tests through `FAILPOINTS` (only in builds with the `failpoints`
+    // feature, which the tests' build enables; release builds ignore the variable).
+    let _failpoints = fail::FailScenario::setup();
     match cli.command {
         Command::Token(args) => cli::token(args),
         Command::Embedded(args) => cli::embedded(args).await,

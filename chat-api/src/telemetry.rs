@@ -26,6 +26,8 @@ pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+/// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
+pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 
 /// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
 pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
@@ -111,7 +113,13 @@ pub fn describe() {
         INTERNAL_ERRORS_TOTAL,
         "Requests that failed with a 500 (logged at ERROR)"
     );
+    describe_gauge!(
+        CLOCK_OFFSET_SECONDS,
+        Unit::Seconds,
+        "Redis time minus this host's clock at the last measurement (message ids follow Redis time)"
+    );
     metrics::gauge!(DRAINING).increment(0.0);
+    metrics::gauge!(CLOCK_OFFSET_SECONDS).increment(0.0);
     for name in [
         MESSAGES_CREATED_TOTAL,
         IDEMPOTENT_REPLAYS_TOTAL,
