@@ -232,3 +232,68 @@ async fn sends_committed_out_of_id_order_are_caught_up() {
     })
     .await;
 }
+
+/// The `/readyz` status of `api`, polled until it is `want` or `limit` passed.
+async fn await_readiness(cluster: &Cluster, api: usize, want: u16, limit: Duration) -> u16 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = cluster.http.get(cluster.api(api), "", "/readyz").await;
+        if r.status == want || Instant::now() >= deadline {
+            return r.status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A replica that cannot measure its clock (Redis unreachable) for longer than
+/// API_CLOCK_STALE_AFTER refuses sends and is not ready; once Redis is back, both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_without_a_recent_measurement_refuses_sends_until_it_has_one() {
+    bounded(async {
+        let opts = Options {
+            api_env: vec![
+                ("API_CLOCK_CHECK_INTERVAL", "100ms".into()),
+                ("API_CLOCK_STALE_AFTER", "1s".into()),
+            ],
+            ..one_of_each()
+        };
+        let mut cluster = Cluster::start(opts).await;
+        let chat = cluster
+            .create_chat(0, "st-alice", &["st-bob".to_string()])
+            .await;
+        cluster.redis.standalone().stop();
+        assert_eq!(
+            await_readiness(&cluster, 0, 503, Duration::from_secs(5)).await,
+            503,
+            "still ready without a clock measurement"
+        );
+        let r = cluster
+            .http
+            .send_message(
+                cluster.api(0),
+                &cluster.token("st-alice"),
+                chat,
+                "st-1",
+                "hi",
+            )
+            .await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.retry_after.is_some(), "503 without Retry-After: {r:?}");
+        let log = cluster.apis[0].proc.log();
+        assert!(
+            log.contains("API_CLOCK_STALE_AFTER"),
+            "no clear log line:\n{log}"
+        );
+
+        tokio::task::block_in_place(|| cluster.redis.standalone().start_again())
+            .expect("restarting redis");
+        assert_eq!(
+            await_readiness(&cluster, 0, 200, Duration::from_secs(10)).await,
+            200,
+            "not ready again after Redis came back"
+        );
+        cluster.send(0, "st-alice", chat, "st-1", "hi").await;
+        cluster.assert_no_panics();
+    })
+    .await;
+}
