@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's test command. Installs what the tests need when it is
-# missing (redis-server for the private Redis servers the tests start), then runs every test.
+# missing (redis-server for the private Redis servers the tests start, faketime for a replica with
+# a skewed clock), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ if ! command -v prometheus >/dev/null; then
   echo "==> installing prometheus (the bench smoke run checks the alert rules and dashboard with it)"
   need_root apt-get update -qq
   need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+if ! command -v faketime >/dev/null; then
+  echo "==> installing faketime (tests run an API replica with its clock shifted)"
+  need_root apt-get update -qq
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust from https://rustup.rs" >&2

@@ -48,7 +48,15 @@ pub struct AppState {
     pub typing: api::typing::TypingLimiter,
     /// Places for over-limit requests held before their 429 (see [`AppState::rate_limited`]).
     pub held: Arc<tokio::sync::Semaphore>,
+    /// Distributed mode: the clock measured against Redis that message ids follow; sends and
+    /// `/readyz` are refused while it cannot be trusted. `None`: the local clock (one process).
+    pub clock: Option<Arc<crate::clock::ClockGuard>>,
 }
+
+/// When the request must be answered by (set by the deadline middleware), for work that must
+/// not complete after the answer: a send's store write.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestDeadline(pub Instant);
 
 impl AppState {
     /// State with default limits, no metrics handle and not draining.
@@ -76,6 +84,25 @@ impl AppState {
             held: Arc::new(tokio::sync::Semaphore::new(
                 Limits::default().rate_limited_held_max,
             )),
+            clock: None,
+        }
+    }
+
+    /// Checks the clock before every send and in `/readyz` (distributed mode).
+    pub fn with_clock(mut self, clock: Arc<crate::clock::ClockGuard>) -> AppState {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// `Ok` while message ids may be drawn; else the 503 to answer.
+    pub fn clock_ok(&self) -> Result<(), ApiError> {
+        match &self.clock {
+            Some(clock) => clock.check().map_err(|problem| ApiError::Unavailable {
+                what: "message id clock",
+                reason: problem.to_string(),
+                retry_after: self.limits.retry_after,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -239,8 +266,10 @@ fn cors_layer(origins: &[HeaderValue]) -> Option<CorsLayer> {
 }
 
 /// Bounds every request by the configured deadline; a late request is answered 503.
-async fn deadline(State(state): State<S>, req: Request, next: Next) -> Response {
+async fn deadline(State(state): State<S>, mut req: Request, next: Next) -> Response {
     let limit = state.limits.request_timeout;
+    req.extensions_mut()
+        .insert(RequestDeadline(Instant::now() + limit));
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::Timeout(limit).into_response(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shared::auth::{parse_algorithm, JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
 use shared::config::{parse_nonzero_duration, JwtArgs, LogFormat};
+use shared::ids::{IdClock, ReferenceClock};
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::routing::metered::Metered;
 use shared::IdGenerator;
@@ -189,6 +190,8 @@ pub struct ServeArgs {
     pub route_sweep_interval: Duration,
     #[command(flatten)]
     pub api: ApiArgs,
+    #[command(flatten)]
+    pub clock: crate::clock::ClockArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
 }
@@ -470,6 +473,8 @@ pub async fn run_both(
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use shared::routing::redis::{connect, LeaseOptions, RedisOptions, WorkerLease};
     let limits = args.api.limits()?;
+    limits.check_send_horizon(args.clock.max_clock_skew)?;
+    args.clock.check()?;
     let cors = args.api.cors_origins()?;
     let verifier = args.jwt.verifier().context("JWT configuration")?;
     let store_url =
@@ -489,9 +494,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         command_timeout: args.redis_timeout,
         ..RedisOptions::default()
     };
-    let routing = connect(&args.redis_url, opts)
-        .await
-        .with_context(|| format!("REDIS_URL {}", args.redis_url))?;
+    let routing = Arc::new(
+        connect(&args.redis_url, opts)
+            .await
+            .with_context(|| format!("REDIS_URL {}", args.redis_url))?,
+    );
     let store: Arc<dyn crate::store::MessageStore> = match &scylla_config {
         Some(config) => Arc::new(
             crate::store::scylla::ScyllaStore::connect(config)
@@ -510,6 +517,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     tracing::info!(worker_id, "message ids use this worker id");
+    // Ids follow Redis time: measured once now, then every API_CLOCK_CHECK_INTERVAL.
+    let clock = Arc::new(crate::clock::ClockGuard::new(
+        Arc::new(ReferenceClock::new()),
+        &args.clock,
+    ));
+    let sent = std::time::Instant::now();
+    match routing.server_time_us().await {
+        Ok(us) => {
+            let sample = clock.observe(us, sent, std::time::Instant::now());
+            tracing::info!(
+                offset_ms = sample.offset_ms,
+                round_trip_us = sample.round_trip.as_micros() as u64,
+                "message ids follow Redis time"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read Redis TIME yet; sends wait for it"),
+    }
     let listener = tokio::net::TcpListener::bind(args.api.api_addr)
         .await
         .with_context(|| format!("binding API_ADDR {}", args.api.api_addr))?;
@@ -529,14 +553,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let clock_sync = {
+        let (clock, routing) = (clock.clone(), routing.clone());
+        let every = args.clock.clock_check_interval;
+        tokio::spawn(async move { clock.run(every, || routing.server_time_us()).await })
+    };
     let state = AppState::new(
         store,
         Arc::new(Metered::new(registry)),
         Arc::new(Metered::new(routing.bus.clone())),
         verifier,
-        Arc::new(IdGenerator::new(worker_id)),
+        Arc::new(IdGenerator::with_clock(
+            worker_id,
+            IdClock::Reference(clock.clock().clone()),
+        )),
     )
     .with_limits(limits)
+    .with_clock(clock)
     .with_metrics(metrics)
     .with_cors(cors)
     .with_limiter(Arc::new(shared::ratelimit::RedisLimiter::new(
@@ -567,6 +600,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let result = crate::app::run(listener, state, shutdown).await;
     sweeper.abort();
+    clock_sync.abort();
     if let Some(lease) = lease {
         lease.release().await;
     }

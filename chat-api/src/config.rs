@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shared::config::{parse_duration, parse_nonzero_duration};
+use shared::protocol::CATCHUP_OVERLAP;
 use shared::ratelimit::{parse_quota_arg, Quota, QuotaArg};
 
 /// Settings of the HTTP API. Every field is also an environment variable; defaults are shown in
@@ -220,6 +221,43 @@ pub enum ConfigError {
     WorkerId(u16),
     #[error("CORS_ALLOWED_ORIGINS entry {0:?}: expected `*` or an origin such as https://app.example (scheme, host, optional port, no path)")]
     CorsOrigin(String),
+    #[error(
+        "API_REQUEST_TIMEOUT ({request:?}) + API_FANOUT_TIMEOUT ({fanout:?}) + 2 × \
+         API_MAX_CLOCK_SKEW ({skew:?}) must not exceed the catch-up overlap ({overlap:?}, \
+         docs/PROTOCOL.md): a send could then become visible further below the ids clients \
+         already hold than their catch-up reaches; lower these settings"
+    )]
+    SendHorizon {
+        request: Duration,
+        fanout: Duration,
+        skew: Duration,
+        overlap: Duration,
+    },
+}
+
+impl Limits {
+    /// Checks the invariant the catch-up relies on (docs/PROTOCOL.md, "Delivery and catch-up"):
+    /// the longest a send can take from drawing its message id to the end of its fan-out
+    /// attempt — its whole request (`request_timeout`: the store write never commits after it),
+    /// plus the fan-out begun before that deadline (`fanout_timeout`) — plus twice the largest
+    /// difference between two replicas' clocks (`max_clock_skew` each way; zero for one
+    /// process) fits in [`CATCHUP_OVERLAP`]. Anything that delays a first delivery past the
+    /// fan-out (a background retry of a failed fan-out, say) belongs in the same sum.
+    pub fn check_send_horizon(&self, max_clock_skew: Duration) -> Result<(), ConfigError> {
+        let total = self
+            .request_timeout
+            .saturating_add(self.fanout_timeout)
+            .saturating_add(max_clock_skew.saturating_mul(2));
+        if total > CATCHUP_OVERLAP {
+            return Err(ConfigError::SendHorizon {
+                request: self.request_timeout,
+                fanout: self.fanout_timeout,
+                skew: max_clock_skew,
+                overlap: CATCHUP_OVERLAP,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl ApiArgs {
@@ -271,7 +309,7 @@ impl ApiArgs {
                 return Err(ConfigError::WorkerId(w));
             }
         }
-        Ok(Limits {
+        let limits = Limits {
             request_body_bytes_max: self.max_request_body_bytes,
             message_body_bytes_max: self.max_message_bytes,
             client_msg_id_chars_max: self.max_client_msg_id_chars,
@@ -291,7 +329,10 @@ impl ApiArgs {
             rate_messages: self.rate_messages.0,
             rate_limited_hold: self.rate_limited_hold,
             rate_limited_held_max: self.rate_limited_held_max,
-        })
+        };
+        // One process has one clock; `chat-api serve` checks again with its clock bound.
+        limits.check_send_horizon(Duration::ZERO)?;
+        Ok(limits)
     }
 
     /// The CORS origins, checked.
@@ -376,5 +417,27 @@ mod tests {
             .cors_origins()
             .is_err());
         assert!(Cli::try_parse_from(["x", "--request-timeout", "0s"]).is_err());
+    }
+
+    #[test]
+    fn a_send_must_fit_in_the_catch_up_overlap() {
+        let limits = parse(&[]).limits().unwrap();
+        // Defaults: 10 s + 2 s + 2 × 5 s = 22 s of the 30 s overlap.
+        assert!(limits.check_send_horizon(Duration::from_secs(5)).is_ok());
+        assert!(limits.check_send_horizon(Duration::from_secs(9)).is_ok());
+        let e = limits
+            .check_send_horizon(Duration::from_millis(9_001))
+            .unwrap_err();
+        for name in [
+            "API_REQUEST_TIMEOUT",
+            "API_FANOUT_TIMEOUT",
+            "API_MAX_CLOCK_SKEW",
+            "30s",
+        ] {
+            assert!(e.to_string().contains(name), "{name} in {e}");
+        }
+        let e = parse(&["--request-timeout", "29s"]).limits().unwrap_err();
+        assert!(matches!(e, ConfigError::SendHorizon { .. }), "{e}");
+        assert!(parse(&["--request-timeout", "28s"]).limits().is_ok());
     }
 }

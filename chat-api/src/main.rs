@@ -6,6 +6,9 @@ use chat_api::cli::{self, Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from_env();
     shared::config::init_tracing(cli.log_format);
+    // Faults injected by tests through `FAILPOINTS` (only in builds with the `failpoints`
+    // feature, which the tests' build enables; release builds ignore the variable).
+    let _failpoints = fail::FailScenario::setup();
     shared::config::exit_code(match cli.command {
         Command::Token(args) => cli::token(args),
         Command::Embedded(args) => cli::embedded(args).await,

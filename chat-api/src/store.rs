@@ -7,6 +7,8 @@ pub mod metered;
 pub mod scylla;
 pub mod sqlite;
 
+use std::time::Instant;
+
 use async_trait::async_trait;
 use shared::protocol::Message;
 use shared::Id;
@@ -86,6 +88,19 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message unless (chat, sender, client_msg_id) was stored before (within at least
     /// 24 h), in which case the original is returned. Durable when it returns `Ok`.
     async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError>;
+    /// [`MessageStore::insert_message`] for a send that must be answered by `deadline`: a store
+    /// that can tell abandons the write, storing nothing, when it could not commit before then.
+    /// A send answered 503 must never be committed later, or a retry would acknowledge it with
+    /// an id from long before (docs/PROTOCOL.md, "Delivery and catch-up"). The default cannot
+    /// tell (ScyllaDB: a write that timed out may still apply; docs/RELIABILITY.md).
+    async fn insert_message_before(
+        &self,
+        message: &Message,
+        deadline: Instant,
+    ) -> Result<Insert, StoreError> {
+        let _ = deadline;
+        self.insert_message(message).await
+    }
     /// Up to `limit` messages from the cursor, in ascending id order. `Before`/`Latest` return the
     /// newest messages below the bound, `After` the oldest above it.
     async fn history(

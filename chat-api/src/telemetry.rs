@@ -32,6 +32,8 @@ pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+/// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
+pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 
 /// Every `method` of the HTTP metrics: the standard methods; any other (a client may send any
 /// token as a method) is counted as [`OTHER_METHOD`], so the label set stays closed.
@@ -143,7 +145,13 @@ pub fn describe() {
         INTERNAL_ERRORS_TOTAL,
         "Requests that failed with a 500 (logged at ERROR)"
     );
+    describe_gauge!(
+        CLOCK_OFFSET_SECONDS,
+        Unit::Seconds,
+        "Redis time minus this host's clock at the last measurement (message ids follow Redis time)"
+    );
     metrics::gauge!(DRAINING).increment(0.0);
+    metrics::gauge!(CLOCK_OFFSET_SECONDS).increment(0.0);
     for name in [
         MESSAGES_CREATED_TOTAL,
         IDEMPOTENT_REPLAYS_TOTAL,

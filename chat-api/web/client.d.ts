@@ -99,8 +99,6 @@ export interface ChatClientOptions {
   requestAttempts?: number;
   catchUpPageSize?: number;
   catchUpPagesMax?: number;
-  /** Message ids remembered per chat for deduplication (default 2000). */
-  recentPerChat?: number;
   /** Reconnect at once on the browser's `online` event (default true). */
   watchOnline?: boolean;
   /** Injection points (tests, other runtimes). */
@@ -144,11 +142,26 @@ export declare function compareIds(a: Id, b: Id): -1 | 0 | 1;
 export declare function tokenExpiry(token: string): number | undefined;
 export declare function newClientMsgId(): string;
 
+/** How far back in time (ms) every catch-up reaches below the highest id held (docs/PROTOCOL.md). */
+export declare const CATCHUP_OVERLAP_MS: 30000;
+/** `id` moved `overlapMs` back in time, in id space (`id − overlapMs << 22`, at least "0"). */
+export declare function overlapFloor(id: Id, overlapMs?: number): Id;
+
+/** Per chat: the highest id held, and every id seen above the window's floor (the lowest cursor a
+ * catch-up may start from), for deduplication. */
 export declare class MessageLog {
-  constructor(recentPerChat?: number);
+  constructor(overlapMs?: number);
+  readonly overlapMs: number;
   cursor(chatId: Id): Id | undefined;
   advance(chatId: Id, messageId: Id): void;
+  /** Ids above it are remembered; ids at or below it are not. */
+  floor(chatId: Id): Id;
+  /** Keeps ids above `floor` remembered until the returned function is called. */
+  hold(chatId: Id, floor: Id): () => void;
+  /** True when `message` was not seen before (an id at or below the floor is always reported). */
   accept(message: Message): boolean;
+  /** Forgets the ids at or below the floor. */
+  prune(chatId: Id): void;
 }
 
 export declare class ChatClient {
@@ -166,7 +179,8 @@ export declare class ChatClient {
   setToken(token: string): void;
   /** Sends a `typing` frame; false when not connected. */
   typing(chatId: Id): boolean;
-  /** Declares the highest message held for a chat, so that catch-up fetches what follows. */
+  /** Declares the highest message held for a chat, so that catch-up fetches from it minus the
+   * overlap; messages in the overlap the log has not seen are reported again (keep them by id). */
   track(chatId: Id, lastMessageId?: Id): void;
   send(chatId: Id, body: string, options?: { clientMsgId?: string; signal?: AbortSignal; attempts?: number }): Promise<Message>;
   history(chatId: Id, page?: { before?: Id; after?: Id; limit?: number }): Promise<HistoryPage>;

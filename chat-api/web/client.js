@@ -91,13 +91,39 @@ export class ApiError extends Error {
   }
 }
 
-/** Remembers, per chat, the highest message id held and the recent ids seen, so that a message
- * that arrives twice (a frame and a history page, or the sender's own copy) is reported once. */
+/** How far back in time every catch-up reaches below the highest id a client holds, in
+ * milliseconds (docs/PROTOCOL.md, "Delivery and catch-up"). A message can become visible after
+ * newer ones (clock differences between API replicas, concurrent sends committing out of id
+ * order), but never more than this much older than the newest message held; the server refuses
+ * configurations that could break that. A protocol constant: `CATCHUP_OVERLAP` in
+ * shared/src/protocol.rs. */
+export const CATCHUP_OVERLAP_MS = 30_000;
+
+/** Bits below a message id's millisecond timestamp (10-bit worker, 12-bit sequence). */
+const ID_TIME_SHIFT = 22n;
+
+/** `id` moved `overlapMs` back in time, in id space (`id − overlapMs << 22`, at least "0"): the
+ * `after` cursor of a catch-up for a chat held up to `id`. */
+export function overlapFloor(id, overlapMs = CATCHUP_OVERLAP_MS) {
+  const floor = BigInt(id) - (BigInt(overlapMs) << ID_TIME_SHIFT);
+  return floor > 0n ? floor.toString() : "0";
+}
+
+/** Remembers, per chat, the highest message id held and every id seen above the lowest cursor a
+ * catch-up may still start from (the highest id held, or the snapshot of a catch-up in progress,
+ * minus the overlap), so that a message that arrives twice (a frame and a history page, the
+ * sender's own copy, a replayed send) is reported once. The window is a span of time, not a count
+ * of ids: an id above it is always told apart, however many newer ids went through meanwhile. */
 export class MessageLog {
-  constructor(recentPerChat = 2000) {
-    this.recentPerChat = recentPerChat;
+  constructor(overlapMs = CATCHUP_OVERLAP_MS) {
+    this.overlapMs = overlapMs;
     this.highest = new Map();
-    this.recent = new Map();
+    /** chat → ids seen above the window's floor. */
+    this.seen = new Map();
+    /** chat → floors of the catch-ups in progress (their pages start there). */
+    this.holds = new Map();
+    /** chat → set size after the last pruning (pruning runs when it doubles). */
+    this.pruned = new Map();
   }
   /** The highest message id held for `chatId`, or undefined. */
   cursor(chatId) {
@@ -108,24 +134,48 @@ export class MessageLog {
     const held = this.highest.get(chatId);
     if (held === undefined || compareIds(messageId, held) > 0) this.highest.set(chatId, messageId);
   }
-  /** Records `message`; true when it was not seen before. */
+  /** The window's floor for `chatId`: ids above it are remembered, ids at or below it are not
+   * (no catch-up fetches them again). */
+  floor(chatId) {
+    const held = this.highest.get(chatId);
+    let floor = held === undefined ? "0" : overlapFloor(held, this.overlapMs);
+    for (const f of this.holds.get(chatId) || []) if (compareIds(f, floor) < 0) floor = f;
+    return floor;
+  }
+  /** Keeps ids above `floor` remembered until the returned function is called: a catch-up that
+   * pages from `floor` holds it while it runs, though live frames raise the cursor meanwhile. */
+  hold(chatId, floor) {
+    let list = this.holds.get(chatId);
+    if (!list) this.holds.set(chatId, (list = []));
+    list.push(floor);
+    return () => {
+      const i = list.indexOf(floor);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0 && this.holds.get(chatId) === list) this.holds.delete(chatId);
+      this.prune(chatId);
+    };
+  }
+  /** Records `message`; true when it was not seen before. An id at or below the window's floor
+   * cannot be told apart and is reported: only a send replayed after the overlap can bring one,
+   * and dropping it could lose a message never shown (apps that keep messages by id absorb it). */
   accept(message) {
     const { chat_id: chatId, message_id: id } = message;
-    let seen = this.recent.get(chatId);
-    if (!seen) {
-      seen = new Set();
-      this.recent.set(chatId, seen);
-    }
+    if (compareIds(id, this.floor(chatId)) <= 0) return true;
+    let seen = this.seen.get(chatId);
+    if (!seen) this.seen.set(chatId, (seen = new Set()));
     if (seen.has(id)) return false;
-    // Older than everything remembered, with the window full: it was seen and forgotten.
-    if (seen.size >= this.recentPerChat) {
-      const oldest = seen.values().next().value;
-      if (compareIds(id, oldest) < 0) return false;
-      seen.delete(oldest);
-    }
     seen.add(id);
     this.advance(chatId, id);
+    if (seen.size >= 2 * (this.pruned.get(chatId) || 0) + 64) this.prune(chatId);
     return true;
+  }
+  /** Forgets the ids at or below the window's floor. */
+  prune(chatId) {
+    const seen = this.seen.get(chatId);
+    if (!seen) return;
+    const floor = this.floor(chatId);
+    for (const id of seen) if (compareIds(id, floor) <= 0) seen.delete(id);
+    this.pruned.set(chatId, seen.size);
   }
 }
 
@@ -157,7 +207,7 @@ export class ChatClient {
     this.requestAttempts = Math.max(1, o.requestAttempts ?? 5);
     this.catchUpPageSize = o.catchUpPageSize ?? 200;
     this.catchUpPagesMax = o.catchUpPagesMax ?? 1000;
-    this.log = new MessageLog(o.recentPerChat ?? 2000);
+    this.log = new MessageLog();
     this._tokenSource = o.token;
     this._token = typeof o.token === "string" ? o.token : undefined;
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
@@ -451,41 +501,55 @@ export class ChatClient {
   }
 
   /** Declares that the caller holds `chatId` up to `lastMessageId`, so that catch-up fetches
-   * what follows it. `history()` does this on its own. */
+   * what may be missing: everything after `lastMessageId` minus the overlap. Messages in the
+   * overlap that the log has not seen itself are reported again (keep messages by id).
+   * `history()` does this on its own. */
   track(chatId, lastMessageId) {
     if (lastMessageId) this.log.advance(chatId, lastMessageId);
     else if (this.log.cursor(chatId) === undefined) this.log.highest.set(chatId, "0");
   }
 
-  /** After `hello` or `resync`: fetch every tracked chat's messages past its cursor
-   * (docs/PROTOCOL.md, "Delivery and catch-up"). The cursors are taken now, synchronously: live
-   * frames that arrive meanwhile may raise the log's cursors past the gap, and the gap must still
-   * be fetched. Retries with backoff while this socket lives. */
+  /** After `hello` or `resync`: fetch every tracked chat's messages from its cursor minus the
+   * overlap (docs/PROTOCOL.md, "Delivery and catch-up"). The cursors are taken now,
+   * synchronously: live frames that arrive meanwhile may raise the log's cursors past the gap,
+   * and the gap must still be fetched. Retries with backoff while this socket lives. */
   async _catchUp(gen) {
-    const cursors = new Map(this.log.highest);
+    const floors = new Map();
+    const releases = [];
+    for (const [chatId, held] of this.log.highest) {
+      const floor = overlapFloor(held, this.log.overlapMs);
+      floors.set(chatId, floor);
+      releases.push(this.log.hold(chatId, floor));
+    }
     let failures = 0;
-    while (gen === this._gen) {
-      try {
-        const n = await this._catchUpOnce(gen, cursors);
-        if (gen === this._gen) this._emit("catchup", { messages: n });
-        return;
-      } catch (e) {
-        if (gen !== this._gen) return;
-        this._emit("error", { code: "catchup_failed", message: String(e && e.message ? e.message : e), cause: e });
-        await this._sleep(backoffDelay(failures++, this.backoff, this._random));
+    try {
+      while (gen === this._gen) {
+        try {
+          const n = await this._catchUpOnce(gen, floors);
+          if (gen === this._gen) this._emit("catchup", { messages: n });
+          return;
+        } catch (e) {
+          if (gen !== this._gen) return;
+          this._emit("error", { code: "catchup_failed", message: String(e && e.message ? e.message : e), cause: e });
+          await this._sleep(backoffDelay(failures++, this.backoff, this._random));
+        }
       }
+    } finally {
+      for (const release of releases) release();
     }
   }
 
-  async _catchUpOnce(gen, cursors) {
+  async _catchUpOnce(gen, floors) {
     const { chats } = await this.chats();
     if (gen !== this._gen) return 0;
     this._emit("chats", { chats });
     let delivered = 0;
     for (const chat of chats) {
-      const held = cursors.get(chat.chat_id);
-      if (held === undefined || !chat.last_message_id || compareIds(chat.last_message_id, held) <= 0) continue;
-      let after = held;
+      const floor = floors.get(chat.chat_id);
+      // A message can land below the highest id held (by up to the overlap), so a chat whose
+      // newest message is anywhere above the floor is fetched again from there.
+      if (floor === undefined || !chat.last_message_id || compareIds(chat.last_message_id, floor) <= 0) continue;
+      let after = floor;
       for (let page = 0; page < this.catchUpPagesMax; page++) {
         const q = `after=${encodeURIComponent(after)}&limit=${this.catchUpPageSize}`;
         const res = await this._request("GET", `/v1/chats/${encodeURIComponent(chat.chat_id)}/messages?${q}`);

@@ -3,7 +3,9 @@
 //! them at random (a client-side network cut); a sender posts at a steady rate, retrying failures
 //! with the same `client_msg_id` on the next API. Every client runs the catch-up algorithm of
 //! `docs/PROTOCOL.md`: at `hello` and at `resync` it takes a snapshot of the highest id it holds,
-//! then pages `GET .../messages?after=<snapshot>`. At the end every acknowledged message must be
+//! asks `GET /v1/chats` whether the chat's `last_message_id` is above that snapshot minus the
+//! catch-up overlap, and if so pages `GET .../messages?after=<snapshot − overlap>`, keeping
+//! messages by id. At the end every acknowledged message must be
 //! held by every member. Break something meanwhile (restart a gateway, Redis, an API replica) to
 //! test that failure on a real deployment.
 
@@ -152,8 +154,24 @@ async fn member_loop(
     }
 }
 
-/// Pages the chat's history after `snapshot` (the whole chat when nothing is held), bounded in
-/// pages; a failed request is retried a few times.
+/// One GET with the member's token, as JSON; a failure status is an error.
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+    let r = http
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?;
+    let status = r.status();
+    if !status.is_success() {
+        bail!("GET {url}: {status}");
+    }
+    Ok(r.json().await?)
+}
+
+/// The catch-up of one chat held up to `snapshot` (nothing held: the whole chat): when the
+/// chat's `last_message_id` is above `snapshot` minus the catch-up overlap, pages its history
+/// from there, bounded in pages; a failed request is retried a few times.
 async fn catch_up(
     http: &reqwest::Client,
     api: &str,
@@ -162,25 +180,18 @@ async fn catch_up(
     snapshot: Option<u64>,
     state: &Mutex<Member>,
 ) {
-    let mut after = snapshot.unwrap_or(0);
+    let mut after = snapshot
+        .map(|held| shared::protocol::catch_up_after(shared::Id(held)).0)
+        .unwrap_or(0);
     let mut failures = 0;
+    let mut listed = false;
     for _page in 0..10_000 {
-        let url = format!("{api}/v1/chats/{chat}/messages?after={after}&limit=200");
-        let page: anyhow::Result<Value> = async {
-            let r = http
-                .get(&url)
-                .bearer_auth(token)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await?;
-            let status = r.status();
-            if !status.is_success() {
-                bail!("GET {url}: {status}");
-            }
-            Ok(r.json().await?)
-        }
-        .await;
-        let page = match page {
+        let url = if listed {
+            format!("{api}/v1/chats/{chat}/messages?after={after}&limit=200")
+        } else {
+            format!("{api}/v1/chats")
+        };
+        let page = match get_json(http, &url, token).await {
             Ok(p) => p,
             Err(e) => {
                 failures += 1;
@@ -192,6 +203,19 @@ async fn catch_up(
                 continue;
             }
         };
+        if !listed {
+            let last: Option<u64> = page["chats"].as_array().and_then(|chats| {
+                chats
+                    .iter()
+                    .find(|c| c["chat_id"].as_str() == Some(chat))
+                    .and_then(|c| c["last_message_id"].as_str()?.parse().ok())
+            });
+            if last.is_none_or(|last| last <= after) {
+                return;
+            }
+            listed = true;
+            continue;
+        }
         let ids: Vec<u64> = page["messages"]
             .as_array()
             .map(|ms| {

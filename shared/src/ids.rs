@@ -1,11 +1,14 @@
 //! Snowflake-style 64-bit ids: 41 bits of milliseconds since [`EPOCH_MS`], 10 bits of worker id and
 //! 12 bits of sequence. Ids from one generator are strictly increasing, so ordering by id is
-//! ordering by creation time; worker ids keep replicas apart.
+//! ordering by creation time; worker ids keep replicas apart. The time comes from an [`IdClock`]:
+//! the local wall clock (one process), or a [`ReferenceClock`] that API replicas set from one
+//! shared source (Redis `TIME`) so that their ids agree on time whatever their hosts' clocks say.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -15,6 +18,8 @@ pub const WORKER_BITS: u32 = 10;
 pub const SEQUENCE_BITS: u32 = 12;
 pub const WORKER_ID_MAX: u16 = (1 << WORKER_BITS) - 1;
 const SEQUENCE_MASK: u64 = (1 << SEQUENCE_BITS) - 1;
+/// Bits below an id's millisecond timestamp.
+const TIME_SHIFT: u32 = WORKER_BITS + SEQUENCE_BITS;
 
 /// A chat or message id. Serialized as a decimal string so that JavaScript clients keep all 64
 /// bits; deserialized from a string or a non-negative integer.
@@ -24,16 +29,23 @@ pub struct Id(pub u64);
 impl Id {
     /// The smallest id whose timestamp is `unix_ms` (useful as a range bound).
     pub fn first_at(unix_ms: u64) -> Id {
-        Id(unix_ms.saturating_sub(EPOCH_MS) << (WORKER_BITS + SEQUENCE_BITS))
+        Id(unix_ms.saturating_sub(EPOCH_MS) << TIME_SHIFT)
     }
 
     /// Milliseconds since the Unix epoch at which this id was made.
     pub fn unix_ms(self) -> u64 {
-        (self.0 >> (WORKER_BITS + SEQUENCE_BITS)) + EPOCH_MS
+        (self.0 >> TIME_SHIFT) + EPOCH_MS
     }
 
     pub fn worker(self) -> u16 {
         ((self.0 >> SEQUENCE_BITS) & u64::from(WORKER_ID_MAX)) as u16
+    }
+
+    /// This id moved `span` back in time, in id space (`id − ms << 22`), saturating at 0: every id
+    /// made at least `span` before this one is at or below it.
+    pub fn earlier_by(self, span: Duration) -> Id {
+        let ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
+        Id(self.0.saturating_sub(ms.saturating_mul(1 << TIME_SHIFT)))
     }
 }
 
@@ -81,10 +93,100 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
+/// Where an [`IdGenerator`] reads the time.
+#[derive(Clone, Debug, Default)]
+pub enum IdClock {
+    /// The local wall clock: one process (embedded mode) has nothing to agree with.
+    #[default]
+    Local,
+    /// A clock set from a source shared by every replica (distributed mode: Redis `TIME`).
+    Reference(Arc<ReferenceClock>),
+}
+
+impl IdClock {
+    /// Unix milliseconds now, by this clock.
+    pub fn now_unix_ms(&self) -> u64 {
+        match self {
+            IdClock::Local => now_unix_ms(),
+            IdClock::Reference(clock) => clock.now_unix_ms(),
+        }
+    }
+}
+
+/// A clock that runs on the local monotonic clock from a reading of a reference clock, so that a
+/// stepped or skewed local wall clock does not move it. It starts at the local wall clock's
+/// reading; [`ReferenceClock::set`] sets it from a measurement. Lock-free.
+#[derive(Debug)]
+pub struct ReferenceClock {
+    anchor: Instant,
+    /// Reference time at `anchor`, in Unix microseconds, from the last measurement.
+    at_anchor_us: AtomicU64,
+}
+
+impl Default for ReferenceClock {
+    fn default() -> Self {
+        ReferenceClock::new()
+    }
+}
+
+/// One measurement of the local clock against the reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockSample {
+    /// Reference minus local wall clock, in milliseconds (positive: the local clock is behind).
+    pub offset_ms: i64,
+    /// The round trip of the measurement; the reading is placed at its midpoint, so the clock is
+    /// right within half of it.
+    pub round_trip: Duration,
+}
+
+impl ReferenceClock {
+    pub fn new() -> ReferenceClock {
+        ReferenceClock {
+            anchor: Instant::now(),
+            at_anchor_us: AtomicU64::new(now_unix_ms().saturating_mul(1000)),
+        }
+    }
+
+    /// Unix milliseconds now, by the reference as last measured.
+    pub fn now_unix_ms(&self) -> u64 {
+        let elapsed_us = u64::try_from(self.anchor.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.at_anchor_us
+            .load(Ordering::Acquire)
+            .saturating_add(elapsed_us)
+            / 1000
+    }
+
+    /// Sets the clock from `reference_unix_us`, a reading of the reference asked for at `sent`
+    /// and answered at `received` (local instants); the reading is taken to be from the midpoint.
+    pub fn set(&self, reference_unix_us: u64, sent: Instant, received: Instant) -> ClockSample {
+        let round_trip = received.saturating_duration_since(sent);
+        let midpoint = sent + round_trip / 2;
+        let since_anchor_us =
+            u64::try_from(midpoint.saturating_duration_since(self.anchor).as_micros())
+                .unwrap_or(u64::MAX);
+        self.at_anchor_us.store(
+            reference_unix_us.saturating_sub(since_anchor_us),
+            Ordering::Release,
+        );
+        ClockSample {
+            offset_ms: self.offset_ms(),
+            round_trip,
+        }
+    }
+
+    /// Reference minus the local wall clock now, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        let reference = i64::try_from(self.now_unix_ms()).unwrap_or(i64::MAX);
+        let local = i64::try_from(now_unix_ms()).unwrap_or(i64::MAX);
+        reference.saturating_sub(local)
+    }
+}
+
 /// Makes ids for one worker. Lock-free: the last (timestamp, sequence) pair lives in one atomic.
 #[derive(Debug)]
 pub struct IdGenerator {
     worker: u16,
+    clock: IdClock,
     /// `(ms since EPOCH) << SEQUENCE_BITS | sequence` of the last id handed out.
     last: AtomicU64,
 }
@@ -93,12 +195,21 @@ impl IdGenerator {
     /// # Panics
     /// If `worker` exceeds [`WORKER_ID_MAX`]: worker ids are validated where they are configured.
     pub fn new(worker: u16) -> Self {
+        Self::with_clock(worker, IdClock::Local)
+    }
+
+    /// A generator that reads the time from `clock`.
+    ///
+    /// # Panics
+    /// If `worker` exceeds [`WORKER_ID_MAX`].
+    pub fn with_clock(worker: u16, clock: IdClock) -> Self {
         assert!(
             worker <= WORKER_ID_MAX,
             "worker id {worker} exceeds {WORKER_ID_MAX}"
         );
         IdGenerator {
             worker,
+            clock,
             last: AtomicU64::new(0),
         }
     }
@@ -108,11 +219,12 @@ impl IdGenerator {
     }
 
     pub fn next_id(&self) -> Id {
-        let now = now_unix_ms().saturating_sub(EPOCH_MS) << SEQUENCE_BITS;
+        let now = self.clock.now_unix_ms().saturating_sub(EPOCH_MS) << SEQUENCE_BITS;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            // A clock that steps back, or more than 4096 ids in one millisecond, borrows from the
-            // next millisecond rather than repeating an id.
+            // A clock that steps back (or is set back by a new measurement), or more than 4096
+            // ids in one millisecond, borrows from the next millisecond rather than repeating or
+            // lowering an id.
             let next = if now > last { now } else { last + 1 };
             match self
                 .last
@@ -121,7 +233,7 @@ impl IdGenerator {
                 Ok(_) => {
                     let ms = next >> SEQUENCE_BITS;
                     let seq = next & SEQUENCE_MASK;
-                    return Id((ms << (WORKER_BITS + SEQUENCE_BITS))
+                    return Id((ms << TIME_SHIFT)
                         | (u64::from(self.worker) << SEQUENCE_BITS)
                         | seq);
                 }
@@ -216,6 +328,75 @@ mod tests {
         let id = g.next_id();
         assert!(Id::first_at(id.unix_ms()) <= id);
         assert!(Id::first_at(id.unix_ms() + 1) > id);
+    }
+
+    #[test]
+    fn earlier_by_moves_back_in_id_space_and_saturates() {
+        let id = Id::first_at(EPOCH_MS + 100_000);
+        let back = id.earlier_by(Duration::from_secs(30));
+        assert_eq!(back, Id::first_at(EPOCH_MS + 70_000));
+        assert_eq!(back.worker(), 0);
+        let g = IdGenerator::new(9);
+        let made = g.next_id();
+        let floor = made.earlier_by(Duration::from_millis(1));
+        assert_eq!(floor.unix_ms(), made.unix_ms() - 1);
+        assert_eq!(
+            (floor.worker(), floor.0 & SEQUENCE_MASK),
+            (made.worker(), made.0 & SEQUENCE_MASK)
+        );
+        assert_eq!(Id(5).earlier_by(Duration::from_secs(30)), Id(0));
+        assert_eq!(Id(u64::MAX).earlier_by(Duration::MAX), Id(0));
+        assert_eq!(Id(u64::MAX).earlier_by(Duration::ZERO), Id(u64::MAX));
+    }
+
+    #[test]
+    fn reference_clock_follows_the_reference_not_the_local_clock() {
+        let clock = ReferenceClock::new();
+        let local = now_unix_ms();
+        // The reference is 3 s ahead of this host (its clock is 3 s behind).
+        let sent = Instant::now();
+        let received = sent + Duration::from_millis(4);
+        let sample = clock.set((local + 3_000) * 1000, sent, received);
+        assert_eq!(sample.round_trip, Duration::from_millis(4));
+        assert!((2_990..=3_010).contains(&sample.offset_ms), "{sample:?}");
+        let g = IdGenerator::with_clock(7, IdClock::Reference(Arc::new(clock)));
+        let id = g.next_id();
+        assert!(
+            id.unix_ms() >= local + 2_990 && id.unix_ms() <= now_unix_ms() + 3_010,
+            "{} vs local {local}",
+            id.unix_ms()
+        );
+    }
+
+    #[test]
+    fn ids_never_go_back_when_the_reference_clock_is_set_back() {
+        let clock = Arc::new(ReferenceClock::new());
+        let g = IdGenerator::with_clock(3, IdClock::Reference(clock.clone()));
+        let now = Instant::now();
+        clock.set((now_unix_ms() + 10_000) * 1000, now, now);
+        let ahead = g.next_id();
+        // A new measurement puts the reference 10 s back (the old one was wrong).
+        clock.set(now_unix_ms() * 1000, Instant::now(), Instant::now());
+        let mut prev = ahead;
+        for _ in 0..10_000 {
+            let id = g.next_id();
+            assert!(id > prev, "{id} after {prev}");
+            prev = id;
+        }
+        // It borrowed from the future instead of going back: a few ms past `ahead`, no more.
+        assert!(
+            prev.unix_ms() <= ahead.unix_ms() + 3,
+            "{} vs {}",
+            prev.unix_ms(),
+            ahead.unix_ms()
+        );
+        // Set forward again: ids jump with it.
+        clock.set(
+            (now_unix_ms() + 60_000) * 1000,
+            Instant::now(),
+            Instant::now(),
+        );
+        assert!(g.next_id().unix_ms() >= ahead.unix_ms() + 49_000);
     }
 
     #[test]

@@ -3,12 +3,29 @@
 //! fields are ignored; an unknown `type` is reported as [`DecodeError::UnknownType`] so that the
 //! gateway can answer with an error frame instead of closing.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Id;
 
 /// Bumped on incompatible changes; sent in `hello`.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// How far back in time every catch-up reaches below the highest message id a client holds
+/// (docs/PROTOCOL.md, "Delivery and catch-up"). A message can become visible after newer ones
+/// (API replicas' clocks differ; concurrent sends commit out of id order), but never more than
+/// this much older than any message a client could already hold: chat-api refuses to start with
+/// settings under which a send could take longer (`chat_api::config`). The browser client
+/// repeats it as `CATCHUP_OVERLAP_MS`.
+pub const CATCHUP_OVERLAP: Duration = Duration::from_secs(30);
+
+/// The `after` cursor of a catch-up of a chat held up to `held`: `held` moved back by
+/// [`CATCHUP_OVERLAP`] in id space (saturating at 0). A chat needs the fetch when its
+/// `last_message_id` is above it; what comes back is deduplicated by message id.
+pub fn catch_up_after(held: Id) -> Id {
+    held.earlier_by(CATCHUP_OVERLAP)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +229,20 @@ pub fn encode_client(encoding: Encoding, frame: &ClientFrame) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catch_up_starts_the_overlap_below_the_id_held() {
+        let held = Id::first_at(crate::ids::EPOCH_MS + 3_600_000);
+        assert_eq!(
+            catch_up_after(held),
+            Id::first_at(crate::ids::EPOCH_MS + 3_600_000 - 30_000)
+        );
+        assert_eq!(catch_up_after(Id(17)), Id(0));
+        // A message made 29.999 s before the held one is fetched; one made 30 s before is not.
+        let just_inside = Id::first_at(held.unix_ms() - 29_999);
+        assert!(just_inside > catch_up_after(held));
+        assert!(Id::first_at(held.unix_ms() - 30_000) <= catch_up_after(held));
+    }
 
     fn sample_frames() -> Vec<ServerFrame> {
         vec![

@@ -235,6 +235,38 @@ async fn cluster_suite() {
         );
     }
     leases_are_exclusive(&url, "lease:").await;
+    // Clock readings (API replicas measure their clock against them) always come from one master.
+    let before = per_shard();
+    for _ in 0..5 {
+        assert_near_local_clock(r.server_time_us().await.expect("TIME"));
+    }
+    let times: Vec<u64> = per_shard()
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after.since(before).calls.get("time").copied().unwrap_or(0))
+        .collect();
+    assert_eq!(times.iter().filter(|n| **n > 0).count(), 1, "{times:?}");
+    assert_eq!(times.iter().sum::<u64>(), 5, "{times:?}");
+}
+
+/// A Redis clock reading (Unix µs) from a server on this host agrees with the local clock.
+fn assert_near_local_clock(redis_us: u64) {
+    let local_us = shared::ids::now_unix_ms() * 1000;
+    assert!(
+        redis_us.abs_diff(local_us) < 2_000_000,
+        "redis {redis_us} µs vs local {local_us} µs"
+    );
+}
+
+#[tokio::test]
+async fn standalone_time_is_the_servers_clock() {
+    let server = RedisServer::start().unwrap();
+    let r = routing(&server.url(), opts("")).await;
+    let first = r.server_time_us().await.expect("TIME");
+    assert_near_local_clock(first);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = r.server_time_us().await.expect("TIME");
+    assert!(second >= first + 15_000, "{first} then {second}");
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Operations endpoints: liveness, readiness (store reachable, not draining) and Prometheus
-//! metrics. Unauthenticated, as probes and scrapers expect.
+//! Operations endpoints: liveness, readiness (store reachable, clock trusted, not draining) and
+//! Prometheus metrics. Unauthenticated, as probes and scrapers expect.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +18,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when the store answers and the server is not draining, else 503.
+/// `GET /readyz`: 200 when the store answers, the server is not draining and (distributed mode)
+/// its clock can be trusted, else 503.
 pub async fn readyz(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -30,6 +31,7 @@ pub async fn readyz(
             retry_after,
         });
     }
+    state.clock_ok()?;
     state
         .store
         .ping()

@@ -2,11 +2,12 @@
 //! reading history with a cursor.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::protocol::{Message, ServerFrame};
 use shared::ratelimit::{check_fail_open, Decision};
@@ -14,7 +15,7 @@ use shared::routing::fan_out;
 use shared::Id;
 
 use super::require_member;
-use crate::app::AppState;
+use crate::app::{AppState, RequestDeadline};
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -51,6 +52,7 @@ pub async fn send(
     State(state): State<Arc<AppState>>,
     user: User,
     ApiPath(chat_id): ApiPath<Id>,
+    deadline: Option<Extension<RequestDeadline>>,
     ApiJson(req): ApiJson<SendMessage>,
 ) -> Result<Response, ApiError> {
     let limits = &state.limits;
@@ -90,8 +92,19 @@ pub async fn send(
         }
     }
     require_member(&state, chat_id, user.id()).await?;
+    state.clock_ok()?;
 
     let message_id = state.ids.next_id();
+    // Tests hold a send here, between its id and its store write, to make concurrent sends
+    // commit out of id order (`FAILPOINTS=send::after_id=1*return(MS)`).
+    let held_ms = (|| {
+        fail::fail_point!("send::after_id", |ms| ms
+            .and_then(|ms| ms.parse::<u64>().ok()));
+        None
+    })();
+    if let Some(ms) = held_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let message = Message {
         chat_id,
         message_id,
@@ -100,27 +113,36 @@ pub async fn send(
         body: req.body,
         sent_at_ms: message_id.unix_ms(),
     };
+    // The write never commits after the request's deadline (where the store can tell): the
+    // catch-up overlap covers a send only from its id to its deadline plus its fan-out.
+    let deadline = match deadline {
+        Some(Extension(RequestDeadline(at))) => at,
+        None => Instant::now() + limits.request_timeout,
+    };
     let inserted = state
         .store
-        .insert_message(&message)
+        .insert_message_before(&message, deadline)
         .await
         .map_err(|e| ApiError::store(e, limits.retry_after))?;
     let (stored, replayed) = match inserted {
         Insert::Created(stored) => {
             metrics::counter!("api_messages_created_total").increment(1);
-            deliver(&state, &stored).await;
             (stored, false)
         }
         Insert::Duplicate(original) => {
             metrics::counter!("api_idempotent_replays_total").increment(1);
             // The first attempt may have stored the message and died before its fan-out (a
-            // replica killed mid-request): deliver again. Clients deduplicate by message id, and
-            // a message whose id is below ids they already hold would be missed by a catch-up
-            // that starts from the highest id held.
-            deliver(&state, &original).await;
+            // replica killed mid-request): deliver again. Clients deduplicate by message id.
             (original, true)
         }
     };
+    // Stored: the fan-out runs to its own deadline even if the request's deadline cuts the
+    // request meanwhile, so that every stored message gets its fan-out attempt.
+    let fan_out = {
+        let (state, stored) = (state.clone(), stored.clone());
+        tokio::spawn(async move { deliver(&state, &stored).await })
+    };
+    let _ = fan_out.await;
     let mut response = (StatusCode::CREATED, Json(stored)).into_response();
     if replayed {
         response

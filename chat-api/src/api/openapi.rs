@@ -83,7 +83,7 @@ pub fn spec() -> Value {
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "security": [],
                 "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness: store reachable and not draining", "security": [],
+            "/readyz": {"get": {"summary": "Readiness: store reachable, clock trusted (distributed mode) and not draining", "security": [],
                 "responses": {"200": {"description": "ready"}, "503": problem("not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
                 "responses": {"200": {"description": "text exposition format",
@@ -133,7 +133,8 @@ pub fn spec() -> Value {
                 "post": {"summary": "Send a message; durable before 201",
                     "description": "Idempotent per (chat, sender, client_msg_id): a retry returns the \
                         original with the same status and body and `Idempotent-Replayed: true`, and delivers it \
-                        to the members' sockets again (clients deduplicate by `message_id`).",
+                        to the members' sockets again (clients deduplicate by `message_id`). A replica whose clock \
+                        cannot be trusted (off Redis time by more than API_MAX_CLOCK_SKEW) answers 503.",
                     "parameters": [chat_id_param()], "requestBody": body("SendMessage"),
                     "responses": common_errors(json!({
                         "201": {"description": "stored (or replayed)",

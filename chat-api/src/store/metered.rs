@@ -67,6 +67,17 @@ impl MessageStore for MeteredStore {
     async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
         observe("insert_message", self.inner.insert_message(message)).await
     }
+    async fn insert_message_before(
+        &self,
+        message: &Message,
+        deadline: Instant,
+    ) -> Result<Insert, StoreError> {
+        observe(
+            "insert_message",
+            self.inner.insert_message_before(message, deadline),
+        )
+        .await
+    }
     async fn history(
         &self,
         chat_id: Id,

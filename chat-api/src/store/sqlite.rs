@@ -6,11 +6,14 @@
 //! Message inserts go through one writer thread that commits them in groups: it takes every insert
 //! that queued while the previous commit was running and writes them in one transaction, so one
 //! fsync covers many messages. Each insert is still answered only after its transaction commits
-//! (durable before acknowledged); a queue with a capacity bounds the inserts waiting.
+//! (durable before acknowledged); a queue with a capacity bounds the inserts waiting. An insert
+//! with a deadline (a send's request deadline) is abandoned, never committed, when its deadline
+//! is less than [`COMMIT_ALLOWANCE`] away at commit time: its request is answered 503, and a
+//! later commit would let a retry acknowledge it with an id from before the 503.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -94,7 +97,19 @@ pub struct SqliteStore {
 /// One message insert waiting for the writer thread, and where its answer goes.
 struct WriteJob {
     message: Message,
+    /// Commit only while this is more than [`COMMIT_ALLOWANCE`] away.
+    deadline: Option<Instant>,
     reply: oneshot::Sender<Result<Insert, StoreError>>,
+}
+
+/// How long before its deadline an insert must start committing; later, it is abandoned. The
+/// commit itself (one fsync of the WAL) must take less for nothing to commit after the deadline.
+pub const COMMIT_ALLOWANCE: Duration = Duration::from_millis(100);
+
+impl WriteJob {
+    fn too_late(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now + COMMIT_ALLOWANCE >= d)
+    }
 }
 
 struct Inner {
@@ -189,6 +204,35 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Internal(format!("{what}: SQLite task failed: {e}")))?
     }
+
+    /// Queues one insert for the writer thread and waits for its group to commit.
+    async fn insert(
+        &self,
+        message: &Message,
+        deadline: Option<Instant>,
+    ) -> Result<Insert, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            message: message.clone(),
+            deadline,
+            reply,
+        };
+        match tokio::time::timeout(self.acquire_timeout, self.writes.send(job)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Internal("SQLite writer thread ended".into())),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                "insert_message: the write queue stayed full for {:?} (disk too slow for the load)",
+                self.acquire_timeout
+            )))
+            }
+        }
+        // The job is queued: its outcome arrives after its group commits, whatever happens to
+        // this request, so waiting here is bounded by the writer's own busy timeout.
+        answer
+            .await
+            .map_err(|_| StoreError::Internal("SQLite writer thread ended".into()))?
+    }
 }
 
 /// The group-commit loop: waits for one insert, takes every other one already queued (up to
@@ -224,30 +268,63 @@ fn writer_thread(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, batc
 }
 
 /// Writes a group in one transaction. A message that fails on its own (say, an id out of range)
-/// is rolled back to its savepoint and answered with its error; the others still commit.
+/// is rolled back to its savepoint and answered with its error; the others still commit. An
+/// insert whose deadline is too close when the group is about to commit is abandoned: the
+/// transaction is rolled back and written again without it (each round abandons at least one
+/// insert or commits, so this ends).
 fn write_group(
     conn: &mut Connection,
     batch: &[WriteJob],
 ) -> rusqlite::Result<Vec<Result<Insert, StoreError>>> {
-    // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process) are
-    // serialized, and the loser sees the winner's row in its own transaction.
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let mut sp = tx.savepoint()?;
-        match insert_one(&sp, &job.message) {
-            Ok(insert) => {
-                sp.commit()?;
-                results.push(Ok(insert));
+    let mut abandoned: Vec<bool> = batch.iter().map(|_| false).collect();
+    loop {
+        // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process) are
+        // serialized, and the loser sees the winner's row in its own transaction.
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = Instant::now();
+        let mut results = Vec::with_capacity(batch.len());
+        for (job, abandoned) in batch.iter().zip(abandoned.iter_mut()) {
+            *abandoned |= job.too_late(now);
+            if *abandoned {
+                results.push(Err(past_deadline()));
+                continue;
             }
-            Err(e) => {
-                sp.rollback()?;
-                results.push(Err(map_err(e, "insert_message")));
+            let mut sp = tx.savepoint()?;
+            match insert_one(&sp, &job.message) {
+                Ok(insert) => {
+                    sp.commit()?;
+                    results.push(Ok(insert));
+                }
+                Err(e) => {
+                    sp.rollback()?;
+                    results.push(Err(map_err(e, "insert_message")));
+                }
             }
         }
+        // Tests delay the commit here (`FAILPOINTS=store::sqlite_before_commit=sleep(MS)`).
+        fail::fail_point!("store::sqlite_before_commit");
+        let now = Instant::now();
+        let mut late = false;
+        for (job, abandoned) in batch.iter().zip(abandoned.iter_mut()) {
+            if !*abandoned && job.too_late(now) {
+                *abandoned = true;
+                late = true;
+            }
+        }
+        if late {
+            tx.rollback()?;
+            continue;
+        }
+        tx.commit()?;
+        return Ok(results);
     }
-    tx.commit()?;
-    Ok(results)
+}
+
+fn past_deadline() -> StoreError {
+    StoreError::Unavailable(format!(
+        "insert_message: abandoned before commit, the request's deadline was less than \
+         {COMMIT_ALLOWANCE:?} away (store too slow for API_REQUEST_TIMEOUT)"
+    ))
 }
 
 fn insert_one(tx: &Connection, m: &Message) -> rusqlite::Result<Insert> {
@@ -515,26 +592,15 @@ impl MessageStore for SqliteStore {
     }
 
     async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = WriteJob {
-            message: message.clone(),
-            reply,
-        };
-        match tokio::time::timeout(self.acquire_timeout, self.writes.send(job)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(StoreError::Internal("SQLite writer thread ended".into())),
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                "insert_message: the write queue stayed full for {:?} (disk too slow for the load)",
-                self.acquire_timeout
-            )))
-            }
-        }
-        // The job is queued: its outcome arrives after its group commits, whatever happens to
-        // this request, so waiting here is bounded by the writer's own busy timeout.
-        answer
-            .await
-            .map_err(|_| StoreError::Internal("SQLite writer thread ended".into()))?
+        self.insert(message, None).await
+    }
+
+    async fn insert_message_before(
+        &self,
+        message: &Message,
+        deadline: Instant,
+    ) -> Result<Insert, StoreError> {
+        self.insert(message, Some(deadline)).await
     }
 
     async fn history(

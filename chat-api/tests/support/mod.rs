@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use shared::auth::Signer;
-use shared::protocol::{decode_server, encode_client, ClientFrame, Encoding, Message, ServerFrame};
+use shared::protocol::{
+    catch_up_after, decode_server, encode_client, ClientFrame, Encoding, Message, ServerFrame,
+};
 use shared::testkit::{RedisCluster, RedisServer};
 use shared::Id;
 
@@ -254,6 +256,8 @@ pub struct Options {
     pub redis_cluster: bool,
     /// Extra environment for every gateway (overrides the defaults below).
     pub gateway_env: Vec<(&'static str, String)>,
+    /// Extra environment for every API replica (overrides the defaults below).
+    pub api_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -265,6 +269,7 @@ impl Default for Options {
             route_sweep_interval: Duration::from_secs(30),
             redis_cluster: false,
             gateway_env: Vec::new(),
+            api_env: Vec::new(),
         }
     }
 }
@@ -330,8 +335,58 @@ enum Kind {
     Api(u16),
 }
 
-/// Spawns one process on a free port and waits until it answers `/readyz`; a lost race for the
-/// port is retried on another one.
+/// The environment of one `chat-api serve` replica; `extra` overrides the defaults.
+fn api_env(
+    redis_url: &str,
+    addr: SocketAddr,
+    db: &Path,
+    worker: u16,
+    opts: &Options,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("REDIS_URL", redis_url.to_string()),
+        ("JWT_SECRET", SECRET.into()),
+        ("API_ADDR", addr.to_string()),
+        ("STORE_URL", store_url(db)),
+        ("WORKER_ID", worker.to_string()),
+        ("REDIS_TIMEOUT", "500ms".into()),
+        ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
+        ("API_SHUTDOWN_GRACE", "1s".into()),
+        // The steady senders go faster than a person types; the limits stay on
+        // (through Redis) but far above the tests' pace.
+        ("API_RATE_MESSAGES", "500/1s:1000".into()),
+        ("API_RATE_REQUESTS", "1000/1s:2000".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((*k, v.clone()));
+    }
+    env
+}
+
+/// Environment that runs a process with its wall clock `offset` off (libfaketime's `FAKETIME`
+/// syntax, e.g. `-3s`), as on a host whose clock is wrong. Its monotonic clock stays real.
+pub fn faketime_env(offset: &str) -> Vec<(&'static str, String)> {
+    let lib = ["x86_64-linux-gnu", "aarch64-linux-gnu", "."]
+        .iter()
+        .map(|arch| {
+            Path::new("/usr/lib")
+                .join(arch)
+                .join("faketime/libfaketime.so.1")
+        })
+        .find(|p| p.is_file())
+        .expect("libfaketime is missing: install Debian's `faketime` (scripts/test.sh does)");
+    vec![
+        ("LD_PRELOAD", lib.display().to_string()),
+        ("FAKETIME", offset.to_string()),
+        ("DONT_FAKE_MONOTONIC", "1".into()),
+    ]
+}
+
+/// Spawns one process on a free port and waits until it answers `probe` (`readyz`, or
+/// `healthz` for one that is not meant to be ready); a lost race for the port is retried on
+/// another one.
 #[allow(clippy::too_many_arguments)]
 async fn start_process(
     kind: Kind,
@@ -342,6 +397,7 @@ async fn start_process(
     gateway_bin: &Path,
     opts: &Options,
     api_url: Option<String>,
+    probe: &str,
 ) -> (Kind, SocketAddr, Proc) {
     let mut last_log = String::new();
     for attempt in 0..3 {
@@ -372,26 +428,13 @@ async fn start_process(
                 &format!("api{worker}-{attempt}"),
                 Path::new(env!("CARGO_BIN_EXE_chat-api")),
                 &["serve"],
-                &[
-                    ("REDIS_URL", redis_url.to_string()),
-                    ("JWT_SECRET", SECRET.into()),
-                    ("API_ADDR", addr.to_string()),
-                    ("STORE_URL", store_url(db)),
-                    ("WORKER_ID", worker.to_string()),
-                    ("REDIS_TIMEOUT", "500ms".into()),
-                    ("ROUTE_SWEEP_INTERVAL", millis(opts.route_sweep_interval)),
-                    ("API_SHUTDOWN_GRACE", "1s".into()),
-                    // The steady senders go faster than a person types; the limits stay on
-                    // (through Redis) but far above the tests' pace.
-                    ("API_RATE_MESSAGES", "500/1s:1000".into()),
-                    ("API_RATE_REQUESTS", "1000/1s:2000".into()),
-                ],
+                &api_env(redis_url, addr, db, worker, opts, &opts.api_env),
                 dir,
             ),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if http.ready(&format!("http://{addr}/readyz")).await {
+            if http.ready(&format!("http://{addr}/{probe}")).await {
                 return (kind, addr, proc);
             }
             if let Some(status) = proc.exited() {
@@ -405,7 +448,7 @@ async fn start_process(
             }
             assert!(
                 Instant::now() < deadline,
-                "{} not ready within {READY_TIMEOUT:?}:\n{}",
+                "{} not answering /{probe} within {READY_TIMEOUT:?}:\n{}",
                 proc.name,
                 proc.log_tail(LOG_TAIL_LINES)
             );
@@ -472,6 +515,7 @@ impl Cluster {
                         &gateway_bin,
                         &opts,
                         api_url,
+                        "readyz",
                     )
                     .await
                 }
@@ -517,6 +561,38 @@ impl Cluster {
 
     pub fn token(&self, user: &str) -> String {
         self.signer.token(user, Duration::from_secs(600), None)
+    }
+
+    /// Starts one more `chat-api serve` replica (worker id `worker`, `extra` environment on top
+    /// of the usual) and waits until it answers `/healthz`, or `/readyz` when `ready`; returns
+    /// its index in `apis`.
+    pub async fn spawn_api(
+        &mut self,
+        worker: u16,
+        extra: &[(&'static str, String)],
+        ready: bool,
+    ) -> usize {
+        let opts = Options {
+            api_env: extra.to_vec(),
+            ..Options::default()
+        };
+        let (_, addr, proc) = start_process(
+            Kind::Api(worker),
+            &self.redis.url(),
+            self.dir.path(),
+            &self.dir.path().join("chat.db"),
+            &self.http,
+            Path::new("unused"),
+            &opts,
+            None,
+            if ready { "readyz" } else { "healthz" },
+        )
+        .await;
+        self.apis.push(Api {
+            base: format!("http://{addr}"),
+            proc,
+        });
+        self.apis.len() - 1
     }
 
     pub fn service_token(&self, service: &str, scope: &str) -> String {
@@ -1036,8 +1112,8 @@ impl WsClient {
 
 /// A client that follows the catch-up algorithm of `docs/PROTOCOL.md`: it keeps every message
 /// it holds per chat (by id, so repeats between frames and history collapse), and after each
-/// (re)connect pages `GET .../messages?after=<highest held>` for every chat whose
-/// `last_message_id` is above it.
+/// (re)connect pages `GET .../messages?after=<highest held − CATCHUP_OVERLAP>` for every chat
+/// whose `last_message_id` is above that.
 pub struct CatchUpClient {
     pub user: String,
     pub token: String,
@@ -1139,23 +1215,27 @@ impl CatchUpClient {
             else {
                 continue;
             };
-            if self.highest(chat_id).is_some_and(|h| h >= last) {
+            // From the highest id held minus the overlap (a message may land below ids already
+            // held, by up to that much), or the whole chat when nothing is held.
+            let mut after = self.highest(chat_id).map(catch_up_after).unwrap_or(Id(0));
+            if last <= after {
                 continue;
             }
-            loop {
-                let path = match self.highest(chat_id) {
-                    Some(h) => format!("/v1/chats/{chat_id}/messages?after={h}&limit=200"),
-                    None => format!("/v1/chats/{chat_id}/messages?limit=200"),
-                };
+            for _page in 0..10_000 {
+                let path = format!("/v1/chats/{chat_id}/messages?after={after}&limit=200");
                 let page = http.get(api, &self.token, &path).await;
                 assert_eq!(page.status, 200, "{}: GET {path}: {}", self.user, page.body);
                 let messages: Vec<Message> = serde_json::from_value(page.body["messages"].clone())
                     .unwrap_or_else(|e| panic!("messages in {}: {e}", page.body));
+                let Some(newest) = messages.last().map(|m| m.message_id) else {
+                    break;
+                };
                 self.fetched_from_history += messages.len();
                 messages.into_iter().for_each(|m| self.hold(m));
                 if page.body["has_more"] != Value::Bool(true) {
                     break;
                 }
+                after = newest;
             }
         }
     }

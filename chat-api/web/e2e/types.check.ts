@@ -1,5 +1,5 @@
 // Compile-time check of client.d.ts (tsc --noEmit): the documented usage type-checks, misuse does not.
-import { ChatClient, ApiError, closeAdvice, type Message, type ConnectionState } from "../client.js";
+import { ChatClient, ApiError, closeAdvice, MessageLog, overlapFloor, CATCHUP_OVERLAP_MS, type Message, type ConnectionState } from "../client.js";
 import { encode, decode } from "../msgpack.js";
 
 const chat = new ChatClient({ gatewayUrl: "ws://127.0.0.1:8080/ws", token: async () => "t", encoding: "msgpack" });
@@ -22,3 +22,6 @@ sent.catch((e: unknown) => e instanceof ApiError && e.status === 422);
 const advice: string = closeAdvice(4201);
 const bytes: Uint8Array = encode({ type: "ping" });
 void advice, decode(bytes), chat.history("1", { before: "9", limit: 50 }).then((p) => p.has_more);
+const floor: string = overlapFloor("4194304000", CATCHUP_OVERLAP_MS);
+const release: () => void = new MessageLog().hold("1", floor);
+release();

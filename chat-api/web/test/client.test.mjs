@@ -9,10 +9,12 @@ import assert from "node:assert/strict";
 import {
   Advice,
   ChatClient,
+  CATCHUP_OVERLAP_MS,
   MessageLog,
   backoffDelay,
   closeAdvice,
   compareIds,
+  overlapFloor,
   tokenExpiry,
 } from "../client.js";
 import { decode, encode } from "../msgpack.js";
@@ -43,19 +45,53 @@ test("backoff grows exponentially, is capped, and jitter only shortens it", () =
   assert.equal(backoffDelay(10_000, b, none), 1000, "huge attempt counts stay finite");
 });
 
-test("ids compare as 64-bit decimals and the log reports each message once", () => {
+/** A message id drawn `ms` milliseconds after a fixed instant (sequence `seq`), as the server
+ * makes them: the millisecond timestamp sits above 22 bits of worker and sequence. */
+const T0 = 100_000_000;
+const idAt = (ms, seq = 0) => ((BigInt(T0 + ms) << 22n) + BigInt(seq)).toString();
+
+test("ids compare as 64-bit decimals and the overlap moves an id back in time", () => {
   assert.equal(compareIds("9", "10"), -1);
   assert.equal(compareIds("18446744073709551615", "18446744073709551614"), 1);
   assert.equal(compareIds("42", "42"), 0);
-  const log = new MessageLog(3);
-  const m = (id) => ({ chat_id: "c", message_id: id });
-  assert.equal(log.accept(m("5")), true);
-  assert.equal(log.accept(m("5")), false);
-  assert.equal(log.accept(m("7")), true);
-  assert.equal(log.accept(m("6")), true);
-  assert.equal(log.cursor("c"), "7");
-  assert.equal(log.accept(m("8")), true, "window full: the oldest is forgotten");
-  assert.equal(log.accept(m("4")), false, "older than the window: seen and forgotten");
+  assert.equal(CATCHUP_OVERLAP_MS, 30_000);
+  assert.equal(overlapFloor(idAt(40_000, 7)), idAt(40_000 - 30_000, 7));
+  assert.equal(overlapFloor(idAt(0), 1), idAt(-1));
+  assert.equal(overlapFloor("5"), "0", "saturates at zero");
+  assert.equal(overlapFloor("18446744073709551615", 0), "18446744073709551615", "all 64 bits kept");
+});
+
+test("the log reports each message once and tells apart every id in the overlap, however many went through", () => {
+  const log = new MessageLog();
+  const m = (ms, seq = 0) => ({ chat_id: "c", message_id: idAt(ms, seq) });
+  assert.equal(log.accept(m(5)), true);
+  assert.equal(log.accept(m(5)), false);
+  assert.equal(log.accept(m(7)), true);
+  assert.equal(log.accept(m(6)), true, "below the highest id held but never seen");
+  assert.equal(log.cursor("c"), idAt(7));
+  // Far more ids than any count-based window would keep, all within one second.
+  for (let i = 0; i < 5_000; i++) assert.equal(log.accept(m(1_000, i)), true);
+  assert.equal(log.accept(m(6)), false, "still remembered: inside the overlap");
+  assert.equal(log.accept(m(8)), true, "never seen: reported, though 5,000 newer ids went through");
+  assert.equal(log.accept(m(1_000, 4_999)), false);
+  // The cursor moves on: ids older than the overlap below it are forgotten (no catch-up asks
+  // for them again), and the set shrinks to the window.
+  log.accept(m(60_000));
+  log.prune("c");
+  assert.equal(log.floor("c"), idAt(30_000));
+  assert.equal(log.seen.get("c").size, 1);
+  assert.equal(log.accept(m(45_000)), true);
+  assert.equal(log.accept(m(45_000)), false);
+  // A catch-up in progress holds its own floor: what it fetches is told apart though live
+  // frames raise the cursor far past it.
+  const release = log.hold("c", idAt(50_000));
+  log.accept(m(200_000));
+  assert.equal(log.floor("c"), idAt(50_000));
+  assert.equal(log.accept(m(55_000)), true);
+  assert.equal(log.accept(m(55_000)), false, "held: not forgotten while the catch-up runs");
+  release();
+  assert.equal(log.floor("c"), idAt(170_000));
+  assert.equal(log.seen.get("c").size, 1, "pruned to the window once the catch-up ended");
 });
 
 test("msgpack round-trips the protocol's values and refuses bad input", () => {
@@ -249,65 +285,100 @@ test("the token is refreshed over the socket before it expires", async () => {
   assert.deepEqual(sockets[0].sent.at(-1), { type: "refresh", token: "tok2" });
 });
 
-test("catch-up pages from the cursor held at reconnect and reports each message once", async () => {
+test("catch-up pages from the cursor held at reconnect minus the overlap and reports each message once", async () => {
   const calls = [];
-  const msg = (id) => ({ chat_id: "7", message_id: String(id), sender_id: "bob", client_msg_id: `m${id}`, body: `b${id}`, sent_at_ms: 1 });
+  const msg = (ms) => ({ chat_id: "7", message_id: idAt(ms), sender_id: "bob", client_msg_id: `m${ms}`, body: `b${ms}`, sent_at_ms: 1 });
+  const floor = idAt(5_000 - CATCHUP_OVERLAP_MS);
   let sockets;
   const fetch = async (url) => {
     const u = new URL(url);
     calls.push(u.pathname + u.search);
-    if (u.pathname === "/v1/chats") return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: "12" }, { chat_id: "8", last_message_id: "3" }] });
+    if (u.pathname === "/v1/chats") return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: idAt(12_000) }, { chat_id: "8", last_message_id: idAt(3_000) }] });
     const after = u.searchParams.get("after");
-    if (after === "5") {
+    if (after === floor) {
       // A live frame for a later message arrives while the first page is in flight.
-      sockets.at(-1).frame({ type: "message", message: msg(11) });
-      return jsonResponse(200, { messages: [msg(6), msg(7)], has_more: true });
+      sockets.at(-1).frame({ type: "message", message: msg(11_000) });
+      // 3 was committed after 5 (another replica's clock, or a slower concurrent send): below
+      // the cursor held, and still owed.
+      return jsonResponse(200, { messages: [msg(3_000), msg(5_000)], has_more: true });
     }
-    if (after === "7") return jsonResponse(200, { messages: [msg(8), msg(11), msg(12)], has_more: false });
+    if (after === idAt(5_000)) return jsonResponse(200, { messages: [msg(8_000), msg(11_000), msg(12_000)], has_more: false });
     throw new Error(`unexpected ${url}`);
   };
   const t = newClient({ fetch, catchUpPageSize: 2 });
   sockets = t.sockets;
   const { client } = t;
-  client.track("7", "5");
+  client.log.accept(msg(5_000)); // held before the reconnect
   const seen = [];
-  client.on("message", ({ message, source }) => seen.push(`${message.message_id}:${source}`));
+  client.on("message", ({ message, source }) => seen.push(`${Number(BigInt(message.message_id) >> 22n) - T0}:${source}`));
   let caught;
   const done = new Promise((r) => client.on("catchup", (e) => r((caught = e))));
   client.connect();
   await flush();
   sockets[0].hello();
   await done;
-  assert.deepEqual(calls, ["/v1/chats", "/v1/chats/7/messages?after=5&limit=2", "/v1/chats/7/messages?after=7&limit=2"]);
-  assert.deepEqual(seen, ["11:live", "6:catchup", "7:catchup", "8:catchup", "12:catchup"]);
-  assert.equal(caught.messages, 4);
-  assert.equal(client.log.cursor("7"), "12");
+  assert.deepEqual(calls, ["/v1/chats", `/v1/chats/7/messages?after=${floor}&limit=2`, `/v1/chats/7/messages?after=${idAt(5_000)}&limit=2`]);
+  assert.deepEqual(seen, ["11000:live", "3000:catchup", "8000:catchup", "12000:catchup"]);
+  assert.equal(caught.messages, 3);
+  assert.equal(client.log.cursor("7"), idAt(12_000));
   assert.equal(client.log.cursor("8"), undefined, "untracked chats are left to the page");
+});
+
+test("a chat whose newest message is below the cursor held but inside the overlap is fetched", async () => {
+  const calls = [];
+  const msg = (ms) => ({ chat_id: "7", message_id: idAt(ms), sender_id: "bob", client_msg_id: `m${ms}`, body: `b${ms}`, sent_at_ms: 1 });
+  const fetch = async (url) => {
+    const u = new URL(url);
+    calls.push(u.pathname + u.search);
+    // The newest message (from a replica whose clock is 3 s behind) is below the one held.
+    if (u.pathname === "/v1/chats") return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: idAt(7_000) }, { chat_id: "9", last_message_id: idAt(-40_000) }] });
+    if (u.searchParams.get("after") === overlapFloor(idAt(10_000))) return jsonResponse(200, { messages: [msg(7_000), msg(10_000)], has_more: false });
+    throw new Error(`unexpected ${url}`);
+  };
+  const t = newClient({ fetch });
+  const { client } = t;
+  client.log.accept(msg(10_000));
+  client.track("9", idAt(0)); // nothing newer than 30 s before what is held: no request
+  const seen = [];
+  client.on("message", ({ message }) => seen.push(message.message_id));
+  const done = new Promise((r) => client.on("catchup", r));
+  client.connect();
+  await flush();
+  t.sockets[0].hello();
+  await done;
+  assert.deepEqual(calls, ["/v1/chats", `/v1/chats/7/messages?after=${overlapFloor(idAt(10_000))}&limit=200`]);
+  assert.deepEqual(seen, [idAt(7_000)]);
 });
 
 test("resync catches up from the cursor held when it arrived, though newer frames follow", async () => {
   const calls = [];
-  const msg = (id) => ({ chat_id: "7", message_id: String(id), sender_id: "bob", client_msg_id: `m${id}`, body: `b${id}`, sent_at_ms: 1 });
+  const msg = (ms) => ({ chat_id: "7", message_id: idAt(ms), sender_id: "bob", client_msg_id: `m${ms}`, body: `b${ms}`, sent_at_ms: 1 });
   let sockets;
   let catchUps = 0;
+  const floor = overlapFloor(idAt(5_000));
   const fetch = async (url) => {
     const u = new URL(url);
     calls.push(u.pathname + u.search);
     if (u.pathname === "/v1/chats") {
       catchUps++;
-      // After the resync, a live frame newer than the missed messages lands before the answer.
-      if (catchUps === 2) sockets.at(-1).frame({ type: "message", message: msg(9) });
-      return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: catchUps === 1 ? "5" : "9" }] });
+      // After the resync, a live frame newer than the missed messages lands before the answer,
+      // and far enough ahead that the missed ones are older than the overlap below it.
+      if (catchUps === 2) sockets.at(-1).frame({ type: "message", message: msg(90_000) });
+      return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: catchUps === 1 ? idAt(5_000) : idAt(90_000) }] });
     }
-    if (u.searchParams.get("after") === "5") return jsonResponse(200, { messages: [msg(6), msg(7), msg(8), msg(9)], has_more: false });
+    if (u.searchParams.get("after") === floor) {
+      return catchUps === 1
+        ? jsonResponse(200, { messages: [msg(5_000)], has_more: false })
+        : jsonResponse(200, { messages: [msg(5_000), msg(6_000), msg(7_000), msg(8_000), msg(90_000)], has_more: false });
+    }
     throw new Error(`unexpected ${url}`);
   };
   const t = newClient({ fetch });
   sockets = t.sockets;
   const { client } = t;
-  client.track("7", "5");
+  client.log.accept(msg(5_000));
   const seen = [];
-  client.on("message", ({ message, source }) => seen.push(`${message.message_id}:${source}`));
+  client.on("message", ({ message, source }) => seen.push(`${Number(BigInt(message.message_id) >> 22n) - T0}:${source}`));
   let resyncs = 0;
   client.on("resync", () => resyncs++);
   const caught = [];
@@ -319,10 +390,10 @@ test("resync catches up from the cursor held when it arrived, though newer frame
   sockets[0].frame({ type: "resync" });
   while (caught.length < 2) await flush();
   assert.equal(resyncs, 1);
-  assert.deepEqual(calls, ["/v1/chats", "/v1/chats", "/v1/chats/7/messages?after=5&limit=200"]);
-  assert.deepEqual(seen, ["9:live", "6:catchup", "7:catchup", "8:catchup"]);
+  assert.deepEqual(calls, ["/v1/chats", `/v1/chats/7/messages?after=${floor}&limit=200`, "/v1/chats", `/v1/chats/7/messages?after=${floor}&limit=200`]);
+  assert.deepEqual(seen, ["90000:live", "6000:catchup", "7000:catchup", "8000:catchup"]);
   assert.deepEqual(caught, [0, 3]);
-  assert.equal(client.log.cursor("7"), "9");
+  assert.equal(client.log.cursor("7"), idAt(90_000));
   assert.equal(sockets.length, 1, "the socket stays open");
 });
 

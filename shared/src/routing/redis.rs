@@ -364,6 +364,29 @@ impl RedisRouting {
         &self.shared.client
     }
 
+    /// Redis's clock (`TIME`), in Unix microseconds. On a cluster it always asks the master of
+    /// hash slot 0, so that every replica measures against the same clock.
+    pub async fn server_time_us(&self) -> Result<u64, RoutingError> {
+        let cmd = CustomCommand::new_static("TIME", ClusterHash::Custom(0), false);
+        let shared = &self.shared;
+        let reply: Value = shared
+            .timed(shared.cmd().custom::<Value, String>(cmd, Vec::new()))
+            .await?;
+        let parts = match &reply {
+            Value::Array(items) if items.len() == 2 => items
+                .iter()
+                .map(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
+                .collect::<Option<Vec<u64>>>(),
+            _ => None,
+        };
+        match parts.as_deref() {
+            Some([secs, micros]) => Ok(secs.saturating_mul(1_000_000).saturating_add(*micros)),
+            _ => Err(RoutingError::Unavailable(format!(
+                "redis TIME: unexpected reply {reply:?}"
+            ))),
+        }
+    }
+
     /// Closes the shared client.
     pub async fn quit(&self) {
         let _ = self.shared.client.quit().await;
