@@ -49,6 +49,8 @@ pub struct AppState {
     pub typing: api::typing::TypingLimiter,
     /// Places for over-limit requests held before their 429 (see [`AppState::rate_limited`]).
     pub held: Arc<tokio::sync::Semaphore>,
+    /// Real-time fan-out with its background retry; built at first use from the fields above.
+    fanout: std::sync::OnceLock<crate::fanout::Fanout>,
 }
 
 impl AppState {
@@ -77,7 +79,23 @@ impl AppState {
             held: Arc::new(tokio::sync::Semaphore::new(
                 Limits::default().rate_limited_held_max,
             )),
+            fanout: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The fan-out of stored messages (its retry queue and notices live as long as the state).
+    pub fn fanout(&self) -> &crate::fanout::Fanout {
+        self.fanout.get_or_init(|| {
+            crate::fanout::Fanout::new(
+                crate::fanout::Backends {
+                    store: self.store.clone(),
+                    registry: self.registry.clone(),
+                    bus: self.bus.clone(),
+                    attempt_timeout: self.limits.fanout_timeout,
+                },
+                self.limits.fanout_retry,
+            )
+        })
     }
 
     /// Serves the demo page, `/config.json` and (with a signer) `POST /dev/token`.

@@ -91,6 +91,20 @@ pub struct ApiArgs {
     /// Deadline of the real-time fan-out after a message is stored (best effort).
     #[arg(long, env = "API_FANOUT_TIMEOUT", value_name = "API_FANOUT_TIMEOUT", default_value = "2s", value_parser = parse_nonzero_duration)]
     pub fanout_timeout: Duration,
+    /// How long a fan-out that failed after its message was stored is retried in the background
+    /// before the members it may have missed are told to catch up (`resync`) instead; `0s`: no
+    /// retry, the notice at once. At most 10s.
+    #[arg(long, env = "API_FANOUT_RETRY_WINDOW", value_name = "API_FANOUT_RETRY_WINDOW", default_value = "5s", value_parser = parse_duration)]
+    pub fanout_retry_window: Duration,
+    /// Failed fan-outs waiting for a background retry (16 retry at once); when full, a failed
+    /// fan-out's members are told to catch up instead. `0`: no retry.
+    #[arg(
+        long,
+        env = "API_FANOUT_RETRY_QUEUE",
+        value_name = "API_FANOUT_RETRY_QUEUE",
+        default_value_t = 1000
+    )]
+    pub fanout_retry_queue: usize,
     /// `Retry-After` sent with 503 answers.
     #[arg(long, env = "API_RETRY_AFTER", value_name = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -148,6 +162,8 @@ pub struct Limits {
     pub title_chars_max: usize,
     pub request_timeout: Duration,
     pub fanout_timeout: Duration,
+    /// Background retry of fan-outs that failed after the 201.
+    pub fanout_retry: crate::fanout::RetrySettings,
     pub retry_after: Duration,
     pub shutdown_grace: Duration,
     /// Authenticated requests per caller; `None` is unlimited.
@@ -174,6 +190,10 @@ impl Default for Limits {
             title_chars_max: 200,
             request_timeout: Duration::from_secs(10),
             fanout_timeout: Duration::from_secs(2),
+            fanout_retry: crate::fanout::RetrySettings {
+                window: Duration::from_secs(5),
+                queue: 1000,
+            },
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             rate_requests: Some(Quota::per_second(50, 100)),
@@ -183,6 +203,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// Longest `API_FANOUT_RETRY_WINDOW`: a member with an open socket gets a message, or a `resync`,
+/// within a few seconds of a failed fan-out.
+pub const FANOUT_RETRY_WINDOW_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -198,6 +222,8 @@ pub enum ConfigError {
     MessageExceedsBody { message: usize, body: usize },
     #[error("API_RATE_LIMITED_HOLD ({hold:?}) must be shorter than API_REQUEST_TIMEOUT ({timeout:?}): a held 429 would turn into a 503")]
     HoldExceedsTimeout { hold: Duration, timeout: Duration },
+    #[error("API_FANOUT_RETRY_WINDOW ({0:?}) must be at most {max:?}: a member whose message could not be delivered waits this long for it or for its resync", max = FANOUT_RETRY_WINDOW_MAX)]
+    FanoutRetryWindow(Duration),
     #[error("WORKER_ID {0} exceeds 1023")]
     WorkerId(u16),
     #[error("CORS_ALLOWED_ORIGINS entry {0:?}: expected `*` or an origin such as https://app.example (scheme, host, optional port, no path)")]
@@ -248,6 +274,9 @@ impl ApiArgs {
                 timeout: self.request_timeout,
             });
         }
+        if self.fanout_retry_window > FANOUT_RETRY_WINDOW_MAX {
+            return Err(ConfigError::FanoutRetryWindow(self.fanout_retry_window));
+        }
         if let Some(w) = self.worker_id {
             if w > shared::ids::WORKER_ID_MAX {
                 return Err(ConfigError::WorkerId(w));
@@ -265,6 +294,10 @@ impl ApiArgs {
             title_chars_max: Limits::default().title_chars_max,
             request_timeout: self.request_timeout,
             fanout_timeout: self.fanout_timeout,
+            fanout_retry: crate::fanout::RetrySettings {
+                window: self.fanout_retry_window,
+                queue: self.fanout_retry_queue,
+            },
             retry_after: self.retry_after,
             shutdown_grace: self.shutdown_grace,
             rate_requests: self.rate_requests.0,
@@ -340,6 +373,15 @@ mod tests {
         assert!(parse(&["--worker-id", "1024"]).limits().is_err());
         let e = parse(&["--rate-limited-hold", "10s"]).limits().unwrap_err();
         assert!(matches!(e, ConfigError::HoldExceedsTimeout { .. }), "{e}");
+        let e = parse(&["--fanout-retry-window", "11s"])
+            .limits()
+            .unwrap_err();
+        assert!(e.to_string().contains("API_FANOUT_RETRY_WINDOW"), "{e}");
+        assert!(
+            parse(&["--fanout-retry-window", "0s", "--fanout-retry-queue", "0"])
+                .limits()
+                .is_ok()
+        );
         let cors = parse(&[
             "--cors-allowed-origins",
             "http://a.example:3000,https://b.example",

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod fanout;
 pub mod migrate;
 pub mod store;
 pub mod telemetry;

@@ -7,6 +7,8 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shared::config::init_tracing(cli.log_format);
+    // Reads FAILPOINTS in builds with failpoints (the tests'); does nothing in others.
+    let _failpoints = fail::FailScenario::setup();
     match cli.command {
         Command::Token(args) => cli::token(args),
         Command::Embedded(args) => cli::embedded(args).await,

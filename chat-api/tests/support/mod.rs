@@ -254,6 +254,8 @@ pub struct Options {
     pub redis_cluster: bool,
     /// Extra environment for every gateway (overrides the defaults below).
     pub gateway_env: Vec<(&'static str, String)>,
+    /// Extra environment per API replica, by index (overrides the defaults below).
+    pub api_env: Vec<Vec<(&'static str, String)>>,
 }
 
 impl Default for Options {
@@ -265,6 +267,7 @@ impl Default for Options {
             route_sweep_interval: Duration::from_secs(30),
             redis_cluster: false,
             gateway_env: Vec::new(),
+            api_env: Vec::new(),
         }
     }
 }
@@ -368,11 +371,8 @@ async fn start_process(
                 }
                 Proc::spawn(&format!("{node}-{attempt}"), gateway_bin, &[], &env, dir)
             }
-            Kind::Api(worker) => Proc::spawn(
-                &format!("api{worker}-{attempt}"),
-                Path::new(env!("CARGO_BIN_EXE_chat-api")),
-                &["serve"],
-                &[
+            Kind::Api(worker) => {
+                let mut env = vec![
                     ("REDIS_URL", redis_url.to_string()),
                     ("JWT_SECRET", SECRET.into()),
                     ("API_ADDR", addr.to_string()),
@@ -385,9 +385,20 @@ async fn start_process(
                     // (through Redis) but far above the tests' pace.
                     ("API_RATE_MESSAGES", "500/1s:1000".into()),
                     ("API_RATE_REQUESTS", "1000/1s:2000".into()),
-                ],
-                dir,
-            ),
+                ];
+                let extra = opts.api_env.get(usize::from(worker) - 1);
+                for (k, v) in extra.into_iter().flatten() {
+                    env.retain(|(key, _)| key != k);
+                    env.push((*k, v.clone()));
+                }
+                Proc::spawn(
+                    &format!("api{worker}-{attempt}"),
+                    Path::new(env!("CARGO_BIN_EXE_chat-api")),
+                    &["serve"],
+                    &env,
+                    dir,
+                )
+            }
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -645,10 +656,20 @@ impl Cluster {
     /// that contain `labels`), or 0 when absent.
     pub async fn gateway_metric(&self, gateway: usize, name: &str, labels: &str) -> f64 {
         let url = format!("http://{}/metrics", self.gateways[gateway].addr);
+        self.metric(&url, name, labels).await
+    }
+
+    /// The same for an API replica's `/metrics`.
+    pub async fn api_metric(&self, api: usize, name: &str, labels: &str) -> f64 {
+        let url = format!("{}/metrics", self.apis[api].base);
+        self.metric(&url, name, labels).await
+    }
+
+    async fn metric(&self, url: &str, name: &str, labels: &str) -> f64 {
         let text = self
             .http
             .client
-            .get(&url)
+            .get(url)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -1253,6 +1274,32 @@ pub fn newest_stream_entry(redis_port: u16, key: &str) -> std::io::Result<Option
             "unexpected XREVRANGE reply {text:?}"
         ))),
     }
+}
+
+/// Sends one command to a Redis server as a raw RESP request (binary-safe arguments) and returns
+/// the first line of the reply (`:50`, `+OK`, `-ERR …`), so that tests can write to Redis
+/// without the client library under test.
+pub fn redis_command(redis_port: u16, args: &[&[u8]]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis_port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.split("\r\n").next().unwrap_or_default().to_string())
 }
 
 /// Unix milliseconds now.
