@@ -382,3 +382,43 @@ async fn notice_task(notices: Weak<Notices>, backends: Backends) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(prefix: &str, n: usize) -> Option<Vec<String>> {
+        Some((0..n).map(|i| format!("{prefix}{i}")).collect())
+    }
+
+    #[test]
+    fn notices_coalesce_members_and_fall_back_to_whole_nodes() {
+        let n = Notices::default();
+        n.add(users("a", 3));
+        n.add(users("a", 2));
+        n.add(users("b", 1));
+        assert_eq!(n.pending.lock().members.len(), 4, "one entry per member");
+        assert!(!n.pending.lock().all_nodes);
+        // Unknown members: every node, and the member list is dropped.
+        n.add(None);
+        assert!(n.pending.lock().all_nodes && n.pending.lock().members.is_empty());
+        n.add(users("c", 5));
+        assert!(
+            n.pending.lock().members.is_empty(),
+            "whole nodes cover them"
+        );
+        // Too many members to remember: every node.
+        let n = Notices::default();
+        n.add(users("d", NOTICE_USERS_MAX + 1));
+        let p = n.pending.lock();
+        assert!(p.all_nodes && p.members.is_empty());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_all() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+}
