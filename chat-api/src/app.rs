@@ -51,6 +51,8 @@ pub struct AppState {
     /// Distributed mode: the clock measured against Redis that message ids follow; sends and
     /// `/readyz` are refused while it cannot be trusted. `None`: the local clock (one process).
     pub clock: Option<Arc<crate::clock::ClockGuard>>,
+    /// Real-time fan-out with its background retry; built at first use from the fields above.
+    fanout: std::sync::OnceLock<crate::fanout::Fanout>,
 }
 
 /// When the request must be answered by (set by the deadline middleware), for work that must
@@ -84,6 +86,7 @@ impl AppState {
             held: Arc::new(tokio::sync::Semaphore::new(
                 Limits::default().rate_limited_held_max,
             )),
+            fanout: std::sync::OnceLock::new(),
             clock: None,
         }
     }
@@ -104,6 +107,21 @@ impl AppState {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The fan-out of stored messages (its retry queue and notices live as long as the state).
+    pub fn fanout(&self) -> &crate::fanout::Fanout {
+        self.fanout.get_or_init(|| {
+            crate::fanout::Fanout::new(
+                crate::fanout::Backends {
+                    store: self.store.clone(),
+                    registry: self.registry.clone(),
+                    bus: self.bus.clone(),
+                    attempt_timeout: self.limits.fanout_timeout,
+                },
+                self.limits.fanout_retry,
+            )
+        })
     }
 
     /// Serves the demo page, `/config.json` and (with a signer) `POST /dev/token`.

@@ -104,6 +104,20 @@ pub struct ApiArgs {
     /// upstream keep-alive timeout of a reverse proxy in front (ingress-nginx: 60s).
     #[arg(long, env = "API_KEEP_ALIVE_TIMEOUT", value_name = "API_KEEP_ALIVE_TIMEOUT", default_value = "75s", value_parser = parse_nonzero_duration)]
     pub keep_alive_timeout: Duration,
+    /// How long a fan-out that failed after its message was stored is retried in the background
+    /// before the members it may have missed are told to catch up (`resync`) instead; `0s`: no
+    /// retry, the notice at once. At most 10s.
+    #[arg(long, env = "API_FANOUT_RETRY_WINDOW", value_name = "API_FANOUT_RETRY_WINDOW", default_value = "5s", value_parser = parse_duration)]
+    pub fanout_retry_window: Duration,
+    /// Failed fan-outs waiting for a background retry (16 retry at once); when full, a failed
+    /// fan-out's members are told to catch up instead. `0`: no retry.
+    #[arg(
+        long,
+        env = "API_FANOUT_RETRY_QUEUE",
+        value_name = "API_FANOUT_RETRY_QUEUE",
+        default_value_t = 1000
+    )]
+    pub fanout_retry_queue: usize,
     /// `Retry-After` sent with 503 answers.
     #[arg(long, env = "API_RETRY_AFTER", value_name = "API_RETRY_AFTER", default_value = "1s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -165,6 +179,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Longest idle time of a connection between requests.
     pub keep_alive_timeout: Duration,
+    /// Background retry of fan-outs that failed after the 201.
+    pub fanout_retry: crate::fanout::RetrySettings,
     pub retry_after: Duration,
     pub shutdown_grace: Duration,
     /// Authenticated requests per caller; `None` is unlimited.
@@ -193,6 +209,10 @@ impl Default for Limits {
             fanout_timeout: Duration::from_secs(2),
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(75),
+            fanout_retry: crate::fanout::RetrySettings {
+                window: Duration::from_secs(5),
+                queue: 1000,
+            },
             retry_after: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             rate_requests: Some(Quota::per_second(50, 100)),
@@ -202,6 +222,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// Longest `API_FANOUT_RETRY_WINDOW`: a member with an open socket gets a message, or a `resync`,
+/// within a few seconds of a failed fan-out.
+pub const FANOUT_RETRY_WINDOW_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -217,19 +241,22 @@ pub enum ConfigError {
     MessageExceedsBody { message: usize, body: usize },
     #[error("API_RATE_LIMITED_HOLD ({hold:?}) must be shorter than API_REQUEST_TIMEOUT ({timeout:?}): a held 429 would turn into a 503")]
     HoldExceedsTimeout { hold: Duration, timeout: Duration },
+    #[error("API_FANOUT_RETRY_WINDOW ({0:?}) must be at most {max:?}: a member whose message could not be delivered waits this long for it or for its resync", max = FANOUT_RETRY_WINDOW_MAX)]
+    FanoutRetryWindow(Duration),
     #[error("WORKER_ID {0} exceeds 1023")]
     WorkerId(u16),
     #[error("CORS_ALLOWED_ORIGINS entry {0:?}: expected `*` or an origin such as https://app.example (scheme, host, optional port, no path)")]
     CorsOrigin(String),
     #[error(
-        "API_REQUEST_TIMEOUT ({request:?}) + API_FANOUT_TIMEOUT ({fanout:?}) + 2 × \
-         API_MAX_CLOCK_SKEW ({skew:?}) must not exceed the catch-up overlap ({overlap:?}, \
+        "API_REQUEST_TIMEOUT ({request:?}) + API_FANOUT_TIMEOUT ({fanout:?}) + \
+         API_FANOUT_RETRY_WINDOW ({retry:?}) + 2 × API_MAX_CLOCK_SKEW ({skew:?}) must not exceed the catch-up overlap ({overlap:?}, \
          docs/PROTOCOL.md): a send could then become visible further below the ids clients \
          already hold than their catch-up reaches; lower these settings"
     )]
     SendHorizon {
         request: Duration,
         fanout: Duration,
+        retry: Duration,
         skew: Duration,
         overlap: Duration,
     },
@@ -239,19 +266,21 @@ impl Limits {
     /// Checks the invariant the catch-up relies on (docs/PROTOCOL.md, "Delivery and catch-up"):
     /// the longest a send can take from drawing its message id to the end of its fan-out
     /// attempt — its whole request (`request_timeout`: the store write never commits after it),
-    /// plus the fan-out begun before that deadline (`fanout_timeout`) — plus twice the largest
-    /// difference between two replicas' clocks (`max_clock_skew` each way; zero for one
-    /// process) fits in [`CATCHUP_OVERLAP`]. Anything that delays a first delivery past the
-    /// fan-out (a background retry of a failed fan-out, say) belongs in the same sum.
+    /// plus the fan-out begun before that deadline (`fanout_timeout`), plus the background retry
+    /// of a failed fan-out before its members are told to `resync` (`fanout_retry.window`) —
+    /// plus twice the largest difference between two replicas' clocks (`max_clock_skew` each
+    /// way; zero for one process) fits in [`CATCHUP_OVERLAP`].
     pub fn check_send_horizon(&self, max_clock_skew: Duration) -> Result<(), ConfigError> {
         let total = self
             .request_timeout
             .saturating_add(self.fanout_timeout)
+            .saturating_add(self.fanout_retry.window)
             .saturating_add(max_clock_skew.saturating_mul(2));
         if total > CATCHUP_OVERLAP {
             return Err(ConfigError::SendHorizon {
                 request: self.request_timeout,
                 fanout: self.fanout_timeout,
+                retry: self.fanout_retry.window,
                 skew: max_clock_skew,
                 overlap: CATCHUP_OVERLAP,
             });
@@ -304,6 +333,9 @@ impl ApiArgs {
                 timeout: self.request_timeout,
             });
         }
+        if self.fanout_retry_window > FANOUT_RETRY_WINDOW_MAX {
+            return Err(ConfigError::FanoutRetryWindow(self.fanout_retry_window));
+        }
         if let Some(w) = self.worker_id {
             if w > shared::ids::WORKER_ID_MAX {
                 return Err(ConfigError::WorkerId(w));
@@ -323,6 +355,10 @@ impl ApiArgs {
             fanout_timeout: self.fanout_timeout,
             header_read_timeout: self.header_read_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
+            fanout_retry: crate::fanout::RetrySettings {
+                window: self.fanout_retry_window,
+                queue: self.fanout_retry_queue,
+            },
             retry_after: self.retry_after,
             shutdown_grace: self.shutdown_grace,
             rate_requests: self.rate_requests.0,
@@ -401,6 +437,15 @@ mod tests {
         assert!(parse(&["--worker-id", "1024"]).limits().is_err());
         let e = parse(&["--rate-limited-hold", "10s"]).limits().unwrap_err();
         assert!(matches!(e, ConfigError::HoldExceedsTimeout { .. }), "{e}");
+        let e = parse(&["--fanout-retry-window", "11s"])
+            .limits()
+            .unwrap_err();
+        assert!(e.to_string().contains("API_FANOUT_RETRY_WINDOW"), "{e}");
+        assert!(
+            parse(&["--fanout-retry-window", "0s", "--fanout-retry-queue", "0"])
+                .limits()
+                .is_ok()
+        );
         let cors = parse(&[
             "--cors-allowed-origins",
             "http://a.example:3000,https://b.example",
@@ -422,22 +467,25 @@ mod tests {
     #[test]
     fn a_send_must_fit_in_the_catch_up_overlap() {
         let limits = parse(&[]).limits().unwrap();
-        // Defaults: 10 s + 2 s + 2 × 5 s = 22 s of the 30 s overlap.
+        // Defaults: 10 s + 2 s + 5 s + 2 × 5 s = 27 s of the 30 s overlap.
         assert!(limits.check_send_horizon(Duration::from_secs(5)).is_ok());
-        assert!(limits.check_send_horizon(Duration::from_secs(9)).is_ok());
+        assert!(limits
+            .check_send_horizon(Duration::from_millis(6_500))
+            .is_ok());
         let e = limits
-            .check_send_horizon(Duration::from_millis(9_001))
+            .check_send_horizon(Duration::from_millis(6_501))
             .unwrap_err();
         for name in [
             "API_REQUEST_TIMEOUT",
             "API_FANOUT_TIMEOUT",
+            "API_FANOUT_RETRY_WINDOW",
             "API_MAX_CLOCK_SKEW",
             "30s",
         ] {
             assert!(e.to_string().contains(name), "{name} in {e}");
         }
-        let e = parse(&["--request-timeout", "29s"]).limits().unwrap_err();
+        let e = parse(&["--request-timeout", "24s"]).limits().unwrap_err();
         assert!(matches!(e, ConfigError::SendHorizon { .. }), "{e}");
-        assert!(parse(&["--request-timeout", "28s"]).limits().is_ok());
+        assert!(parse(&["--request-timeout", "23s"]).limits().is_ok());
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod fanout;
 pub mod migrate;
 pub mod store;
 pub mod telemetry;

@@ -29,6 +29,14 @@ pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "api_idempotent_replays_total";
 pub const FANOUT_SECONDS: &str = "api_fanout_duration_seconds";
 pub const FANOUT_RECIPIENTS_ONLINE_TOTAL: &str = "api_fanout_recipients_online_total";
 pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
+/// Fan-outs that failed after their 201, by `outcome` of the background retry (see
+/// [`FANOUT_RETRY_OUTCOMES`]).
+pub const FANOUT_RETRIES_TOTAL: &str = "api_fanout_retries_total";
+/// Failed fan-outs waiting for or in a background retry.
+pub const FANOUT_RETRY_QUEUE: &str = "api_fanout_retry_queue";
+/// `resync` notices appended to node streams for members a fan-out may have missed, by `scope`
+/// (see [`FANOUT_NOTICE_SCOPES`]).
+pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
@@ -53,6 +61,14 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
         .copied()
         .unwrap_or(OTHER_METHOD)
 }
+
+/// Every `outcome` of [`FANOUT_RETRIES_TOTAL`]: delivered by a retry; abandoned at the end of
+/// `API_FANOUT_RETRY_WINDOW`; shed (the retry queue was full, or retries are off). The last two
+/// become `resync` notices.
+pub const FANOUT_RETRY_OUTCOMES: &[&str] = &["delivered", "abandoned", "shed"];
+/// Every `scope` of [`FANOUT_RESYNC_NOTICES_TOTAL`]: an entry naming the members on one node, or
+/// a whole-node notice (members or routes unknown).
+pub const FANOUT_NOTICE_SCOPES: &[&str] = &["members", "node"];
 
 /// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
 pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
@@ -136,6 +152,18 @@ pub fn describe() {
         FANOUT_ERRORS_TOTAL,
         "Fan-outs that failed (backend) or ran out of time (timeout)"
     );
+    describe_counter!(
+        FANOUT_RETRIES_TOTAL,
+        "Fan-outs that failed after their 201, by outcome of the background retry (delivered, abandoned, shed)"
+    );
+    describe_gauge!(
+        FANOUT_RETRY_QUEUE,
+        "Failed fan-outs waiting for or in a background retry"
+    );
+    describe_counter!(
+        FANOUT_RESYNC_NOTICES_TOTAL,
+        "resync notices appended to node streams for members a fan-out may have missed, by scope"
+    );
     describe_counter!(PUSH_EVENTS_TOTAL, "Backend push events accepted");
     describe_counter!(
         AUTH_FAILURES_TOTAL,
@@ -152,6 +180,13 @@ pub fn describe() {
     );
     metrics::gauge!(DRAINING).increment(0.0);
     metrics::gauge!(CLOCK_OFFSET_SECONDS).increment(0.0);
+    metrics::gauge!(FANOUT_RETRY_QUEUE).increment(0.0);
+    for outcome in FANOUT_RETRY_OUTCOMES {
+        metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => *outcome).increment(0);
+    }
+    for scope in FANOUT_NOTICE_SCOPES {
+        metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => *scope).increment(0);
+    }
     for name in [
         MESSAGES_CREATED_TOTAL,
         IDEMPOTENT_REPLAYS_TOTAL,

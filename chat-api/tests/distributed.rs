@@ -12,9 +12,9 @@ use futures_util::future::join_all;
 use serde_json::json;
 use tokio::time::Instant;
 
-use shared::protocol::{Encoding, Message};
+use shared::protocol::{encode_server, Encoding, Message, ServerFrame};
 use shared::Id;
-use support::{now_ms, CatchUpClient, Cluster, Options, Sender, WsClient};
+use support::{now_ms, CatchUpClient, Cluster, Options, Recv, Sender, WsClient};
 
 /// Upper bound of each test, processes included.
 const TEST_LIMIT: Duration = Duration::from_secs(50);
@@ -360,14 +360,44 @@ async fn redis_restart_recovers() {
             .await_presence(&["ra", "rb"], true, Duration::from_secs(10))
             .await;
         // Each replica reaches the new server and delivers to both nodes in real time.
+        let mut seen = [HashSet::new(), HashSet::new()];
         for (api, cid) in [(0usize, "r-1"), (1, "r-2")] {
             let after = cluster.send(api, "rs", chat, cid, "after").await;
-            for s in [&mut ra, &mut rb] {
-                await_message(s, after.message_id, &outage_ids, Duration::from_secs(5)).await;
+            for (s, seen) in [&mut ra, &mut rb].into_iter().zip(&mut seen) {
+                await_message(
+                    s,
+                    after.message_id,
+                    &outage_ids,
+                    seen,
+                    Duration::from_secs(5),
+                )
+                .await;
             }
         }
-        for s in [&mut ra, &mut rb] {
-            s.assert_quiet(GRACE).await;
+        // The sends acknowledged during the outage are retried in the background (a retry may
+        // reach nobody: the restarted Redis lost the routes, and the gateways resync instead).
+        // Once no retry is left, nothing but those messages, each once, may still arrive.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for api in 0..2 {
+            while cluster.api_metric(api, "api_fanout_retry_queue", "").await > 0.0 {
+                assert!(Instant::now() < deadline, "fan-out retries still running");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for (s, seen) in [&mut ra, &mut rb].into_iter().zip(&mut seen) {
+            let quiet = Instant::now() + GRACE;
+            loop {
+                match s.recv(quiet).await {
+                    Recv::Timeout => break,
+                    Recv::Frame(ServerFrame::Message { message }) => {
+                        let m = message.message_id;
+                        assert!(outage_ids.contains(&m), "{}: extra {message:?}", s.user);
+                        assert!(seen.insert(m), "{}: message {m} delivered twice", s.user);
+                    }
+                    Recv::Frame(_) => {}
+                    Recv::Closed(why) => panic!("{}: socket closed: {why}", s.user),
+                }
+            }
         }
         cluster.assert_all_running();
         eprintln!(
@@ -379,14 +409,206 @@ async fn redis_restart_recovers() {
     .await;
 }
 
-/// Reads `socket` until message `id` arrives, within `limit`. Messages in `tolerated` (stored
-/// while their fan-out could not run) may show up before it; anything else fails the test.
-async fn await_message(socket: &mut WsClient, id: Id, tolerated: &[Id], limit: Duration) {
+/// A gateway whose reader falls further behind its node stream than the stream's cap, while the
+/// node stays alive (no outage, no liveness loss): the trimmed entries are a gap, and its socket
+/// gets `resync` before anything delivered after it. The test appends the entries itself, all in
+/// one script (so the reader cannot read in between), with an exact cap of 50 and a read batch
+/// of 16 (a cap is never below the batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_behind_its_stream_cap_resyncs_its_sockets() {
+    bounded(async {
+        let mut cluster = Cluster::start(Options {
+            gateways: vec!["gw-a"],
+            apis: 1,
+            gateway_env: vec![("STREAM_BATCH", "16".into())],
+            ..Options::default()
+        })
+        .await;
+        let mut ws = cluster.connect(0, "lagger", Encoding::Json).await;
+        let event = ServerFrame::Event {
+            event: json!({"kind": "after-the-gap"}),
+        };
+        let payload = encode_server(Encoding::Msgpack, &event);
+        // The recipients field: a MessagePack array of one string.
+        let mut recipients = vec![0x91, 0xa0 | 6];
+        recipients.extend_from_slice(b"lagger");
+        const APPEND: &str = "for i = 1, tonumber(ARGV[1]) do \
+            redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', 'r', ARGV[3], 'p', ARGV[4]) end \
+            return redis.call('XLEN', KEYS[1])";
+        let port = cluster.redis.standalone().port();
+        let reply = support::redis_command(
+            port,
+            &[
+                b"EVAL",
+                APPEND.as_bytes(),
+                b"1",
+                b"gw:{gw-a}:stream",
+                b"200",
+                b"50",
+                &recipients,
+                &payload,
+            ],
+        )
+        .expect("appending to the node stream");
+        assert_eq!(reply, ":50", "the stream keeps its cap");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match ws.recv(deadline).await {
+            Recv::Frame(ServerFrame::Resync) => {}
+            other => panic!("expected resync before the deliveries after the gap, got {other:?}"),
+        }
+        let mut events = 0;
+        while events < 50 {
+            match ws.recv(deadline).await {
+                Recv::Frame(f) if f == event => events += 1,
+                other => panic!("after {events} of the 50 kept entries: {other:?}"),
+            }
+        }
+        ws.assert_quiet(GRACE).await;
+        assert_eq!(
+            cluster
+                .gateway_metric(0, "gateway_stream_gaps_total", "")
+                .await,
+            1.0
+        );
+        cluster.assert_all_running();
+    })
+    .await;
+}
+
+/// A fan-out that fails after its message was stored (injected between the store write and the
+/// fan-out): a member with an open socket still gets the message from the background retry, or,
+/// when the retry gives up (every attempt fails for `API_FANOUT_RETRY_WINDOW`) or has no room
+/// (`API_FANOUT_RETRY_QUEUE=0`), a `resync`, within a few seconds. Replica 0 only fails the first
+/// attempt; replica 1 fails every attempt; replica 2 retries nothing and cannot read the routes
+/// for its notice, so every live node resyncs all its sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fan_out_is_retried_or_ends_in_resync() {
+    bounded(async {
+        let mut cluster = Cluster::start(Options {
+            gateways: vec!["gw-a", "gw-b"],
+            apis: 3,
+            api_env_per_replica: vec![
+                vec![("FAILPOINTS", "fanout::first=return".into())],
+                vec![
+                    (
+                        "FAILPOINTS",
+                        "fanout::first=return;fanout::retry=return".into(),
+                    ),
+                    ("API_FANOUT_RETRY_WINDOW", "1s".into()),
+                ],
+                vec![
+                    (
+                        "FAILPOINTS",
+                        "fanout::first=return;fanout::notice_lookup=return".into(),
+                    ),
+                    ("API_FANOUT_RETRY_QUEUE", "0".into()),
+                ],
+            ],
+            ..Options::default()
+        })
+        .await;
+        let mut bob = cluster.connect(0, "fo-bob", Encoding::Json).await;
+        let mut carol = cluster.connect(1, "fo-carol", Encoding::Msgpack).await;
+        let mut dave = cluster.connect(1, "fo-dave", Encoding::Json).await;
+        let chat = cluster
+            .create_chat(0, "fo-alice", &["fo-bob".into(), "fo-carol".into()])
+            .await;
+        let within = Duration::from_secs(4);
+
+        // The retry delivers it.
+        let m1 = cluster.send(0, "fo-alice", chat, "m1", "retried").await;
+        for s in [&mut bob, &mut carol] {
+            s.expect(&[m1.message_id], 0, within).await;
+        }
+        assert_eq!(
+            cluster
+                .api_metric(0, "api_fanout_errors_total", "reason=\"backend\"")
+                .await,
+            1.0,
+            "the first attempt failed"
+        );
+        assert_eq!(
+            cluster
+                .api_metric(0, "api_fanout_retries_total", "outcome=\"delivered\"")
+                .await,
+            1.0
+        );
+
+        // The retry gives up: the members get resync instead, nobody else does.
+        let started = Instant::now();
+        cluster.send(1, "fo-alice", chat, "m2", "abandoned").await;
+        for s in [&mut bob, &mut carol] {
+            await_resync(s, within).await;
+        }
+        eprintln!("resync after an abandoned retry: {:?}", started.elapsed());
+        dave.assert_quiet(GRACE).await;
+        assert_eq!(
+            cluster
+                .api_metric(1, "api_fanout_retries_total", "outcome=\"abandoned\"")
+                .await,
+            1.0
+        );
+        assert_eq!(
+            cluster
+                .api_metric(1, "api_fanout_resync_notices_total", "scope=\"members\"")
+                .await,
+            2.0,
+            "one notice per node holding members"
+        );
+
+        // No room to retry and no routes for the notice: every socket of every node resyncs.
+        cluster.send(2, "fo-alice", chat, "m3", "shed").await;
+        for s in [&mut bob, &mut carol, &mut dave] {
+            await_resync(s, within).await;
+        }
+        assert_eq!(
+            cluster
+                .api_metric(2, "api_fanout_retries_total", "outcome=\"shed\"")
+                .await,
+            1.0
+        );
+        assert_eq!(
+            cluster
+                .api_metric(2, "api_fanout_resync_notices_total", "scope=\"node\"")
+                .await,
+            2.0,
+            "one whole-node notice per live node"
+        );
+        cluster.assert_all_running();
+        cluster.assert_no_panics();
+    })
+    .await;
+}
+
+/// Reads `socket` until `resync` arrives, within `limit`; a message frame meanwhile fails.
+async fn await_resync(socket: &mut WsClient, limit: Duration) {
     let deadline = Instant::now() + limit;
-    let mut seen = HashSet::new();
     loop {
         match socket.recv(deadline).await {
-            support::Recv::Frame(shared::protocol::ServerFrame::Message { message }) => {
+            Recv::Frame(ServerFrame::Resync) => return,
+            Recv::Frame(ServerFrame::Message { message }) => {
+                panic!("{}: message instead of resync: {message:?}", socket.user)
+            }
+            Recv::Frame(_) => {}
+            other => panic!("{}: waiting for resync: {other:?}", socket.user),
+        }
+    }
+}
+
+/// Reads `socket` until message `id` arrives, within `limit`. Messages in `tolerated` (stored
+/// while their fan-out could not run, delivered by its retry) may show up before it; anything
+/// else fails the test, and so does a message already in `seen` (the socket's messages so far).
+async fn await_message(
+    socket: &mut WsClient,
+    id: Id,
+    tolerated: &[Id],
+    seen: &mut HashSet<Id>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match socket.recv(deadline).await {
+            Recv::Frame(ServerFrame::Message { message }) => {
                 let m = message.message_id;
                 assert!(
                     m == id || tolerated.contains(&m),
@@ -402,7 +624,7 @@ async fn await_message(socket: &mut WsClient, id: Id, tolerated: &[Id], limit: D
                     return;
                 }
             }
-            support::Recv::Frame(_) => {}
+            Recv::Frame(_) => {}
             other => panic!("{}: waiting for message {id}: {other:?}", socket.user),
         }
     }

@@ -911,6 +911,9 @@ impl RouteRegistry for DownRegistry {
     async fn presence(&self, _: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
         Err(RoutingError::Unavailable("injected".into()))
     }
+    async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
+        Err(RoutingError::Unavailable("injected".into()))
+    }
 }
 
 #[tokio::test]

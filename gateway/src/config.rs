@@ -57,8 +57,9 @@ pub struct GatewayArgs {
     /// Liveness key TTL in the route registry; the key is refreshed every third of it.
     #[arg(long, env = "NODE_TTL", default_value = "10s", value_parser = parse_nonzero_duration)]
     pub node_ttl: Duration,
-    /// Envelopes read from the node stream per batch.
-    #[arg(long, env = "STREAM_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Envelopes read from the node stream per batch; at most 1000, the smallest cap a node
+    /// stream may have (a larger read could not notice entries trimmed before it).
+    #[arg(long, env = "STREAM_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=shared::routing::redis::STREAM_READ_MAX as i64))]
     pub stream_batch: u32,
     /// WebSocket upgrade attempts per client IP, as `COUNT/PERIOD[:BURST]` or `off`; shared by all
     /// gateway nodes through Redis in distributed mode. Over it: HTTP 429 with Retry-After.

@@ -42,6 +42,11 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         // Deliveries may have been lost while the stream was unreachable.
                         crate::resync::request(&node, "node stream was unreachable");
                     }
+                    // Before this batch is delivered: its envelopes are newer than the lost ones.
+                    if sub.take_gap() {
+                        metrics::counter!(crate::telemetry::STREAM_GAPS_TOTAL).increment(1);
+                        crate::resync::request(&node, "node stream lost deliveries before they were read");
+                    }
                     if !batch.is_empty() {
                         metrics::histogram!("gateway_stream_batch_size").record(batch.len() as f64);
                         if let Some(age) = sub.oldest_age() {
@@ -49,7 +54,12 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         }
                     }
                     for envelope in &batch {
-                        deliver(&node, envelope);
+                        if envelope.is_node_gap() {
+                            // An API replica could not deliver a message here (docs/RELIABILITY.md).
+                            crate::resync::request(&node, "an API replica could not deliver a message here");
+                        } else {
+                            deliver(&node, envelope);
+                        }
                     }
                 }
                 Err(e) => {

@@ -16,6 +16,9 @@ pub const SEND_QUEUE_DROPS_TOTAL: &str = "gateway_send_queue_drops_total";
 pub const STREAM_LAG_SECONDS: &str = "gateway_stream_lag_seconds";
 pub const STREAM_BATCH_SIZE: &str = "gateway_stream_batch_size";
 pub const STREAM_ERRORS_TOTAL: &str = "gateway_stream_errors_total";
+/// Node-stream reads that found deliveries lost before they were read (trimmed from the Redis
+/// stream, dropped by the in-process bus); each marks a gap (`resync`).
+pub const STREAM_GAPS_TOTAL: &str = "gateway_stream_gaps_total";
 pub const HEARTBEAT_ERRORS_TOTAL: &str = "gateway_heartbeat_errors_total";
 pub const ROUTE_SYNC_ERRORS_TOTAL: &str = "gateway_route_sync_errors_total";
 pub const ACCEPT_ERRORS_TOTAL: &str = "gateway_accept_errors_total";
@@ -90,6 +93,10 @@ pub fn describe() {
     describe_histogram!(STREAM_BATCH_SIZE, "Envelopes per node-stream read");
     describe_counter!(STREAM_ERRORS_TOTAL, "Failed node-stream reads");
     describe_counter!(
+        STREAM_GAPS_TOTAL,
+        "Node-stream reads that found deliveries lost before they were read (each marks a resync)"
+    );
+    describe_counter!(
         HEARTBEAT_ERRORS_TOTAL,
         "Failed liveness heartbeats to the route registry"
     );
@@ -120,6 +127,7 @@ pub fn describe() {
         DELIVERIES_TOTAL,
         SEND_QUEUE_DROPS_TOTAL,
         STREAM_ERRORS_TOTAL,
+        STREAM_GAPS_TOTAL,
         HEARTBEAT_ERRORS_TOTAL,
         ROUTE_SYNC_ERRORS_TOTAL,
         ACCEPT_ERRORS_TOTAL,

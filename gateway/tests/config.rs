@@ -95,6 +95,8 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
     ] {
         assert_rejected(&[(setting, "0s")], setting);
     }
+    // A read larger than the smallest node-stream cap could not notice trimmed entries.
+    assert_rejected(&[("STREAM_BATCH", "1001")], "STREAM_BATCH");
     assert_rejected(&[("DRAIN_WINDOW", "30s")], "DRAIN_WINDOW");
     assert_rejected(&[("IDLE_TIMEOUT", "10s")], "IDLE_TIMEOUT");
     assert_rejected(

@@ -364,3 +364,69 @@ async fn drain_closes_sockets_with_draining_code_and_removes_routes() {
         .is_empty());
     let _ = WsCloseCode::Normal;
 }
+
+/// More envelopes than the in-process bus holds for the node arrive while it does not read (one
+/// publish, so the node cannot read in between): the dropped ones are a gap, and the socket gets
+/// `resync` before anything delivered after it.
+#[tokio::test]
+async fn a_full_in_process_bus_is_a_gap_that_sends_resync_first() {
+    use shared::routing::memory::MemoryBus;
+    use shared::routing::Envelope;
+    let h = Harness::start_with_bus(fast_settings(), std::sync::Arc::new(MemoryBus::new(4))).await;
+    let (mut ws, _) = h.connect("alice", "json").await;
+    let events: Vec<ServerFrame> = (0..20)
+        .map(|i| ServerFrame::Event {
+            event: serde_json::json!({ "i": i }),
+        })
+        .collect();
+    h.bus
+        .publish(
+            events
+                .iter()
+                .map(|e| {
+                    (
+                        "test-node".to_string(),
+                        Envelope::new(vec!["alice".into()], e),
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Resync
+    );
+    for e in &events[..4] {
+        assert_eq!(&next_frame(&mut ws, Encoding::Json).await, e);
+    }
+    h.stop().await;
+}
+
+/// A whole-node gap notice on the node's stream (an API replica could not deliver a message and
+/// could not tell to whom) makes every socket of the node resync, once.
+#[tokio::test]
+async fn a_node_gap_notice_resyncs_every_socket() {
+    use shared::routing::Envelope;
+    let h = Harness::start(fast_settings()).await;
+    let (mut alice, _) = h.connect("alice", "json").await;
+    let (mut bob, _) = h.connect("bob", "msgpack").await;
+    h.bus
+        .publish(vec![("test-node".to_string(), Envelope::node_gap())])
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut alice, Encoding::Json).await,
+        ServerFrame::Resync
+    );
+    assert_eq!(
+        next_frame(&mut bob, Encoding::Msgpack).await,
+        ServerFrame::Resync
+    );
+    let event = ServerFrame::Event {
+        event: serde_json::json!({"after": "gap"}),
+    };
+    h.publish(&["alice"], &event).await;
+    assert_eq!(next_frame(&mut alice, Encoding::Json).await, event);
+    h.stop().await;
+}

@@ -25,6 +25,9 @@ pub struct NodeInfo {
 
 /// One delivery to one node: the recipients on that node and the frame, encoded once (canonical
 /// MessagePack of a [`ServerFrame`]).
+///
+/// An envelope with no recipients is a gap notice ([`Envelope::node_gap`]): the node may have
+/// missed deliveries and must tell every local socket to catch up (`resync`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     pub recipients: Vec<String>,
@@ -37,6 +40,16 @@ impl Envelope {
             recipients,
             frame: Bytes::from(encode_server(Encoding::Msgpack, frame)),
         }
+    }
+
+    /// A gap notice for a whole node: every local socket gets `resync`.
+    pub fn node_gap() -> Envelope {
+        Envelope::new(Vec::new(), &ServerFrame::Resync)
+    }
+
+    /// Whether this is a gap notice for the whole node rather than a delivery.
+    pub fn is_node_gap(&self) -> bool {
+        self.recipients.is_empty()
     }
 }
 
@@ -76,6 +89,8 @@ pub trait RouteRegistry: Send + Sync + 'static {
     async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError>;
     /// Online state and last-seen time per user, in the order given.
     async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError>;
+    /// The ids of the nodes live now (for notices to every node when routes cannot be read).
+    async fn live_nodes(&self) -> Result<Vec<String>, RoutingError>;
 }
 
 #[async_trait]
@@ -95,6 +110,13 @@ pub trait Subscription: Send {
     /// backend knows (Redis stream ids carry the append time); for the stream-lag metric.
     fn oldest_age(&self) -> Option<Duration> {
         None
+    }
+    /// Whether envelopes for this node were lost since the last call (entries trimmed from the
+    /// stream before they were read, envelopes dropped by a full in-process channel); clears it.
+    /// Callers check it after each batch and before delivering it, and treat a loss like an
+    /// outage: every local socket gets `resync` before anything delivered later.
+    fn take_gap(&mut self) -> bool {
+        false
     }
 }
 

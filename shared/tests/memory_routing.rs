@@ -33,3 +33,14 @@ async fn fan_out_groups_by_node() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn registry_lists_live_nodes() {
+    suite::registry_lists_live_nodes(Arc::new(MemoryRegistry::new())).await;
+}
+
+/// A full channel drops envelopes; the node is told with its next batch.
+#[tokio::test]
+async fn bus_reports_lost_envelopes() {
+    suite::bus_reports_lost_envelopes(Arc::new(MemoryBus::new(16)), 16).await;
+}

@@ -10,7 +10,7 @@ use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 use shared::protocol::ServerFrame;
 use shared::routing::conformance as suite;
 use shared::routing::redis::{
-    connect, LeaseError, LeaseOptions, RedisOptions, RedisRouting, WorkerLease,
+    connect, LeaseError, LeaseOptions, RedisOptions, RedisRouting, WorkerLease, STREAM_READ_MAX,
 };
 use shared::routing::{fan_out, Envelope, NodeBus, NodeInfo, RouteRegistry, RoutingError};
 use shared::testkit::{RedisCluster, RedisServer, ServerStats};
@@ -48,6 +48,17 @@ async fn run_suite(url: &str, prefix: &str) {
     suite::registry_presence(reg.clone()).await;
     suite::bus_delivers_per_node(bus.clone()).await;
     suite::fan_out_groups_by_node(reg.clone(), bus.clone()).await;
+    suite::registry_lists_live_nodes(reg.clone()).await;
+    // The smallest cap a bus accepts, so that the test appends few entries.
+    let capped = routing(
+        url,
+        RedisOptions {
+            stream_maxlen: STREAM_READ_MAX as u64,
+            ..opts(prefix)
+        },
+    )
+    .await;
+    suite::bus_reports_lost_envelopes(capped.bus.clone(), STREAM_READ_MAX).await;
     let short = routing(
         url,
         RedisOptions {

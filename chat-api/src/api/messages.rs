@@ -9,9 +9,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shared::protocol::{Message, ServerFrame};
+use shared::protocol::Message;
 use shared::ratelimit::{check_fail_open, Decision};
-use shared::routing::fan_out;
 use shared::Id;
 
 use super::require_member;
@@ -153,41 +152,10 @@ pub async fn send(
 }
 
 /// Real-time delivery to every member's sockets (the sender's other devices included). The
-/// message is already durable, so a routing failure is logged and counted, never returned:
-/// clients that miss it catch up through history.
+/// message is already durable, so a routing failure is never returned: it is retried in the
+/// background and, failing that, the members are told to catch up (`crate::fanout`).
 async fn deliver(state: &AppState, message: &Message) {
-    let started = std::time::Instant::now();
-    let work = async {
-        let members = state
-            .store
-            .members(message.chat_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        let frame = ServerFrame::Message {
-            message: message.clone(),
-        };
-        fan_out(&state.registry, &state.bus, &members, &frame)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(state.limits.fanout_timeout, work).await {
-        Ok(Ok(report)) => {
-            metrics::histogram!("api_fanout_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("api_fanout_recipients_online_total")
-                .increment(report.recipients_online as u64);
-        }
-        Ok(Err(error)) => {
-            metrics::counter!("api_fanout_errors_total", "reason" => "backend").increment(1);
-            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id, %error,
-                "real-time fan-out failed; the message is stored and reachable through history");
-        }
-        Err(_) => {
-            metrics::counter!("api_fanout_errors_total", "reason" => "timeout").increment(1);
-            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id,
-                "real-time fan-out timed out; the message is stored and reachable through history");
-        }
-    }
+    state.fanout().deliver(message).await;
 }
 
 /// `GET /v1/chats/{chat_id}/messages?before=|after=&limit=`: one page, ascending.

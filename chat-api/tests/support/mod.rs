@@ -258,6 +258,8 @@ pub struct Options {
     pub gateway_env: Vec<(&'static str, String)>,
     /// Extra environment for every API replica (overrides the defaults below).
     pub api_env: Vec<(&'static str, String)>,
+    /// Extra environment per API replica, by index (overrides `api_env` and the defaults).
+    pub api_env_per_replica: Vec<Vec<(&'static str, String)>>,
 }
 
 impl Default for Options {
@@ -270,6 +272,7 @@ impl Default for Options {
             redis_cluster: false,
             gateway_env: Vec::new(),
             api_env: Vec::new(),
+            api_env_per_replica: Vec::new(),
         }
     }
 }
@@ -428,7 +431,24 @@ async fn start_process(
                 &format!("api{worker}-{attempt}"),
                 Path::new(env!("CARGO_BIN_EXE_chat-api")),
                 &["serve"],
-                &api_env(redis_url, addr, db, worker, opts, &opts.api_env),
+                &api_env(
+                    redis_url,
+                    addr,
+                    db,
+                    worker,
+                    opts,
+                    &opts
+                        .api_env
+                        .iter()
+                        .chain(
+                            opts.api_env_per_replica
+                                .get(usize::from(worker) - 1)
+                                .into_iter()
+                                .flatten(),
+                        )
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                ),
                 dir,
             ),
         };
@@ -730,10 +750,20 @@ impl Cluster {
     /// that contain `labels`), or 0 when absent.
     pub async fn gateway_metric(&self, gateway: usize, name: &str, labels: &str) -> f64 {
         let url = format!("http://{}/metrics", self.gateways[gateway].addr);
+        self.metric(&url, name, labels).await
+    }
+
+    /// The same for an API replica's `/metrics`.
+    pub async fn api_metric(&self, api: usize, name: &str, labels: &str) -> f64 {
+        let url = format!("{}/metrics", self.apis[api].base);
+        self.metric(&url, name, labels).await
+    }
+
+    async fn metric(&self, url: &str, name: &str, labels: &str) -> f64 {
         let text = self
             .http
             .client
-            .get(&url)
+            .get(url)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"))
@@ -1342,6 +1372,32 @@ pub fn newest_stream_entry(redis_port: u16, key: &str) -> std::io::Result<Option
             "unexpected XREVRANGE reply {text:?}"
         ))),
     }
+}
+
+/// Sends one command to a Redis server as a raw RESP request (binary-safe arguments) and returns
+/// the first line of the reply (`:50`, `+OK`, `-ERR …`), so that tests can write to Redis
+/// without the client library under test.
+pub fn redis_command(redis_port: u16, args: &[&[u8]]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis_port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.split("\r\n").next().unwrap_or_default().to_string())
 }
 
 /// Unix milliseconds now.

@@ -31,8 +31,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(settings: Settings) -> Harness {
+        Harness::start_with_bus(settings, Arc::new(MemoryBus::default())).await
+    }
+
+    /// A node on the given in-process bus (e.g. one with a small channel).
+    pub async fn start_with_bus(settings: Settings, bus: Arc<dyn NodeBus>) -> Harness {
         let registry: Arc<dyn RouteRegistry> = Arc::new(MemoryRegistry::new());
-        let bus: Arc<dyn NodeBus> = Arc::new(MemoryBus::default());
         let verifier = Verifier::new(&JwtSettings {
             algorithm: jsonwebtoken::Algorithm::HS256,
             key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),

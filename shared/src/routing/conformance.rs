@@ -194,14 +194,14 @@ pub async fn bus_delivers_per_node(bus: Arc<dyn NodeBus>) {
     .await
     .unwrap();
 
-    let got_a = collect(&mut *sub_a, 6).await;
+    let got_a = collect(&mut *sub_a, 6, 6).await;
     let decoded: Vec<ServerFrame> = got_a
         .iter()
         .map(|e| decode_server(Encoding::Msgpack, &e.frame).unwrap())
         .collect();
     assert_eq!(&decoded[..5], &frames[..]);
     assert_eq!(got_a[5].recipients, vec!["y".to_string(), "z".to_string()]);
-    let got_b = collect(&mut *sub_b, 1).await;
+    let got_b = collect(&mut *sub_b, 1, 1).await;
     assert_eq!(got_b[0].recipients, vec!["w".to_string()]);
     // Nothing else arrives at b.
     let extra = sub_b.next_batch(10).await.unwrap();
@@ -223,8 +223,8 @@ pub async fn fan_out_groups_by_node(reg: Arc<dyn RouteRegistry>, bus: Arc<dyn No
         .await
         .unwrap();
     assert_eq!((report.nodes, report.recipients_online), (2, 90));
-    let mut got_a = collect(&mut *sub_a, 1).await.remove(0).recipients;
-    let mut got_b = collect(&mut *sub_b, 1).await.remove(0).recipients;
+    let mut got_a = collect(&mut *sub_a, 1, 1).await.remove(0).recipients;
+    let mut got_b = collect(&mut *sub_b, 1, 1).await.remove(0).recipients;
     got_a.sort();
     got_b.sort();
     let (mut want_a, mut want_b) = (users[..40].to_vec(), users[40..90].to_vec());
@@ -233,7 +233,63 @@ pub async fn fan_out_groups_by_node(reg: Arc<dyn RouteRegistry>, bus: Arc<dyn No
     assert_eq!((got_a, got_b), (want_a, want_b));
 }
 
-async fn collect(sub: &mut dyn super::Subscription, n: usize) -> Vec<Envelope> {
+/// `live_nodes` lists the nodes that heartbeat and not those that left.
+pub async fn registry_lists_live_nodes(reg: Arc<dyn RouteRegistry>) {
+    let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 2));
+    reg.heartbeat(&a).await.unwrap();
+    reg.heartbeat(&b).await.unwrap();
+    let live = reg.live_nodes().await.unwrap();
+    assert!(
+        live.contains(&a.node_id) && live.contains(&b.node_id),
+        "{live:?}"
+    );
+    reg.leave(&a).await.unwrap();
+    let live = reg.live_nodes().await.unwrap();
+    assert!(
+        !live.contains(&a.node_id) && live.contains(&b.node_id),
+        "{live:?}"
+    );
+}
+
+/// A node that falls behind by more than its bus holds for it (`cap` envelopes: the stream cap,
+/// the channel capacity) is told so with the next batch it reads, before delivering it: the
+/// subscription reports a gap once. Reads that lost nothing, full ones included, report none.
+pub async fn bus_reports_lost_envelopes(bus: Arc<dyn NodeBus>, cap: usize) {
+    let n = node(&unique("node-gap"), 1);
+    let mut sub = bus.subscribe(&n).await.unwrap();
+    let batch = cap.min(100);
+    let publish = |count: usize| {
+        let entries = (0..count)
+            .map(|i| {
+                let frame = ServerFrame::Event {
+                    event: serde_json::json!({ "i": i }),
+                };
+                (n.node_id.clone(), Envelope::new(vec!["x".into()], &frame))
+            })
+            .collect();
+        let bus = bus.clone();
+        async move { bus.publish(entries).await.unwrap() }
+    };
+    // Half the cap, read in full batches: nothing lost.
+    publish(cap / 2).await;
+    let got = collect(&mut *sub, cap / 2, batch).await;
+    assert_eq!(got.len(), cap / 2);
+    assert!(!sub.take_gap(), "a gap reported although nothing was lost");
+    // Twice the cap while the node does not read: some are lost.
+    publish(2 * cap + 100).await;
+    let first = sub.next_batch(batch).await.unwrap();
+    assert!(!first.is_empty());
+    assert!(sub.take_gap(), "lost envelopes were not reported");
+    assert!(!sub.take_gap(), "a gap is reported once");
+    // What is left is read without another gap.
+    let _ = sub.next_batch(batch).await.unwrap();
+    assert!(
+        !sub.take_gap(),
+        "a gap reported although nothing more was lost"
+    );
+}
+
+async fn collect(sub: &mut dyn super::Subscription, n: usize, batch: usize) -> Vec<Envelope> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while out.len() < n {
@@ -242,7 +298,7 @@ async fn collect(sub: &mut dyn super::Subscription, n: usize) -> Vec<Envelope> {
             "only {} of {n} envelopes arrived",
             out.len()
         );
-        out.extend(sub.next_batch(n - out.len()).await.unwrap());
+        out.extend(sub.next_batch(batch.min(n - out.len())).await.unwrap());
     }
     out
 }

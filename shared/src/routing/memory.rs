@@ -1,5 +1,7 @@
 //! In-process route registry and node bus for embedded mode (one process, both tiers).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -123,13 +125,26 @@ impl RouteRegistry for MemoryRegistry {
             })
             .collect())
     }
+
+    async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
+        Ok(self.live.iter().map(|e| e.key().clone()).collect())
+    }
 }
 
-/// Node bus held in memory: one bounded channel per subscribed node. Real-time delivery is best
-/// effort, so a full channel drops the envelope (counted) rather than blocking the API.
+/// Node bus held in memory: one bounded channel per subscribed node. A full channel drops the
+/// envelope (counted in `bus_dropped_total`) rather than blocking the API, and marks a gap for
+/// that node: its subscription reports it ([`Subscription::take_gap`]) and the node sends
+/// `resync` to its sockets, as after an outage.
 pub struct MemoryBus {
-    nodes: DashMap<String, mpsc::Sender<Envelope>>,
+    nodes: DashMap<String, NodeChannel>,
     capacity: usize,
+}
+
+#[derive(Clone)]
+struct NodeChannel {
+    tx: mpsc::Sender<Envelope>,
+    /// Set when an envelope for the node was dropped; taken by its subscription.
+    gap: Arc<AtomicBool>,
 }
 
 impl MemoryBus {
@@ -151,10 +166,11 @@ impl Default for MemoryBus {
 impl NodeBus for MemoryBus {
     async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError> {
         for (node, envelope) in entries {
-            let Some(tx) = self.nodes.get(&node).map(|t| t.clone()) else {
+            let Some(channel) = self.nodes.get(&node).map(|t| t.clone()) else {
                 continue;
             };
-            if tx.try_send(envelope).is_err() {
+            if channel.tx.try_send(envelope).is_err() {
+                channel.gap.store(true, Ordering::Release);
                 metrics::counter!("bus_dropped_total").increment(1);
             }
         }
@@ -163,13 +179,21 @@ impl NodeBus for MemoryBus {
 
     async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        self.nodes.insert(node.node_id.clone(), tx);
-        Ok(Box::new(MemorySubscription { rx }))
+        let gap = Arc::new(AtomicBool::new(false));
+        self.nodes.insert(
+            node.node_id.clone(),
+            NodeChannel {
+                tx,
+                gap: gap.clone(),
+            },
+        );
+        Ok(Box::new(MemorySubscription { rx, gap }))
     }
 }
 
 struct MemorySubscription {
     rx: mpsc::Receiver<Envelope>,
+    gap: Arc<AtomicBool>,
 }
 
 /// How long an idle subscription waits before returning an empty batch.
@@ -183,5 +207,11 @@ impl Subscription for MemorySubscription {
             Ok(0) => Err(RoutingError::Unavailable("bus closed".into())),
             Ok(_) | Err(_) => Ok(out),
         }
+    }
+
+    /// A drop is flagged before `publish` returns, so an envelope its caller publishes later is
+    /// never delivered before the flag is seen (the caller checks before delivering a batch).
+    fn take_gap(&mut self) -> bool {
+        self.gap.swap(false, Ordering::AcqRel)
     }
 }

@@ -26,6 +26,7 @@ pub const OPS: &[&str] = &[
     "remove_routes",
     "lookup",
     "presence",
+    "live_nodes",
     "publish",
     "subscribe",
     "read",
@@ -91,6 +92,9 @@ impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
         observe("presence", self.inner.presence(users)).await
     }
+    async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
+        observe("live_nodes", self.inner.live_nodes()).await
+    }
 }
 
 #[async_trait]
@@ -120,5 +124,8 @@ impl Subscription for MeteredSubscription {
     }
     fn oldest_age(&self) -> Option<Duration> {
         self.inner.oldest_age()
+    }
+    fn take_gap(&mut self) -> bool {
+        self.inner.take_gap()
     }
 }

@@ -50,7 +50,7 @@ use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, Value};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-pub use bus::{RedisBus, RedisSubscription};
+pub use bus::{RedisBus, RedisSubscription, STREAM_READ_MAX};
 pub use lease::{LeaseError, LeaseOptions, WorkerLease};
 
 use super::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError};
@@ -79,7 +79,9 @@ pub struct RedisOptions {
     pub liveness_ttl: Duration,
     /// How long a user's last-seen time is kept. Default 30 days.
     pub last_seen_ttl: Duration,
-    /// Approximate cap (`MAXLEN ~`) of each node's stream. Default 10,000 entries.
+    /// Approximate cap (`MAXLEN ~`) of each node's stream. Default 10,000 entries; at least
+    /// [`STREAM_READ_MAX`] (checked by [`connect`]), which is what lets a reader notice trimmed
+    /// entries cheaply (see [`RedisSubscription`]).
     pub stream_maxlen: u64,
     /// How long one `XREAD` blocks before `next_batch` returns an empty batch. Default 1 s.
     pub block_timeout: Duration,
@@ -409,6 +411,14 @@ pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, Rout
         return Err(RoutingError::Unavailable(format!(
             "invalid REDIS_URL {url:?}: expected redis://host:port[/db] or \
              redis-cluster://host:port[,host:port…]"
+        )));
+    }
+    if opts.stream_maxlen < bus::STREAM_READ_MAX as u64 {
+        return Err(RoutingError::Unavailable(format!(
+            "node stream cap {} is below the largest stream read ({}): a reader could not \
+             notice entries trimmed before it read them",
+            opts.stream_maxlen,
+            bus::STREAM_READ_MAX
         )));
     }
     let config = Config::from_url(&normalize_url(url)).map_err(|e| {
@@ -815,6 +825,24 @@ impl RouteRegistry for RedisRegistry {
             })
             .collect())
     }
+    /// Nodes in `gw:nodes` (at most 1,000) whose liveness key is set: two round trips.
+    async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
+        let s = &self.shared;
+        let known = strings(
+            s.timed(s.cmd().zrange::<Value, _, _, _>(
+                s.keys.nodes(),
+                0,
+                SWEEP_NODES_MAX - 1,
+                None,
+                false,
+                None,
+                false,
+            ))
+            .await?,
+        );
+        let live = s.live_incarnations(&known).await?;
+        Ok(known.into_iter().filter(|n| live.contains_key(n)).collect())
+    }
 }
 
 fn distinct_nodes(routes: &[Vec<(String, String)>]) -> Vec<String> {
@@ -829,7 +857,17 @@ fn distinct_nodes(routes: &[Vec<(String, String)>]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_url;
+    use super::{connect, normalize_url, RedisOptions, STREAM_READ_MAX};
+
+    #[tokio::test]
+    async fn a_stream_cap_below_the_largest_read_is_refused() {
+        let opts = RedisOptions {
+            stream_maxlen: STREAM_READ_MAX as u64 - 1,
+            ..RedisOptions::default()
+        };
+        let e = connect("redis://127.0.0.1:1", opts).await.err().unwrap();
+        assert!(e.to_string().contains("stream cap"), "{e}");
+    }
 
     #[test]
     fn cluster_url_lists_become_node_parameters() {

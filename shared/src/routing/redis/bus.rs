@@ -1,6 +1,7 @@
 //! Node bus on Redis streams: `XADD` one entry per target node, each node reads its own stream
 //! with a blocking `XREAD` on a connection of its own.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::types::config::Options;
 use fred::types::Value;
 
-use super::{as_string, init_client, map_err, queue, Shared};
+use super::{as_string, init_client, map_err, pairs, queue, Shared};
 use crate::routing::{Envelope, NodeBus, NodeInfo, RoutingError, Subscription};
 
 /// Stream entry field holding the recipients (MessagePack array of strings).
@@ -21,6 +22,10 @@ const FIELD_PAYLOAD: &str = "p";
 /// First and longest pause after a failed read.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Most entries one read asks for (`XREAD COUNT`); larger requests are clamped to it. A node
+/// stream's cap is never below it (checked by `connect`), which keeps the check for trimmed
+/// entries down to full reads (see [`RedisSubscription`]).
+pub const STREAM_READ_MAX: usize = 1000;
 
 /// Node bus in Redis; see the parent module for the stream key and entry layout.
 pub struct RedisBus {
@@ -77,9 +82,19 @@ impl NodeBus for RedisBus {
             backoff: BACKOFF_MIN,
             resync: false,
             oldest_age: None,
+            gap: false,
+            position: None,
+            counts_unsupported: false,
         };
-        match sub.newest_id().await {
-            Ok(newest) => sub.last_id = newest.unwrap_or(StreamId::ZERO),
+        match sub.info().await {
+            Ok(Some(info)) => {
+                sub.last_id = info.last_generated;
+                sub.position = info.entries_added;
+                if info.entries_added.is_none() {
+                    sub.warn_counts_unsupported();
+                }
+            }
+            Ok(None) => sub.position = Some(0),
             Err(e) => {
                 let _ = sub.client.quit().await;
                 return Err(e);
@@ -117,6 +132,25 @@ impl std::fmt::Display for StreamId {
 /// from an older snapshot, or a server clock behind ours); reading then continues from its newest
 /// entry, skipping the older ones rather than risking duplicates. Real-time delivery is best
 /// effort and clients catch up from the store.
+///
+/// # Trimmed entries
+///
+/// Writers cap the stream with `MAXLEN ~`, so a reader that falls further behind than the cap
+/// would skip the trimmed entries without noticing. The subscription counts: it knows the
+/// position of its cursor in the stream (how many entries were ever added up to it; Redis 7
+/// reports `entries-added` in `XINFO STREAM`), and since only trimming removes entries (nothing
+/// here uses `XDEL`), `entries-added − length` is how many were trimmed. When more were trimmed
+/// than the cursor's position, entries after the cursor were lost, and the subscription reports a
+/// gap ([`Subscription::take_gap`]; conservatively: the trim may also have reached only entries
+/// read just before). The check runs only after a read that returned a full batch, which is
+/// enough: approximate trimming never leaves fewer entries than the cap, every entry it leaves is
+/// newer than every entry it removed, and the cap is at least [`STREAM_READ_MAX`], so at least
+/// the batch asked for. If any entry after the cursor was trimmed before a read, at least a full
+/// batch of entries after the cursor remained, and the read returned a full batch.
+///
+/// The position is taken at `subscribe`, and again after a failure (or a gap) at the next read
+/// that reaches the end of the stream with nothing appended meanwhile; until then no gap can be
+/// seen, but a failure has already made the node resync.
 pub struct RedisSubscription {
     client: Client,
     key: String,
@@ -127,6 +161,20 @@ pub struct RedisSubscription {
     resync: bool,
     /// Age of the oldest entry of the last non-empty read (from its id's millisecond part).
     oldest_age: Option<Duration>,
+    /// Entries after the cursor were trimmed before they were read; taken by `take_gap`.
+    gap: bool,
+    /// Entries ever added to the stream up to and including the cursor; `None` until known.
+    position: Option<u64>,
+    /// The server does not report `entries-added` (before Redis 7); warned once.
+    counts_unsupported: bool,
+}
+
+/// What `XINFO STREAM` says about a stream.
+struct StreamInfo {
+    last_generated: StreamId,
+    length: u64,
+    /// Entries ever added (Redis 7 and later).
+    entries_added: Option<u64>,
 }
 
 impl RedisSubscription {
@@ -149,6 +197,97 @@ impl RedisSubscription {
         .and_then(|id| StreamId::parse(&id)))
     }
 
+    /// The stream's counters; `None` when it does not exist.
+    async fn info(&self) -> Result<Option<StreamInfo>, RoutingError> {
+        let reply = tokio::time::timeout(
+            self.command_timeout,
+            self.client.xinfo_stream::<Value, _>(&self.key, false, None),
+        )
+        .await
+        .map_err(|_| RoutingError::Timeout)?;
+        let reply = match reply {
+            Err(e) if e.details().contains("no such key") => return Ok(None),
+            other => other.map_err(map_err)?,
+        };
+        let fields: HashMap<String, String> = pairs(reply).into_iter().collect();
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok());
+        Ok(Some(StreamInfo {
+            last_generated: fields
+                .get("last-generated-id")
+                .and_then(|v| StreamId::parse(v))
+                .unwrap_or(StreamId::ZERO),
+            length: number("length").unwrap_or(0),
+            entries_added: number("entries-added"),
+        }))
+    }
+
+    fn warn_counts_unsupported(&mut self) {
+        if !std::mem::replace(&mut self.counts_unsupported, true) {
+            tracing::warn!(
+                stream = %self.key,
+                "XINFO STREAM reports no entries-added (Redis before 7.0): entries trimmed \
+                 before they were read cannot be noticed"
+            );
+        }
+    }
+
+    /// Accounts for a read of `read` entries that started at position `before` and moved the
+    /// cursor to `self.last_id`; checks for trimmed entries after a full read (`full`), and takes
+    /// the position again when it is unknown and the read reached the end of the stream.
+    async fn account(
+        &mut self,
+        before: Option<u64>,
+        read: u64,
+        full: bool,
+    ) -> Result<(), RoutingError> {
+        if self.counts_unsupported {
+            return Ok(());
+        }
+        match (before, full) {
+            (Some(p), false) => self.position = Some(p + read),
+            (Some(p), true) => {
+                let Some(info) = self.info().await? else {
+                    self.position = None;
+                    return Ok(());
+                };
+                let Some(added) = info.entries_added else {
+                    self.position = None;
+                    self.warn_counts_unsupported();
+                    return Ok(());
+                };
+                let trimmed = added.saturating_sub(info.length);
+                if added < p {
+                    // The stream was deleted and created again: count from the next quiet read.
+                    self.position = None;
+                } else if trimmed > p {
+                    tracing::warn!(
+                        stream = %self.key,
+                        position = p,
+                        trimmed,
+                        "node stream was trimmed past this reader; deliveries were lost"
+                    );
+                    self.gap = true;
+                    // At least this far: entries after it that are lost later are still seen.
+                    self.position = Some(trimmed + read);
+                } else {
+                    self.position = Some(p + read);
+                }
+            }
+            (None, true) => {}
+            (None, false) => {
+                if let Some(info) = self.info().await? {
+                    if info.last_generated == self.last_id {
+                        self.position = info.entries_added;
+                        if info.entries_added.is_none() {
+                            self.warn_counts_unsupported();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn read(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError> {
         if self.resync {
             if let Some(newest) = self.newest_id().await? {
@@ -162,8 +301,12 @@ impl RedisSubscription {
                     self.last_id = newest;
                 }
             }
+            // Entries may have been added and lost meanwhile, or the stream started anew.
+            self.position = None;
             self.resync = false;
         }
+        let count = max.clamp(1, STREAM_READ_MAX);
+        let before = self.position;
         let block_ms = self.block_timeout.as_millis().max(1) as u64;
         // The server answers within the block time; the command timeout is on top of it.
         let deadline = self.block_timeout + self.command_timeout;
@@ -175,7 +318,7 @@ impl RedisSubscription {
         let reply = tokio::time::timeout(
             deadline,
             self.client.with_options(&options).xread::<Value, _, _>(
-                Some(max.max(1) as u64),
+                Some(count as u64),
                 Some(block_ms),
                 self.key.as_str(),
                 self.last_id.to_string(),
@@ -184,9 +327,11 @@ impl RedisSubscription {
         .await
         .map_err(|_| RoutingError::Timeout)?
         .map_err(map_err)?;
+        let entries = entries(reply);
+        let read = entries.len();
         let mut out = Vec::new();
         let mut oldest_ms: Option<u64> = None;
-        for (id, fields) in entries(reply) {
+        for (id, fields) in entries {
             if let Some(id) = StreamId::parse(&id) {
                 self.last_id = self.last_id.max(id);
                 oldest_ms = Some(oldest_ms.map_or(id.0, |o| o.min(id.0)));
@@ -203,6 +348,12 @@ impl RedisSubscription {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             self.oldest_age = Some(Duration::from_millis(now_ms.saturating_sub(ms)));
+        }
+        // The entries are read: a failed check must not lose them. It only costs the position
+        // (taken again at a quiet read); a Redis failure makes the node resync anyway.
+        if let Err(e) = self.account(before, read as u64, read >= count).await {
+            tracing::warn!(stream = %self.key, error = %e, "node stream check for trimmed entries failed");
+            self.position = None;
         }
         Ok(out)
     }
@@ -229,6 +380,10 @@ impl Subscription for RedisSubscription {
 
     fn oldest_age(&self) -> Option<Duration> {
         self.oldest_age
+    }
+
+    fn take_gap(&mut self) -> bool {
+        std::mem::take(&mut self.gap)
     }
 }
 

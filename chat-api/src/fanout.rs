@@ -1,0 +1,424 @@
+//! Real-time fan-out of a stored message to its chat's members, and what happens when it fails
+//! after the message was acknowledged (201): a bounded background retry, and when that gives up
+//! or has no room, a `resync` notice to the members it may have missed (docs/RELIABILITY.md).
+//!
+//! The retry sheds rather than amplifies under load: at most [`RETRY_CONCURRENCY`] retries run at
+//! once, at most `API_FANOUT_RETRY_QUEUE` wait, and each gives up `API_FANOUT_RETRY_WINDOW` after
+//! the first failure. A failed fan-out that finds the queue full goes straight to a notice.
+//! Notices are coalesced: whatever piled up while the previous batch was being sent goes out as
+//! one route lookup and one small stream entry per node (the members of that node, with the
+//! `resync` frame), or, when the routes cannot be read or the members are unknown, one whole-node
+//! notice per live node ([`Envelope::node_gap`]). A notice that cannot be appended either is kept
+//! and tried again; if Redis is down for the gateways too, they notice on their own and resync.
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use shared::protocol::{Message, ServerFrame};
+use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+use crate::store::MessageStore;
+use crate::telemetry::{FANOUT_RESYNC_NOTICES_TOTAL, FANOUT_RETRIES_TOTAL, FANOUT_RETRY_QUEUE};
+
+/// Retries running at once per replica; the rest wait in the bounded queue.
+pub const RETRY_CONCURRENCY: usize = 16;
+/// First pause between retries of one fan-out (doubling, with jitter, up to the maximum).
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Members remembered for pending notices; past it, every live node gets a whole-node notice.
+const NOTICE_USERS_MAX: usize = 100_000;
+/// Pause after a notice batch could not be sent, doubling up to the maximum.
+const NOTICE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const NOTICE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What the routing side needs to fan out: the backends and the deadlines.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn MessageStore>,
+    pub registry: Arc<dyn RouteRegistry>,
+    pub bus: Arc<dyn NodeBus>,
+    /// Deadline of one fan-out attempt (`API_FANOUT_TIMEOUT`).
+    pub attempt_timeout: Duration,
+}
+
+/// Settings of the background retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// How long after the first failure retries go on before a notice is sent instead.
+    pub window: Duration,
+    /// Failed fan-outs waiting for a retry; zero: none, every failure becomes a notice.
+    pub queue: usize,
+}
+
+/// The fan-out of one replica. Its background tasks start with the first failure and end when
+/// it is dropped.
+pub struct Fanout {
+    backends: Backends,
+    settings: RetrySettings,
+    retry: OnceLock<mpsc::Sender<Job>>,
+    notices: Arc<Notices>,
+}
+
+struct Job {
+    message: Message,
+    /// The chat's members, when the failed attempt got as far as reading them.
+    members: Option<Vec<String>>,
+    give_up_at: Instant,
+}
+
+impl Fanout {
+    pub fn new(backends: Backends, settings: RetrySettings) -> Fanout {
+        Fanout {
+            backends,
+            settings,
+            retry: OnceLock::new(),
+            notices: Arc::new(Notices::default()),
+        }
+    }
+
+    /// Delivers `message` to its members' sockets (the sender's other devices included). The
+    /// message is already stored, so a failure is never returned: it is retried in the background
+    /// and, failing that, the members are told to catch up.
+    pub async fn deliver(&self, message: &Message) {
+        let started = std::time::Instant::now();
+        let mut members = None;
+        let work = attempt(&self.backends, message, &mut members, "fanout::first");
+        let error = match tokio::time::timeout(self.backends.attempt_timeout, work).await {
+            Ok(Ok(report)) => {
+                metrics::histogram!(crate::telemetry::FANOUT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(crate::telemetry::FANOUT_RECIPIENTS_ONLINE_TOTAL)
+                    .increment(report.recipients_online as u64);
+                return;
+            }
+            Ok(Err(error)) => {
+                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => "backend")
+                    .increment(1);
+                error
+            }
+            Err(_) => {
+                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => "timeout")
+                    .increment(1);
+                "timed out".to_string()
+            }
+        };
+        tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id, %error,
+            "real-time fan-out failed after the message was stored; retrying in the background");
+        self.retry_later(Job {
+            message: message.clone(),
+            members,
+            give_up_at: Instant::now() + self.settings.window,
+        });
+    }
+
+    fn retry_later(&self, job: Job) {
+        if self.settings.queue == 0 || self.settings.window.is_zero() {
+            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "shed").increment(1);
+            self.notify(job.members);
+            return;
+        }
+        let tx = self.retry.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(self.settings.queue);
+            tokio::spawn(retry_task(
+                rx,
+                self.backends.clone(),
+                Arc::downgrade(&self.notices),
+            ));
+            tx
+        });
+        match tx.try_send(job) {
+            Ok(()) => {
+                metrics::gauge!(FANOUT_RETRY_QUEUE).increment(1.0);
+            }
+            Err(e) => {
+                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "shed").increment(1);
+                let job = match e {
+                    mpsc::error::TrySendError::Full(job)
+                    | mpsc::error::TrySendError::Closed(job) => job,
+                };
+                tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                    "fan-out retry queue full (API_FANOUT_RETRY_QUEUE); telling the members to catch up");
+                self.notify(job.members);
+            }
+        }
+    }
+
+    /// Queues a `resync` notice for `members` (`None`: unknown, every live node).
+    fn notify(&self, members: Option<Vec<String>>) {
+        self.notices.add(members);
+        self.notices.start(&self.backends);
+    }
+}
+
+/// One fan-out attempt: the members (read once and kept for the retries), then the routes and
+/// the stream appends. `failpoint` injects a failure in tests built with failpoints.
+async fn attempt(
+    backends: &Backends,
+    message: &Message,
+    members: &mut Option<Vec<String>>,
+    failpoint: &'static str,
+) -> Result<FanOut, String> {
+    if members.is_none() {
+        *members = Some(
+            backends
+                .store
+                .members(message.chat_id)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    fail::fail_point!(failpoint, |_| Err(format!(
+        "injected failure at {failpoint}"
+    )));
+    // Unused in builds without failpoints.
+    let _ = failpoint;
+    let frame = ServerFrame::Message {
+        message: message.clone(),
+    };
+    let users = members.as_deref().unwrap_or_default();
+    fan_out(&backends.registry, &backends.bus, users, &frame)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Takes failed fan-outs off the queue, at most [`RETRY_CONCURRENCY`] at a time, until the queue
+/// is dropped (with its [`Fanout`]).
+async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: Weak<Notices>) {
+    let running = Arc::new(Semaphore::new(RETRY_CONCURRENCY));
+    loop {
+        let Ok(permit) = running.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(job) = rx.recv().await else { return };
+        let (backends, notices) = (backends.clone(), notices.clone());
+        tokio::spawn(async move {
+            let delivered = retry(&backends, &job).await;
+            metrics::gauge!(FANOUT_RETRY_QUEUE).decrement(1.0);
+            drop(permit);
+            if delivered {
+                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "delivered").increment(1);
+                tracing::info!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                    "real-time fan-out delivered on retry");
+                return;
+            }
+            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "abandoned").increment(1);
+            tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
+            if let Some(notices) = notices.upgrade() {
+                notices.add(job.members);
+                notices.start(&backends);
+            }
+        });
+    }
+}
+
+/// Retries one fan-out with jittered backoff until it succeeds (true) or its window ends.
+/// Each attempt is cut at the attempt timeout or the window's end, whichever comes first, so no
+/// work outlives the window.
+async fn retry(backends: &Backends, job: &Job) -> bool {
+    let mut members = job.members.clone();
+    let mut pause = RETRY_BACKOFF_MIN;
+    loop {
+        let left = job.give_up_at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(jitter(pause).min(left)).await;
+        let left = job.give_up_at.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let work = attempt(backends, &job.message, &mut members, "fanout::retry");
+        if let Ok(Ok(_)) = tokio::time::timeout(backends.attempt_timeout.min(left), work).await {
+            return true;
+        }
+        pause = (pause * 2).min(RETRY_BACKOFF_MAX);
+    }
+}
+
+/// Half to all of `d`, so that retries of a burst of failures do not line up.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+/// Pending `resync` notices, sent in coalesced batches by one task at a time.
+#[derive(Default)]
+struct Notices {
+    pending: Mutex<Pending>,
+    /// Whether the sending task runs.
+    running: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct Pending {
+    members: HashSet<String>,
+    /// Notify every live node (members unknown, too many of them, or routes unreadable).
+    all_nodes: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.all_nodes && self.members.is_empty()
+    }
+}
+
+impl Notices {
+    fn add(&self, members: Option<Vec<String>>) {
+        let mut p = self.pending.lock();
+        match members {
+            Some(members) if !p.all_nodes => {
+                p.members.extend(members);
+                if p.members.len() > NOTICE_USERS_MAX {
+                    p.members = HashSet::new();
+                    p.all_nodes = true;
+                }
+            }
+            Some(_) => {}
+            None => {
+                p.members = HashSet::new();
+                p.all_nodes = true;
+            }
+        }
+    }
+
+    /// Starts the sending task unless it runs.
+    fn start(self: &Arc<Self>, backends: &Backends) {
+        use std::sync::atomic::Ordering;
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(notice_task(Arc::downgrade(self), backends.clone()));
+    }
+
+    /// Sends what is pending; on failure puts it back (merged with what came meanwhile).
+    async fn flush(&self, backends: &Backends) -> Result<(), RoutingError> {
+        let taken = std::mem::take(&mut *self.pending.lock());
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(backends.attempt_timeout, send_notices(backends, &taken))
+            .await
+            .unwrap_or(Err(RoutingError::Timeout));
+        if result.is_err() {
+            let mut p = self.pending.lock();
+            if taken.all_nodes {
+                p.all_nodes = true;
+                p.members = HashSet::new();
+            } else if !p.all_nodes {
+                p.members.extend(taken.members);
+            }
+        }
+        result
+    }
+}
+
+/// One route lookup for the members and one stream entry per node holding some of them; every
+/// live node gets a whole-node notice instead when the members are unknown or the routes cannot
+/// be read.
+async fn send_notices(backends: &Backends, pending: &Pending) -> Result<(), RoutingError> {
+    if !pending.all_nodes {
+        let members: Vec<String> = pending.members.iter().cloned().collect();
+        let lookup = async {
+            fail::fail_point!("fanout::notice_lookup", |_| Err(RoutingError::Unavailable(
+                "injected failure at fanout::notice_lookup".into()
+            )));
+            backends.registry.lookup(&members).await
+        };
+        match lookup.await {
+            Ok(groups) => {
+                let entries: Vec<(String, Envelope)> = groups
+                    .into_iter()
+                    .map(|(node, users)| (node, Envelope::new(users, &ServerFrame::Resync)))
+                    .collect();
+                let n = entries.len() as u64;
+                backends.bus.publish(entries).await?;
+                metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => "members").increment(n);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "routes unreadable; notifying every live node instead");
+            }
+        }
+    }
+    let nodes = backends.registry.live_nodes().await?;
+    let n = nodes.len() as u64;
+    backends
+        .bus
+        .publish(
+            nodes
+                .into_iter()
+                .map(|n| (n, Envelope::node_gap()))
+                .collect(),
+        )
+        .await?;
+    metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => "node").increment(n);
+    Ok(())
+}
+
+/// Sends pending notices until none are left, then stops (the next notice starts it again).
+async fn notice_task(notices: Weak<Notices>, backends: Backends) {
+    use std::sync::atomic::Ordering;
+    let mut pause = NOTICE_BACKOFF_MIN;
+    loop {
+        let Some(n) = notices.upgrade() else { return };
+        match n.flush(&backends).await {
+            Ok(()) => pause = NOTICE_BACKOFF_MIN,
+            Err(e) => {
+                tracing::warn!(error = %e, "resync notice could not be sent; retrying");
+                drop(n);
+                tokio::time::sleep(jitter(pause)).await;
+                pause = (pause * 2).min(NOTICE_BACKOFF_MAX);
+                continue;
+            }
+        }
+        n.running.store(false, Ordering::Release);
+        // A notice added between the flush and the store found the task still running.
+        if n.pending.lock().is_empty() || n.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(prefix: &str, n: usize) -> Option<Vec<String>> {
+        Some((0..n).map(|i| format!("{prefix}{i}")).collect())
+    }
+
+    #[test]
+    fn notices_coalesce_members_and_fall_back_to_whole_nodes() {
+        let n = Notices::default();
+        n.add(users("a", 3));
+        n.add(users("a", 2));
+        n.add(users("b", 1));
+        assert_eq!(n.pending.lock().members.len(), 4, "one entry per member");
+        assert!(!n.pending.lock().all_nodes);
+        // Unknown members: every node, and the member list is dropped.
+        n.add(None);
+        assert!(n.pending.lock().all_nodes && n.pending.lock().members.is_empty());
+        n.add(users("c", 5));
+        assert!(
+            n.pending.lock().members.is_empty(),
+            "whole nodes cover them"
+        );
+        // Too many members to remember: every node.
+        let n = Notices::default();
+        n.add(users("d", NOTICE_USERS_MAX + 1));
+        let p = n.pending.lock();
+        assert!(p.all_nodes && p.members.is_empty());
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_all() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+}
