@@ -417,8 +417,9 @@ async fn start_process(
                     ("REDIS_TIMEOUT", "500ms".into()),
                     ("DRAIN_WINDOW", "100ms".into()),
                     ("DRAIN_DEADLINE", "2s".into()),
-                    // Many test clients share 127.0.0.1.
+                    // Many test clients share 127.0.0.1 and connect at once.
                     ("CONNECT_RATE_PER_IP", "2000/1s:4000".into()),
+                    ("MAX_HANDSHAKES_PER_IP", "1000".into()),
                 ];
                 env.extend(api_url.clone().map(|u| ("API_URL", u)));
                 for (k, v) in &opts.gateway_env {
