@@ -1,7 +1,7 @@
 # Builds both binaries (`gateway`, `chat-api`) in a Rust image and runs them from debian-slim as a
 # non-root user. `schema/` is embedded into `chat-api` at build time (`chat-api migrate`).
-#   docker build -t chat .
-#   docker run --rm chat chat-api --help
+#   docker build -t chat-infra:dev .
+#   docker run --rm chat-infra:dev chat-api --help
 
 FROM rust:1-bookworm AS builder
 WORKDIR /src
