@@ -1,8 +1,8 @@
 # Builds both binaries (`gateway`, `chat-api`) in a Rust image and runs them from debian-slim as a
 # non-root user. `schema/` is embedded into `chat-api` at build time (`chat-api migrate`).
-#   docker build -t chat .
-#   docker run --rm chat chat-api --help
-#   docker run --rm -e JWT_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 8081:8081 chat
+#   docker build -t chat-infra:dev .
+#   docker run --rm chat-infra:dev chat-api --help
+#   docker run --rm -e JWT_SECRET="$(openssl rand -hex 32)" -p 8080:8080 -p 8081:8081 chat-infra:dev
 # The default command (embedded mode) listens on all addresses, so it needs a JWT key: without
 # one it would verify tokens with the public development key, and it refuses to start.
 

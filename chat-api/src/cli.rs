@@ -17,6 +17,9 @@ use crate::app::AppState;
 use crate::config::ApiArgs;
 use crate::store::sqlite::SqliteStore;
 
+mod listen;
+pub use listen::{listen, ListenArgs};
+
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "chat-api",
@@ -49,6 +52,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply `schema/` to ScyllaDB.
     Migrate(MigrateArgs),
+    /// Connect to a gateway with a token and print each frame as one JSON line.
+    Listen(ListenArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,12 +184,17 @@ pub fn listen_addrs(
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Route registry and node bus: `redis://HOST:PORT[/DB]` or `redis-cluster://HOST:PORT,HOST:PORT`.
+    /// Route registry and node bus: `redis://HOST:PORT[/DB]` or `redis-cluster://HOST:PORT,HOST:PORT`;
+    /// `rediss://` and `rediss-cluster://` for TLS.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: String,
     /// Deadline of every Redis command.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "1s", value_parser = parse_nonzero_duration)]
     pub redis_timeout: Duration,
+    /// PEM file of the CA certificates to trust for a `rediss://` REDIS_URL, instead of the
+    /// system's (e.g. a managed Redis's own CA).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// How often this replica sweeps routes of dead gateway nodes.
     #[arg(long, env = "ROUTE_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_nonzero_duration)]
     pub route_sweep_interval: Duration,
@@ -282,6 +292,24 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
 
 /// The configured verifier, or one for the development key when no key is configured (embedded
 /// mode only). The flag says which.
+/// The `token` command as the user can type it: through cargo when this process was started by
+/// `cargo run` (which sets `CARGO`), else this binary's own path.
+fn token_command(under_cargo: bool, exe: Option<PathBuf>) -> String {
+    if under_cargo {
+        let release = if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        };
+        format!("cargo run -q{release} --bin chat-api -- token")
+    } else {
+        match exe {
+            Some(path) => format!("{} token", path.display()),
+            None => "chat-api token".to_string(),
+        }
+    }
+}
+
 pub fn verifier_or_dev_key(jwt: &JwtArgs) -> anyhow::Result<(Verifier, bool)> {
     if !jwt.is_unconfigured() {
         return Ok((jwt.verifier().context("JWT configuration")?, false));
@@ -396,9 +424,13 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     if dev_key {
         eprintln!(
             "chat is up: demo page and API http://{} , WebSocket ws://{}/ws\n\
-             get a token with: chat-api token --sub alice",
+             get a token with: {} --sub alice",
             api_listener.local_addr()?,
-            gateway_listener.local_addr()?
+            gateway_listener.local_addr()?,
+            token_command(
+                std::env::var_os("CARGO").is_some(),
+                std::env::current_exe().ok()
+            )
         );
     }
     // Development tokens only with the development key: never mint tokens a real key accepts.
@@ -492,6 +524,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let opts = RedisOptions {
         command_timeout: args.redis_timeout,
+        ca_file: args.redis_ca_file.clone(),
         ..RedisOptions::default()
     };
     let routing = Arc::new(
@@ -684,5 +717,17 @@ mod tests {
             "[::1]:9001",
         ]);
         assert!(listen_addrs(&args, true).is_ok());
+    }
+
+    #[test]
+    fn token_hint_is_a_command_that_runs_from_where_the_server_was_started() {
+        let cargo = token_command(true, Some(PathBuf::from("/x/target/debug/chat-api")));
+        assert!(cargo.starts_with("cargo run -q"), "{cargo}");
+        assert!(cargo.ends_with("--bin chat-api -- token"), "{cargo}");
+        assert_eq!(
+            token_command(false, Some(PathBuf::from("/opt/chat/chat-api"))),
+            "/opt/chat/chat-api token"
+        );
+        assert_eq!(token_command(false, None), "chat-api token");
     }
 }

@@ -14,5 +14,6 @@ async fn main() -> std::process::ExitCode {
         Command::Embedded(args) => cli::embedded(args).await,
         Command::Serve(args) => cli::serve(args).await,
         Command::Migrate(args) => cli::migrate(args).await,
+        Command::Listen(args) => cli::listen(args).await,
     })
 }

@@ -114,6 +114,14 @@ fn bad_urls_are_rejected_before_binding() {
         "REDIS_URL",
     );
     assert_rejected("serve", &[("REDIS_URL", "")], "REDIS_URL");
+    assert_rejected(
+        "serve",
+        &[
+            ("REDIS_URL", "rediss://127.0.0.1:1"),
+            ("REDIS_CA_FILE", "/nonexistent/redis-ca.pem"),
+        ],
+        "REDIS_CA_FILE",
+    );
     assert_rejected("embedded", &[("STORE_URL", "sqlite:")], "STORE_URL");
     assert_rejected("serve", &[("API_ADDR", "not-an-address")], "API_ADDR");
     assert_rejected(

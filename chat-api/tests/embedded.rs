@@ -369,3 +369,81 @@ async fn typing_reaches_the_other_members_and_is_rate_limited() {
     carol.assert_quiet(Duration::from_millis(100)).await;
     sys.stop().await;
 }
+
+/// The next stdout line of a child, within 10 s.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("a line before the end")
+}
+
+/// `chat-api listen`, the walk-through's WebSocket client, run as the real binary: it prints
+/// `hello` and then the message frame as JSON lines and exits once `--count` frames arrived; a bad
+/// token or a `--timeout` that passes first make it fail with a message.
+#[tokio::test]
+async fn listen_subcommand_prints_frames_as_json_lines() {
+    use tokio::io::AsyncBufReadExt;
+    let sys = System::start().await;
+    let listen = |token: String, count: &str, timeout: &str| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-api"));
+        cmd.args(["listen", "--url", &sys.ws, "--token", &token])
+            .args(["--count", count, "--timeout", timeout])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    };
+    let mut child = listen(sys.token("bob"), "2", "10s").spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let hello: Value = serde_json::from_str(&next_line(&mut lines).await).unwrap();
+    assert_eq!(
+        (hello["type"].as_str(), hello["user_id"].as_str()),
+        (Some("hello"), Some("bob"))
+    );
+
+    let alice = sys.token("alice");
+    let (status, chat) = sys
+        .post(&alice, "/v1/chats", json!({"members": ["bob"]}))
+        .await;
+    assert_eq!(status, 201, "{chat}");
+    let path = format!("/v1/chats/{}/messages", chat["chat_id"].as_str().unwrap());
+    let (status, sent) = sys
+        .post(
+            &alice,
+            &path,
+            json!({"client_msg_id": "m-1", "body": "12:30?"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let frame: Value = serde_json::from_str(&next_line(&mut lines).await).unwrap();
+    assert_eq!(frame["type"], "message");
+    assert_eq!(frame["message"], sent);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exits 0 after --count frames");
+
+    // A refused token and a timeout are errors with words, not hangs.
+    for (token, count, timeout, expected) in [
+        ("not-a-token".to_string(), "1", "10s", "401"),
+        (sys.token("bob"), "5", "300ms", "timed out"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            listen(token, count, timeout).output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    sys.stop().await;
+}

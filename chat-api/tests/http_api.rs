@@ -551,6 +551,13 @@ async fn history_pages_over_http() {
         assert_eq!(r.status, StatusCode::OK);
         let page = ids(&r.body);
         flags.push(r.body["has_more"].as_bool().unwrap());
+        assert_eq!(r.body["next_after"], Value::Null);
+        if r.body["has_more"] == true {
+            // The next cursor is named: the oldest id of this page, to pass as `before`.
+            assert_eq!(r.body["next_before"], page[0].as_str());
+        } else {
+            assert_eq!(r.body["next_before"], Value::Null);
+        }
         if page.is_empty() {
             break;
         }
@@ -572,10 +579,42 @@ async fn history_pages_over_http() {
             break;
         };
         assert_eq!(r.body["has_more"], fwd.len() + page.len() < sent.len());
+        assert_eq!(r.body["next_before"], Value::Null);
+        if r.body["has_more"] == true {
+            assert_eq!(r.body["next_after"], last.as_str());
+        } else {
+            assert_eq!(r.body["next_after"], Value::Null);
+        }
         fwd.extend(page);
         uri = format!("/v1/chats/{chat}/messages?limit=30&after={last}");
     }
     assert_eq!(fwd, sent);
+
+    // Following only the returned cursors reaches every message, both ways.
+    let mut walked: Vec<String> = Vec::new();
+    let mut uri = format!("/v1/chats/{chat}/messages?limit=30");
+    for _ in 0..10 {
+        let r = t.call(Method::GET, &uri, Some(&bob), None).await;
+        let mut page = ids(&r.body);
+        page.extend(walked);
+        walked = page;
+        let Some(next) = r.body["next_before"].as_str() else {
+            break;
+        };
+        uri = format!("/v1/chats/{chat}/messages?limit=30&before={next}");
+    }
+    assert_eq!(walked, sent);
+    let mut walked: Vec<String> = Vec::new();
+    let mut uri = format!("/v1/chats/{chat}/messages?limit=30&after=0");
+    for _ in 0..10 {
+        let r = t.call(Method::GET, &uri, Some(&bob), None).await;
+        walked.extend(ids(&r.body));
+        let Some(next) = r.body["next_after"].as_str() else {
+            break;
+        };
+        uri = format!("/v1/chats/{chat}/messages?limit=30&after={next}");
+    }
+    assert_eq!(walked, sent);
 
     for bad in ["before=1&after=2", "limit=0", "before=abc", "limit=-1"] {
         let r = t

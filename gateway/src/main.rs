@@ -25,6 +25,7 @@ async fn run() -> anyhow::Result<()> {
     let opts = RedisOptions {
         command_timeout: cli.redis_timeout,
         liveness_ttl: settings.node_ttl,
+        ca_file: cli.redis_ca_file.clone(),
         ..RedisOptions::default()
     };
     let routing = connect(&cli.redis_url, opts)

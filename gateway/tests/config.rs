@@ -56,6 +56,16 @@ fn assert_rejected(env: &[(&str, &str)], setting: &str) {
 fn bad_urls_are_rejected_before_binding() {
     assert_rejected(&[("REDIS_URL", "http://127.0.0.1:6379")], "REDIS_URL");
     assert_rejected(&[("REDIS_URL", "")], "REDIS_URL");
+    let tls_url = closed_redis().replacen("redis://", "rediss://", 1);
+    assert_rejected(
+        &[
+            ("REDIS_URL", tls_url.as_str()),
+            ("REDIS_CA_FILE", "/nonexistent/redis-ca.pem"),
+        ],
+        "REDIS_CA_FILE",
+    );
+    // A CA file with a plain URL is a mistake, not ignored.
+    assert_rejected(&[("REDIS_CA_FILE", "/etc/hostname")], "REDIS_CA_FILE");
 }
 
 #[test]

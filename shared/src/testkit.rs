@@ -1,5 +1,6 @@
 //! Test support (cargo feature `testkit`): private `redis-server` processes on free ports in temp
-//! dirs — one standalone server, or a 3-master Redis Cluster — killed when dropped.
+//! dirs — one standalone server (optionally also on TLS, with a throwaway CA), or a 3-master Redis
+//! Cluster — killed when dropped.
 //!
 //! Servers run with `--save "" --appendonly no`, so a [`RedisServer::restart`] loses all data,
 //! like a crashed cache node. Port 6379 is never used. Blocking calls: start them before the
@@ -28,6 +29,8 @@ pub enum TestkitError {
     },
     #[error("redis cluster did not form: {0}")]
     Cluster(String),
+    #[error("could not make test TLS certificates: {0}")]
+    Certs(String),
     #[error("test support I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -265,10 +268,49 @@ fn spawn_on_free_port(
     Err(last.unwrap_or(TestkitError::Cluster("no free port".into())))
 }
 
+/// PEM files of a throwaway CA and of a server certificate it signed for `127.0.0.1` and
+/// `localhost`.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestCerts {
+    /// Writes a fresh CA and server certificate into `dir`, with names starting `name`.
+    pub fn generate(dir: &Path, name: &str) -> Result<TestCerts, TestkitError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let certs = |e: rcgen::Error| TestkitError::Certs(e.to_string());
+        let ca_key = KeyPair::generate().map_err(certs)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(certs)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, format!("{name} test CA"));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca.self_signed(&ca_key).map_err(certs)?;
+        let key = KeyPair::generate().map_err(certs)?;
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(certs)?
+            .signed_by(&key, &ca, &ca_key)
+            .map_err(certs)?;
+        let files = TestCerts {
+            ca_file: dir.join(format!("{name}-ca.pem")),
+            cert_file: dir.join(format!("{name}-server.pem")),
+            key_file: dir.join(format!("{name}-server.key")),
+        };
+        std::fs::write(&files.ca_file, ca.pem())?;
+        std::fs::write(&files.cert_file, server.pem())?;
+        std::fs::write(&files.key_file, key.serialize_pem())?;
+        Ok(files)
+    }
+}
+
 /// A private standalone `redis-server`, killed on drop.
 pub struct RedisServer {
     process: Process,
-    _dir: tempfile::TempDir,
+    tls: Option<(u16, TestCerts)>,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -276,7 +318,57 @@ impl RedisServer {
         find_on_path("redis-server")?;
         let dir = tempfile::tempdir()?;
         let process = spawn_on_free_port(dir.path(), |_| Ok(Vec::new()))?;
-        Ok(RedisServer { process, _dir: dir })
+        Ok(RedisServer {
+            process,
+            tls: None,
+            dir,
+        })
+    }
+
+    /// A server that also listens with TLS (see [`RedisServer::tls_url`]), with a certificate
+    /// signed by a throwaway CA ([`RedisServer::tls_ca_file`]). Clients need no certificate.
+    pub fn start_tls() -> Result<RedisServer, TestkitError> {
+        find_on_path("redis-server")?;
+        let dir = tempfile::tempdir()?;
+        let certs = TestCerts::generate(dir.path(), "redis")?;
+        let tls_port = std::cell::Cell::new(0);
+        let process = spawn_on_free_port(dir.path(), |_| {
+            tls_port.set(free_port()?);
+            Ok(vec![
+                "--tls-port".into(),
+                tls_port.get().to_string(),
+                "--tls-cert-file".into(),
+                certs.cert_file.display().to_string(),
+                "--tls-key-file".into(),
+                certs.key_file.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                certs.ca_file.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ])
+        })?;
+        Ok(RedisServer {
+            process,
+            tls: Some((tls_port.get(), certs)),
+            dir,
+        })
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of a server from [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls
+            .as_ref()
+            .map(|(port, _)| format!("rediss://127.0.0.1:{port}"))
+    }
+
+    /// The PEM file of the CA that signed the TLS certificate of [`RedisServer::start_tls`].
+    pub fn tls_ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|(_, c)| c.ca_file.clone())
+    }
+
+    /// The server's temp dir (removed on drop), for other test files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn port(&self) -> u16 {

@@ -43,6 +43,12 @@ pub struct HistoryPage {
     /// More messages exist past this page in the direction of paging (older for
     /// `before`/latest, newer for `after`).
     pub has_more: bool,
+    /// The `before` value for the next, older page: the oldest id of this page when `has_more`
+    /// and the page went backwards (latest or `before`); otherwise null.
+    pub next_before: Option<Id>,
+    /// The `after` value for the next, newer page: the newest id of this page when `has_more`
+    /// and the page went forwards (`after`); otherwise null.
+    pub next_after: Option<Id>,
 }
 
 /// `POST /v1/chats/{chat_id}/messages`: 201 with the stored message once it is durable. A retry
@@ -189,15 +195,23 @@ pub async fn history(
         .await
         .map_err(|e| ApiError::store(e, limits.retry_after))?;
     let has_more = messages.len() > limit;
+    let (mut next_before, mut next_after) = (None, None);
     if has_more {
         match cursor {
             Cursor::After(_) => {
                 messages.pop();
+                next_after = messages.last().map(|m| m.message_id);
             }
             Cursor::Before(_) | Cursor::Latest => {
                 messages.remove(0);
+                next_before = messages.first().map(|m| m.message_id);
             }
         }
     }
-    Ok(Json(HistoryPage { messages, has_more }))
+    Ok(Json(HistoryPage {
+        messages,
+        has_more,
+        next_before,
+        next_after,
+    }))
 }

@@ -143,9 +143,15 @@ pub fn spec() -> Value {
                         "400": problem("invalid body"), "403": problem("not a member"),
                         "413": problem("body too large"), "422": problem("empty or oversized body, bad client_msg_id")}))},
                 "get": {"summary": "History page, ascending; cursor by message id",
+                    "description": "Without a cursor: the newest `limit` messages. Every page lists its \
+                        messages oldest first. To page back, pass the page's `next_before` as `before`; to page \
+                        forward (catch-up), pass `next_after` as `after`; stop when `has_more` is false.",
                     "parameters": [chat_id_param(),
-                        {"name": "before", "in": "query", "schema": {"$ref": "#/components/schemas/Id"}},
-                        {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"}},
+                        {"name": "before", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
+                            "description": "only messages with a smaller id: the `limit` newest of them (paging back)"},
+                        {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
+                            "description": "only messages with a greater id: the `limit` oldest of them (paging forward); \
+                                not together with `before`"},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                             "default": 50, "description": "capped at the configured maximum (200)"}}],
                     "responses": common_errors(json!({"200": ok("page", "HistoryPage"),
@@ -202,7 +208,12 @@ pub fn spec() -> Value {
                     "body": {"type": "string"}, "sent_at_ms": {"type": "integer"}}},
                 "HistoryPage": {"type": "object", "properties": {
                     "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
-                    "has_more": {"type": "boolean"}}},
+                    "has_more": {"type": "boolean", "description": "more messages exist past this page in its \
+                        direction (older without a cursor or with `before`, newer with `after`)"},
+                    "next_before": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                        "description": "pass as `before` for the next older page; null unless `has_more` on a backward page"},
+                    "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                        "description": "pass as `after` for the next newer page; null unless `has_more` on a forward page"}}},
                 "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
                     "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
                     "event": {"description": "any JSON value, delivered as is"}}},

@@ -27,14 +27,17 @@
 //! `redis://[[user:]password@]host[:port][/db]` for a standalone server;
 //! `redis-cluster://[[user:]password@]host:port[,host:port…]` (or fred's own
 //! `redis-cluster://host:port?node=host:port&node=…`) for a cluster: any reachable node is enough,
-//! the others are discovered. `rediss://` / `rediss-cluster://` need a TLS feature of `fred`, which
-//! this workspace does not enable.
+//! the others are discovered. `rediss://` and `rediss-cluster://` are the same over TLS (rustls):
+//! the server certificate is checked against the system's CA certificates, or only against the
+//! PEM CA certificates of [`RedisOptions::ca_file`] (`REDIS_CA_FILE`) when set. Cluster nodes are
+//! reached at the addresses they announce, so their certificates must name those addresses.
 
 mod bus;
 mod lease;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +93,9 @@ pub struct RedisOptions {
     pub reconnect_delay_max: Duration,
     /// Prepended to every key; lets tests or tenants share one Redis. Default empty.
     pub key_prefix: String,
+    /// PEM file of the CA certificates that sign the servers' certificates, for `rediss://`
+    /// URLs (instead of the system's). Default none.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -102,6 +108,7 @@ impl Default for RedisOptions {
             block_timeout: Duration::from_secs(1),
             reconnect_delay_max: Duration::from_secs(2),
             key_prefix: String::new(),
+            ca_file: None,
         }
     }
 }
@@ -409,8 +416,8 @@ pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, Rout
     ];
     if !SCHEMES.iter().any(|s| url.starts_with(s)) {
         return Err(RoutingError::Unavailable(format!(
-            "invalid REDIS_URL {url:?}: expected redis://host:port[/db] or \
-             redis-cluster://host:port[,host:port…]"
+            "invalid REDIS_URL {url:?}: expected redis[s]://host:port[/db] or \
+             redis[s]-cluster://host:port[,host:port…]"
         )));
     }
     if opts.stream_maxlen < bus::STREAM_READ_MAX as u64 {
@@ -421,12 +428,21 @@ pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, Rout
             bus::STREAM_READ_MAX
         )));
     }
-    let config = Config::from_url(&normalize_url(url)).map_err(|e| {
+    let tls = url.starts_with("rediss");
+    let mut config = Config::from_url(&normalize_url(url)).map_err(|e| {
         RoutingError::Unavailable(format!(
-            "invalid REDIS_URL (expected redis://host:port[/db] or \
-             redis-cluster://host:port[,host:port…]): {e}"
+            "invalid REDIS_URL (expected redis[s]://host:port[/db] or \
+             redis[s]-cluster://host:port[,host:port…]): {e}"
         ))
     })?;
+    match (&opts.ca_file, tls) {
+        (Some(path), true) => config.tls = Some(tls_with_ca_file(path)?.into()),
+        (Some(_), false) => return Err(RoutingError::Unavailable(
+            "REDIS_CA_FILE is set but REDIS_URL is not a TLS URL (rediss:// or rediss-cluster://)"
+                .into(),
+        )),
+        (None, _) => {}
+    }
     let client = build_client(config, &opts)?;
     init_client(&client, &opts).await?;
     let (epoch, _) = watch::channel(0u64);
@@ -462,6 +478,32 @@ pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, Rout
     })
 }
 
+/// A rustls client configuration that trusts only the CA certificates in the PEM file at `path`.
+fn tls_with_ca_file(path: &Path) -> Result<fred::types::config::TlsConnector, RoutingError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let bad =
+        |why: String| RoutingError::Unavailable(format!("REDIS_CA_FILE {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config.into())
+}
+
 fn build_client(config: Config, opts: &RedisOptions) -> Result<Client, RoutingError> {
     let max_delay_ms = u32::try_from(opts.reconnect_delay_max.as_millis())
         .unwrap_or(u32::MAX)
@@ -485,8 +527,16 @@ async fn init_client(client: &Client, opts: &RedisOptions) -> Result<(), Routing
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => {
             let _ = client.quit().await;
+            let detail = e.to_string();
+            if detail.contains("Certificate") {
+                return Err(RoutingError::Unavailable(format!(
+                    "the redis server's TLS certificate was refused (set REDIS_CA_FILE to the PEM \
+                     file of the CA that signed it, or check that REDIS_URL's host is a name the \
+                     certificate holds): {detail}"
+                )));
+            }
             Err(RoutingError::Unavailable(format!(
-                "cannot connect to redis (check REDIS_URL and that the server is up): {e}"
+                "cannot connect to redis (check REDIS_URL and that the server is up): {detail}"
             )))
         }
         Err(_) => {
@@ -883,6 +933,10 @@ mod tests {
         assert_eq!(
             normalize_url("redis-cluster://a:1?node=b:2"),
             "redis-cluster://a:1?node=b:2"
+        );
+        assert_eq!(
+            normalize_url("rediss-cluster://u:p@a:1,b:2"),
+            "rediss-cluster://u:p@a:1?node=b:2"
         );
     }
 }
