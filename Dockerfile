@@ -21,8 +21,8 @@ COPY gateway gateway
 COPY chat-api chat-api
 COPY loadtest loadtest
 COPY schema schema
-RUN cargo build --release --locked --bin gateway --bin chat-api \
-    && cp target/release/gateway target/release/chat-api /usr/local/bin/
+RUN cargo build --profile dist --locked --bin gateway --bin chat-api \
+    && cp target/dist/gateway target/dist/chat-api /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -4,7 +4,7 @@
 # scenarios against each, and against a Socket.IO cluster with the Redis adapter when `node` is
 # installed (loadtest/socketio), then prints one table with every figure beside its SPEC §7 budget.
 #
-#   scripts/bench.sh            full suite on release binaries (builds them; ~10 min on 2 cores)
+#   scripts/bench.sh            full suite on `dist`-profile binaries (builds them; ~10 min on 2 cores)
 #   scripts/bench.sh --smoke    seconds-long run on debug binaries (CI): checks nothing was lost
 #
 # Results (JSON per scenario, PNG plots in full mode) go to $BENCH_OUT (default target/bench).
@@ -33,9 +33,10 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$MODE" = full ]; then
-  echo "==> building release binaries"
-  cargo build --release --bins -p chat-api -p gateway -p loadtest
-  BIN=target/release
+  echo "==> building dist-profile binaries (thin LTO, one codegen unit)"
+  # The profile the Docker image ships (thin LTO, one codegen unit), not the quick start's.
+  cargo build --profile dist --bins -p chat-api -p gateway -p loadtest
+  BIN=target/dist
   # name  sockets  fan-out: chats members rate secs  latency: rate secs  soak: sockets churn secs
   # catch-up: members rate drops/s secs
   CONNECT_SOCKETS=10000; FO_CHATS=4; FO_MEMBERS=1000; FO_RATE=100; FO_SECS=20s
