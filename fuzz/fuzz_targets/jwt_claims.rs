@@ -7,6 +7,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use shared::auth::{expires_in, JwtSettings, KeySource, Verifier, EXPIRY_HORIZON_MAX};
 use shared::ids::now_unix_ms;
@@ -27,22 +29,12 @@ fn verifier() -> &'static Verifier {
     })
 }
 
-/// URL-safe base64 without padding (the JWT segment encoding).
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 fuzz_target!(|payload: &[u8]| {
-    let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(payload));
+    let input = format!(
+        "{}.{}",
+        B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        B64.encode(payload)
+    );
     let signature = jsonwebtoken::crypto::sign(
         input.as_bytes(),
         &jsonwebtoken::EncodingKey::from_secret(SECRET),

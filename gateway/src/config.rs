@@ -102,8 +102,9 @@ pub struct GatewayArgs {
     pub typing_interval: Duration,
 }
 
-/// Validated gateway settings.
-#[derive(Clone, Debug)]
+/// Validated gateway settings. [`Settings::default`] matches the flag defaults (with
+/// `NODE_ID=local`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     pub node_id: String,
     pub heartbeat_interval: Duration,
@@ -271,4 +272,29 @@ fn hostname() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "gateway".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    }
+
+    fn parse(args: &[&str]) -> GatewayArgs {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().gateway
+    }
+
+    #[test]
+    fn defaults_match_settings_default() {
+        let args = parse(&["--node-id", "local"]);
+        assert_eq!(args.gateway_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.settings().unwrap(), Settings::default());
+    }
 }

@@ -532,64 +532,19 @@ pub fn token_from_request(authorization: Option<&str>, query: Option<&str>) -> O
     query.and_then(|q| query_param(q, "access_token"))
 }
 
-/// The first value of `name` in a URL query string, percent-decoded.
+/// The first value of `name` in a URL query string (`application/x-www-form-urlencoded`:
+/// percent-escapes and `+` decoded, in names as in values).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64_lite as b64;
-
-    mod base64_lite {
-        // URL-safe base64 without padding, enough to forge headers in tests.
-        pub fn encode(data: &[u8]) -> String {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in data.chunks(3) {
-                let b = [
-                    chunk[0],
-                    *chunk.get(1).unwrap_or(&0),
-                    *chunk.get(2).unwrap_or(&0),
-                ];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..=chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        }
-    }
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
 
     fn settings() -> JwtSettings {
         JwtSettings {
@@ -643,8 +598,8 @@ mod tests {
         );
         let none = format!(
             "{}.{}.",
-            b64::encode(br#"{"alg":"none","typ":"JWT"}"#),
-            b64::encode(format!(r#"{{"sub":"a","exp":{}}}"#, now + 60).as_bytes())
+            B64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(format!(r#"{{"sub":"a","exp":{}}}"#, now + 60).as_bytes())
         );
         assert!(v.verify(&none).is_err());
         let garbage = v.verify("not-a-token").unwrap_err().to_string();
@@ -655,8 +610,8 @@ mod tests {
         // `exp` is required.
         let no_exp = format!(
             "{}.{}.x",
-            b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#),
-            b64::encode(br#"{"sub":"a"}"#)
+            B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            B64.encode(br#"{"sub":"a"}"#)
         );
         assert!(v.verify(&no_exp).is_err());
     }
@@ -718,5 +673,22 @@ mod tests {
         assert_eq!(token_from_request(Some("Basic x"), None), None);
         assert_eq!(token_from_request(None, Some("x=%")).as_deref(), None);
         assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
+    }
+
+    #[test]
+    fn query_params_are_form_urlencoded() {
+        // Names are decoded like values, so an escaped name still matches.
+        assert_eq!(
+            token_from_request(None, Some("access%5Ftoken=a.b")).as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(query_param("x=1&&a=b+c%20d", "a").as_deref(), Some("b c d"));
+        assert_eq!(query_param("a&a=2", "a").as_deref(), Some(""));
+        assert_eq!(
+            query_param("a=%C3%A9%FF", "a").as_deref(),
+            Some("é\u{FFFD}")
+        );
+        assert_eq!(query_param("a=1", "b"), None);
+        assert_eq!(query_param("", "a"), None);
     }
 }

@@ -357,8 +357,9 @@ pub struct RedisRouting {
 impl RedisRouting {
     /// Changes whenever this process's registrations may have been lost: after every reconnect
     /// of the shared client (Redis restarted or the connection broke) and whenever a heartbeat
-    /// finds the node's liveness key gone or taken. A gateway re-adds all its routes when it
-    /// changes (after a heartbeat succeeds).
+    /// finds the node's liveness key gone or taken. The gateway does not watch it: its liveness
+    /// task re-adds all routes when [`RouteRegistry::heartbeat`] returns `false` or succeeds
+    /// after a failure. For observers and tests of the reconnect handling.
     pub fn registration_epoch(&self) -> watch::Receiver<u64> {
         self.shared.epoch.subscribe()
     }
