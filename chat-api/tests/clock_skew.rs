@@ -21,12 +21,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(50);
 const DELIVERY: Duration = Duration::from_secs(5);
 
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::task::spawn_blocking(support::gateway_binary)
-        .await
-        .expect("building the gateway binary");
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test ran past its time limit");
+    support::bounded_by(TEST_LIMIT, test).await
 }
 
 fn one_of_each() -> Options {

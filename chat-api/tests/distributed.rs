@@ -21,15 +21,8 @@ const TEST_LIMIT: Duration = Duration::from_secs(50);
 /// How long a socket must stay silent after its expected frames to count as "exactly once".
 const GRACE: Duration = Duration::from_millis(400);
 
-/// Runs `test` under [`TEST_LIMIT`], after making sure the gateway binary is built (a build
-/// can take a while on a busy machine and is not part of what is tested).
 async fn bounded<F: std::future::Future<Output = ()>>(test: F) {
-    tokio::task::spawn_blocking(support::gateway_binary)
-        .await
-        .expect("building the gateway binary");
-    tokio::time::timeout(TEST_LIMIT, test)
-        .await
-        .expect("test ran past its time limit");
+    support::bounded_by(TEST_LIMIT, test).await
 }
 
 fn encoding(i: usize) -> Encoding {

@@ -35,6 +35,17 @@ const LOG_TAIL_LINES: usize = 40;
 /// The `gateway` binary, built once per test run. Cargo only builds the binaries of the package
 /// under test, and `gateway` belongs to another package of the workspace: build it next to
 /// `chat-api` (a no-op when it is fresh) so that the test never runs a stale gateway.
+/// Runs `test` under `limit`, after making sure the gateway binary is built (a build can take a
+/// while on a busy machine and is not part of what is tested).
+pub async fn bounded_by<F: std::future::Future<Output = ()>>(limit: Duration, test: F) {
+    tokio::task::spawn_blocking(gateway_binary)
+        .await
+        .expect("building the gateway binary");
+    tokio::time::timeout(limit, test)
+        .await
+        .expect("test ran past its time limit");
+}
+
 pub fn gateway_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {

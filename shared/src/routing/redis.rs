@@ -219,6 +219,22 @@ impl Shared {
         Ok(self.run(p).await?.into_iter().map(pairs).collect())
     }
 
+    /// The nodes registered in `gw:nodes` (at most `SWEEP_NODES_MAX`), live or dead.
+    async fn known_nodes(&self) -> Result<Vec<String>, RoutingError> {
+        Ok(strings(
+            self.timed(self.cmd().zrange::<Value, _, _, _>(
+                self.keys.nodes(),
+                0,
+                SWEEP_NODES_MAX - 1,
+                None,
+                false,
+                None,
+                false,
+            ))
+            .await?,
+        ))
+    }
+
     /// The live incarnation of each named node (absent = dead): one pipelined round trip.
     async fn live_incarnations(
         &self,
@@ -572,18 +588,7 @@ impl RedisRegistry {
     /// Meant for a periodic task in chat-api; concurrent sweeps split the work (`SPOP`).
     pub async fn sweep(&self, max_routes: usize) -> Result<SweepReport, RoutingError> {
         let s = &self.shared;
-        let scored: Vec<String> = strings(
-            s.timed(s.cmd().zrange::<Value, _, _, _>(
-                s.keys.nodes(),
-                0,
-                SWEEP_NODES_MAX - 1,
-                None,
-                false,
-                None,
-                false,
-            ))
-            .await?,
-        );
+        let scored = s.known_nodes().await?;
         let mut report = SweepReport {
             nodes_checked: scored.len(),
             ..SweepReport::default()
@@ -879,18 +884,7 @@ impl RouteRegistry for RedisRegistry {
     /// Nodes in `gw:nodes` (at most 1,000) whose liveness key is set: two round trips.
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         let s = &self.shared;
-        let known = strings(
-            s.timed(s.cmd().zrange::<Value, _, _, _>(
-                s.keys.nodes(),
-                0,
-                SWEEP_NODES_MAX - 1,
-                None,
-                false,
-                None,
-                false,
-            ))
-            .await?,
-        );
+        let known = s.known_nodes().await?;
         let live = s.live_incarnations(&known).await?;
         Ok(known.into_iter().filter(|n| live.contains_key(n)).collect())
     }
