@@ -22,7 +22,8 @@ pub struct ClockArgs {
     /// it, sends are refused (503) and /readyz fails. Message ids follow Redis time whatever the
     /// difference, but token expiry (`exp`, JWT_LEEWAY) is checked against the local clock, so a
     /// host clock off by more than the leeway is a fault to fix; the default equals JWT_LEEWAY's.
-    /// API_REQUEST_TIMEOUT + API_FANOUT_TIMEOUT + 2 × this must fit in the 30 s catch-up overlap.
+    /// API_REQUEST_TIMEOUT + API_FANOUT_TIMEOUT + API_FANOUT_RETRY_WINDOW + 2 × this must fit in
+    /// the 30 s catch-up overlap.
     #[arg(long, env = "API_MAX_CLOCK_SKEW", value_name = "API_MAX_CLOCK_SKEW", default_value = "5s", value_parser = parse_nonzero_duration)]
     pub max_clock_skew: Duration,
     /// How often the clock is measured against Redis `TIME`.

@@ -149,8 +149,7 @@ impl Fanout {
 
     /// Queues a `resync` notice for `members` (`None`: unknown, every live node).
     fn notify(&self, members: Option<Vec<String>>) {
-        self.notices.add(members);
-        self.notices.start(&self.backends);
+        self.notices.notify(members, &self.backends);
     }
 }
 
@@ -209,8 +208,7 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
             tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
                 "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
             if let Some(notices) = notices.upgrade() {
-                notices.add(job.members);
-                notices.start(&backends);
+                notices.notify(job.members, &backends);
             }
         });
     }
@@ -285,6 +283,12 @@ impl Notices {
         }
     }
 
+    /// Queues a notice for `members` (`None`: every live node) and makes sure it gets sent.
+    fn notify(self: &Arc<Self>, members: Option<Vec<String>>, backends: &Backends) {
+        self.add(members);
+        self.start(backends);
+    }
+
     /// Starts the sending task unless it runs.
     fn start(self: &Arc<Self>, backends: &Backends) {
         use std::sync::atomic::Ordering;
@@ -304,13 +308,7 @@ impl Notices {
             .await
             .unwrap_or(Err(RoutingError::Timeout));
         if result.is_err() {
-            let mut p = self.pending.lock();
-            if taken.all_nodes {
-                p.all_nodes = true;
-                p.members = HashSet::new();
-            } else if !p.all_nodes {
-                p.members.extend(taken.members);
-            }
+            self.add((!taken.all_nodes).then(|| taken.members.into_iter().collect()));
         }
         result
     }

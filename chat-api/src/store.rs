@@ -63,6 +63,13 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// The stored (signed 64-bit) form of a chat-list cursor: the page holds chat ids above it;
+/// `i64::MIN` for the first page. `None` when `after` is above every storable id, so that no
+/// further chat exists. Both stores keep ids as signed 64-bit integers.
+pub fn stored_chat_cursor(after: Option<Id>) -> Option<i64> {
+    after.map_or(Some(i64::MIN), |a| i64::try_from(a.0).ok())
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Creates a chat with its members (the creator is one of them).

@@ -463,8 +463,8 @@ impl MessageStore for ScyllaStore {
         // One clustering range of the user's `user_chats` partition (at most `limit` rows), each
         // chat looked up as its row arrives, CHAT_LOOKUP_CONCURRENCY at a time: a page costs one
         // range read plus one point read per chat, however many chats the user has.
-        let Some(after) = after.map_or(Some(i64::MIN), |a| i64::try_from(a.0).ok()) else {
-            return Ok(Vec::new()); // above every storable id: no further chat
+        let Some(after) = super::stored_chat_cursor(after) else {
+            return Ok(Vec::new());
         };
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let statement = self.st.select_user_chats.get_statement();

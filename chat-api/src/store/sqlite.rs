@@ -510,8 +510,7 @@ impl MessageStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Chat>, StoreError> {
         let user = user.to_string();
-        // Above every storable id: such a cursor names no further chat.
-        let Some(after) = after.map_or(Some(i64::MIN), |a| i64::try_from(a.0).ok()) else {
+        let Some(after) = super::stored_chat_cursor(after) else {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
