@@ -238,9 +238,9 @@ pub trait NotifyQueue: Send + Sync + 'static {
     /// Moves entries that could not be delivered to the dead letters (capped, oldest dropped).
     async fn dead_letter(&self, entries: &[Claimed], reason: &str) -> Result<(), QueueError>;
     /// Entries in the queue (waiting or claimed).
-    async fn len(&self) -> Result<u64, QueueError>;
+    async fn backlog(&self) -> Result<u64, QueueError>;
     /// Dead letters kept.
-    async fn dead_len(&self) -> Result<u64, QueueError>;
+    async fn dead_letters(&self) -> Result<u64, QueueError>;
 }
 
 /// The send path's side of the hook: queues an entry per offline member of a stored message.

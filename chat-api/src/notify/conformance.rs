@@ -44,7 +44,7 @@ async fn claims_in_order_and_ack_deletes(q: Arc<dyn NotifyQueue>) {
         .await
         .unwrap();
     assert_eq!(pushed, Pushed { queued: 3, full: 0 });
-    assert_eq!(q.len().await.unwrap(), 3);
+    assert_eq!(q.backlog().await.unwrap(), 3);
     let first = q.claim(2).await.unwrap();
     assert_eq!(
         first.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(),
@@ -60,11 +60,11 @@ async fn claims_in_order_and_ack_deletes(q: Arc<dyn NotifyQueue>) {
     );
     let ids: Vec<String> = first.iter().map(|c| c.id.clone()).collect();
     q.ack(&ids).await.unwrap();
-    assert_eq!(q.len().await.unwrap(), 1);
+    assert_eq!(q.backlog().await.unwrap(), 1);
     // Acknowledging again (a retried ack) changes nothing.
     q.ack(&ids).await.unwrap();
-    assert_eq!(q.len().await.unwrap(), 1);
-    assert_eq!(q.dead_len().await.unwrap(), 0);
+    assert_eq!(q.backlog().await.unwrap(), 1);
+    assert_eq!(q.dead_letters().await.unwrap(), 0);
 }
 
 async fn a_full_queue_drops_new_entries(q: Arc<dyn NotifyQueue>) {
@@ -73,7 +73,7 @@ async fn a_full_queue_drops_new_entries(q: Arc<dyn NotifyQueue>) {
         .await
         .unwrap();
     assert_eq!(pushed, Pushed { queued: 2, full: 1 });
-    assert_eq!(q.len().await.unwrap(), 2);
+    assert_eq!(q.backlog().await.unwrap(), 2);
     assert_eq!(
         q.push(vec![entry("d", 1)]).await.unwrap(),
         Pushed { queued: 0, full: 1 }
@@ -115,19 +115,19 @@ async fn another_replica_claims_what_a_dead_one_held(
         vec![entry("a", 1), entry("b", 2)]
     );
     two.ack(&ids).await.unwrap();
-    assert_eq!(two.len().await.unwrap(), 0);
+    assert_eq!(two.backlog().await.unwrap(), 0);
 }
 
 async fn dead_letters_leave_the_queue(q: Arc<dyn NotifyQueue>) {
     q.push(vec![entry("a", 1), entry("b", 2)]).await.unwrap();
     let claimed = q.claim(10).await.unwrap();
     q.dead_letter(&claimed[..1], "status 500").await.unwrap();
-    assert_eq!(q.len().await.unwrap(), 1);
-    assert_eq!(q.dead_len().await.unwrap(), 1);
+    assert_eq!(q.backlog().await.unwrap(), 1);
+    assert_eq!(q.dead_letters().await.unwrap(), 1);
     // An entry acknowledged meanwhile (by a replica that re-sent it) is not a dead letter.
     q.ack(&[claimed[1].id.clone()]).await.unwrap();
     q.dead_letter(&claimed[1..], "status 500").await.unwrap();
-    assert_eq!(q.dead_len().await.unwrap(), 1);
-    assert_eq!(q.len().await.unwrap(), 0);
+    assert_eq!(q.dead_letters().await.unwrap(), 1);
+    assert_eq!(q.backlog().await.unwrap(), 0);
     assert!(q.claim(10).await.unwrap().is_empty());
 }

@@ -361,12 +361,12 @@ impl NotifyQueue for RedisQueue {
         Ok(())
     }
 
-    async fn len(&self) -> Result<u64, QueueError> {
+    async fn backlog(&self) -> Result<u64, QueueError> {
         let v = self.command("XLEN", 0, vec![self.key.clone()]).await?;
         Ok(v.as_u64().unwrap_or(0))
     }
 
-    async fn dead_len(&self) -> Result<u64, QueueError> {
+    async fn dead_letters(&self) -> Result<u64, QueueError> {
         let v = self.command("XLEN", 0, vec![self.dead_key.clone()]).await?;
         Ok(v.as_u64().unwrap_or(0))
     }

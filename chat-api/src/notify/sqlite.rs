@@ -250,11 +250,11 @@ impl NotifyQueue for SqliteQueue {
         .await
     }
 
-    async fn len(&self) -> Result<u64, QueueError> {
+    async fn backlog(&self) -> Result<u64, QueueError> {
         Ok(self.state.lock().len as u64)
     }
 
-    async fn dead_len(&self) -> Result<u64, QueueError> {
+    async fn dead_letters(&self) -> Result<u64, QueueError> {
         self.with(|s| {
             s.conn
                 .query_row("SELECT COUNT(*) FROM notify_dead", [], |r| {
@@ -303,12 +303,12 @@ mod tests {
             enqueued_ms: 3,
         };
         q.push(vec![e.clone(), e.clone()]).await.unwrap();
-        assert_eq!(q.len().await.unwrap(), 1, "the same entry is kept once");
+        assert_eq!(q.backlog().await.unwrap(), 1, "the same entry is kept once");
         assert_eq!(q.claim(10).await.unwrap().len(), 1);
         drop(q);
         // As after a crash: the reopened queue counts the entry and takes it once the lease ends.
         let q = SqliteQueue::open(&path, 10, idle).unwrap();
-        assert_eq!(q.len().await.unwrap(), 1);
+        assert_eq!(q.backlog().await.unwrap(), 1);
         assert!(q.claim(10).await.unwrap().is_empty(), "still leased");
         tokio::time::sleep(idle + Duration::from_millis(50)).await;
         let again = q.claim(10).await.unwrap();
