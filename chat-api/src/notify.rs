@@ -264,6 +264,11 @@ impl Notifier {
         if offline.is_empty() {
             return Ok(());
         }
+        // Tests fail the queueing alone (`FAILPOINTS=notify::enqueue=1*return`) to check that a
+        // retried fan-out queues without delivering twice.
+        fail::fail_point!("notify::enqueue", |_| Err(QueueError::Unavailable(
+            "injected failure at notify::enqueue".into()
+        )));
         let preview = preview(&message.body, self.preview_chars);
         let now = shared::ids::now_unix_ms();
         let entries = offline

@@ -386,6 +386,41 @@ async fn embedded_offline_members_get_one_signed_batch_after_two_failures() {
 }
 
 #[tokio::test]
+async fn a_fan_out_retried_after_a_failed_enqueue_queues_without_delivering_twice() {
+    bounded_by(Duration::from_secs(90), async {
+        let receiver = Receiver::start(0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = notify_env(
+            &receiver.url,
+            &[
+                ("FAILPOINTS", "notify::enqueue=1*return"),
+                ("NOTIFY_BATCH_WINDOW", "200ms"),
+            ],
+        );
+        let sys = Embedded::start(dir.path(), &env).await;
+        let chat = create_chat(&sys.api, "alice", &["bob", "dave"]).await;
+        let mut dave = WsClient::connect(&sys.ws, &token("dave"), Encoding::Json)
+            .await
+            .unwrap();
+        let m1 = send(&sys.api, "alice", &chat, "c1", "hello").await;
+        // The first attempt delivered to dave and failed to queue bob; the retry queues bob only.
+        dave.expect(&[m1.parse().unwrap()], 0, Duration::from_secs(5))
+            .await;
+        let accepted = receiver.await_accepted(1, Duration::from_secs(20)).await;
+        assert_eq!(by_user(&accepted)["bob"]["message_ids"], json!([m1]));
+        dave.assert_quiet(Duration::from_millis(500)).await;
+        let url = format!("{}/metrics", sys.api);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains("api_fanout_retries_total{outcome=\"delivered\"} 1"),
+            "{text}"
+        );
+        assert_eq!(sys.metric("api_notify_enqueue_failures_total").await, 0.0);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn embedded_kill_9_between_queueing_and_sending_loses_nothing() {
     bounded_by(Duration::from_secs(90), async {
         let receiver = Receiver::start(0).await;
