@@ -433,12 +433,25 @@ mod tests {
             .await
             .unwrap()
             .expect("starting a private redis-server");
-        let routing = shared::routing::redis::connect(
-            &redis.url(),
-            shared::routing::redis::RedisOptions::default(),
-        )
-        .await
-        .unwrap();
+        run_conformance(&redis.url()).await;
+    }
+
+    /// The scripts and commands name their keys so that a cluster routes them to the queue's
+    /// shard.
+    #[tokio::test]
+    async fn conformance_on_a_redis_cluster() {
+        let cluster = tokio::task::spawn_blocking(shared::testkit::RedisCluster::start)
+            .await
+            .unwrap()
+            .expect("starting a private Redis Cluster");
+        run_conformance(&cluster.url()).await;
+    }
+
+    async fn run_conformance(url: &str) {
+        let routing =
+            shared::routing::redis::connect(url, shared::routing::redis::RedisOptions::default())
+                .await
+                .unwrap();
         let client = routing.client().clone();
         let replicas = std::sync::atomic::AtomicUsize::new(0);
         super::super::conformance::run_all(|name, cap, idle| {
