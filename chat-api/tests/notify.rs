@@ -598,3 +598,49 @@ async fn distributed_replica_killed_before_sending_hands_its_claims_to_the_other
     })
     .await;
 }
+
+#[tokio::test]
+async fn distributed_batches_dead_letter_into_the_dead_letter_stream() {
+    bounded_by(Duration::from_secs(90), async {
+        let receiver = Receiver::start(usize::MAX).await;
+        let env = notify_env(
+            &receiver.url,
+            &[
+                ("NOTIFY_MAX_ATTEMPTS", "2"),
+                ("NOTIFY_BATCH_WINDOW", "200ms"),
+            ],
+        );
+        let mut c = Cluster::start(Options {
+            gateways: vec!["gw-a"],
+            apis: 1,
+            api_env: env,
+            ..Options::default()
+        })
+        .await;
+        let chat = c.create_chat(0, "alice", &["bob".to_string()]).await;
+        c.send(0, "alice", chat, "c1", "hello").await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.api_metric(0, "api_notify_dead_lettered_total", "").await < 1.0 {
+            assert!(
+                Instant::now() < deadline,
+                "no dead letter: {:?}",
+                receiver.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            receiver.all().len(),
+            2,
+            "exactly NOTIFY_MAX_ATTEMPTS attempts"
+        );
+        let port = match &mut c.redis {
+            support::Redis::Standalone(r) => r.port(),
+            support::Redis::Cluster(_) => unreachable!(),
+        };
+        let xlen = |key: &str| support::redis_command(port, &[b"XLEN", key.as_bytes()]).unwrap();
+        assert_eq!(xlen("notify:{q}:dead"), ":1");
+        assert_eq!(xlen("notify:{q}"), ":0", "a dead letter leaves the queue");
+        c.assert_no_panics();
+    })
+    .await;
+}
