@@ -501,9 +501,8 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
-    // Claimed entries not yet delivered are claimed again after NOTIFY_CLAIM_IDLE.
     if let Some(d) = dispatcher {
-        d.abort();
+        d.stop().await;
     }
     result
 }
@@ -696,7 +695,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let result = crate::app::run(listener, state, shutdown).await;
     if let Some(d) = dispatcher {
-        d.abort();
+        d.stop().await;
     }
     sweeper.abort();
     clock_sync.abort();

@@ -233,6 +233,9 @@ pub trait NotifyQueue: Send + Sync + 'static {
     async fn claim(&self, max: usize) -> Result<Vec<Claimed>, QueueError>;
     /// Renews this replica's claim of `ids`, so that no other replica takes them.
     async fn renew(&self, ids: &[String]) -> Result<(), QueueError>;
+    /// Gives up this replica's claim of `ids` (it is stopping): another replica, or the next
+    /// start, may claim them at once instead of after the claim idle time.
+    async fn release(&self, ids: &[String]) -> Result<(), QueueError>;
     /// Deletes delivered entries.
     async fn ack(&self, ids: &[String]) -> Result<(), QueueError>;
     /// Moves entries that could not be delivered to the dead letters (capped, oldest dropped).

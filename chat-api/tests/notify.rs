@@ -229,6 +229,20 @@ impl Embedded {
         panic!("could not start chat-api embedded on free ports");
     }
 
+    /// SIGTERM, then waits for the exit.
+    async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -447,6 +461,41 @@ async fn embedded_kill_9_between_queueing_and_sending_loses_nothing() {
         assert_eq!(batches["bob"]["message_ids"], json!([m1]));
         assert_eq!(sys.metric("api_notify_sent_total").await, 1.0);
         assert_eq!(queue_rows(dir.path()), (0, 0));
+    })
+    .await;
+}
+
+/// A clean stop hands the waiting entries over at once: the restarted process sends them long
+/// before NOTIFY_CLAIM_IDLE would have let it.
+#[tokio::test]
+async fn a_stopping_replica_releases_its_waiting_entries() {
+    bounded_by(Duration::from_secs(90), async {
+        let receiver = Receiver::start(0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = notify_env(
+            &receiver.url,
+            &[("NOTIFY_BATCH_WINDOW", "3s"), ("NOTIFY_CLAIM_IDLE", "60s")],
+        );
+        let mut sys = Embedded::start(dir.path(), &env).await;
+        let chat = create_chat(&sys.api, "alice", &["bob"]).await;
+        let m1 = send(&sys.api, "alice", &chat, "c1", "hello").await;
+        await_metric(
+            &format!("{}/metrics", sys.api),
+            "api_notify_held",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        sys.stop().await;
+        assert!(receiver.all().is_empty(), "sent before the stop");
+        let started = Instant::now();
+        let _sys = Embedded::start(dir.path(), &env).await;
+        let accepted = receiver.await_accepted(1, Duration::from_secs(20)).await;
+        assert_eq!(by_user(&accepted)["bob"]["message_ids"], json!([m1]));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "released, not left to NOTIFY_CLAIM_IDLE"
+        );
     })
     .await;
 }

@@ -114,8 +114,12 @@ async fn another_replica_claims_what_a_dead_one_held(
         taken.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(),
         vec![entry("a", 1), entry("b", 2)]
     );
-    two.ack(&ids).await.unwrap();
-    assert_eq!(two.backlog().await.unwrap(), 0);
+    // A replica that stops releases what it holds: the other takes it at once.
+    two.release(&ids).await.unwrap();
+    let again = one.claim(10).await.unwrap();
+    assert_eq!(again.len(), 2, "released claims are taken at once");
+    one.ack(&ids).await.unwrap();
+    assert_eq!(one.backlog().await.unwrap(), 0);
 }
 
 async fn dead_letters_leave_the_queue(q: Arc<dyn NotifyQueue>) {

@@ -7,6 +7,8 @@
 //! cut at `NOTIFY_REQUEST_TIMEOUT`. Held entries' claims are renewed every third of
 //! `NOTIFY_CLAIM_IDLE`; an entry is deleted from the queue only after its batch was accepted
 //! (2xx) or dead-lettered, so a replica that dies loses nothing: another claims its entries.
+//! One that stops cleanly releases the entries still waiting for their window, so that another
+//! replica takes them at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use shared::routing::RouteRegistry;
 use shared::Id;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::{signature, Claimed, NotifyQueue, NotifySettings, WebhookBatch};
@@ -33,12 +35,33 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest pause between attempts of a batch, and after a failed claim.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Drains the queue of one replica; [`Dispatcher::spawn`] runs it until the handle is aborted.
+/// How long [`Running::stop`] waits for the dispatcher to release its waiting entries.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Drains the queue of one replica; [`Dispatcher::spawn`] runs it until [`Running::stop`].
 pub struct Dispatcher {
     queue: Arc<dyn NotifyQueue>,
     registry: Arc<dyn RouteRegistry>,
     settings: Arc<NotifySettings>,
     http: reqwest::Client,
+}
+
+/// A running dispatcher.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops claiming and releases the entries waiting for their window (bounded by
+    /// [`STOP_TIMEOUT`]).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_TIMEOUT, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// Entries of one user and chat waiting to be sent together.
@@ -71,11 +94,15 @@ impl Dispatcher {
         })
     }
 
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.run())
+    pub fn spawn(self) -> Running {
+        let (stop, stopped) = watch::channel(false);
+        Running {
+            stop,
+            task: tokio::spawn(self.run(stopped)),
+        }
     }
 
-    async fn run(self) {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
         let s = self.settings.clone();
         let window_ms = s.batch_window.as_millis() as u64;
         let permits = Arc::new(Semaphore::new(s.in_flight_max));
@@ -89,6 +116,24 @@ impl Dispatcher {
         let mut claim_after = Instant::now();
         tracing::info!(url = %s.url, "push notification dispatcher started");
         loop {
+            // Stopped, or the handle dropped without a stop: the same.
+            if *stopped.borrow() || stopped.has_changed().is_err() {
+                // Batches being sent finish or are claimed again after NOTIFY_CLAIM_IDLE; the
+                // waiting ones are handed over now.
+                let waiting: Vec<String> = open
+                    .values()
+                    .chain(ready.iter())
+                    .flat_map(|b| b.entries.iter().map(|c| c.id.clone()))
+                    .collect();
+                if let Err(e) = self.queue.release(&waiting).await {
+                    tracing::warn!(error = %e, "releasing notification claims failed; they are claimed again after NOTIFY_CLAIM_IDLE");
+                }
+                tracing::info!(
+                    released = waiting.len(),
+                    "push notification dispatcher stopped"
+                );
+                return;
+            }
             while let Ok(ids) = done_rx.try_recv() {
                 for id in ids {
                     held.remove(&id);
@@ -150,6 +195,7 @@ impl Dispatcher {
             let wait = next_due.map_or(POLL_INTERVAL, |d| d.min(POLL_INTERVAL));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => {}
                 Some(ids) = done_rx.recv() => {
                     for id in ids {
                         held.remove(&id);

@@ -323,6 +323,27 @@ impl NotifyQueue for RedisQueue {
         Ok(())
     }
 
+    /// Sets the entries' idle time to the claim idle time, so that the next `XAUTOCLAIM` of any
+    /// replica takes them.
+    async fn release(&self, ids: &[String]) -> Result<(), QueueError> {
+        for chunk in ids.chunks(IDS_PER_COMMAND) {
+            let mut args = vec![
+                self.key.clone(),
+                GROUP.into(),
+                self.consumer.clone(),
+                "0".into(),
+            ];
+            args.extend(chunk.iter().cloned());
+            args.extend([
+                "IDLE".into(),
+                (self.claim_idle.as_millis() as u64).to_string(),
+                "JUSTID".into(),
+            ]);
+            self.grouped("XCLAIM", 0, args).await?;
+        }
+        Ok(())
+    }
+
     async fn ack(&self, ids: &[String]) -> Result<(), QueueError> {
         for chunk in ids.chunks(IDS_PER_COMMAND) {
             let mut args = vec![GROUP.to_string()];

@@ -189,6 +189,22 @@ impl NotifyQueue for SqliteQueue {
         .await
     }
 
+    async fn release(&self, ids: &[String]) -> Result<(), QueueError> {
+        let ids = ids.to_vec();
+        self.with(move |s| {
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                let sql = format!(
+                    "UPDATE notify_queue SET claimed_until_ms = 0 WHERE id IN ({})",
+                    placeholders(chunk.len())
+                );
+                s.conn
+                    .execute(&sql, params_from_iter(chunk.iter().map(|id| id_value(id))))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn ack(&self, ids: &[String]) -> Result<(), QueueError> {
         let ids = ids.to_vec();
         self.with(move |s| {
