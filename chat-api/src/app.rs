@@ -51,6 +51,8 @@ pub struct AppState {
     /// Distributed mode: the clock measured against Redis that message ids follow; sends and
     /// `/readyz` are refused while it cannot be trusted. `None`: the local clock (one process).
     pub clock: Option<Arc<crate::clock::ClockGuard>>,
+    /// The offline hook's queue side (`NOTIFY_WEBHOOK_URL` set); `None`: off, nothing queued.
+    pub notify: Option<crate::notify::Notifier>,
     /// Real-time fan-out with its background retry; built at first use from the fields above.
     fanout: std::sync::OnceLock<crate::fanout::Fanout>,
 }
@@ -88,6 +90,7 @@ impl AppState {
             )),
             fanout: std::sync::OnceLock::new(),
             clock: None,
+            notify: None,
         }
     }
 
@@ -118,10 +121,17 @@ impl AppState {
                     registry: self.registry.clone(),
                     bus: self.bus.clone(),
                     attempt_timeout: self.limits.fanout_timeout,
+                    notify: self.notify.clone(),
                 },
                 self.limits.fanout_retry,
             )
         })
+    }
+
+    /// Queues push notifications for offline members of each stored message.
+    pub fn with_notify(mut self, notifier: crate::notify::Notifier) -> AppState {
+        self.notify = Some(notifier);
+        self
     }
 
     /// Serves the demo page, `/config.json` and (with a signer) `POST /dev/token`.

@@ -326,12 +326,17 @@ pub fn verifier_or_dev_key(jwt: &JwtArgs) -> anyhow::Result<(Verifier, bool)> {
 
 /// Opens the store named by a `sqlite:PATH` URL.
 pub fn open_sqlite(url: &str, api: &ApiArgs) -> anyhow::Result<SqliteStore> {
-    let path = url
-        .strip_prefix("sqlite:")
+    let path = sqlite_path(url)?;
+    SqliteStore::open_with(&path, api.sqlite_options())
+        .with_context(|| format!("opening SQLite store {}", path.display()))
+}
+
+/// The file of a `sqlite:PATH` URL.
+fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+    url.strip_prefix("sqlite:")
         .filter(|p| !p.is_empty())
-        .with_context(|| format!("STORE_URL {url:?}: expected sqlite:PATH"))?;
-    SqliteStore::open_with(path, api.sqlite_options())
-        .with_context(|| format!("opening SQLite store {path}"))
+        .map(PathBuf::from)
+        .with_context(|| format!("STORE_URL {url:?}: expected sqlite:PATH"))
 }
 
 /// Installs the global Prometheus recorder (buckets, upkeep) and registers this process's
@@ -381,6 +386,7 @@ async fn flipped(mut rx: tokio::sync::watch::Receiver<bool>) {
 pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     let limits = args.api.limits()?;
     let cors = args.api.cors_origins()?;
+    let notify = args.api.notify.settings()?;
     let mut gateway_settings = args.gateway.settings().context("gateway configuration")?;
     if args.gateway.node_id.is_none() {
         gateway_settings.node_id = "embedded".into();
@@ -396,15 +402,29 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         );
     }
     gateway::raise_nofile_limit();
-    let store = match &args.api.store_url {
-        Some(url) => open_sqlite(url, &args.api)?,
+    let (store, db_path) = match &args.api.store_url {
+        Some(url) => (open_sqlite(url, &args.api)?, sqlite_path(url)?),
         None => {
             std::fs::create_dir_all(&args.data_dir)
                 .with_context(|| format!("creating DATA_DIR {}", args.data_dir.display()))?;
             let path = args.data_dir.join("chat.db");
-            SqliteStore::open_with(&path, args.api.sqlite_options())
-                .with_context(|| format!("opening {}", path.display()))?
+            let store = SqliteStore::open_with(&path, args.api.sqlite_options())
+                .with_context(|| format!("opening {}", path.display()))?;
+            (store, path)
         }
+    };
+    // The notification queue lives in the same file, so it is kept (and backed up) with the
+    // messages it announces.
+    let notify_queue = match &notify {
+        Some(settings) => Some(Arc::new(
+            crate::notify::sqlite::SqliteQueue::open(
+                &db_path,
+                settings.queue_max,
+                settings.claim_idle,
+            )
+            .with_context(|| format!("opening the notification queue in {}", db_path.display()))?,
+        )),
+        None => None,
     };
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
@@ -445,7 +465,7 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     };
     let registry = Arc::new(MemoryRegistry::new());
     let bus = Arc::new(MemoryBus::default());
-    let state = AppState::new(
+    let mut state = AppState::new(
         Arc::new(store),
         registry.clone(),
         bus.clone(),
@@ -456,6 +476,15 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     .with_metrics(metrics.clone())
     .with_demo(demo)
     .with_cors(cors);
+    let mut dispatcher = None;
+    if let (Some(settings), Some(queue)) = (notify, notify_queue) {
+        state = state.with_notify(crate::notify::Notifier::new(queue.clone(), &settings));
+        dispatcher = Some(
+            crate::notify::dispatch::Dispatcher::new(queue, registry.clone(), settings)
+                .context("building the notification webhook client")?
+                .spawn(),
+        );
+    }
     let deps = gateway::Deps {
         registry,
         bus,
@@ -463,7 +492,7 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         metrics: Some(metrics),
         limiter: shared::ratelimit::memory(),
     };
-    run_both(
+    let result = run_both(
         api_listener,
         state,
         gateway_listener,
@@ -471,7 +500,11 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         deps,
         shutdown_signal(),
     )
-    .await
+    .await;
+    if let Some(d) = dispatcher {
+        d.stop().await;
+    }
+    result
 }
 
 /// Runs the API and the gateway until `shutdown`, then stops both (each drains on its own).
@@ -505,6 +538,7 @@ pub async fn run_both(
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     use shared::routing::redis::{connect, LeaseOptions, RedisOptions, WorkerLease};
     let limits = args.api.limits()?;
+    let notify = args.api.notify.settings()?;
     limits.check_send_horizon(args.clock.max_clock_skew)?;
     args.clock.check()?;
     let cors = args.api.cors_origins()?;
@@ -591,9 +625,34 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let every = args.clock.clock_check_interval;
         tokio::spawn(async move { clock.run(every, || routing.server_time_us()).await })
     };
-    let state = AppState::new(
+    let registry: Arc<dyn shared::routing::RouteRegistry> = Arc::new(Metered::new(registry));
+    let mut dispatcher = None;
+    let mut notifier = None;
+    if let Some(settings) = notify {
+        // One consumer per boot: a restarted replica's old claims go to whoever claims first.
+        let consumer = format!("api-{worker_id}-{:08x}", rand::random::<u32>());
+        let queue = Arc::new(
+            crate::notify::redis::RedisQueue::new(
+                routing.client().clone(),
+                "q",
+                consumer,
+                settings.queue_max,
+                settings.claim_idle,
+                args.redis_timeout,
+            )
+            .await
+            .context("creating the notification queue in Redis")?,
+        );
+        notifier = Some(crate::notify::Notifier::new(queue.clone(), &settings));
+        dispatcher = Some(
+            crate::notify::dispatch::Dispatcher::new(queue, registry.clone(), settings)
+                .context("building the notification webhook client")?
+                .spawn(),
+        );
+    }
+    let mut state = AppState::new(
         store,
-        Arc::new(Metered::new(registry)),
+        registry,
         Arc::new(Metered::new(routing.bus.clone())),
         verifier,
         Arc::new(IdGenerator::with_clock(
@@ -631,7 +690,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = lost => {}
         }
     };
+    if let Some(notifier) = notifier {
+        state = state.with_notify(notifier);
+    }
     let result = crate::app::run(listener, state, shutdown).await;
+    if let Some(d) = dispatcher {
+        d.stop().await;
+    }
     sweeper.abort();
     clock_sync.abort();
     if let Some(lease) = lease {

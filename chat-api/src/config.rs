@@ -159,6 +159,9 @@ pub struct ApiArgs {
         default_value_t = 10_000
     )]
     pub rate_limited_held_max: usize,
+    /// The offline hook (push notifications through a webhook).
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 /// Bounds and deadlines the handlers apply. [`Limits::default`] matches the flag defaults.

@@ -10,6 +10,12 @@
 //! `resync` frame), or, when the routes cannot be read or the members are unknown, one whole-node
 //! notice per live node ([`Envelope::node_gap`]). A notice that cannot be appended either is kept
 //! and tried again; if Redis is down for the gateways too, they notice on their own and resync.
+//!
+//! With the offline hook on (`crate::notify`), an attempt also queues a push notification for
+//! each member without a live route, from the same route lookup, alongside the stream appends.
+//! Each attempt remembers which of the two succeeded, so a retry redoes only the other; a
+//! message whose notifications could not be queued by the end of the retry window is counted
+//! (`api_notify_enqueue_failures_total`) and logged.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, Weak};
@@ -21,8 +27,12 @@ use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, Routing
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use crate::notify::Notifier;
 use crate::store::MessageStore;
-use crate::telemetry::{FANOUT_RESYNC_NOTICES_TOTAL, FANOUT_RETRIES_TOTAL, FANOUT_RETRY_QUEUE};
+use crate::telemetry::{
+    FANOUT_RESYNC_NOTICES_TOTAL, FANOUT_RETRIES_TOTAL, FANOUT_RETRY_QUEUE,
+    NOTIFY_ENQUEUE_FAILURES_TOTAL,
+};
 
 /// Retries running at once per replica; the rest wait in the bounded queue.
 pub const RETRY_CONCURRENCY: usize = 16;
@@ -43,6 +53,8 @@ pub struct Backends {
     pub bus: Arc<dyn NodeBus>,
     /// Deadline of one fan-out attempt (`API_FANOUT_TIMEOUT`).
     pub attempt_timeout: Duration,
+    /// The offline hook, when `NOTIFY_WEBHOOK_URL` is set.
+    pub notify: Option<Notifier>,
 }
 
 /// Settings of the background retry.
@@ -67,7 +79,35 @@ struct Job {
     message: Message,
     /// The chat's members, when the failed attempt got as far as reading them.
     members: Option<Vec<String>>,
+    progress: Progress,
     give_up_at: Instant,
+}
+
+/// What the attempts of one fan-out have done so far, so that a retry redoes only the rest.
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    /// The message was appended to its online members' node streams.
+    delivered: bool,
+    /// Its offline members were queued for push notifications (or the hook is off).
+    notified: bool,
+}
+
+impl Progress {
+    fn new(backends: &Backends) -> Progress {
+        Progress {
+            delivered: false,
+            notified: backends.notify.is_none(),
+        }
+    }
+
+    /// Counts a message given up on before its offline members were queued.
+    fn give_up(&self, message: &Message) {
+        if !self.notified {
+            metrics::counter!(NOTIFY_ENQUEUE_FAILURES_TOTAL).increment(1);
+            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id,
+                "offline members of a stored message could not be queued for push notifications");
+        }
+    }
 }
 
 impl Fanout {
@@ -86,7 +126,14 @@ impl Fanout {
     pub async fn deliver(&self, message: &Message) {
         let started = std::time::Instant::now();
         let mut members = None;
-        let work = attempt(&self.backends, message, &mut members, "fanout::first");
+        let mut progress = Progress::new(&self.backends);
+        let work = attempt(
+            &self.backends,
+            message,
+            &mut members,
+            &mut progress,
+            "fanout::first",
+        );
         let error = match tokio::time::timeout(self.backends.attempt_timeout, work).await {
             Ok(Ok(report)) => {
                 metrics::histogram!(crate::telemetry::FANOUT_SECONDS)
@@ -111,6 +158,7 @@ impl Fanout {
         self.retry_later(Job {
             message: message.clone(),
             members,
+            progress,
             give_up_at: Instant::now() + self.settings.window,
         });
     }
@@ -118,6 +166,7 @@ impl Fanout {
     fn retry_later(&self, job: Job) {
         if self.settings.queue == 0 || self.settings.window.is_zero() {
             metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "shed").increment(1);
+            job.progress.give_up(&job.message);
             self.notify(job.members);
             return;
         }
@@ -142,6 +191,7 @@ impl Fanout {
                 };
                 tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
                     "fan-out retry queue full (API_FANOUT_RETRY_QUEUE); telling the members to catch up");
+                job.progress.give_up(&job.message);
                 self.notify(job.members);
             }
         }
@@ -154,11 +204,13 @@ impl Fanout {
 }
 
 /// One fan-out attempt: the members (read once and kept for the retries), then the routes and
-/// the stream appends. `failpoint` injects a failure in tests built with failpoints.
+/// the stream appends, and with the offline hook on, the queueing of the members without a
+/// route. `failpoint` injects a failure in tests built with failpoints.
 async fn attempt(
     backends: &Backends,
     message: &Message,
     members: &mut Option<Vec<String>>,
+    progress: &mut Progress,
     failpoint: &'static str,
 ) -> Result<FanOut, String> {
     if members.is_none() {
@@ -179,9 +231,78 @@ async fn attempt(
         message: message.clone(),
     };
     let users = members.as_deref().unwrap_or_default();
-    fan_out(&backends.registry, &backends.bus, users, &frame)
+    let notifier = match &backends.notify {
+        Some(n) if !progress.notified => n,
+        _ => {
+            let report = fan_out(&backends.registry, &backends.bus, users, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            progress.delivered = true;
+            return Ok(report);
+        }
+    };
+    // The hook needs the routes itself: one lookup serves the delivery and the queueing.
+    let groups = backends
+        .registry
+        .lookup(users)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    // The sender wrote the message: no notification for it.
+    let offline: Vec<String> = {
+        let online: HashSet<&str> = groups
+            .iter()
+            .flat_map(|(_, users)| users.iter().map(String::as_str))
+            .collect();
+        users
+            .iter()
+            .filter(|u| **u != message.sender_id && !online.contains(u.as_str()))
+            .cloned()
+            .collect()
+    };
+    let delivered = progress.delivered;
+    let deliver = async {
+        if delivered {
+            return Ok(FanOut::default());
+        }
+        publish(&backends.bus, groups, &frame).await
+    };
+    let (delivery, queued) = tokio::join!(deliver, notifier.enqueue(message, &offline));
+    progress.delivered |= delivery.is_ok();
+    progress.notified |= queued.is_ok();
+    queued.map_err(|e| e.to_string())?;
+    delivery.map_err(|e| e.to_string())
+}
+
+/// Appends `frame` once per node of `groups` (the second half of [`fan_out`], for an attempt
+/// that looked the routes up itself).
+async fn publish(
+    bus: &Arc<dyn NodeBus>,
+    groups: shared::routing::NodeGroups,
+    frame: &ServerFrame,
+) -> Result<FanOut, RoutingError> {
+    if groups.is_empty() {
+        return Ok(FanOut::default());
+    }
+    let payload = Envelope::new(Vec::new(), frame).frame;
+    let mut report = FanOut {
+        nodes: groups.len(),
+        recipients_online: 0,
+    };
+    let entries = groups
+        .into_iter()
+        .map(|(node, recipients)| {
+            report.recipients_online += recipients.len();
+            (
+                node,
+                Envelope {
+                    recipients,
+                    frame: payload.clone(),
+                },
+            )
+        })
+        .collect();
+    bus.publish(entries).await?;
+    Ok(report)
 }
 
 /// Takes failed fan-outs off the queue, at most [`RETRY_CONCURRENCY`] at a time, until the queue
@@ -195,7 +316,7 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
         let Some(job) = rx.recv().await else { return };
         let (backends, notices) = (backends.clone(), notices.clone());
         tokio::spawn(async move {
-            let delivered = retry(&backends, &job).await;
+            let (delivered, progress) = retry(&backends, &job).await;
             metrics::gauge!(FANOUT_RETRY_QUEUE).decrement(1.0);
             drop(permit);
             if delivered {
@@ -205,6 +326,7 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
                 return;
             }
             metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "abandoned").increment(1);
+            progress.give_up(&job.message);
             tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
                 "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
             if let Some(notices) = notices.upgrade() {
@@ -216,30 +338,37 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
 
 /// Retries one fan-out with jittered backoff until it succeeds (true) or its window ends.
 /// Each attempt is cut at the attempt timeout or the window's end, whichever comes first, so no
-/// work outlives the window.
-async fn retry(backends: &Backends, job: &Job) -> bool {
+/// work outlives the window. Returns what was done, too.
+async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
     let mut members = job.members.clone();
+    let mut progress = job.progress;
     let mut pause = RETRY_BACKOFF_MIN;
     loop {
         let left = job.give_up_at.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return (false, progress);
         }
         tokio::time::sleep(jitter(pause).min(left)).await;
         let left = job.give_up_at.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return (false, progress);
         }
-        let work = attempt(backends, &job.message, &mut members, "fanout::retry");
+        let work = attempt(
+            backends,
+            &job.message,
+            &mut members,
+            &mut progress,
+            "fanout::retry",
+        );
         if let Ok(Ok(_)) = tokio::time::timeout(backends.attempt_timeout.min(left), work).await {
-            return true;
+            return (true, progress);
         }
         pause = (pause * 2).min(RETRY_BACKOFF_MAX);
     }
 }
 
 /// Half to all of `d`, so that retries of a burst of failures do not line up.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..=1.0))
 }
 

@@ -40,6 +40,23 @@ pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+/// Offline hook (`crate::notify`): queue entries added (one per offline member and message).
+pub const NOTIFY_QUEUED_TOTAL: &str = "api_notify_queued_total";
+/// Notification batches the webhook accepted (2xx).
+pub const NOTIFY_SENT_TOTAL: &str = "api_notify_sent_total";
+/// Webhook attempts that failed and were retried.
+pub const NOTIFY_RETRIES_TOTAL: &str = "api_notify_retries_total";
+/// Batches moved to the dead letters after `NOTIFY_MAX_ATTEMPTS`.
+pub const NOTIFY_DEAD_LETTERED_TOTAL: &str = "api_notify_dead_lettered_total";
+/// Queue entries dropped, by `reason` (see [`NOTIFY_DROP_REASONS`]).
+pub const NOTIFY_DROPPED_TOTAL: &str = "api_notify_dropped_total";
+/// Every `reason` of [`NOTIFY_DROPPED_TOTAL`]: the queue held `NOTIFY_QUEUE_MAX` entries; the
+/// user had a live route again when the batch was due (they see the messages on their sockets).
+pub const NOTIFY_DROP_REASONS: &[&str] = &["queue_full", "came_online"];
+/// Stored messages whose offline members could not be queued within the fan-out retry window.
+pub const NOTIFY_ENQUEUE_FAILURES_TOTAL: &str = "api_notify_enqueue_failures_total";
+/// Queue entries this replica's dispatcher holds (claimed, waiting for their window or in flight).
+pub const NOTIFY_HELD: &str = "api_notify_held";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 
@@ -178,6 +195,38 @@ pub fn describe() {
         Unit::Seconds,
         "Redis time minus this host's clock at the last measurement (message ids follow Redis time)"
     );
+    describe_counter!(
+        NOTIFY_QUEUED_TOTAL,
+        "Push notification queue entries added (one per offline member and message)"
+    );
+    describe_counter!(
+        NOTIFY_SENT_TOTAL,
+        "Push notification batches the webhook accepted"
+    );
+    describe_counter!(
+        NOTIFY_RETRIES_TOTAL,
+        "Push notification webhook attempts that failed and were retried"
+    );
+    describe_counter!(
+        NOTIFY_DEAD_LETTERED_TOTAL,
+        "Push notification batches moved to the dead letters after NOTIFY_MAX_ATTEMPTS"
+    );
+    describe_counter!(
+        NOTIFY_DROPPED_TOTAL,
+        "Push notification queue entries dropped, by reason (queue_full, came_online)"
+    );
+    describe_counter!(
+        NOTIFY_ENQUEUE_FAILURES_TOTAL,
+        "Stored messages whose offline members could not be queued for push notifications"
+    );
+    describe_gauge!(
+        NOTIFY_HELD,
+        "Push notification queue entries held by this replica's dispatcher"
+    );
+    for reason in NOTIFY_DROP_REASONS {
+        metrics::counter!(NOTIFY_DROPPED_TOTAL, "reason" => *reason).increment(0);
+    }
+    metrics::gauge!(NOTIFY_HELD).increment(0.0);
     metrics::gauge!(DRAINING).increment(0.0);
     metrics::gauge!(CLOCK_OFFSET_SECONDS).increment(0.0);
     metrics::gauge!(FANOUT_RETRY_QUEUE).increment(0.0);
@@ -195,6 +244,11 @@ pub fn describe() {
         AUTH_FAILURES_TOTAL,
         INTERNAL_ERRORS_TOTAL,
         RATE_LIMITED_UNHELD_TOTAL,
+        NOTIFY_QUEUED_TOTAL,
+        NOTIFY_SENT_TOTAL,
+        NOTIFY_RETRIES_TOTAL,
+        NOTIFY_DEAD_LETTERED_TOTAL,
+        NOTIFY_ENQUEUE_FAILURES_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -243,6 +243,34 @@ fn zero_sizes_are_rejected_before_binding() {
     );
 }
 
+#[test]
+fn bad_notification_settings_are_rejected_before_binding() {
+    let url = ("NOTIFY_WEBHOOK_URL", "http://127.0.0.1:9/hook");
+    let secret = ("NOTIFY_WEBHOOK_SECRET", "0123456789abcdef");
+    assert_rejected("embedded", &[url], "NOTIFY_WEBHOOK_SECRET");
+    assert_rejected(
+        "embedded",
+        &[url, ("NOTIFY_WEBHOOK_SECRET", "short")],
+        "NOTIFY_WEBHOOK_SECRET",
+    );
+    // serve checks them before it connects to Redis (unreachable here).
+    assert_rejected(
+        "serve",
+        &[("NOTIFY_WEBHOOK_URL", "https://push.example/hook"), secret],
+        "NOTIFY_WEBHOOK_URL",
+    );
+    assert_rejected(
+        "serve",
+        &[url, secret, ("NOTIFY_MAX_ATTEMPTS", "0")],
+        "NOTIFY_MAX_ATTEMPTS",
+    );
+    assert_rejected(
+        "serve",
+        &[url, secret, ("NOTIFY_CLAIM_IDLE", "1s")],
+        "NOTIFY_CLAIM_IDLE",
+    );
+}
+
 /// The control: a valid configuration goes on to bind, and reports the held port under the
 /// setting's name, so the cases above would notice a bind.
 #[test]

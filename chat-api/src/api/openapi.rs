@@ -173,6 +173,37 @@ pub fn spec() -> Value {
                 "responses": common_errors(json!({"200": ok("presence", "PresenceList"),
                     "400": problem("missing or too many ids")}))}}
         },
+        "webhooks": {
+            "notification": {"post": {
+                "summary": "Messages a user missed while offline (NOTIFY_WEBHOOK_URL)",
+                "description": "Sent by chat-api to NOTIFY_WEBHOOK_URL, one request per user and \
+                    chat per batch (NOTIFY_BATCH_WINDOW). At least once: a retried or re-sent \
+                    batch of the same messages carries the same Idempotency-Key. Verify \
+                    X-Chat-Signature over the raw body first. Any non-2xx answer is retried with \
+                    backoff, up to NOTIFY_MAX_ATTEMPTS (docs/OPERATIONS.md).",
+                "security": [],
+                "parameters": [
+                    {"name": "X-Chat-Signature", "in": "header", "required": true,
+                        "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+                        "description": "hex HMAC-SHA256 of the body keyed with NOTIFY_WEBHOOK_SECRET"},
+                    {"name": "Idempotency-Key", "in": "header", "required": true,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        "description": "the same for every delivery of this user's batch of these messages"}
+                ],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["user_id", "chat_id", "message_ids", "count"],
+                    "properties": {
+                        "user_id": {"$ref": "#/components/schemas/UserId"},
+                        "chat_id": {"$ref": "#/components/schemas/Id"},
+                        "message_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Id"},
+                            "description": "ascending, no duplicates"},
+                        "count": {"type": "integer", "minimum": 1},
+                        "preview": {"type": "string",
+                            "description": "start of the newest message's body (NOTIFY_PREVIEW_CHARS); absent when previews are off"}}}}}},
+                "responses": {"2XX": {"description": "taken; the batch is not sent again"},
+                    "default": {"description": "retried later with the same Idempotency-Key"}}
+            }}
+        },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             "schemas": {
