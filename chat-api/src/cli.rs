@@ -340,7 +340,7 @@ pub fn install_metrics(
     tiers: &[fn()],
 ) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     let handle = shared::telemetry::install_prometheus()?;
-    crate::telemetry::describe();
+    crate::telemetry::describe(crate::error::PROBLEM_TYPES.iter().map(|(slug, _, _)| *slug));
     for describe in tiers {
         describe();
     }
@@ -420,7 +420,10 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         }
         gateway_settings.api_url = Some(format!("http://{api}"));
     }
-    let metrics = install_metrics(&[gateway::telemetry::describe])?;
+    let metrics = install_metrics(&[
+        gateway::telemetry::describe,
+        shared::routing::memory::describe,
+    ])?;
     if dev_key {
         eprintln!(
             "chat is up: demo page and API http://{} , WebSocket ws://{}/ws\n\

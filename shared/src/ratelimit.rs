@@ -152,7 +152,8 @@ pub async fn check_fail_open(
     match limiter.check(bucket, key, quota).await {
         Ok(d) => d,
         Err(e) => {
-            metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket).increment(1);
+            metrics::counter!(crate::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL, "bucket" => bucket)
+                .increment(1);
             tracing::warn!(error = %e, bucket, "rate limit not checked (failing open)");
             Decision::Allowed
         }

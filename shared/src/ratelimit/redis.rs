@@ -116,7 +116,7 @@ impl RateLimiter for RedisLimiter {
             Err(e) => {
                 let until = self.local.now_us() + REDIS_RETRY_INTERVAL.as_micros() as u64;
                 self.degraded_until_us.store(until, Ordering::Relaxed);
-                metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket.to_owned())
+                metrics::counter!(crate::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL, "bucket" => bucket.to_owned())
                     .increment(1);
                 tracing::warn!(error = %e, bucket, "rate limits fall back to this process for a while");
                 Ok(self.local.check_now(bucket, key, quota))
