@@ -9,9 +9,11 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use shared::auth::{token_from_request, AuthError, Identity};
 use shared::ratelimit::{check_fail_open, Decision};
+use shared::telemetry::bucket;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::telemetry::{limit, AUTH_FAILURES_TOTAL};
 
 /// Any authenticated caller, user or service.
 #[derive(Clone, Debug)]
@@ -38,10 +40,10 @@ async fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
     let identity = verify_token(parts, state)?;
     if let Some(quota) = &state.limits.rate_requests {
         if let Decision::Limited { retry_after } =
-            check_fail_open(&*state.limiter, "req", &identity.subject, quota).await
+            check_fail_open(&*state.limiter, bucket::REQUESTS, &identity.subject, quota).await
         {
             return Err(state
-                .rate_limited("user_requests", "requests", retry_after)
+                .rate_limited(limit::USER_REQUESTS, "requests", retry_after)
                 .await);
         }
     }
@@ -63,7 +65,7 @@ fn verify_token(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
         })
     })?;
     state.verifier.verify(&token).map_err(|e| {
-        metrics::counter!("api_auth_failures_total", "reason" => e.reason()).increment(1);
+        metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => e.reason()).increment(1);
         ApiError::Unauthorized(e.to_string())
     })
 }

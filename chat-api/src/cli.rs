@@ -345,7 +345,7 @@ pub fn install_metrics(
     tiers: &[fn()],
 ) -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
     let handle = shared::telemetry::install_prometheus()?;
-    crate::telemetry::describe();
+    crate::telemetry::describe(crate::error::PROBLEM_TYPES.iter().map(|(slug, _, _)| *slug));
     for describe in tiers {
         describe();
     }
@@ -440,7 +440,10 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         }
         gateway_settings.api_url = Some(format!("http://{api}"));
     }
-    let metrics = install_metrics(&[gateway::telemetry::describe])?;
+    let metrics = install_metrics(&[
+        gateway::telemetry::describe,
+        shared::routing::memory::describe,
+    ])?;
     if dev_key {
         eprintln!(
             "chat is up: demo page and API http://{} , WebSocket ws://{}/ws\n\
@@ -708,7 +711,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// `chat-api migrate`: applies the pending `schema/` files to ScyllaDB.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    use crate::migrate::Replication;
+    use crate::store::scylla::migrate::Replication;
     let config =
         crate::store::scylla::ScyllaConfig::from_url(&args.store_url).context("STORE_URL")?;
     let replication =
@@ -718,11 +721,16 @@ pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         .build()
         .await
         .context("connecting to ScyllaDB (STORE_URL)")?;
-    let report = crate::migrate::migrate(&session, &config.keyspace, &replication).await?;
+    let report =
+        crate::store::scylla::migrate::migrate(&session, &config.keyspace, &replication).await?;
     // A keyspace that existed before (created by hand, or by an older build on a server that
     // defaults to tablets) is checked as `serve` will check it.
-    let layout = crate::migrate::keyspace_layout(&session, &config.keyspace).await?;
-    crate::migrate::check_layout(&config.keyspace, &layout, config.local_dc.as_deref())?;
+    let layout = crate::store::scylla::migrate::keyspace_layout(&session, &config.keyspace).await?;
+    crate::store::scylla::migrate::check_layout(
+        &config.keyspace,
+        &layout,
+        config.local_dc.as_deref(),
+    )?;
     println!("{report:?}");
     Ok(())
 }

@@ -215,7 +215,7 @@ pub async fn serve(
         let due = match check {
             Check::Until(due) => due,
             Check::SlowHead => {
-                metrics::counter!(crate::telemetry::CONNECTIONS_CUT_TOTAL, "reason" => "header_read_timeout")
+                metrics::counter!(crate::telemetry::CONNECTIONS_CUT_TOTAL, "reason" => crate::telemetry::cut_reason::HEADER_READ_TIMEOUT)
                     .increment(1);
                 return;
             }

@@ -167,7 +167,7 @@ impl IntoResponse for ApiError {
             match &self {
                 ApiError::Internal(_) => {
                     tracing::error!(error = %self, "request failed");
-                    metrics::counter!("api_internal_errors_total").increment(1);
+                    metrics::counter!(crate::telemetry::INTERNAL_ERRORS_TOTAL).increment(1);
                     "an internal error occurred; it has been logged".to_string()
                 }
                 ApiError::Unavailable { what, .. } => {

@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use crate::notify::Notifier;
 use crate::store::MessageStore;
 use crate::telemetry::{
-    FANOUT_RESYNC_NOTICES_TOTAL, FANOUT_RETRIES_TOTAL, FANOUT_RETRY_QUEUE,
-    NOTIFY_ENQUEUE_FAILURES_TOTAL,
+    fanout_error, notice_scope, retry_outcome, FANOUT_RESYNC_NOTICES_TOTAL, FANOUT_RETRIES_TOTAL,
+    FANOUT_RETRY_QUEUE, NOTIFY_ENQUEUE_FAILURES_TOTAL,
 };
 
 /// Retries running at once per replica; the rest wait in the bounded queue.
@@ -143,12 +143,12 @@ impl Fanout {
                 return;
             }
             Ok(Err(error)) => {
-                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => "backend")
+                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => fanout_error::BACKEND)
                     .increment(1);
                 error
             }
             Err(_) => {
-                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => "timeout")
+                metrics::counter!(crate::telemetry::FANOUT_ERRORS_TOTAL, "reason" => fanout_error::TIMEOUT)
                     .increment(1);
                 "timed out".to_string()
             }
@@ -165,7 +165,7 @@ impl Fanout {
 
     fn retry_later(&self, job: Job) {
         if self.settings.queue == 0 || self.settings.window.is_zero() {
-            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "shed").increment(1);
+            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::SHED).increment(1);
             job.progress.give_up(&job.message);
             self.notify(job.members);
             return;
@@ -184,7 +184,8 @@ impl Fanout {
                 metrics::gauge!(FANOUT_RETRY_QUEUE).increment(1.0);
             }
             Err(e) => {
-                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "shed").increment(1);
+                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::SHED)
+                    .increment(1);
                 let job = match e {
                     mpsc::error::TrySendError::Full(job)
                     | mpsc::error::TrySendError::Closed(job) => job,
@@ -320,12 +321,14 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
             metrics::gauge!(FANOUT_RETRY_QUEUE).decrement(1.0);
             drop(permit);
             if delivered {
-                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "delivered").increment(1);
+                metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::DELIVERED)
+                    .increment(1);
                 tracing::info!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
                     "real-time fan-out delivered on retry");
                 return;
             }
-            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "abandoned").increment(1);
+            metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::ABANDONED)
+                .increment(1);
             progress.give_up(&job.message);
             tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
                 "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
@@ -463,7 +466,8 @@ async fn send_notices(backends: &Backends, pending: &Pending) -> Result<(), Rout
                     .collect();
                 let n = entries.len() as u64;
                 backends.bus.publish(entries).await?;
-                metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => "members").increment(n);
+                metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => notice_scope::MEMBERS)
+                    .increment(n);
                 return Ok(());
             }
             Err(e) => {
@@ -482,7 +486,7 @@ async fn send_notices(backends: &Backends, pending: &Pending) -> Result<(), Rout
                 .collect(),
         )
         .await?;
-    metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => "node").increment(n);
+    metrics::counter!(FANOUT_RESYNC_NOTICES_TOTAL, "scope" => notice_scope::NODE).increment(n);
     Ok(())
 }
 

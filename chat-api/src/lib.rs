@@ -11,7 +11,6 @@ pub mod conn;
 pub mod error;
 pub mod extract;
 pub mod fanout;
-pub mod migrate;
 pub mod notify;
 pub mod store;
 pub mod telemetry;

@@ -287,7 +287,7 @@ impl Notifier {
         let pushed = self.queue.push(entries).await?;
         metrics::counter!(NOTIFY_QUEUED_TOTAL).increment(pushed.queued as u64);
         if pushed.full > 0 {
-            metrics::counter!(NOTIFY_DROPPED_TOTAL, "reason" => "queue_full")
+            metrics::counter!(NOTIFY_DROPPED_TOTAL, "reason" => crate::telemetry::notify_drop::QUEUE_FULL)
                 .increment(pushed.full as u64);
             tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id,
                 dropped = pushed.full,

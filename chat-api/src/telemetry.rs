@@ -2,6 +2,7 @@
 //! (and alerts can be written against it) before the first event. Labels are low cardinality only
 //! (method, route template, status, op, reason, limit), never user or chat ids.
 //! `docs/OPERATIONS.md` lists these names; a test scrapes a running API and checks both agree.
+//! Names and label values are spelled out here only (`chat-api/tests/metric_names.rs`).
 
 /// Requests by `method` (see [`method_label`]), `route` (the template, e.g.
 /// `/v1/chats/{chat_id}`, or [`UNMATCHED_ROUTE`]) and `status`.
@@ -21,13 +22,18 @@ pub const RATE_LIMITED_UNHELD_TOTAL: &str = "api_rate_limited_unheld_total";
 pub const DRAINING: &str = "api_draining";
 /// Connections cut by the server, by `reason` (see [`CONNECTION_CUT_REASONS`]).
 pub const CONNECTIONS_CUT_TOTAL: &str = "api_connections_cut_total";
-/// Every `reason` of [`CONNECTIONS_CUT_TOTAL`]: a request head slower than
-/// `API_HEADER_READ_TIMEOUT`.
-pub const CONNECTION_CUT_REASONS: &[&str] = &["header_read_timeout"];
+/// The `reason` of [`CONNECTIONS_CUT_TOTAL`].
+pub mod cut_reason {
+    /// A request head slower than `API_HEADER_READ_TIMEOUT`.
+    pub const HEADER_READ_TIMEOUT: &str = "header_read_timeout";
+}
+/// Every `reason` of [`CONNECTIONS_CUT_TOTAL`].
+pub const CONNECTION_CUT_REASONS: &[&str] = &[cut_reason::HEADER_READ_TIMEOUT];
 pub const MESSAGES_CREATED_TOTAL: &str = "api_messages_created_total";
 pub const IDEMPOTENT_REPLAYS_TOTAL: &str = "api_idempotent_replays_total";
 pub const FANOUT_SECONDS: &str = "api_fanout_duration_seconds";
 pub const FANOUT_RECIPIENTS_ONLINE_TOTAL: &str = "api_fanout_recipients_online_total";
+/// Fan-outs that failed, by `reason` (see [`FANOUT_ERROR_REASONS`]).
 pub const FANOUT_ERRORS_TOTAL: &str = "api_fanout_errors_total";
 /// Fan-outs that failed after their 201, by `outcome` of the background retry (see
 /// [`FANOUT_RETRY_OUTCOMES`]).
@@ -50,15 +56,26 @@ pub const NOTIFY_RETRIES_TOTAL: &str = "api_notify_retries_total";
 pub const NOTIFY_DEAD_LETTERED_TOTAL: &str = "api_notify_dead_lettered_total";
 /// Queue entries dropped, by `reason` (see [`NOTIFY_DROP_REASONS`]).
 pub const NOTIFY_DROPPED_TOTAL: &str = "api_notify_dropped_total";
-/// Every `reason` of [`NOTIFY_DROPPED_TOTAL`]: the queue held `NOTIFY_QUEUE_MAX` entries; the
-/// user had a live route again when the batch was due (they see the messages on their sockets).
-pub const NOTIFY_DROP_REASONS: &[&str] = &["queue_full", "came_online"];
+/// The `reason` of [`NOTIFY_DROPPED_TOTAL`].
+pub mod notify_drop {
+    /// The queue held `NOTIFY_QUEUE_MAX` entries.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// The user had a live route again when the batch was due (they see the messages on their
+    /// sockets).
+    pub const CAME_ONLINE: &str = "came_online";
+}
+/// Every `reason` of [`NOTIFY_DROPPED_TOTAL`].
+pub const NOTIFY_DROP_REASONS: &[&str] = &[notify_drop::QUEUE_FULL, notify_drop::CAME_ONLINE];
 /// Stored messages whose offline members could not be queued within the fan-out retry window.
 pub const NOTIFY_ENQUEUE_FAILURES_TOTAL: &str = "api_notify_enqueue_failures_total";
 /// Queue entries this replica's dispatcher holds (claimed, waiting for their window or in flight).
 pub const NOTIFY_HELD: &str = "api_notify_held";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
+pub const TYPING_NOTICES_TOTAL: &str = "api_typing_notices_total";
+pub const TYPING_RATE_LIMITED_TOTAL: &str = "api_typing_rate_limited_total";
+/// Inserts committed per SQLite transaction (group commit; SQLite store only).
+pub const SQLITE_GROUP_COMMIT_SIZE: &str = "api_sqlite_group_commit_size";
 
 /// Every `method` of the HTTP metrics: the standard methods; any other (a client may send any
 /// token as a method) is counted as [`OTHER_METHOD`], so the label set stays closed.
@@ -79,28 +96,77 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
         .unwrap_or(OTHER_METHOD)
 }
 
-/// Every `outcome` of [`FANOUT_RETRIES_TOTAL`]: delivered by a retry; abandoned at the end of
-/// `API_FANOUT_RETRY_WINDOW`; shed (the retry queue was full, or retries are off). The last two
-/// become `resync` notices.
-pub const FANOUT_RETRY_OUTCOMES: &[&str] = &["delivered", "abandoned", "shed"];
-/// Every `scope` of [`FANOUT_RESYNC_NOTICES_TOTAL`]: an entry naming the members on one node, or
-/// a whole-node notice (members or routes unknown).
-pub const FANOUT_NOTICE_SCOPES: &[&str] = &["members", "node"];
+/// The `reason` of [`FANOUT_ERRORS_TOTAL`].
+pub mod fanout_error {
+    /// The route registry or the node bus failed.
+    pub const BACKEND: &str = "backend";
+    /// The fan-out ran out of time.
+    pub const TIMEOUT: &str = "timeout";
+}
+/// Every `reason` of [`FANOUT_ERRORS_TOTAL`].
+pub const FANOUT_ERROR_REASONS: &[&str] = &[fanout_error::BACKEND, fanout_error::TIMEOUT];
 
-/// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
-pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
-/// Every `op` of the store metrics: the [`crate::store::MessageStore`] methods.
+/// The `outcome` of [`FANOUT_RETRIES_TOTAL`]. The last two become `resync` notices.
+pub mod retry_outcome {
+    /// Delivered by a retry.
+    pub const DELIVERED: &str = "delivered";
+    /// Still failing at the end of `API_FANOUT_RETRY_WINDOW`.
+    pub const ABANDONED: &str = "abandoned";
+    /// The retry queue was full, or retries are off.
+    pub const SHED: &str = "shed";
+}
+/// Every `outcome` of [`FANOUT_RETRIES_TOTAL`].
+pub const FANOUT_RETRY_OUTCOMES: &[&str] = &[
+    retry_outcome::DELIVERED,
+    retry_outcome::ABANDONED,
+    retry_outcome::SHED,
+];
+
+/// The `scope` of [`FANOUT_RESYNC_NOTICES_TOTAL`].
+pub mod notice_scope {
+    /// An entry naming the members on one node.
+    pub const MEMBERS: &str = "members";
+    /// A whole-node notice (members or routes unknown).
+    pub const NODE: &str = "node";
+}
+/// Every `scope` of [`FANOUT_RESYNC_NOTICES_TOTAL`].
+pub const FANOUT_NOTICE_SCOPES: &[&str] = &[notice_scope::MEMBERS, notice_scope::NODE];
+
+/// The `limit` of [`RATE_LIMITED_TOTAL`] (SPEC §6).
+pub mod limit {
+    /// Messages per user.
+    pub const USER_MESSAGES: &str = "user_messages";
+    /// Requests per user.
+    pub const USER_REQUESTS: &str = "user_requests";
+}
+/// Every `limit` of [`RATE_LIMITED_TOTAL`].
+pub const RATE_LIMITS: &[&str] = &[limit::USER_MESSAGES, limit::USER_REQUESTS];
+
+/// The `op` of the store metrics: the [`crate::store::MessageStore`] methods.
+pub mod store_op {
+    pub const CREATE_CHAT: &str = "create_chat";
+    pub const GET_CHAT: &str = "get_chat";
+    pub const USER_CHATS: &str = "user_chats";
+    pub const ADD_MEMBERS: &str = "add_members";
+    pub const REMOVE_MEMBER: &str = "remove_member";
+    pub const IS_MEMBER: &str = "is_member";
+    pub const MEMBERS: &str = "members";
+    pub const INSERT_MESSAGE: &str = "insert_message";
+    pub const HISTORY: &str = "history";
+    pub const PING: &str = "ping";
+}
+/// Every `op` of the store metrics.
 pub const STORE_OPS: &[&str] = &[
-    "create_chat",
-    "get_chat",
-    "user_chats",
-    "add_members",
-    "remove_member",
-    "is_member",
-    "members",
-    "insert_message",
-    "history",
-    "ping",
+    store_op::CREATE_CHAT,
+    store_op::GET_CHAT,
+    store_op::USER_CHATS,
+    store_op::ADD_MEMBERS,
+    store_op::REMOVE_MEMBER,
+    store_op::IS_MEMBER,
+    store_op::MEMBERS,
+    store_op::INSERT_MESSAGE,
+    store_op::HISTORY,
+    store_op::PING,
 ];
 
 /// Counts one request refused by the rate limit `limit`. The 429 itself is counted in
@@ -110,8 +176,9 @@ pub fn rate_limited(limit: &'static str) {
 }
 
 /// Describes every chat-api metric and registers the unlabelled ones (and every known label
-/// value) at zero. Idempotent; call once the recorder is installed.
-pub fn describe() {
+/// value, `problem_types` the `reason`s of [`REJECTED_TOTAL`]) at zero. Idempotent; call once the
+/// recorder is installed.
+pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
@@ -190,6 +257,15 @@ pub fn describe() {
         INTERNAL_ERRORS_TOTAL,
         "Requests that failed with a 500 (logged at ERROR)"
     );
+    describe_counter!(TYPING_NOTICES_TOTAL, "Typing notices fanned out to members");
+    describe_counter!(
+        TYPING_RATE_LIMITED_TOTAL,
+        "Typing notices refused by the per-user limit (429)"
+    );
+    describe_histogram!(
+        SQLITE_GROUP_COMMIT_SIZE,
+        "Inserts committed per SQLite transaction (group commit)"
+    );
     describe_gauge!(
         CLOCK_OFFSET_SECONDS,
         Unit::Seconds,
@@ -252,11 +328,11 @@ pub fn describe() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in ["backend", "timeout"] {
-        metrics::counter!(FANOUT_ERRORS_TOTAL, "reason" => reason).increment(0);
+    for reason in FANOUT_ERROR_REASONS {
+        metrics::counter!(FANOUT_ERRORS_TOTAL, "reason" => *reason).increment(0);
     }
-    for (slug, _, _) in crate::error::PROBLEM_TYPES {
-        metrics::counter!(REJECTED_TOTAL, "reason" => *slug).increment(0);
+    for slug in problem_types {
+        metrics::counter!(REJECTED_TOTAL, "reason" => slug).increment(0);
     }
     for limit in RATE_LIMITS {
         metrics::counter!(RATE_LIMITED_TOTAL, "limit" => *limit).increment(0);
@@ -265,9 +341,13 @@ pub fn describe() {
         metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op).increment(0);
     }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
-    metrics::counter!("api_typing_notices_total").increment(0);
-    metrics::counter!("api_typing_rate_limited_total").increment(0);
-    for bucket in ["req", "msg"] {
-        metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket).increment(0);
+    metrics::counter!(TYPING_NOTICES_TOTAL).increment(0);
+    metrics::counter!(TYPING_RATE_LIMITED_TOTAL).increment(0);
+    for bucket in [
+        shared::telemetry::bucket::REQUESTS,
+        shared::telemetry::bucket::MESSAGES,
+    ] {
+        metrics::counter!(shared::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL, "bucket" => bucket)
+            .increment(0);
     }
 }

@@ -124,13 +124,12 @@ impl Scrape {
         self.types.keys().cloned().collect()
     }
 
-    /// Every value finite and non-negative; each histogram's buckets cumulative and ending in
-    /// a `+Inf` bucket equal to its count.
+    /// Every value finite and non-negative (but for a clock offset, which has a sign); each
+    /// histogram's buckets cumulative and ending in a `+Inf` bucket equal to its count.
     fn check_sane(&self, service: &str) {
         for (name, samples) in &self.samples {
+            let signed = name == chat_api::telemetry::CLOCK_OFFSET_SECONDS;
             for s in samples {
-                // A clock offset is signed: this replica may be behind Redis time.
-                let signed = name == "api_clock_offset_seconds";
                 assert!(
                     s.value.is_finite() && (signed || s.value >= 0.0),
                     "{service}: {name}{:?} = {}",
@@ -306,6 +305,17 @@ async fn run() {
             "gateway" => vec![("gateway", &gw, &gw_text)],
             "chat-api" => vec![("chat-api", &ap, &ap_text)],
             "both" => vec![("gateway", &gw, &gw_text), ("chat-api", &ap, &ap_text)],
+            // Only `chat-api embedded` exports these; neither distributed service may.
+            "embedded" => {
+                for (service, scrape) in [("gateway", &gw), ("chat-api", &ap)] {
+                    assert!(
+                        !scrape.types.contains_key(&d.name),
+                        "{service} exports {}, documented as embedded only",
+                        d.name
+                    );
+                }
+                vec![]
+            }
             other => panic!("{}: unknown service {other:?} in OPERATIONS.md", d.name),
         };
         for (service, scrape, text) in targets {

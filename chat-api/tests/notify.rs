@@ -183,8 +183,14 @@ impl Embedded {
     async fn start(dir: &Path, env: &[(&'static str, String)]) -> Embedded {
         let http = reqwest::Client::new();
         for attempt in 0..3 {
-            let (api_port, gw_port) = (free_port(), free_port());
-            let log = dir.join(format!("embedded-{}-{attempt}.log", free_port()));
+            let (api_port, gw_port) = (
+                free_port().expect("a free port"),
+                free_port().expect("a free port"),
+            );
+            let log = dir.join(format!(
+                "embedded-{}-{attempt}.log",
+                free_port().expect("a free port")
+            ));
             let file = std::fs::File::create(&log).unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-api"));
             cmd.arg("embedded")

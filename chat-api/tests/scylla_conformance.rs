@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_api::migrate::{self, Replication};
+use chat_api::store::scylla::migrate::{self, Replication};
 use chat_api::store::scylla::{ScyllaConfig, ScyllaStore};
 use chat_api::store::MessageStore;
 

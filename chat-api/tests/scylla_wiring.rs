@@ -10,7 +10,7 @@ mod scylla_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_api::migrate::{self, MigrateError, Replication, REQUIRED_SCHEMA_VERSION};
+use chat_api::store::scylla::migrate::{self, MigrateError, Replication, REQUIRED_SCHEMA_VERSION};
 use chat_api::store::scylla::rows::{self, ChatRow, MemberRow, MessageRow, UserChatRow};
 use chat_api::store::scylla::{
     cql, membership_batch, membership_values, ScyllaConfig, ScyllaStore,

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shared::protocol::{decode_client, encode_client, Encoding, ErrorCode};
+use chat_protocol::protocol::{decode_client, encode_client, Encoding, ErrorCode};
 
 fuzz_target!(|data: &[u8]| {
     match decode_client(Encoding::Msgpack, data) {

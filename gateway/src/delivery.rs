@@ -48,7 +48,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         crate::resync::request(&node, "node stream lost deliveries before they were read");
                     }
                     if !batch.is_empty() {
-                        metrics::histogram!("gateway_stream_batch_size").record(batch.len() as f64);
+                        metrics::histogram!(crate::telemetry::STREAM_BATCH_SIZE).record(batch.len() as f64);
                         if let Some(age) = sub.oldest_age() {
                             metrics::histogram!(crate::telemetry::STREAM_LAG_SECONDS).record(age.as_secs_f64());
                         }
@@ -64,7 +64,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "node bus read failed; retrying");
-                    metrics::counter!("gateway_stream_errors_total").increment(1);
+                    metrics::counter!(crate::telemetry::STREAM_ERRORS_TOTAL).increment(1);
                     failed = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -103,9 +103,9 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
             }
         });
     }
-    metrics::counter!("gateway_deliveries_total").increment(queued as u64);
+    metrics::counter!(crate::telemetry::DELIVERIES_TOTAL).increment(queued as u64);
     if dropped > 0 {
-        metrics::counter!("gateway_send_queue_drops_total").increment(dropped);
+        metrics::counter!(crate::telemetry::SEND_QUEUE_DROPS_TOTAL).increment(dropped);
     }
     queued
 }

@@ -70,7 +70,7 @@ pub async fn serve(
     let deadline = Instant::now() + node.settings.drain_deadline;
     tracing::info!(sockets = node.hub.socket_count(), "draining");
     node.draining.store(true, Ordering::Release);
-    metrics::gauge!("gateway_draining").set(1.0);
+    metrics::gauge!(telemetry::DRAINING).set(1.0);
     let _ = accept_stop_tx.send(true);
     let _ = accept.await;
 

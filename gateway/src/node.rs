@@ -210,7 +210,7 @@ pub async fn route_sync_task(node: Arc<Node>, stop: watch::Receiver<bool>) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, users = batch.len(), "route registration failed; retrying");
-                metrics::counter!("gateway_route_sync_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::ROUTE_SYNC_ERRORS_TOTAL).increment(1);
                 node.routes.dirty.lock().extend(batch);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -246,7 +246,7 @@ pub async fn liveness_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     // after it comes behind a resync.
                     node.begin_gap();
                 }
-                metrics::counter!("gateway_heartbeat_errors_total").increment(1);
+                metrics::counter!(crate::telemetry::HEARTBEAT_ERRORS_TOTAL).increment(1);
             }
         }
         tokio::select! {

@@ -63,7 +63,7 @@ async fn send(node: &Arc<Node>, reason: &'static str) {
         reason,
         "asking clients to catch up (resync)"
     );
-    metrics::counter!("gateway_resyncs_total").increment(1);
+    metrics::counter!(crate::telemetry::RESYNCS_TOTAL).increment(1);
     let epoch = node.resync_epoch.load(Ordering::Acquire);
     let window = node.settings.drain_window;
     let limits = node.queue_limits();

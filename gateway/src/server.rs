@@ -20,10 +20,12 @@ use tokio::sync::watch;
 use shared::auth::{query_param, token_from_request, AuthError};
 use shared::protocol::Encoding;
 use shared::ratelimit::{check_fail_open, retry_after_held, retry_after_secs, Decision};
+use shared::telemetry::bucket;
 
 use crate::handshakes::ip_key;
 use crate::node::Node;
 use crate::socket;
+use crate::telemetry::{self, reason};
 
 type Body = Full<Bytes>;
 
@@ -41,7 +43,7 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, mut stop: watch
                 Err(e) => {
                     // Out of descriptors or similar: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    metrics::counter!("gateway_accept_errors_total").increment(1);
+                    metrics::counter!(telemetry::ACCEPT_ERRORS_TOTAL).increment(1);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -77,7 +79,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
         match node.handshakes_per_ip.try_acquire(peer.ip()) {
             Some(slot) => Some(slot),
             None => {
-                crate::telemetry::rejected("ip_handshakes_full");
+                telemetry::rejected(reason::IP_HANDSHAKES_FULL);
                 let _ = stream.try_write(BUSY_PER_IP_RESPONSE);
                 return;
             }
@@ -86,7 +88,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     // The permit lives until the handshake ends (the upgrade hands the socket off, or the
     // connection closes), so slow or idle HTTP clients cannot pile up without bound.
     let Ok(_permit) = node.handshakes.clone().try_acquire_owned() else {
-        crate::telemetry::rejected("handshakes_full");
+        telemetry::rejected(reason::HANDSHAKES_FULL);
         let _ = stream.try_write(BUSY_RESPONSE);
         return;
     };
@@ -128,7 +130,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     // Bounds slow or idle HTTP clients; an upgraded socket leaves this future as soon as the 101
     // response is written.
     if tokio::time::timeout(timeout, conn).await.is_err() {
-        metrics::counter!("gateway_rejected_total", "reason" => "handshake_timeout").increment(1);
+        telemetry::rejected(reason::HANDSHAKE_TIMEOUT);
     }
 }
 
@@ -137,7 +139,7 @@ fn too_many_handshakes_from(client: IpAddr) -> Response<Body> {
     tracing::debug!(%client, "too many handshakes in progress from this client");
     let mut r = reject(
         StatusCode::TOO_MANY_REQUESTS,
-        "ip_handshakes_full",
+        reason::IP_HANDSHAKES_FULL,
         "too many handshakes in progress from this address\n",
     );
     r.headers_mut()
@@ -149,17 +151,22 @@ fn too_many_handshakes_from(client: IpAddr) -> Response<Body> {
 /// the attempt for up to its retry-after (`shared::ratelimit::retry_after_held`).
 async fn connect_rate(node: &Node, client: IpAddr) -> Option<Response<Body>> {
     let quota = node.settings.connect_rate_per_ip.as_ref()?;
-    let Decision::Limited { retry_after } =
-        check_fail_open(&*node.deps.limiter, "conn", &ip_key(client), quota).await
+    let Decision::Limited { retry_after } = check_fail_open(
+        &*node.deps.limiter,
+        bucket::CONNECTIONS,
+        &ip_key(client),
+        quota,
+    )
+    .await
     else {
         return None;
     };
-    crate::telemetry::rate_limited("ip_connections");
+    telemetry::rate_limited(telemetry::limit::IP_CONNECTIONS);
     let retry_after = retry_after_held(
         &node.held_refusals,
         retry_after,
         node.settings.connect_rate_limited_hold,
-        crate::telemetry::RATE_LIMITED_UNHELD_TOTAL,
+        telemetry::RATE_LIMITED_UNHELD_TOTAL,
     )
     .await;
     let mut r = text(
@@ -215,7 +222,7 @@ fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<B
 }
 
 fn reject(status: StatusCode, reason: &'static str, body: &'static str) -> Response<Body> {
-    crate::telemetry::rejected(reason);
+    telemetry::rejected(reason);
     let mut r = text(status, body);
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -231,14 +238,14 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
     if node.draining.load(Ordering::Acquire) {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
+            reason::DRAINING,
             "node is draining; connect to another node\n",
         );
     }
     if node.hub.socket_count() >= node.settings.max_connections {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
-            "max_connections",
+            reason::MAX_CONNECTIONS,
             "node is full\n",
         );
     }
@@ -250,7 +257,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
             None => {
                 return reject(
                     StatusCode::BAD_REQUEST,
-                    "bad_encoding",
+                    reason::BAD_ENCODING,
                     "encoding must be json or msgpack\n",
                 )
             }
@@ -265,7 +272,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
         None => {
             return reject(
                 StatusCode::UNAUTHORIZED,
-                "auth",
+                reason::AUTH,
                 "missing token: use Authorization: Bearer or access_token\n",
             )
         }
@@ -273,25 +280,25 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
             Ok(id) if id.is_service() => {
                 return reject(
                     StatusCode::FORBIDDEN,
-                    "auth",
+                    reason::AUTH,
                     "service tokens cannot open sockets\n",
                 )
             }
             Ok(id) => id,
             Err(AuthError::Expired) => {
-                return reject(StatusCode::UNAUTHORIZED, "auth", "token expired\n")
+                return reject(StatusCode::UNAUTHORIZED, reason::AUTH, "token expired\n")
             }
             Err(e) => {
-                metrics::counter!("gateway_auth_failures_total", "reason" => e.reason())
+                metrics::counter!(telemetry::AUTH_FAILURES_TOTAL, "reason" => e.reason())
                     .increment(1);
-                return reject(StatusCode::UNAUTHORIZED, "auth", "invalid token\n");
+                return reject(StatusCode::UNAUTHORIZED, reason::AUTH, "invalid token\n");
             }
         },
     };
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return reject(
             StatusCode::UPGRADE_REQUIRED,
-            "not_upgrade",
+            reason::NOT_UPGRADE,
             "this endpoint needs a WebSocket upgrade\n",
         );
     }
@@ -300,7 +307,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
         Err(_) => {
             return reject(
                 StatusCode::BAD_REQUEST,
-                "bad_handshake",
+                reason::BAD_HANDSHAKE,
                 "invalid WebSocket handshake\n",
             )
         }
@@ -324,7 +331,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
             .downcast::<TokioIo<TcpStream>>()
         {
             Ok(parts) => {
-                metrics::histogram!("gateway_handshake_seconds")
+                metrics::histogram!(telemetry::HANDSHAKE_SECONDS)
                     .record(started.elapsed().as_secs_f64());
                 let hyper::upgrade::Parts { io, read_buf, .. } = parts;
                 // `read_buf` is a view of hyper's whole HTTP read buffer (8 KiB, usually with

@@ -24,6 +24,7 @@ use shared::Id;
 
 use crate::hub::{Enqueue, SocketHandle};
 use crate::node::Node;
+use crate::telemetry;
 use crate::typing::TypingGate;
 use crate::wsio::{self, BurstReader};
 
@@ -77,14 +78,13 @@ pub async fn run(
             }
         }
         Err(_) => {
-            metrics::counter!("gateway_rejected_total", "reason" => "too_many_sockets")
-                .increment(1);
+            telemetry::rejected(telemetry::reason::TOO_MANY_SOCKETS);
             close_now(&stream, None, CloseCode::TooManySockets).await;
             return;
         }
     }
-    metrics::gauge!("gateway_sockets_open").increment(1.0);
-    metrics::counter!("gateway_connects_total").increment(1);
+    metrics::gauge!(telemetry::SOCKETS_OPEN).increment(1.0);
+    metrics::counter!(telemetry::CONNECTS_TOTAL).increment(1);
     // Unregisters the socket however this task ends, a panic included: a leaked entry would
     // count against MAX_SOCKETS_PER_USER until the node restarts.
     let _registered = Registered {
@@ -124,7 +124,7 @@ pub async fn run(
         }
         End::Peer => CloseCode::Normal.code(),
     };
-    metrics::counter!("gateway_disconnects_total", "code" => code.to_string()).increment(1);
+    metrics::counter!(telemetry::DISCONNECTS_TOTAL, "code" => code.to_string()).increment(1);
 }
 
 /// A socket's place in the hub, given back on drop.
@@ -136,7 +136,7 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        metrics::gauge!("gateway_sockets_open").decrement(1.0);
+        metrics::gauge!(telemetry::SOCKETS_OPEN).decrement(1.0);
         if self.node.hub.remove(self.handle) {
             self.node.routes.mark(self.user);
         }
@@ -240,7 +240,7 @@ fn flush(stream: &TcpStream, handle: &SocketHandle) -> io::Result<Flush> {
                 left = 0;
             }
         }
-        metrics::counter!("gateway_frames_out_total").increment(frames_done);
+        metrics::counter!(telemetry::FRAMES_OUT_TOTAL).increment(frames_done);
         if q.frames.is_empty() && q.frames.capacity() > 16 {
             // A burst grew the queue; give the memory back while idle.
             q.frames = Default::default();
@@ -357,7 +357,7 @@ impl Socket<'_> {
 
     fn send(&self, frame: Bytes) {
         if self.handle.enqueue(frame, self.node.queue_limits()) == Enqueue::Overflow {
-            metrics::counter!("gateway_send_queue_drops_total").increment(1);
+            metrics::counter!(telemetry::SEND_QUEUE_DROPS_TOTAL).increment(1);
         }
     }
 
@@ -405,7 +405,7 @@ impl Socket<'_> {
             };
             consumed += wsio::client_frame_wire_len(frame.payload.len());
             self.last_rx = Instant::now();
-            metrics::counter!("gateway_frames_in_total").increment(1);
+            metrics::counter!(telemetry::FRAMES_IN_TOTAL).increment(1);
             if !self.take_token() {
                 return Err(End::Close(CloseCode::RateLimited));
             }
@@ -449,7 +449,7 @@ impl Socket<'_> {
         let frame = match decode_client(self.handle.encoding, payload) {
             Ok(f) => f,
             Err(e) => {
-                metrics::counter!("gateway_rejected_total", "reason" => "bad_frame").increment(1);
+                telemetry::rejected(telemetry::reason::BAD_FRAME);
                 return self.send_error(e.code(), e.to_string());
             }
         };
@@ -481,7 +481,7 @@ impl Socket<'_> {
         };
         let interval = self.node.settings.typing_interval;
         if !self.typing.allow(chat_id, Instant::now(), interval) {
-            metrics::counter!("gateway_typing_total", "result" => "rate_limited").increment(1);
+            metrics::counter!(telemetry::TYPING_TOTAL, "result" => telemetry::typing_result::RATE_LIMITED).increment(1);
             return self.send_error(
                 ErrorCode::RateLimited,
                 format!("at most one typing frame per chat every {interval:?}"),

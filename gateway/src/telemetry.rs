@@ -2,6 +2,7 @@
 //! exists (and alerts can be written against it) before the first event. Labels are low
 //! cardinality only: close codes, reasons and limit names, never user, chat or connection ids.
 //! `docs/OPERATIONS.md` lists these names; a test scrapes a running gateway and checks both agree.
+//! Names and label values are spelled out here only (`chat-api/tests/metric_names.rs`).
 
 pub const SOCKETS_OPEN: &str = "gateway_sockets_open";
 /// `MAX_CONNECTIONS`, so that alerts can compare [`SOCKETS_OPEN`] with it.
@@ -29,26 +30,81 @@ pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
 /// 429s answered at once because `CONNECT_RATE_LIMITED_HELD_MAX` attempts were already held.
 pub const RATE_LIMITED_UNHELD_TOTAL: &str = "gateway_rate_limited_unheld_total";
 pub const DRAINING: &str = "gateway_draining";
+/// Upgrade tokens refused, by `reason` (`shared::auth::AuthError::reason`).
+pub const AUTH_FAILURES_TOTAL: &str = "gateway_auth_failures_total";
+/// Typing frames by `result` (see [`TYPING_RESULTS`]).
+pub const TYPING_TOTAL: &str = "gateway_typing_total";
+/// `resync` broadcasts to this node's sockets after a gap.
+pub const RESYNCS_TOTAL: &str = "gateway_resyncs_total";
+
+/// The `reason` of [`REJECTED_TOTAL`].
+pub mod reason {
+    pub const AUTH: &str = "auth";
+    pub const BAD_ENCODING: &str = "bad_encoding";
+    pub const BAD_FRAME: &str = "bad_frame";
+    pub const BAD_HANDSHAKE: &str = "bad_handshake";
+    pub const DRAINING: &str = "draining";
+    pub const HANDSHAKE_TIMEOUT: &str = "handshake_timeout";
+    /// `MAX_CONCURRENT_HANDSHAKES` reached.
+    pub const HANDSHAKES_FULL: &str = "handshakes_full";
+    /// `MAX_HANDSHAKES_PER_IP` reached.
+    pub const IP_HANDSHAKES_FULL: &str = "ip_handshakes_full";
+    pub const MAX_CONNECTIONS: &str = "max_connections";
+    pub const NOT_UPGRADE: &str = "not_upgrade";
+    pub const TOO_MANY_SOCKETS: &str = "too_many_sockets";
+    pub const RATE_LIMITED: &str = "rate_limited";
+}
 
 /// Every `reason` of [`REJECTED_TOTAL`]; add new ones here so they are registered and documented.
 pub const REJECT_REASONS: &[&str] = &[
-    "auth",
-    "bad_encoding",
-    "bad_frame",
-    "bad_handshake",
-    "draining",
-    "handshake_timeout",
-    "handshakes_full",
-    "ip_handshakes_full",
-    "max_connections",
-    "not_upgrade",
-    "too_many_sockets",
-    "rate_limited",
+    reason::AUTH,
+    reason::BAD_ENCODING,
+    reason::BAD_FRAME,
+    reason::BAD_HANDSHAKE,
+    reason::DRAINING,
+    reason::HANDSHAKE_TIMEOUT,
+    reason::HANDSHAKES_FULL,
+    reason::IP_HANDSHAKES_FULL,
+    reason::MAX_CONNECTIONS,
+    reason::NOT_UPGRADE,
+    reason::TOO_MANY_SOCKETS,
+    reason::RATE_LIMITED,
 ];
-/// Every `limit` of [`RATE_LIMITED_TOTAL`]: new connections per client IP.
-pub const RATE_LIMITS: &[&str] = &["ip_connections"];
 
-/// Counts one upgrade or socket turned away.
+/// The `limit` of [`RATE_LIMITED_TOTAL`].
+pub mod limit {
+    /// New connections per client IP.
+    pub const IP_CONNECTIONS: &str = "ip_connections";
+}
+/// Every `limit` of [`RATE_LIMITED_TOTAL`].
+pub const RATE_LIMITS: &[&str] = &[limit::IP_CONNECTIONS];
+
+/// The `result` of [`TYPING_TOTAL`]: what became of one typing frame.
+pub mod typing_result {
+    /// chat-api accepted the notice (202).
+    pub const OK: &str = "ok";
+    /// The sender is not a member of the chat (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Over the per-socket limit here, or the per-user limit of chat-api (429).
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// chat-api refused the socket's token (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// chat-api unreachable or answering anything else.
+    pub const FAILED: &str = "failed";
+    /// Too many forwards in flight on this node.
+    pub const SHED: &str = "shed";
+}
+/// Every `result` of [`TYPING_TOTAL`].
+pub const TYPING_RESULTS: &[&str] = &[
+    typing_result::OK,
+    typing_result::FORBIDDEN,
+    typing_result::RATE_LIMITED,
+    typing_result::UNAUTHORIZED,
+    typing_result::FAILED,
+    typing_result::SHED,
+];
+
+/// Counts one upgrade or socket turned away, `reason` one of [`REJECT_REASONS`].
 pub fn rejected(reason: &'static str) {
     metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
 }
@@ -56,7 +112,7 @@ pub fn rejected(reason: &'static str) {
 /// Counts one connection refused by the rate limit `limit` (and, as every refusal, a rejection).
 pub fn rate_limited(limit: &'static str) {
     metrics::counter!(RATE_LIMITED_TOTAL, "limit" => limit).increment(1);
-    rejected("rate_limited");
+    rejected(reason::RATE_LIMITED);
 }
 
 /// Describes every gateway metric and registers the unlabelled ones (and every known label value)
@@ -118,6 +174,12 @@ pub fn describe() {
         "429s answered without a hold because CONNECT_RATE_LIMITED_HELD_MAX were already held"
     );
     describe_gauge!(DRAINING, "1 while this node drains for shutdown, else 0");
+    describe_counter!(AUTH_FAILURES_TOTAL, "Upgrade tokens refused, by reason");
+    describe_counter!(TYPING_TOTAL, "Typing frames by result");
+    describe_counter!(
+        RESYNCS_TOTAL,
+        "resync broadcasts to this node's sockets after a gap"
+    );
     metrics::gauge!(SOCKETS_OPEN).increment(0.0);
     metrics::gauge!(DRAINING).increment(0.0);
     for name in [
@@ -142,8 +204,13 @@ pub fn describe() {
         metrics::counter!(RATE_LIMITED_TOTAL, "limit" => *limit).increment(0);
     }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
-    metrics::counter!("gateway_auth_failures_total", "reason" => "expired").increment(0);
-    metrics::counter!("gateway_typing_total", "result" => "rate_limited").increment(0);
-    metrics::counter!("gateway_resyncs_total").increment(0);
-    metrics::counter!("ratelimit_backend_errors_total", "bucket" => "conn").increment(0);
+    metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => shared::auth::AuthError::Expired.reason())
+        .increment(0);
+    metrics::counter!(TYPING_TOTAL, "result" => typing_result::RATE_LIMITED).increment(0);
+    metrics::counter!(RESYNCS_TOTAL).increment(0);
+    metrics::counter!(
+        shared::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL,
+        "bucket" => shared::telemetry::bucket::CONNECTIONS
+    )
+    .increment(0);
 }

@@ -13,6 +13,7 @@ use shared::protocol::{ErrorCode, ServerFrame};
 use shared::Id;
 
 use crate::hub::{QueueLimits, SocketHandle};
+use crate::telemetry::{typing_result, TYPING_TOTAL};
 use crate::wsio;
 
 /// Forwards in flight at once per node; past it, typing frames are answered `unavailable`.
@@ -58,7 +59,7 @@ impl TypingForwarder {
         chat_id: Id,
     ) {
         let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-            metrics::counter!("gateway_typing_total", "result" => "shed").increment(1);
+            metrics::counter!(TYPING_TOTAL, "result" => typing_result::SHED).increment(1);
             reply(
                 &handle,
                 limits,
@@ -75,17 +76,17 @@ impl TypingForwarder {
             let _permit = permit;
             let answer = request.send().await;
             let (result, error) = match answer.as_ref().map(|r| r.status().as_u16()) {
-                Ok(202) => ("ok", None),
+                Ok(202) => (typing_result::OK, None),
                 Ok(403) => (
-                    "forbidden",
+                    typing_result::FORBIDDEN,
                     Some((ErrorCode::Forbidden, "you are not a member of this chat")),
                 ),
                 Ok(429) => (
-                    "rate_limited",
+                    typing_result::RATE_LIMITED,
                     Some((ErrorCode::RateLimited, "too many typing notices; slow down")),
                 ),
                 Ok(401) => (
-                    "unauthorized",
+                    typing_result::UNAUTHORIZED,
                     Some((
                         ErrorCode::InvalidToken,
                         "the API refused this socket's token",
@@ -94,7 +95,7 @@ impl TypingForwarder {
                 Ok(status) => {
                     tracing::debug!(status, "typing forward answered");
                     (
-                        "failed",
+                        typing_result::FAILED,
                         Some((
                             ErrorCode::Unavailable,
                             "typing notice not delivered; try again",
@@ -104,7 +105,7 @@ impl TypingForwarder {
                 Err(e) => {
                     tracing::debug!(error = %e, "typing forward failed");
                     (
-                        "failed",
+                        typing_result::FAILED,
                         Some((
                             ErrorCode::Unavailable,
                             "typing notice not delivered; try again",
@@ -112,7 +113,7 @@ impl TypingForwarder {
                     )
                 }
             };
-            metrics::counter!("gateway_typing_total", "result" => result).increment(1);
+            metrics::counter!(TYPING_TOTAL, "result" => result).increment(1);
             if let Some((code, message)) = error {
                 reply(&handle, limits, code, message);
             }

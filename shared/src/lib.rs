@@ -4,14 +4,13 @@
 
 pub mod auth;
 pub mod client_ip;
-pub mod close;
 pub mod config;
-pub mod ids;
-pub mod protocol;
 pub mod ratelimit;
 pub mod routing;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use ids::{Id, IdGenerator};
+// The wire types live in `chat-protocol` (no I/O); re-exported so `shared::protocol::…` paths stay.
+pub use chat_protocol::{close, ids, protocol};
+pub use chat_protocol::{Id, IdGenerator};

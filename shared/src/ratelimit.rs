@@ -10,15 +10,16 @@
 //! exactly how long to wait.
 
 pub mod conformance;
+mod memory;
+mod redis;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
-use fred::clients::Client;
-use fred::interfaces::LuaInterface;
+
+pub use memory::MemoryLimiter;
+pub use redis::{RedisLimiter, REDIS_RETRY_INTERVAL};
 
 /// A rate: `count` events per `period`, with bursts of up to `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +152,8 @@ pub async fn check_fail_open(
     match limiter.check(bucket, key, quota).await {
         Ok(d) => d,
         Err(e) => {
-            metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket).increment(1);
+            metrics::counter!(crate::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL, "bucket" => bucket)
+                .increment(1);
             tracing::warn!(error = %e, bucket, "rate limit not checked (failing open)");
             Decision::Allowed
         }
@@ -200,222 +202,6 @@ pub async fn retry_after_held(
 /// client that waits this long is allowed again.
 pub fn retry_after_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-}
-
-/// GCRA on a TAT in microseconds: returns the new TAT to store, or how long to wait.
-fn gcra(tat_us: u64, now_us: u64, quota: &Quota) -> Result<u64, Duration> {
-    let t = quota.interval_us();
-    let tau = t.saturating_mul(u64::from(quota.burst));
-    let new_tat = tat_us.max(now_us).saturating_add(t);
-    let allow_at = new_tat.saturating_sub(tau);
-    if allow_at > now_us {
-        Err(Duration::from_micros(allow_at - now_us))
-    } else {
-        Ok(new_tat)
-    }
-}
-
-/// Entries kept before a sweep of expired keys runs.
-const MEMORY_SWEEP_AT: usize = 4096;
-
-/// In-process GCRA (embedded mode, and the per-process fallback). Keys whose TAT has passed hold
-/// no state worth keeping, so the map is swept of them once it grows past a few thousand entries;
-/// its size is bounded by the keys active within one burst window.
-pub struct MemoryLimiter {
-    epoch: Instant,
-    tats: DashMap<(String, String), u64>,
-    sweep_at: AtomicU64,
-}
-
-impl Default for MemoryLimiter {
-    fn default() -> Self {
-        MemoryLimiter {
-            epoch: Instant::now(),
-            tats: DashMap::new(),
-            sweep_at: AtomicU64::new(MEMORY_SWEEP_AT as u64),
-        }
-    }
-}
-
-impl std::fmt::Debug for MemoryLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryLimiter")
-            .field("keys", &self.tats.len())
-            .finish()
-    }
-}
-
-impl MemoryLimiter {
-    pub fn new() -> MemoryLimiter {
-        MemoryLimiter::default()
-    }
-
-    fn now_us(&self) -> u64 {
-        // Offset by one hour so that a TAT of 0 (a fresh key) is always in the past.
-        self.epoch.elapsed().as_micros() as u64 + 3_600_000_000
-    }
-
-    /// Keys currently tracked (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.tats.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tats.is_empty()
-    }
-
-    /// Synchronous check; the async trait method calls this.
-    pub fn check_now(&self, bucket: &str, key: &str, quota: &Quota) -> Decision {
-        let now = self.now_us();
-        let decision = {
-            let mut entry = self
-                .tats
-                .entry((bucket.to_owned(), key.to_owned()))
-                .or_insert(0);
-            match gcra(*entry, now, quota) {
-                Ok(tat) => {
-                    *entry = tat;
-                    Decision::Allowed
-                }
-                Err(retry_after) => Decision::Limited { retry_after },
-            }
-        };
-        let len = self.tats.len() as u64;
-        if len >= self.sweep_at.load(Ordering::Relaxed) {
-            self.tats.retain(|_, tat| *tat > now);
-            // Sweep again only after the map has doubled from what is still live.
-            let next = (self.tats.len() as u64 * 2).max(MEMORY_SWEEP_AT as u64);
-            self.sweep_at.store(next, Ordering::Relaxed);
-        }
-        decision
-    }
-}
-
-#[async_trait]
-impl RateLimiter for MemoryLimiter {
-    async fn check(
-        &self,
-        bucket: &str,
-        key: &str,
-        quota: &Quota,
-    ) -> Result<Decision, RateLimitError> {
-        Ok(self.check_now(bucket, key, quota))
-    }
-}
-
-/// GCRA in one script. KEYS[1] the key; ARGV: emission interval T (µs), burst tolerance B·T (µs).
-/// Time comes from the Redis server (`TIME`), so replicas with skewed clocks share one budget.
-/// Returns 0 when allowed, otherwise the wait in µs. The key expires when its TAT passes.
-const GCRA_SCRIPT: &str = r#"
-local t = tonumber(ARGV[1])
-local tau = tonumber(ARGV[2])
-local now = redis.call('TIME')
-now = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + t
-local allow_at = new_tat - tau
-if allow_at > now then
-  return allow_at - now
-end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return 0
-"#;
-
-/// How long the Redis limiter uses its local fallback after a Redis failure before trying Redis
-/// again, so that an outage costs one timeout per interval, not one per request.
-pub const REDIS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// GCRA in Redis: one `EVAL` (one round trip) per check. Keys are
-/// `{prefix}rl:{BUCKET:KEY}`, one hash slot each, so the script is valid on Redis Cluster.
-///
-/// When Redis fails or times out, checks fall back to an in-process limiter for
-/// [`REDIS_RETRY_INTERVAL`] (each replica then enforces the quota on its own, so the shared budget
-/// is exceeded at most by the number of replicas): the limit fails open to per-replica limits
-/// instead of refusing everyone or letting everything through. Each fallback counts in
-/// `ratelimit_backend_errors_total{bucket}`.
-pub struct RedisLimiter {
-    client: Client,
-    prefix: String,
-    timeout: Duration,
-    local: MemoryLimiter,
-    /// Until this instant (µs on `local`'s clock) checks use `local` only.
-    degraded_until_us: AtomicU64,
-}
-
-impl std::fmt::Debug for RedisLimiter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisLimiter")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisLimiter {
-    /// Uses `client` (usually the routing client, see `RedisRouting::client`); `timeout` bounds
-    /// each check.
-    pub fn new(client: Client, prefix: impl Into<String>, timeout: Duration) -> RedisLimiter {
-        RedisLimiter {
-            client,
-            prefix: prefix.into(),
-            timeout,
-            local: MemoryLimiter::new(),
-            degraded_until_us: AtomicU64::new(0),
-        }
-    }
-
-    /// One check against Redis only, without the local fallback.
-    pub async fn check_redis(
-        &self,
-        bucket: &str,
-        key: &str,
-        quota: &Quota,
-    ) -> Result<Decision, RateLimitError> {
-        let t = quota.interval_us();
-        let tau = t.saturating_mul(u64::from(quota.burst));
-        let fut = self.client.eval::<i64, _, _, _>(
-            GCRA_SCRIPT,
-            self.key(bucket, key),
-            vec![t.to_string(), tau.to_string()],
-        );
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(RateLimitError::Timeout),
-            Ok(Err(e)) => Err(RateLimitError::Unavailable(e.to_string())),
-            Ok(Ok(0)) => Ok(Decision::Allowed),
-            Ok(Ok(wait_us)) => Ok(Decision::Limited {
-                retry_after: Duration::from_micros(wait_us.max(1) as u64),
-            }),
-        }
-    }
-
-    fn key(&self, bucket: &str, key: &str) -> String {
-        format!("{}rl:{{{bucket}:{key}}}", self.prefix)
-    }
-}
-
-#[async_trait]
-impl RateLimiter for RedisLimiter {
-    async fn check(
-        &self,
-        bucket: &str,
-        key: &str,
-        quota: &Quota,
-    ) -> Result<Decision, RateLimitError> {
-        if self.local.now_us() < self.degraded_until_us.load(Ordering::Relaxed) {
-            return Ok(self.local.check_now(bucket, key, quota));
-        }
-        match self.check_redis(bucket, key, quota).await {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                let until = self.local.now_us() + REDIS_RETRY_INTERVAL.as_micros() as u64;
-                self.degraded_until_us.store(until, Ordering::Relaxed);
-                metrics::counter!("ratelimit_backend_errors_total", "bucket" => bucket.to_owned())
-                    .increment(1);
-                tracing::warn!(error = %e, bucket, "rate limits fall back to this process for a while");
-                Ok(self.local.check_now(bucket, key, quota))
-            }
-        }
-    }
 }
 
 /// A limiter that allows everything (limits switched off).
@@ -468,20 +254,9 @@ pub fn memory() -> Arc<dyn RateLimiter> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Instant;
 
-    #[test]
-    fn gcra_allows_burst_then_spaces() {
-        let q = Quota::per_second(10, 3);
-        let mut tat = 0;
-        let now = 1_000_000_000;
-        for _ in 0..3 {
-            tat = gcra(tat, now, &q).unwrap();
-        }
-        let wait = gcra(tat, now, &q).unwrap_err();
-        assert_eq!(wait, Duration::from_millis(100));
-        assert!(gcra(tat, now + 100_000, &q).is_ok());
-    }
+    use super::*;
 
     #[test]
     fn retry_after_header_rounds_up_to_at_least_one_second() {
@@ -543,16 +318,5 @@ mod tests {
         ] {
             assert!(parse_quota(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn memory_map_is_swept() {
-        let m = MemoryLimiter::new();
-        let q = Quota::per_second(1_000_000, 1);
-        for i in 0..(MEMORY_SWEEP_AT * 3) {
-            m.check_now("b", &i.to_string(), &q);
-        }
-        // Each key's TAT is 1 µs ahead, so sweeps keep the map far below the keys seen.
-        assert!(m.len() < MEMORY_SWEEP_AT * 2, "{}", m.len());
     }
 }

@@ -1,5 +1,10 @@
 //! Prometheus set-up shared by both services: histogram buckets chosen per metric family (so that
-//! dashboards can aggregate quantiles across pods) and the periodic upkeep the exporter needs.
+//! dashboards can aggregate quantiles across pods) and the periodic upkeep the exporter needs; and
+//! the names and label values of the metrics this crate's code records (rate limits, the Redis
+//! routing calls, the in-process bus). Like `gateway::telemetry` and `chat_api::telemetry`, this
+//! is the only place a metric name or label value is spelled out: `chat-api/tests/metric_names.rs`
+//! fails on a string literal in a metric call elsewhere and checks `docs/OPERATIONS.md` against
+//! these names.
 
 use std::time::Duration;
 
@@ -13,6 +18,56 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
 /// Count buckets (batch sizes): powers of two up to the largest batch setting worth having.
 pub const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// Rate-limit checks that failed in the backend and passed (fail open) or fell back to this
+/// process's limits, by `bucket` (see [`bucket`]).
+pub const RATELIMIT_BACKEND_ERRORS_TOTAL: &str = "ratelimit_backend_errors_total";
+/// Histogram of one route registry or node bus call to Redis, by `op` (see [`redis_op`]).
+pub const REDIS_OP_SECONDS: &str = "redis_op_seconds";
+/// Failed or timed-out route registry and node bus calls to Redis, by `op`.
+pub const REDIS_ERRORS_TOTAL: &str = "redis_errors_total";
+/// Envelopes the in-process node bus (embedded mode) dropped at a full node queue.
+pub const BUS_DROPPED_TOTAL: &str = "bus_dropped_total";
+
+/// The `bucket` of [`RATELIMIT_BACKEND_ERRORS_TOTAL`]: the rate limit checked (also part of the
+/// limiter's Redis key).
+pub mod bucket {
+    /// New connections per client address (gateway).
+    pub const CONNECTIONS: &str = "conn";
+    /// Requests per user (chat-api).
+    pub const REQUESTS: &str = "req";
+    /// Messages per user (chat-api).
+    pub const MESSAGES: &str = "msg";
+}
+
+/// The `op` of the Redis routing metrics: the route registry and node bus methods, and `read`
+/// (a node-stream read).
+pub mod redis_op {
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const LEAVE: &str = "leave";
+    pub const ADD_ROUTES: &str = "add_routes";
+    pub const REMOVE_ROUTES: &str = "remove_routes";
+    pub const LOOKUP: &str = "lookup";
+    pub const PRESENCE: &str = "presence";
+    pub const LIVE_NODES: &str = "live_nodes";
+    pub const PUBLISH: &str = "publish";
+    pub const SUBSCRIBE: &str = "subscribe";
+    pub const READ: &str = "read";
+}
+
+/// Every `op` of [`REDIS_OP_SECONDS`] and [`REDIS_ERRORS_TOTAL`].
+pub const REDIS_OPS: &[&str] = &[
+    redis_op::HEARTBEAT,
+    redis_op::LEAVE,
+    redis_op::ADD_ROUTES,
+    redis_op::REMOVE_ROUTES,
+    redis_op::LOOKUP,
+    redis_op::PRESENCE,
+    redis_op::LIVE_NODES,
+    redis_op::PUBLISH,
+    redis_op::SUBSCRIBE,
+    redis_op::READ,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! Test support (cargo feature `testkit`): private `redis-server` processes on free ports in temp
 //! dirs — one standalone server (optionally also on TLS, with a throwaway CA), or a 3-master Redis
-//! Cluster — killed when dropped.
+//! Cluster — killed when dropped; and what other crates' harnesses share: free ports, child
+//! processes with their output in a log ([`Proc`]), raw RESP requests that do not go through the
+//! client library under test.
 //!
 //! Servers run with `--save "" --appendonly no`, so a [`RedisServer::restart`] loses all data,
 //! like a crashed cache node. Port 6379 is never used. Blocking calls: start them before the
@@ -9,7 +11,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to answer PING after start.
@@ -43,8 +45,9 @@ fn find_on_path(bin: &'static str) -> Result<PathBuf, TestkitError> {
         .ok_or(TestkitError::Missing(bin))
 }
 
-/// A port that was free a moment ago (bound to port 0 and released). Never 6379.
-fn free_port() -> Result<u16, TestkitError> {
+/// A port that was free a moment ago (bound to port 0 and released). Never 6379. Another process
+/// may take it before the caller binds it, so callers retry on a bind failure.
+pub fn free_port() -> Result<u16, TestkitError> {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if port != 6379 {
@@ -546,10 +549,7 @@ pub fn run_to_exit(cmd: &mut Command, env: &[(&str, &str)], limit: Duration) -> 
 
 /// A `redis://` URL whose port nothing listens on.
 pub fn closed_redis_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("probe port")
-        .port();
+    let port = free_port().expect("probe port");
     format!("redis://127.0.0.1:{port}")
 }
 
@@ -589,4 +589,208 @@ pub async fn read_until_closed(
             Err(_) => return (String::from_utf8_lossy(&out).into_owned(), None),
         }
     }
+}
+
+/// Lines of a process log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// A child process (a service under test) whose output goes to a log file; SIGKILLed and reaped on
+/// drop, the log's last [`LOG_TAIL_LINES`] lines printed if the test panics.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed and stdout and stderr appended to `dir/NAME.log`.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("creating a process log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log handle")))
+            .stderr(Stdio::from(file));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// `kill -9`, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM (the orchestrator's stop) and returns at once.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("process already reaped");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Waits at most `limit` for the process to exit; its status, or `None` if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        if self.child.is_none() {
+            return self.exited();
+        }
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident set size in KiB (from /proc), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the process has ended (or was killed by the test).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => Some(std::os::unix::process::ExitStatusExt::from_raw(9)),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last lines of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// The id of the newest entry of a Redis stream, as `(ms, seq)`, read with a raw RESP request so
+/// the check does not depend on the client library under test.
+pub fn newest_stream_entry(redis_port: u16, key: &str) -> std::io::Result<Option<(u64, u64)>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis_port))?;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let args = ["XREVRANGE", key, "+", "-", "COUNT", "1"];
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(req.as_bytes())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        }
+        // `*0` is the whole answer for an empty or missing stream; otherwise the id is the
+        // fourth line (`*1`, `*2`, `$LEN`, ID).
+        if out.starts_with(b"*0\r\n")
+            || (out.starts_with(b"-") && out.ends_with(b"\r\n"))
+            || out.split(|b| *b == b'\n').count() > 4
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    if text.starts_with("*0") {
+        return Ok(None);
+    }
+    if text.starts_with('-') {
+        return Err(std::io::Error::other(format!(
+            "XREVRANGE: {}",
+            text.trim_end()
+        )));
+    }
+    let id = text.split("\r\n").nth(3).unwrap_or_default();
+    let parsed = id
+        .split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)));
+    match parsed {
+        Some(p) => Ok(Some(p)),
+        None => Err(std::io::Error::other(format!(
+            "unexpected XREVRANGE reply {text:?}"
+        ))),
+    }
+}
+
+/// Sends one command to a Redis server as a raw RESP request (binary-safe arguments) and returns
+/// the first line of the reply (`:50`, `+OK`, `-ERR …`), so that tests can write to Redis
+/// without the client library under test.
+pub fn redis_command(redis_port: u16, args: &[&[u8]]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", redis_port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !out.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    Ok(text.split("\r\n").next().unwrap_or_default().to_string())
 }

@@ -11,6 +11,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::protocol::Message;
 use shared::ratelimit::{check_fail_open, Decision};
+use shared::telemetry::bucket;
 use shared::Id;
 
 use super::require_member;
@@ -19,6 +20,7 @@ use crate::auth::User;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::store::{Cursor, Insert};
+use crate::telemetry::{limit, IDEMPOTENT_REPLAYS_TOTAL, MESSAGES_CREATED_TOTAL};
 
 /// Set on the answer to a retried send that returned the stored original.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -89,10 +91,10 @@ pub async fn send(
     }
     if let Some(quota) = &limits.rate_messages {
         if let Decision::Limited { retry_after } =
-            check_fail_open(&*state.limiter, "msg", user.id(), quota).await
+            check_fail_open(&*state.limiter, bucket::MESSAGES, user.id(), quota).await
         {
             return Err(state
-                .rate_limited("user_messages", "messages", retry_after)
+                .rate_limited(limit::USER_MESSAGES, "messages", retry_after)
                 .await);
         }
     }
@@ -131,11 +133,11 @@ pub async fn send(
         .map_err(|e| ApiError::store(e, limits.retry_after))?;
     let (stored, replayed) = match inserted {
         Insert::Created(stored) => {
-            metrics::counter!("api_messages_created_total").increment(1);
+            metrics::counter!(MESSAGES_CREATED_TOTAL).increment(1);
             (stored, false)
         }
         Insert::Duplicate(original) => {
-            metrics::counter!("api_idempotent_replays_total").increment(1);
+            metrics::counter!(IDEMPOTENT_REPLAYS_TOTAL).increment(1);
             // The first attempt may have stored the message and died before its fan-out (a
             // replica killed mid-request): deliver again. Clients deduplicate by message id.
             (original, true)

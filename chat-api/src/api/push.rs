@@ -51,7 +51,7 @@ pub async fn push(
     .await
     .map_err(|_| ApiError::routing(shared::routing::RoutingError::Timeout, limits.retry_after))?
     .map_err(|e| ApiError::routing(e, limits.retry_after))?;
-    metrics::counter!("api_push_events_total").increment(1);
+    metrics::counter!(crate::telemetry::PUSH_EVENTS_TOTAL).increment(1);
     tracing::debug!(service = %service.subject, recipients = users.len(),
         online = report.recipients_online, "push delivered");
     Ok((

@@ -80,7 +80,7 @@ pub async fn typing(
     let limits = &state.limits;
     require_member(&state, chat_id, user.id()).await?;
     if !state.typing.allow(user.id(), chat_id, Instant::now()) {
-        metrics::counter!("api_typing_rate_limited_total").increment(1);
+        metrics::counter!(crate::telemetry::TYPING_RATE_LIMITED_TOTAL).increment(1);
         return Err(ApiError::RateLimited {
             what: "typing notices (one per chat per second)",
             retry_after: TYPING_INTERVAL,
@@ -103,7 +103,7 @@ pub async fn typing(
     .await
     .map_err(|_| ApiError::routing(RoutingError::Timeout, limits.retry_after))?
     .map_err(|e| ApiError::routing(e, limits.retry_after))?;
-    metrics::counter!("api_typing_notices_total").increment(1);
+    metrics::counter!(crate::telemetry::TYPING_NOTICES_TOTAL).increment(1);
     Ok((
         StatusCode::ACCEPTED,
         Json(TypingAccepted {

@@ -254,7 +254,7 @@ impl Dispatcher {
             });
         }
         if !came_online.is_empty() {
-            metrics::counter!(NOTIFY_DROPPED_TOTAL, "reason" => "came_online")
+            metrics::counter!(NOTIFY_DROPPED_TOTAL, "reason" => crate::telemetry::notify_drop::CAME_ONLINE)
                 .increment(came_online.len() as u64);
             if let Err(e) = self.queue.ack(&came_online).await {
                 // Claimed again after NOTIFY_CLAIM_IDLE, and checked again then.

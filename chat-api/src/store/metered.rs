@@ -10,7 +10,7 @@ use shared::protocol::Message;
 use shared::Id;
 
 use super::{Chat, Cursor, Insert, MessageStore, StoreError};
-use crate::telemetry::{STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
+use crate::telemetry::{store_op, STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
 
 async fn observe<T>(
     op: &'static str,
@@ -39,10 +39,10 @@ impl MeteredStore {
 #[async_trait]
 impl MessageStore for MeteredStore {
     async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError> {
-        observe("create_chat", self.inner.create_chat(chat, members)).await
+        observe(store_op::CREATE_CHAT, self.inner.create_chat(chat, members)).await
     }
     async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
-        observe("get_chat", self.inner.get_chat(chat_id)).await
+        observe(store_op::GET_CHAT, self.inner.get_chat(chat_id)).await
     }
     async fn user_chats(
         &self,
@@ -50,22 +50,34 @@ impl MessageStore for MeteredStore {
         after: Option<Id>,
         limit: usize,
     ) -> Result<Vec<Chat>, StoreError> {
-        observe("user_chats", self.inner.user_chats(user, after, limit)).await
+        observe(
+            store_op::USER_CHATS,
+            self.inner.user_chats(user, after, limit),
+        )
+        .await
     }
     async fn add_members(&self, chat_id: Id, users: &[String]) -> Result<(), StoreError> {
-        observe("add_members", self.inner.add_members(chat_id, users)).await
+        observe(
+            store_op::ADD_MEMBERS,
+            self.inner.add_members(chat_id, users),
+        )
+        .await
     }
     async fn remove_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
-        observe("remove_member", self.inner.remove_member(chat_id, user)).await
+        observe(
+            store_op::REMOVE_MEMBER,
+            self.inner.remove_member(chat_id, user),
+        )
+        .await
     }
     async fn is_member(&self, chat_id: Id, user: &str) -> Result<bool, StoreError> {
-        observe("is_member", self.inner.is_member(chat_id, user)).await
+        observe(store_op::IS_MEMBER, self.inner.is_member(chat_id, user)).await
     }
     async fn members(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
-        observe("members", self.inner.members(chat_id)).await
+        observe(store_op::MEMBERS, self.inner.members(chat_id)).await
     }
     async fn insert_message(&self, message: &Message) -> Result<Insert, StoreError> {
-        observe("insert_message", self.inner.insert_message(message)).await
+        observe(store_op::INSERT_MESSAGE, self.inner.insert_message(message)).await
     }
     async fn insert_message_before(
         &self,
@@ -73,7 +85,7 @@ impl MessageStore for MeteredStore {
         deadline: Instant,
     ) -> Result<Insert, StoreError> {
         observe(
-            "insert_message",
+            store_op::INSERT_MESSAGE,
             self.inner.insert_message_before(message, deadline),
         )
         .await
@@ -84,9 +96,13 @@ impl MessageStore for MeteredStore {
         cursor: Cursor,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        observe("history", self.inner.history(chat_id, cursor, limit)).await
+        observe(
+            store_op::HISTORY,
+            self.inner.history(chat_id, cursor, limit),
+        )
+        .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
-        observe("ping", self.inner.ping()).await
+        observe(store_op::PING, self.inner.ping()).await
     }
 }

@@ -16,6 +16,7 @@
 
 mod config;
 pub mod cql;
+pub mod migrate;
 pub mod rows;
 
 use std::sync::Arc;
@@ -44,8 +45,8 @@ pub use config::{
 };
 use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, MessageRow};
 
-use crate::migrate::{self, MigrateError};
 use crate::store::{Chat, Cursor, Insert, MessageStore, StoreError};
+use migrate::MigrateError;
 
 /// The most messages one history call returns, whatever the caller asks for.
 pub const MAX_HISTORY_LIMIT: usize = 1000;

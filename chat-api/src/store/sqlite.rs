@@ -247,7 +247,7 @@ fn writer_thread(mut conn: Connection, mut queue: mpsc::Receiver<WriteJob>, batc
                 Err(_) => break,
             }
         }
-        metrics::histogram!("api_sqlite_group_commit_size").record(batch.len() as f64);
+        metrics::histogram!(crate::telemetry::SQLITE_GROUP_COMMIT_SIZE).record(batch.len() as f64);
         match write_group(&mut conn, &batch) {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {

@@ -131,6 +131,15 @@ impl RouteRegistry for MemoryRegistry {
     }
 }
 
+/// Describes the in-process bus's metric and registers it at zero (embedded mode).
+pub fn describe() {
+    metrics::describe_counter!(
+        crate::telemetry::BUS_DROPPED_TOTAL,
+        "Envelopes the in-process node bus dropped at a full node queue (each marks a resync)"
+    );
+    metrics::counter!(crate::telemetry::BUS_DROPPED_TOTAL).increment(0);
+}
+
 /// Node bus held in memory: one bounded channel per subscribed node. A full channel drops the
 /// envelope (counted in `bus_dropped_total`) rather than blocking the API, and marks a gap for
 /// that node: its subscription reports it ([`Subscription::take_gap`]) and the node sends
@@ -171,7 +180,7 @@ impl NodeBus for MemoryBus {
             };
             if channel.tx.try_send(envelope).is_err() {
                 channel.gap.store(true, Ordering::Release);
-                metrics::counter!("bus_dropped_total").increment(1);
+                metrics::counter!(crate::telemetry::BUS_DROPPED_TOTAL).increment(1);
             }
         }
         Ok(())

@@ -13,24 +13,9 @@ use super::{
     Subscription,
 };
 
-/// Histogram of one registry or bus call, by `op`.
-pub const OP_SECONDS: &str = "redis_op_seconds";
-/// Failed calls (errors and timeouts), by `op`.
-pub const ERRORS_TOTAL: &str = "redis_errors_total";
-
-/// Every `op` label value, so that the series exist (at zero) before the first failure.
-pub const OPS: &[&str] = &[
-    "heartbeat",
-    "leave",
-    "add_routes",
-    "remove_routes",
-    "lookup",
-    "presence",
-    "live_nodes",
-    "publish",
-    "subscribe",
-    "read",
-];
+use crate::telemetry::{
+    redis_op, REDIS_ERRORS_TOTAL as ERRORS_TOTAL, REDIS_OPS as OPS, REDIS_OP_SECONDS as OP_SECONDS,
+};
 
 /// Registers every series at zero, so that dashboards and alerts see them before traffic.
 pub fn describe() {
@@ -75,35 +60,39 @@ impl<T: ?Sized> Metered<T> {
 #[async_trait]
 impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     async fn heartbeat(&self, node: &NodeInfo) -> Result<bool, RoutingError> {
-        observe("heartbeat", self.inner.heartbeat(node)).await
+        observe(redis_op::HEARTBEAT, self.inner.heartbeat(node)).await
     }
     async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {
-        observe("leave", self.inner.leave(node)).await
+        observe(redis_op::LEAVE, self.inner.leave(node)).await
     }
     async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
-        observe("add_routes", self.inner.add_routes(node, users)).await
+        observe(redis_op::ADD_ROUTES, self.inner.add_routes(node, users)).await
     }
     async fn remove_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
-        observe("remove_routes", self.inner.remove_routes(node, users)).await
+        observe(
+            redis_op::REMOVE_ROUTES,
+            self.inner.remove_routes(node, users),
+        )
+        .await
     }
     async fn lookup(&self, users: &[String]) -> Result<NodeGroups, RoutingError> {
-        observe("lookup", self.inner.lookup(users)).await
+        observe(redis_op::LOOKUP, self.inner.lookup(users)).await
     }
     async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
-        observe("presence", self.inner.presence(users)).await
+        observe(redis_op::PRESENCE, self.inner.presence(users)).await
     }
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
-        observe("live_nodes", self.inner.live_nodes()).await
+        observe(redis_op::LIVE_NODES, self.inner.live_nodes()).await
     }
 }
 
 #[async_trait]
 impl<T: NodeBus + ?Sized> NodeBus for Metered<T> {
     async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError> {
-        observe("publish", self.inner.publish(entries)).await
+        observe(redis_op::PUBLISH, self.inner.publish(entries)).await
     }
     async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
-        let inner = observe("subscribe", self.inner.subscribe(node)).await?;
+        let inner = observe(redis_op::SUBSCRIBE, self.inner.subscribe(node)).await?;
         Ok(Box::new(MeteredSubscription { inner }))
     }
 }
@@ -118,7 +107,7 @@ impl Subscription for MeteredSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError> {
         let result = self.inner.next_batch(max).await;
         if result.is_err() {
-            metrics::counter!(ERRORS_TOTAL, "op" => "read").increment(1);
+            metrics::counter!(ERRORS_TOTAL, "op" => redis_op::READ).increment(1);
         }
         result
     }

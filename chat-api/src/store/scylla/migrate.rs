@@ -17,8 +17,8 @@ use scylla::client::session::Session;
 use scylla::cluster::metadata::Strategy;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 
-use crate::store::scylla::rows::bucket_of;
-use crate::store::scylla::validate_keyspace;
+use super::rows::bucket_of;
+use super::validate_keyspace;
 
 /// The schema version this build needs: the newest file in `schema/`.
 pub const REQUIRED_SCHEMA_VERSION: i32 = 3;
@@ -57,17 +57,17 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_keyspace.cql",
-        cql: include_str!("../../schema/0001_keyspace.cql"),
+        cql: include_str!("../../../../schema/0001_keyspace.cql"),
     },
     Migration {
         version: 2,
         name: "0002_tables.cql",
-        cql: include_str!("../../schema/0002_tables.cql"),
+        cql: include_str!("../../../../schema/0002_tables.cql"),
     },
     Migration {
         version: 3,
         name: "0003_bucket_index.cql",
-        cql: include_str!("../../schema/0003_bucket_index.cql"),
+        cql: include_str!("../../../../schema/0003_bucket_index.cql"),
     },
 ];
 

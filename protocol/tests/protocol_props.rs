@@ -3,9 +3,9 @@
 //! panic, must answer with `invalid_frame` or `unknown_type`, and valid frames must round-trip
 //! with unknown fields ignored.
 
+use chat_protocol::protocol::{decode_client, encode_client, ClientFrame, Encoding, ErrorCode};
+use chat_protocol::Id;
 use proptest::prelude::*;
-use shared::protocol::{decode_client, encode_client, ClientFrame, Encoding, ErrorCode};
-use shared::Id;
 
 fn encodings() -> impl Strategy<Value = Encoding> {
     prop_oneof![Just(Encoding::Json), Just(Encoding::Msgpack)]
@@ -41,7 +41,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
-fn check_outcome(result: Result<ClientFrame, shared::protocol::DecodeError>) {
+fn check_outcome(result: Result<ClientFrame, chat_protocol::protocol::DecodeError>) {
     if let Err(e) = result {
         assert!(
             matches!(e.code(), ErrorCode::InvalidFrame | ErrorCode::UnknownType),
