@@ -1,7 +1,6 @@
 //! The local registry: user → sockets on this node, and each socket's bounded send queue. Sharded
 //! by dashmap so that connects, disconnects and deliveries on different users do not contend.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -13,6 +12,9 @@ use tokio::sync::Notify;
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
 
+use crate::writer::push;
+pub use crate::writer::{Enqueue, QueueLimits, SendQueue};
+
 /// The part of a socket that other tasks touch: its queue and a wake-up. Kept small: an idle
 /// socket's queue holds no allocation.
 pub struct SocketHandle {
@@ -21,36 +23,6 @@ pub struct SocketHandle {
     pub encoding: Encoding,
     queue: Mutex<SendQueue>,
     pub notify: Notify,
-}
-
-#[derive(Default)]
-pub struct SendQueue {
-    pub frames: VecDeque<Bytes>,
-    /// Bytes queued, counting only what is not yet written.
-    pub bytes: usize,
-    /// Set once: the socket task writes this close frame and exits.
-    pub close: Option<CloseCode>,
-    /// The front frame is partly written and must be finished before anything else is sent.
-    pub front_started: bool,
-    /// The node's resync epoch this socket last got a `resync` for (or joined at). See
-    /// [`SocketHandle::enqueue_delivery`].
-    pub resync_epoch: u32,
-}
-
-/// Queue limits.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub frames: usize,
-    pub bytes: usize,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Enqueue {
-    Queued,
-    /// The queue was full: the socket is now closing as a slow consumer.
-    Overflow,
-    /// The socket is already closing.
-    Closed,
 }
 
 impl SocketHandle {
@@ -142,30 +114,6 @@ impl SocketHandle {
     pub fn lock_queue(&self) -> parking_lot::MutexGuard<'_, SendQueue> {
         self.queue.lock()
     }
-}
-
-/// Appends `frame` to `q`, or turns `q` into a slow consumer's close when a limit would be passed
-/// (dropping what it held, so that a stuck client holds no memory).
-fn push(q: &mut SendQueue, frame: Bytes, limits: QueueLimits) -> Enqueue {
-    if q.close.is_some() {
-        return Enqueue::Closed;
-    }
-    if q.frames.len() >= limits.frames || q.bytes + frame.len() > limits.bytes {
-        q.close = Some(CloseCode::SlowConsumer);
-        // Keep a partly written frame, or the close frame would land inside it.
-        let keep = if q.front_started {
-            q.frames.pop_front()
-        } else {
-            None
-        };
-        q.frames = VecDeque::new();
-        q.bytes = keep.as_ref().map_or(0, Bytes::len);
-        q.frames.extend(keep);
-        return Enqueue::Overflow;
-    }
-    q.bytes += frame.len();
-    q.frames.push_back(frame);
-    Enqueue::Queued
 }
 
 /// Why a socket could not be added.

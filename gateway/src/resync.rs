@@ -68,7 +68,7 @@ async fn send(node: &Arc<Node>, reason: &'static str) {
     let window = node.settings.drain_window;
     let limits = node.queue_limits();
     // Sockets that got a delivery since the gap already had their resync ahead of it.
-    crate::spread(&sockets, window, Instant::now() + window, |s| {
+    crate::drain::spread(&sockets, window, Instant::now() + window, |s| {
         s.enqueue_resync(epoch, node.resync_frame(s.encoding).clone(), limits);
     })
     .await;

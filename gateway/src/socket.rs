@@ -3,12 +3,12 @@
 //! read burst, and outgoing frames are shared `Bytes` written straight from the send queue with
 //! vectored writes.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,7 +22,8 @@ use shared::protocol::{
 use shared::ratelimit::LocalBucket;
 use shared::Id;
 
-use crate::hub::{Enqueue, SocketHandle};
+use crate::hub::SocketHandle;
+use crate::writer::{flush, Enqueue, Flush};
 use crate::node::Node;
 use crate::typing::TypingGate;
 use crate::wsio::{self, BurstReader};
@@ -31,8 +32,6 @@ use crate::wsio::{self, BurstReader};
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After our close frame, how long we wait for the client's before dropping the connection.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Frames written per vectored write.
-const WRITEV_MAX: usize = 64;
 
 /// How a socket ended.
 #[derive(Debug)]
@@ -197,61 +196,6 @@ async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: Clos
         }
     })
     .await;
-}
-
-/// Writes as much of the queue as the socket takes without blocking.
-fn flush(stream: &TcpStream, handle: &SocketHandle) -> io::Result<Flush> {
-    let mut q = handle.lock_queue();
-    loop {
-        if q.frames.is_empty() {
-            return Ok(match q.close {
-                Some(code) => Flush::Close(code),
-                None => Flush::Done,
-            });
-        }
-        let written = {
-            let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
-            let n = q.frames.len().min(WRITEV_MAX);
-            for (slot, frame) in slices.iter_mut().zip(q.frames.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            match stream.try_write_vectored(&slices[..n]) {
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
-                Err(e) => return Err(e),
-            }
-        };
-        q.bytes -= written;
-        let mut left = written;
-        let mut frames_done = 0u64;
-        while left > 0 {
-            let front = q
-                .frames
-                .front_mut()
-                .expect("written bytes come from queued frames");
-            if front.len() <= left {
-                left -= front.len();
-                q.frames.pop_front();
-                q.front_started = false;
-                frames_done += 1;
-            } else {
-                front.advance(left);
-                q.front_started = true;
-                left = 0;
-            }
-        }
-        metrics::counter!("gateway_frames_out_total").increment(frames_done);
-        if q.frames.is_empty() && q.frames.capacity() > 16 {
-            // A burst grew the queue; give the memory back while idle.
-            q.frames = Default::default();
-        }
-    }
-}
-
-enum Flush {
-    Done,
-    Blocked,
-    Close(CloseCode),
 }
 
 struct Socket<'a> {
