@@ -40,12 +40,12 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     backoff = Duration::from_millis(50);
                     if std::mem::take(&mut failed) {
                         // Deliveries may have been lost while the stream was unreachable.
-                        crate::resync::request(&node, "node stream was unreachable");
+                        node.resync.request("node stream was unreachable");
                     }
                     // Before this batch is delivered: its envelopes are newer than the lost ones.
                     if sub.take_gap() {
                         metrics::counter!(crate::telemetry::STREAM_GAPS_TOTAL).increment(1);
-                        crate::resync::request(&node, "node stream lost deliveries before they were read");
+                        node.resync.request("node stream lost deliveries before they were read");
                     }
                     if !batch.is_empty() {
                         metrics::histogram!("gateway_stream_batch_size").record(batch.len() as f64);
@@ -56,7 +56,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     for envelope in &batch {
                         if envelope.is_node_gap() {
                             // An API replica could not deliver a message here (docs/RELIABILITY.md).
-                            crate::resync::request(&node, "an API replica could not deliver a message here");
+                            node.resync.request("an API replica could not deliver a message here");
                         } else {
                             deliver(&node, envelope);
                         }
@@ -77,7 +77,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 /// Hands one envelope to every local socket of its recipients. Returns the frames queued.
 pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
     let limits = node.queue_limits();
-    let epoch = node.resync_epoch.load(std::sync::atomic::Ordering::Acquire);
+    let epoch = node.resync.epoch();
     let mut msgpack: Option<Bytes> = None;
     let mut json: Option<Option<Bytes>> = None;
     let mut queued = 0;
@@ -95,7 +95,7 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
                     }
                 }
             };
-            match socket.enqueue_delivery(frame, limits, epoch, node.resync_frame(socket.encoding))
+            match socket.enqueue_delivery(frame, limits, epoch, node.resync.frame(socket.encoding))
             {
                 Enqueue::Queued => queued += 1,
                 Enqueue::Overflow => dropped += 1,

@@ -46,8 +46,24 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = [
         tokio::spawn(liveness::liveness_task(node.clone(), stop_rx.clone())),
-        tokio::spawn(routes::route_sync_task(node.clone(), stop_rx.clone())),
+        tokio::spawn({
+            let (node, stop) = (node.clone(), stop_rx.clone());
+            async move {
+                let registry = &*node.deps.registry;
+                node.routes.run(&node.hub, registry, &node.info, stop).await
+            }
+        }),
         tokio::spawn(delivery::delivery_task(node.clone(), stop_rx.clone())),
+        tokio::spawn({
+            let node = node.clone();
+            async move {
+                let limits = node.queue_limits();
+                let window = node.settings.drain_window;
+                node.resync
+                    .run(&node.hub, &node.routes, window, limits)
+                    .await
+            }
+        }),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));
@@ -56,11 +72,12 @@ pub async fn serve(
     let deadline = Instant::now() + node.settings.drain_deadline;
     tracing::info!(sockets = node.hub.socket_count(), "draining");
     node.draining.store(true, Ordering::Release);
+    node.resync.stop();
     metrics::gauge!("gateway_draining").set(1.0);
     let _ = accept_stop_tx.send(true);
     let _ = accept.await;
 
-    drain::drain_sockets(&node, deadline).await;
+    drain::drain_sockets(&node.hub, node.settings.drain_window, deadline).await;
     let _ = stop_tx.send(true);
     for task in background {
         let _ = tokio::time::timeout_at(deadline, task).await;

@@ -24,7 +24,7 @@ pub async fn liveness_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         "route registry lost this node; re-registering routes"
                     );
                     node.routes.mark_all(users);
-                    crate::resync::request(&node, "route registry lost this node");
+                    node.resync.request("route registry lost this node");
                 }
                 first = false;
             }
@@ -33,7 +33,7 @@ pub async fn liveness_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!(error = %e, "route registry heartbeat failed");
                     // Sends during the outage may not reach this node; whatever it delivers
                     // after it comes behind a resync.
-                    node.begin_gap();
+                    node.resync.begin_gap();
                 }
                 metrics::counter!("gateway_heartbeat_errors_total").increment(1);
             }

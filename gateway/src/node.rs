@@ -1,24 +1,23 @@
 //! The node: everything one gateway process shares between its sockets (settings, hub, routing
-//! backends, route reconciliation). The background work lives beside it: `liveness.rs`,
-//! `routes.rs`, `delivery.rs`, `resync.rs`.
+//! backends, route reconciliation, resync). The background tasks that need all of it live beside
+//! it (`liveness.rs`, `delivery.rs`); the ones that need a part take that part (`routes.rs`,
+//! `resync.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
 use shared::auth::Verifier;
-use shared::protocol::{Encoding, ServerFrame};
 use shared::ratelimit::RateLimiter;
 use shared::routing::{NodeBus, NodeInfo, RouteRegistry};
 
 use crate::config::Settings;
 use crate::hub::{Hub, QueueLimits};
+use crate::resync::Resync;
 use crate::routes::RouteSync;
 use crate::typing::TypingForwarder;
-use crate::wsio;
 
 /// What the gateway needs from the outside: routing backends, the token verifier and (optionally)
 /// the Prometheus handle that `/metrics` renders.
@@ -49,15 +48,8 @@ pub struct Node {
     pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
     pub typing: Option<TypingForwarder>,
-    /// Resyncs asked for and not yet served, and whether the task serving them runs.
-    pub resync_requests: AtomicU64,
-    pub resync_running: AtomicBool,
-    /// Bumped whenever this node may have missed deliveries; a socket behind it gets `resync`
-    /// before its next delivery (see `SocketHandle::enqueue_delivery`) or from the broadcast.
-    pub resync_epoch: AtomicU32,
-    /// The `resync` frame, encoded once per encoding.
-    resync_json: Bytes,
-    resync_msgpack: Bytes,
+    /// Gaps in this node's deliveries and the `resync` broadcasts that close them.
+    pub resync: Resync,
 }
 
 impl Node {
@@ -83,24 +75,7 @@ impl Node {
             routes: RouteSync::new(),
             draining: AtomicBool::new(false),
             registry_ok: AtomicBool::new(false),
-            resync_requests: AtomicU64::new(0),
-            resync_running: AtomicBool::new(false),
-            resync_epoch: AtomicU32::new(0),
-            resync_json: wsio::server_frame(Encoding::Json, &ServerFrame::Resync),
-            resync_msgpack: wsio::server_frame(Encoding::Msgpack, &ServerFrame::Resync),
-        }
-    }
-
-    /// Marks the start of a possible gap in this node's deliveries: every socket now owes its
-    /// client a `resync` before anything delivered later.
-    pub fn begin_gap(&self) -> u32 {
-        self.resync_epoch.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    pub fn resync_frame(&self, encoding: Encoding) -> &Bytes {
-        match encoding {
-            Encoding::Json => &self.resync_json,
-            Encoding::Msgpack => &self.resync_msgpack,
+            resync: Resync::default(),
         }
     }
 

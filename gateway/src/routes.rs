@@ -10,7 +10,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
-use crate::node::Node;
+use shared::routing::{NodeInfo, RouteRegistry};
+
+use crate::hub::Hub;
 
 /// Users whose route may need adding or removing, reconciled in batches by one task: the task
 /// looks at the hub when it runs, so a connect racing a disconnect always ends in the right state.
@@ -61,71 +63,77 @@ impl RouteSync {
         self.requested.fetch_add(1, Ordering::AcqRel);
         self.wake.notify_one();
     }
-}
 
-/// Reconciles dirty users with the registry until `stop` is set.
-pub async fn route_sync_task(node: Arc<Node>, stop: watch::Receiver<bool>) {
-    const BATCH: usize = 4096;
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let generation = node.routes.requested.load(Ordering::Acquire);
-        let batch: Vec<Arc<str>> = {
-            let mut dirty = node.routes.dirty.lock();
-            let take: Vec<Arc<str>> = dirty.iter().take(BATCH).cloned().collect();
-            take.iter().for_each(|u| {
-                dirty.remove(u);
-            });
-            take
-        };
-        if batch.is_empty() {
-            node.routes.done.send_replace(generation);
-            let mut stop = stop.clone();
-            tokio::select! {
-                _ = node.routes.wake.notified() => {}
-                _ = stop.changed() => {}
+    /// Reconciles dirty users with `registry` (looking at `hub` for who is here) until `stop`
+    /// is set.
+    pub async fn run(
+        &self,
+        hub: &Hub,
+        registry: &dyn RouteRegistry,
+        info: &NodeInfo,
+        stop: watch::Receiver<bool>,
+    ) {
+        const BATCH: usize = 4096;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if *stop.borrow() {
+                return;
             }
-            continue;
-        }
-        let (add, remove): (Vec<String>, Vec<String>) = {
-            let mut add = Vec::new();
-            let mut remove = Vec::new();
-            for u in &batch {
-                if node.hub.has_user(u) {
-                    add.push(u.to_string());
-                } else {
-                    remove.push(u.to_string());
+            let generation = self.requested.load(Ordering::Acquire);
+            let batch: Vec<Arc<str>> = {
+                let mut dirty = self.dirty.lock();
+                let take: Vec<Arc<str>> = dirty.iter().take(BATCH).cloned().collect();
+                take.iter().for_each(|u| {
+                    dirty.remove(u);
+                });
+                take
+            };
+            if batch.is_empty() {
+                self.done.send_replace(generation);
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = stop.changed() => {}
                 }
+                continue;
             }
-            (add, remove)
-        };
-        let registry = &node.deps.registry;
-        let result = async {
-            if !add.is_empty() {
-                registry.add_routes(&node.info, &add).await?;
-            }
-            if !remove.is_empty() {
-                registry.remove_routes(&node.info, &remove).await?;
-            }
-            Ok::<_, shared::routing::RoutingError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                backoff = Duration::from_millis(50);
-                // Publish progress only once nothing older is pending.
-                if node.routes.dirty.lock().is_empty() {
-                    node.routes.done.send_replace(generation);
+            let (add, remove): (Vec<String>, Vec<String>) = {
+                let mut add = Vec::new();
+                let mut remove = Vec::new();
+                for u in &batch {
+                    if hub.has_user(u) {
+                        add.push(u.to_string());
+                    } else {
+                        remove.push(u.to_string());
+                    }
                 }
+                (add, remove)
+            };
+            let result = async {
+                if !add.is_empty() {
+                    registry.add_routes(info, &add).await?;
+                }
+                if !remove.is_empty() {
+                    registry.remove_routes(info, &remove).await?;
+                }
+                Ok::<_, shared::routing::RoutingError>(())
             }
-            Err(e) => {
-                tracing::warn!(error = %e, users = batch.len(), "route registration failed; retrying");
-                metrics::counter!("gateway_route_sync_errors_total").increment(1);
-                node.routes.dirty.lock().extend(batch);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            .await;
+            match result {
+                Ok(()) => {
+                    backoff = Duration::from_millis(50);
+                    // Publish progress only once nothing older is pending.
+                    if self.dirty.lock().is_empty() {
+                        self.done.send_replace(generation);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, users = batch.len(), "route registration failed; retrying");
+                    metrics::counter!("gateway_route_sync_errors_total").increment(1);
+                    self.dirty.lock().extend(batch);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

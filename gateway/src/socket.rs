@@ -23,9 +23,9 @@ use shared::ratelimit::LocalBucket;
 use shared::Id;
 
 use crate::hub::SocketHandle;
-use crate::writer::{flush, Enqueue, Flush};
 use crate::node::Node;
 use crate::typing::TypingGate;
+use crate::writer::{Enqueue, Flush, Writer};
 use crate::wsio::{self, BurstReader};
 
 /// A frame that has begun to arrive must complete within this time.
@@ -36,9 +36,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How a socket ended.
 #[derive(Debug)]
 enum End {
-    /// We close with this code.
+    /// We close with this code (`Normal` answering the client's close frame).
     Close(CloseCode),
-    /// The client sent a close frame (answered) or went away.
+    /// The client went away.
     Peer,
 }
 
@@ -52,7 +52,7 @@ pub async fn run(
     encoding: Encoding,
 ) {
     if node.draining.load(Ordering::Acquire) {
-        close_now(&stream, None, CloseCode::Draining).await;
+        close_now(&stream, &Writer::new(0), CloseCode::Draining).await;
         return;
     }
     let user: Arc<str> = Arc::from(identity.subject.as_str());
@@ -60,7 +60,7 @@ pub async fn run(
         node.hub.next_socket_id(),
         user.clone(),
         encoding,
-        node.resync_epoch.load(Ordering::Acquire),
+        node.resync.epoch(),
     ));
     match node
         .hub
@@ -78,7 +78,7 @@ pub async fn run(
         Err(_) => {
             metrics::counter!("gateway_rejected_total", "reason" => "too_many_sockets")
                 .increment(1);
-            close_now(&stream, None, CloseCode::TooManySockets).await;
+            close_now(&stream, &Writer::new(0), CloseCode::TooManySockets).await;
             return;
         }
     }
@@ -118,7 +118,7 @@ pub async fn run(
     let end = socket.run(read_ahead).await;
     let code = match end {
         End::Close(code) => {
-            close_now(&stream, Some(&handle), code).await;
+            close_now(&stream, &handle.writer, code).await;
             code.code()
         }
         End::Peer => CloseCode::Normal.code(),
@@ -142,34 +142,16 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// Finishes what is queued (a partly written frame above all), writes the close frame,
-/// half-closes and lingers for the client's answer so that the close frame is not lost to a
-/// reset. Bounded by [`CLOSE_LINGER`] in all: a client that does not read is simply dropped.
-async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: CloseCode) {
+/// Finishes what is queued (a partly written frame above all), then the close frame (the
+/// writer's, which may answer the client's), half-closes and lingers for the client's answer so
+/// that the close frame is not lost to a reset. Bounded by [`CLOSE_LINGER`] in all: a client that
+/// does not read is simply dropped.
+async fn close_now(stream: &TcpStream, writer: &Writer, code: CloseCode) {
     let deadline = Instant::now() + CLOSE_LINGER;
-    if let Some(handle) = handle {
-        handle.close(code);
-        loop {
-            match flush(stream, handle) {
-                Ok(Flush::Blocked) => {
-                    if !matches!(
-                        tokio::time::timeout_at(deadline, stream.writable()).await,
-                        Ok(Ok(()))
-                    ) {
-                        return;
-                    }
-                }
-                Ok(_) => break,
-                Err(_) => return,
-            }
-        }
-    }
-    let frame = wsio::close_frame(code);
-    let mut sent = 0;
-    while sent < frame.len() {
-        match stream.try_write(&frame[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+    writer.close(code);
+    loop {
+        match writer.flush(stream) {
+            Ok(Flush::Blocked) => {
                 if !matches!(
                     tokio::time::timeout_at(deadline, stream.writable()).await,
                     Ok(Ok(()))
@@ -177,6 +159,7 @@ async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: Clos
                     return;
                 }
             }
+            Ok(Flush::Closed(_) | Flush::Done) => break,
             Err(_) => return,
         }
     }
@@ -225,7 +208,7 @@ impl Socket<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.handle.notify.notified() => {
+                _ = self.handle.writer.notified() => {
                     if write_blocked {
                         // Nothing can be written until the socket drains; what matters now is a
                         // close request (a slow consumer whose queue just overflowed), which must
@@ -235,7 +218,7 @@ impl Socket<'_> {
                         }
                         continue;
                     }
-                    match flush(self.stream, self.handle) {
+                    match self.handle.writer.flush(self.stream) {
                         Ok(Flush::Done) => {}
                         Ok(Flush::Blocked) => {
                             // A socket asked to close gets a bounded time to flush, not forever.
@@ -244,7 +227,7 @@ impl Socket<'_> {
                             }
                             write_blocked = true;
                         }
-                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Ok(Flush::Closed(code)) => return End::Close(code),
                         Err(_) => return End::Peer,
                     }
                 }
@@ -252,14 +235,14 @@ impl Socket<'_> {
                     if ready.is_err() {
                         return End::Peer;
                     }
-                    match flush(self.stream, self.handle) {
+                    match self.handle.writer.flush(self.stream) {
                         Ok(Flush::Done) => write_blocked = false,
                         Ok(Flush::Blocked) => {
                             if let Some(code) = self.handle.closing() {
                                 return End::Close(code);
                             }
                         }
-                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Ok(Flush::Closed(code)) => return End::Close(code),
                         Err(_) => return End::Peer,
                     }
                 }
@@ -369,11 +352,10 @@ impl Socket<'_> {
                     }
                 }
                 OpCode::Close => {
-                    let _ = self.stream.try_write(&wsio::frame_bytes(
-                        OpCode::Close,
-                        &frame.payload[..frame.payload.len().min(2)],
-                    ));
-                    return Err(End::Peer);
+                    // Answered through the writer, behind a partly written frame; counted as a
+                    // normal close.
+                    self.handle.writer.close_reply(&frame.payload);
+                    return Err(End::Close(CloseCode::Normal));
                 }
                 OpCode::Ping => self.send(wsio::frame_bytes(OpCode::Pong, &frame.payload)),
                 OpCode::Pong | OpCode::Continuation => {}
