@@ -8,6 +8,7 @@ use bytes::Bytes;
 use fastwebsockets::OpCode;
 use tokio::sync::watch;
 
+use shared::backoff::Backoff;
 use shared::protocol::{decode_server, encode_server, Encoding};
 use shared::routing::{Envelope, Subscription};
 
@@ -15,29 +16,34 @@ use crate::hub::Enqueue;
 use crate::node::Node;
 use crate::wsio;
 
+/// Pauses after a failed subscribe or read: the one layer that waits on a node-bus failure (the
+/// bus itself returns errors at once).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Subscribes to this node's stream and delivers from it until `stop` is set.
 pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut sub: Box<dyn Subscription> = loop {
         match node.deps.bus.subscribe(&node.info).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "node bus subscribe failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.wait() => {}
                     _ = stop.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
-    backoff = Duration::from_millis(50);
+    backoff.reset();
     let mut failed = false;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             batch = sub.next_batch(node.settings.stream_batch) => match batch {
                 Ok(batch) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if std::mem::take(&mut failed) {
                         // Deliveries may have been lost while the stream was unreachable.
                         node.resync.request("node stream was unreachable");
@@ -66,8 +72,10 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!(error = %e, "node bus read failed; retrying");
                     metrics::counter!("gateway_stream_errors_total").increment(1);
                     failed = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }

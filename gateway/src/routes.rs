@@ -10,9 +10,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
+use shared::backoff::Backoff;
 use shared::routing::{NodeInfo, RouteRegistry};
 
 use crate::hub::Hub;
+
+/// Pauses after a failed registration (the registry returns errors at once).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Users whose route may need adding or removing, reconciled in batches by one task: the task
 /// looks at the hub when it runs, so a connect racing a disconnect always ends in the right state.
@@ -74,7 +79,7 @@ impl RouteSync {
         stop: watch::Receiver<bool>,
     ) {
         const BATCH: usize = 4096;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             if *stop.borrow() {
                 return;
@@ -121,7 +126,7 @@ impl RouteSync {
             .await;
             match result {
                 Ok(()) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     // Publish progress only once nothing older is pending.
                     if self.dirty.lock().is_empty() {
                         self.done.send_replace(generation);
@@ -131,8 +136,7 @@ impl RouteSync {
                     tracing::warn!(error = %e, users = batch.len(), "route registration failed; retrying");
                     metrics::counter!("gateway_route_sync_errors_total").increment(1);
                     self.dirty.lock().extend(batch);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! in-process implementations.
 
 pub mod auth;
+pub mod backoff;
 pub mod client_ip;
 pub mod close;
 pub mod config;
