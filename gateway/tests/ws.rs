@@ -431,9 +431,17 @@ async fn a_node_gap_notice_resyncs_every_socket() {
     h.stop().await;
 }
 
-/// One unmasked server frame parsed off the front of `buf`: (fin, opcode, payload), and the bytes
-/// it took; `None` while `buf` holds only part of it.
-fn parse_server_frame(buf: &[u8]) -> Option<((bool, u8, Vec<u8>), usize)> {
+/// A frame as it came off the wire.
+#[derive(Debug, PartialEq)]
+struct WireFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// One unmasked server frame parsed off the front of `buf`, and the bytes it took; `None` while
+/// `buf` holds only part of it.
+fn parse_server_frame(buf: &[u8]) -> Option<(WireFrame, usize)> {
     if buf.len() < 2 {
         return None;
     }
@@ -450,11 +458,11 @@ fn parse_server_frame(buf: &[u8]) -> Option<((bool, u8, Vec<u8>), usize)> {
     if buf.len() < head + len {
         return None;
     }
-    let frame = (
-        buf[0] & 0x80 != 0,
-        buf[0] & 0x0f,
-        buf[head..head + len].to_vec(),
-    );
+    let frame = WireFrame {
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[head..head + len].to_vec(),
+    };
     Some((frame, head + len))
 }
 
@@ -518,7 +526,7 @@ async fn a_client_close_during_a_partly_written_frame_keeps_the_frame_sequence_v
     };
     buf.drain(..used);
     assert!(matches!(
-        shared::protocol::decode_server(Encoding::Msgpack, &hello.2).unwrap(),
+        shared::protocol::decode_server(Encoding::Msgpack, &hello.payload).unwrap(),
         ServerFrame::Hello { .. }
     ));
 
@@ -550,13 +558,13 @@ async fn a_client_close_during_a_partly_written_frame_keeps_the_frame_sequence_v
         rest.len()
     );
     assert_eq!(frames.len(), 2, "the big frame, then the close frame");
-    assert_eq!((frames[0].0, frames[0].1), (true, 0x2));
+    assert_eq!((frames[0].fin, frames[0].opcode), (true, 0x2));
     assert_eq!(
-        shared::protocol::decode_server(Encoding::Msgpack, &frames[0].2).unwrap(),
+        shared::protocol::decode_server(Encoding::Msgpack, &frames[0].payload).unwrap(),
         big
     );
     assert_eq!(
-        (frames[1].0, frames[1].1, &frames[1].2[..]),
+        (frames[1].fin, frames[1].opcode, &frames[1].payload[..]),
         (true, 0x8, &[0x03, 0xe8][..])
     );
     h.stop().await;
