@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""File-level import cycles inside one crate: every `crate::a::b` path (use lines and inline paths)
-is an edge from the file to the file of module `a::b` (or of `a`, or the crate root); prints the
-strongly connected components with more than one file. Usage: import-cycles.py CRATE/src"""
+"""File-level import cycles inside one crate: every `crate::a::b` or `super::b` path (use lines and
+inline paths, one level of braces) is an edge from the file to the file of module `a::b` (or of
+`a`, or the crate root); prints the strongly connected components with more than one file.
+Usage: import-cycles.py CRATE/src"""
 import os
 import re
 import sys
@@ -26,23 +27,27 @@ def resolve(parts):
     return ""
 
 
-def paths(text):
-    # Expand `crate::{a, b::c}` one level, then collect `crate::x::y` paths.
+def paths(text, mod):
+    # `super::` is the parent of this file's module; expand `crate::{a, b::c}` one level, then
+    # collect `crate::x::y` paths.
+    parent = mod.split("::")[:-1] if mod else []
     out = []
-    for group in re.finditer(r"crate::\{([^}]*)\}", text):
-        for item in group.group(1).split(","):
+    for group in re.finditer(r"\b(crate|super)::\{([^}]*)\}", text):
+        base = [] if group.group(1) == "crate" else parent
+        for item in group.group(2).split(","):
             item = item.strip().split(" as ")[0]
-            if item and item != "self":
-                out.append(item.split("::"))
-    for p in re.finditer(r"crate((?:::[A-Za-z_][A-Za-z0-9_]*)+)", text):
-        out.append(p.group(1).strip(":").split("::"))
+            if item and item not in ("self", "*"):
+                out.append(base + item.split("::"))
+    for p in re.finditer(r"\b(crate|super)((?:::[A-Za-z_][A-Za-z0-9_]*)+)", text):
+        base = [] if p.group(1) == "crate" else parent
+        out.append(base + p.group(2).strip(":").split("::"))
     return out
 
 
 edges = {m: set() for m in files}
 for mod, path in files.items():
     text = re.sub(r"//[^\n]*", "", open(path, encoding="utf-8").read())
-    for parts in paths(text):
+    for parts in paths(text, mod):
         target = resolve(parts)
         if target != mod:
             edges[mod].add(target)
