@@ -30,6 +30,9 @@ fi
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> import cycles between source files"
+python3 scripts/check-module-cycles.py
+
 echo "==> cargo test (workspace)"
 # One target selection for every build here (tests, the gateway binary the chat-api tests start,
 # the bench smoke run): another selection unifies dependency features differently and rebuilds

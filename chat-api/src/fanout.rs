@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use shared::backoff::Backoff;
 use shared::protocol::{Message, ServerFrame};
 use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
 use tokio::sync::{mpsc, Semaphore};
@@ -345,13 +346,13 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
 async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
     let mut members = job.members.clone();
     let mut progress = job.progress;
-    let mut pause = RETRY_BACKOFF_MIN;
+    let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
     loop {
         let left = job.give_up_at.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return (false, progress);
         }
-        tokio::time::sleep(jitter(pause).min(left)).await;
+        tokio::time::sleep(backoff.next_delay().min(left)).await;
         let left = job.give_up_at.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return (false, progress);
@@ -366,13 +367,7 @@ async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
         if let Ok(Ok(_)) = tokio::time::timeout(backends.attempt_timeout.min(left), work).await {
             return (true, progress);
         }
-        pause = (pause * 2).min(RETRY_BACKOFF_MAX);
     }
-}
-
-/// Half to all of `d`, so that retries of a burst of failures do not line up.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 /// Pending `resync` notices, sent in coalesced batches by one task at a time.
@@ -493,16 +488,15 @@ async fn send_notices(backends: &Backends, pending: &Pending) -> Result<(), Rout
 /// Sends pending notices until none are left, then stops (the next notice starts it again).
 async fn notice_task(notices: Weak<Notices>, backends: Backends) {
     use std::sync::atomic::Ordering;
-    let mut pause = NOTICE_BACKOFF_MIN;
+    let mut backoff = Backoff::new(NOTICE_BACKOFF_MIN, NOTICE_BACKOFF_MAX);
     loop {
         let Some(n) = notices.upgrade() else { return };
         match n.flush(&backends).await {
-            Ok(()) => pause = NOTICE_BACKOFF_MIN,
+            Ok(()) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(error = %e, "resync notice could not be sent; retrying");
                 drop(n);
-                tokio::time::sleep(jitter(pause)).await;
-                pause = (pause * 2).min(NOTICE_BACKOFF_MAX);
+                backoff.wait().await;
                 continue;
             }
         }
@@ -543,13 +537,5 @@ mod tests {
         n.add(users("d", NOTICE_USERS_MAX + 1));
         let p = n.pending.lock();
         assert!(p.all_nodes && p.members.is_empty());
-    }
-
-    #[test]
-    fn jitter_stays_within_half_to_all() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
-        }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use fastwebsockets::OpCode;
 use tokio::sync::watch;
 
+use shared::backoff::Backoff;
 use shared::protocol::{decode_server, encode_server, Encoding};
 use shared::routing::{Envelope, Subscription};
 
@@ -15,37 +16,42 @@ use crate::hub::Enqueue;
 use crate::node::Node;
 use crate::wsio;
 
+/// Pauses after a failed subscribe or read: the one layer that waits on a node-bus failure (the
+/// bus itself returns errors at once).
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Subscribes to this node's stream and delivers from it until `stop` is set.
 pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     let mut sub: Box<dyn Subscription> = loop {
         match node.deps.bus.subscribe(&node.info).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "node bus subscribe failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.wait() => {}
                     _ = stop.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
-    backoff = Duration::from_millis(50);
+    backoff.reset();
     let mut failed = false;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             batch = sub.next_batch(node.settings.stream_batch) => match batch {
                 Ok(batch) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if std::mem::take(&mut failed) {
                         // Deliveries may have been lost while the stream was unreachable.
-                        crate::resync::request(&node, "node stream was unreachable");
+                        node.resync.request("node stream was unreachable");
                     }
                     // Before this batch is delivered: its envelopes are newer than the lost ones.
                     if sub.take_gap() {
                         metrics::counter!(crate::telemetry::STREAM_GAPS_TOTAL).increment(1);
-                        crate::resync::request(&node, "node stream lost deliveries before they were read");
+                        node.resync.request("node stream lost deliveries before they were read");
                     }
                     if !batch.is_empty() {
                         metrics::histogram!(crate::telemetry::STREAM_BATCH_SIZE).record(batch.len() as f64);
@@ -56,7 +62,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     for envelope in &batch {
                         if envelope.is_node_gap() {
                             // An API replica could not deliver a message here (docs/RELIABILITY.md).
-                            crate::resync::request(&node, "an API replica could not deliver a message here");
+                            node.resync.request("an API replica could not deliver a message here");
                         } else {
                             deliver(&node, envelope);
                         }
@@ -66,8 +72,10 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                     tracing::warn!(error = %e, "node bus read failed; retrying");
                     metrics::counter!(crate::telemetry::STREAM_ERRORS_TOTAL).increment(1);
                     failed = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }
@@ -77,7 +85,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 /// Hands one envelope to every local socket of its recipients. Returns the frames queued.
 pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
     let limits = node.queue_limits();
-    let epoch = node.resync_epoch.load(std::sync::atomic::Ordering::Acquire);
+    let epoch = node.resync.epoch();
     let mut msgpack: Option<Bytes> = None;
     let mut json: Option<Option<Bytes>> = None;
     let mut queued = 0;
@@ -95,7 +103,7 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
                     }
                 }
             };
-            match socket.enqueue_delivery(frame, limits, epoch, node.resync_frame(socket.encoding))
+            match socket.enqueue_delivery(frame, limits, epoch, node.resync.frame(socket.encoding))
             {
                 Enqueue::Queued => queued += 1,
                 Enqueue::Overflow => dropped += 1,

@@ -1,56 +1,24 @@
-//! The local registry: user → sockets on this node, and each socket's bounded send queue. Sharded
+//! The local registry: user → sockets on this node, each with its writer (`writer.rs`). Sharded
 //! by dashmap so that connects, disconnects and deliveries on different users do not contend.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
 
-/// The part of a socket that other tasks touch: its queue and a wake-up. Kept small: an idle
-/// socket's queue holds no allocation.
+use crate::writer::Writer;
+pub use crate::writer::{Enqueue, QueueLimits};
+
+/// The part of a socket that other tasks touch: who it is and its writer.
 pub struct SocketHandle {
     pub id: u64,
     pub user: Arc<str>,
     pub encoding: Encoding,
-    queue: Mutex<SendQueue>,
-    pub notify: Notify,
-}
-
-#[derive(Default)]
-pub struct SendQueue {
-    pub frames: VecDeque<Bytes>,
-    /// Bytes queued, counting only what is not yet written.
-    pub bytes: usize,
-    /// Set once: the socket task writes this close frame and exits.
-    pub close: Option<CloseCode>,
-    /// The front frame is partly written and must be finished before anything else is sent.
-    pub front_started: bool,
-    /// The node's resync epoch this socket last got a `resync` for (or joined at). See
-    /// [`SocketHandle::enqueue_delivery`].
-    pub resync_epoch: u32,
-}
-
-/// Queue limits.
-#[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
-    pub frames: usize,
-    pub bytes: usize,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Enqueue {
-    Queued,
-    /// The queue was full: the socket is now closing as a slow consumer.
-    Overflow,
-    /// The socket is already closing.
-    Closed,
+    pub writer: Writer,
 }
 
 impl SocketHandle {
@@ -61,29 +29,16 @@ impl SocketHandle {
             id,
             user,
             encoding,
-            queue: Mutex::new(SendQueue {
-                resync_epoch,
-                ..SendQueue::default()
-            }),
-            notify: Notify::new(),
+            writer: Writer::new(resync_epoch),
         }
     }
 
-    /// Queues a frame, or marks the socket as a slow consumer when a limit would be passed. The
-    /// queued frames are dropped at once so that a stuck client holds no memory.
+    /// Queues a frame ([`Writer::push`]).
     pub fn enqueue(&self, frame: Bytes, limits: QueueLimits) -> Enqueue {
-        let mut q = self.queue.lock();
-        let result = push(&mut q, frame, limits);
-        drop(q);
-        self.notify.notify_one();
-        result
+        self.writer.push(frame, limits)
     }
 
-    /// Queues a delivery. When the node may have missed deliveries since this socket last heard
-    /// of it (the node's resync `epoch` is newer than the socket's), `resync` goes first, in the
-    /// same critical section: the client then sees `resync` before any message delivered after
-    /// the gap, so its catch-up starts from what it held before the gap and fetches the missed
-    /// messages even though newer ones arrive meanwhile (docs/PROTOCOL.md).
+    /// Queues a delivery, behind a `resync` when one is owed ([`Writer::push_delivery`]).
     pub fn enqueue_delivery(
         &self,
         frame: Bytes,
@@ -91,81 +46,28 @@ impl SocketHandle {
         epoch: u32,
         resync: &Bytes,
     ) -> Enqueue {
-        let mut q = self.queue.lock();
-        let mut result = Enqueue::Queued;
-        if q.resync_epoch < epoch && q.close.is_none() {
-            q.resync_epoch = epoch;
-            result = push(&mut q, resync.clone(), limits);
-        }
-        if result == Enqueue::Queued {
-            result = push(&mut q, frame, limits);
-        }
-        drop(q);
-        self.notify.notify_one();
-        result
+        self.writer.push_delivery(frame, limits, epoch, resync)
     }
 
-    /// Queues `resync` unless this socket already got one for `epoch` (from a delivery).
-    /// Returns `None` when nothing was owed.
+    /// Queues `resync` unless one was sent for `epoch` ([`Writer::push_resync`]).
     pub fn enqueue_resync(
         &self,
         epoch: u32,
         resync: Bytes,
         limits: QueueLimits,
     ) -> Option<Enqueue> {
-        let mut q = self.queue.lock();
-        if q.resync_epoch >= epoch {
-            return None;
-        }
-        q.resync_epoch = epoch;
-        let result = push(&mut q, resync, limits);
-        drop(q);
-        self.notify.notify_one();
-        Some(result)
+        self.writer.push_resync(epoch, resync, limits)
     }
 
     /// Asks the socket to close with `code` (first request wins).
     pub fn close(&self, code: CloseCode) {
-        let mut q = self.queue.lock();
-        if q.close.is_none() {
-            q.close = Some(code);
-        }
-        drop(q);
-        self.notify.notify_one();
+        self.writer.close(code)
     }
 
     /// The close code, once the socket was asked to close.
     pub fn closing(&self) -> Option<CloseCode> {
-        self.queue.lock().close
+        self.writer.closing()
     }
-
-    pub fn lock_queue(&self) -> parking_lot::MutexGuard<'_, SendQueue> {
-        self.queue.lock()
-    }
-}
-
-/// Appends `frame` to `q`, or turns `q` into a slow consumer's close when a limit would be passed
-/// (dropping what it held, so that a stuck client holds no memory).
-fn push(q: &mut SendQueue, frame: Bytes, limits: QueueLimits) -> Enqueue {
-    if q.close.is_some() {
-        return Enqueue::Closed;
-    }
-    if q.frames.len() >= limits.frames || q.bytes + frame.len() > limits.bytes {
-        q.close = Some(CloseCode::SlowConsumer);
-        // Keep a partly written frame, or the close frame would land inside it.
-        let keep = if q.front_started {
-            q.frames.pop_front()
-        } else {
-            None
-        };
-        q.frames = VecDeque::new();
-        q.bytes = keep.as_ref().map_or(0, Bytes::len);
-        q.frames.extend(keep);
-        return Enqueue::Overflow;
-    }
-    q.bytes += frame.len();
-    q.frames.push_back(frame);
-    Enqueue::Queued
 }
 
 /// Why a socket could not be added.
@@ -254,75 +156,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LIMITS: QueueLimits = QueueLimits {
-        frames: 3,
-        bytes: 10,
-    };
-
-    #[test]
-    fn queue_overflow_closes_and_frees() {
-        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
-        assert_eq!(
-            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
-            Enqueue::Queued
-        );
-        assert_eq!(
-            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
-            Enqueue::Queued
-        );
-        // 12 bytes > 10.
-        assert_eq!(
-            h.enqueue(Bytes::from_static(b"abcd"), LIMITS),
-            Enqueue::Overflow
-        );
-        let q = h.lock_queue();
-        assert_eq!(
-            (q.frames.len(), q.bytes, q.close),
-            (0, 0, Some(CloseCode::SlowConsumer))
-        );
-        drop(q);
-        assert_eq!(h.enqueue(Bytes::from_static(b"a"), LIMITS), Enqueue::Closed);
-    }
-
-    #[test]
-    fn frame_count_limit() {
-        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
-        for _ in 0..3 {
-            assert_eq!(h.enqueue(Bytes::from_static(b"a"), LIMITS), Enqueue::Queued);
-        }
-        assert_eq!(
-            h.enqueue(Bytes::from_static(b"a"), LIMITS),
-            Enqueue::Overflow
-        );
-    }
-
-    #[test]
-    fn resync_goes_before_the_first_delivery_after_a_gap_and_only_once() {
-        let limits = QueueLimits {
-            frames: 10,
-            bytes: 100,
-        };
-        let resync = Bytes::from_static(b"R");
-        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 3);
-        // Epoch 3 is the one it joined at: nothing owed.
-        h.enqueue_delivery(Bytes::from_static(b"m1"), limits, 3, &resync);
-        assert_eq!(h.enqueue_resync(3, resync.clone(), limits), None);
-        // A gap (epoch 4): the resync precedes the next delivery, once.
-        h.enqueue_delivery(Bytes::from_static(b"m2"), limits, 4, &resync);
-        h.enqueue_delivery(Bytes::from_static(b"m3"), limits, 4, &resync);
-        assert_eq!(h.enqueue_resync(4, resync.clone(), limits), None);
-        // A gap with no delivery: the broadcast sends it.
-        assert_eq!(
-            h.enqueue_resync(5, resync.clone(), limits),
-            Some(Enqueue::Queued)
-        );
-        h.enqueue_delivery(Bytes::from_static(b"m4"), limits, 5, &resync);
-        let q = h.lock_queue();
-        let frames: Vec<&[u8]> = q.frames.iter().map(|f| &f[..]).collect();
-        assert_eq!(frames, [&b"m1"[..], b"R", b"m2", b"m3", b"R", b"m4"]);
-        assert_eq!(q.bytes, 10);
-    }
 
     #[test]
     fn first_and_last_socket_of_a_user() {

@@ -3,12 +3,12 @@
 //! read burst, and outgoing frames are shared `Bytes` written straight from the send queue with
 //! vectored writes.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -22,25 +22,23 @@ use shared::protocol::{
 use shared::ratelimit::LocalBucket;
 use shared::Id;
 
-use crate::hub::{Enqueue, SocketHandle};
+use crate::hub::SocketHandle;
 use crate::node::Node;
-use crate::telemetry;
 use crate::typing::TypingGate;
+use crate::writer::{Enqueue, Flush, Writer};
 use crate::wsio::{self, BurstReader};
 
 /// A frame that has begun to arrive must complete within this time.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After our close frame, how long we wait for the client's before dropping the connection.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Frames written per vectored write.
-const WRITEV_MAX: usize = 64;
 
 /// How a socket ended.
 #[derive(Debug)]
 enum End {
-    /// We close with this code.
+    /// We close with this code (`Normal` answering the client's close frame).
     Close(CloseCode),
-    /// The client sent a close frame (answered) or went away.
+    /// The client went away.
     Peer,
 }
 
@@ -54,7 +52,7 @@ pub async fn run(
     encoding: Encoding,
 ) {
     if node.draining.load(Ordering::Acquire) {
-        close_now(&stream, None, CloseCode::Draining).await;
+        close_now(&stream, &Writer::new(0), CloseCode::Draining).await;
         return;
     }
     let user: Arc<str> = Arc::from(identity.subject.as_str());
@@ -62,7 +60,7 @@ pub async fn run(
         node.hub.next_socket_id(),
         user.clone(),
         encoding,
-        node.resync_epoch.load(Ordering::Acquire),
+        node.resync.epoch(),
     ));
     match node
         .hub
@@ -78,13 +76,14 @@ pub async fn run(
             }
         }
         Err(_) => {
-            telemetry::rejected(telemetry::reason::TOO_MANY_SOCKETS);
-            close_now(&stream, None, CloseCode::TooManySockets).await;
+            metrics::counter!(crate::telemetry::REJECTED_TOTAL, "reason" => crate::telemetry::reason::TOO_MANY_SOCKETS)
+                .increment(1);
+            close_now(&stream, &Writer::new(0), CloseCode::TooManySockets).await;
             return;
         }
     }
-    metrics::gauge!(telemetry::SOCKETS_OPEN).increment(1.0);
-    metrics::counter!(telemetry::CONNECTS_TOTAL).increment(1);
+    metrics::gauge!(crate::telemetry::SOCKETS_OPEN).increment(1.0);
+    metrics::counter!(crate::telemetry::CONNECTS_TOTAL).increment(1);
     // Unregisters the socket however this task ends, a panic included: a leaked entry would
     // count against MAX_SOCKETS_PER_USER until the node restarts.
     let _registered = Registered {
@@ -119,12 +118,12 @@ pub async fn run(
     let end = socket.run(read_ahead).await;
     let code = match end {
         End::Close(code) => {
-            close_now(&stream, Some(&handle), code).await;
+            close_now(&stream, &handle.writer, code).await;
             code.code()
         }
         End::Peer => CloseCode::Normal.code(),
     };
-    metrics::counter!(telemetry::DISCONNECTS_TOTAL, "code" => code.to_string()).increment(1);
+    metrics::counter!(crate::telemetry::DISCONNECTS_TOTAL, "code" => code.to_string()).increment(1);
 }
 
 /// A socket's place in the hub, given back on drop.
@@ -136,41 +135,23 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        metrics::gauge!(telemetry::SOCKETS_OPEN).decrement(1.0);
+        metrics::gauge!(crate::telemetry::SOCKETS_OPEN).decrement(1.0);
         if self.node.hub.remove(self.handle) {
             self.node.routes.mark(self.user);
         }
     }
 }
 
-/// Finishes what is queued (a partly written frame above all), writes the close frame,
-/// half-closes and lingers for the client's answer so that the close frame is not lost to a
-/// reset. Bounded by [`CLOSE_LINGER`] in all: a client that does not read is simply dropped.
-async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: CloseCode) {
+/// Finishes what is queued (a partly written frame above all), then the close frame (the
+/// writer's, which may answer the client's), half-closes and lingers for the client's answer so
+/// that the close frame is not lost to a reset. Bounded by [`CLOSE_LINGER`] in all: a client that
+/// does not read is simply dropped.
+async fn close_now(stream: &TcpStream, writer: &Writer, code: CloseCode) {
     let deadline = Instant::now() + CLOSE_LINGER;
-    if let Some(handle) = handle {
-        handle.close(code);
-        loop {
-            match flush(stream, handle) {
-                Ok(Flush::Blocked) => {
-                    if !matches!(
-                        tokio::time::timeout_at(deadline, stream.writable()).await,
-                        Ok(Ok(()))
-                    ) {
-                        return;
-                    }
-                }
-                Ok(_) => break,
-                Err(_) => return,
-            }
-        }
-    }
-    let frame = wsio::close_frame(code);
-    let mut sent = 0;
-    while sent < frame.len() {
-        match stream.try_write(&frame[sent..]) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+    writer.close(code);
+    loop {
+        match writer.flush(stream) {
+            Ok(Flush::Blocked) => {
                 if !matches!(
                     tokio::time::timeout_at(deadline, stream.writable()).await,
                     Ok(Ok(()))
@@ -178,6 +159,7 @@ async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: Clos
                     return;
                 }
             }
+            Ok(Flush::Closed(_) | Flush::Done) => break,
             Err(_) => return,
         }
     }
@@ -197,61 +179,6 @@ async fn close_now(stream: &TcpStream, handle: Option<&SocketHandle>, code: Clos
         }
     })
     .await;
-}
-
-/// Writes as much of the queue as the socket takes without blocking.
-fn flush(stream: &TcpStream, handle: &SocketHandle) -> io::Result<Flush> {
-    let mut q = handle.lock_queue();
-    loop {
-        if q.frames.is_empty() {
-            return Ok(match q.close {
-                Some(code) => Flush::Close(code),
-                None => Flush::Done,
-            });
-        }
-        let written = {
-            let mut slices = [IoSlice::new(&[]); WRITEV_MAX];
-            let n = q.frames.len().min(WRITEV_MAX);
-            for (slot, frame) in slices.iter_mut().zip(q.frames.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            match stream.try_write_vectored(&slices[..n]) {
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
-                Err(e) => return Err(e),
-            }
-        };
-        q.bytes -= written;
-        let mut left = written;
-        let mut frames_done = 0u64;
-        while left > 0 {
-            let front = q
-                .frames
-                .front_mut()
-                .expect("written bytes come from queued frames");
-            if front.len() <= left {
-                left -= front.len();
-                q.frames.pop_front();
-                q.front_started = false;
-                frames_done += 1;
-            } else {
-                front.advance(left);
-                q.front_started = true;
-                left = 0;
-            }
-        }
-        metrics::counter!(telemetry::FRAMES_OUT_TOTAL).increment(frames_done);
-        if q.frames.is_empty() && q.frames.capacity() > 16 {
-            // A burst grew the queue; give the memory back while idle.
-            q.frames = Default::default();
-        }
-    }
-}
-
-enum Flush {
-    Done,
-    Blocked,
-    Close(CloseCode),
 }
 
 struct Socket<'a> {
@@ -281,7 +208,7 @@ impl Socket<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.handle.notify.notified() => {
+                _ = self.handle.writer.notified() => {
                     if write_blocked {
                         // Nothing can be written until the socket drains; what matters now is a
                         // close request (a slow consumer whose queue just overflowed), which must
@@ -291,7 +218,7 @@ impl Socket<'_> {
                         }
                         continue;
                     }
-                    match flush(self.stream, self.handle) {
+                    match self.handle.writer.flush(self.stream) {
                         Ok(Flush::Done) => {}
                         Ok(Flush::Blocked) => {
                             // A socket asked to close gets a bounded time to flush, not forever.
@@ -300,7 +227,7 @@ impl Socket<'_> {
                             }
                             write_blocked = true;
                         }
-                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Ok(Flush::Closed(code)) => return End::Close(code),
                         Err(_) => return End::Peer,
                     }
                 }
@@ -308,14 +235,14 @@ impl Socket<'_> {
                     if ready.is_err() {
                         return End::Peer;
                     }
-                    match flush(self.stream, self.handle) {
+                    match self.handle.writer.flush(self.stream) {
                         Ok(Flush::Done) => write_blocked = false,
                         Ok(Flush::Blocked) => {
                             if let Some(code) = self.handle.closing() {
                                 return End::Close(code);
                             }
                         }
-                        Ok(Flush::Close(code)) => return End::Close(code),
+                        Ok(Flush::Closed(code)) => return End::Close(code),
                         Err(_) => return End::Peer,
                     }
                 }
@@ -357,7 +284,7 @@ impl Socket<'_> {
 
     fn send(&self, frame: Bytes) {
         if self.handle.enqueue(frame, self.node.queue_limits()) == Enqueue::Overflow {
-            metrics::counter!(telemetry::SEND_QUEUE_DROPS_TOTAL).increment(1);
+            metrics::counter!(crate::telemetry::SEND_QUEUE_DROPS_TOTAL).increment(1);
         }
     }
 
@@ -405,7 +332,7 @@ impl Socket<'_> {
             };
             consumed += wsio::client_frame_wire_len(frame.payload.len());
             self.last_rx = Instant::now();
-            metrics::counter!(telemetry::FRAMES_IN_TOTAL).increment(1);
+            metrics::counter!(crate::telemetry::FRAMES_IN_TOTAL).increment(1);
             if !self.take_token() {
                 return Err(End::Close(CloseCode::RateLimited));
             }
@@ -425,11 +352,10 @@ impl Socket<'_> {
                     }
                 }
                 OpCode::Close => {
-                    let _ = self.stream.try_write(&wsio::frame_bytes(
-                        OpCode::Close,
-                        &frame.payload[..frame.payload.len().min(2)],
-                    ));
-                    return Err(End::Peer);
+                    // Answered through the writer, behind a partly written frame; counted as a
+                    // normal close.
+                    self.handle.writer.close_reply(&frame.payload);
+                    return Err(End::Close(CloseCode::Normal));
                 }
                 OpCode::Ping => self.send(wsio::frame_bytes(OpCode::Pong, &frame.payload)),
                 OpCode::Pong | OpCode::Continuation => {}
@@ -449,7 +375,7 @@ impl Socket<'_> {
         let frame = match decode_client(self.handle.encoding, payload) {
             Ok(f) => f,
             Err(e) => {
-                telemetry::rejected(telemetry::reason::BAD_FRAME);
+                metrics::counter!(crate::telemetry::REJECTED_TOTAL, "reason" => crate::telemetry::reason::BAD_FRAME).increment(1);
                 return self.send_error(e.code(), e.to_string());
             }
         };
@@ -481,7 +407,7 @@ impl Socket<'_> {
         };
         let interval = self.node.settings.typing_interval;
         if !self.typing.allow(chat_id, Instant::now(), interval) {
-            metrics::counter!(telemetry::TYPING_TOTAL, "result" => telemetry::typing_result::RATE_LIMITED).increment(1);
+            metrics::counter!(crate::telemetry::TYPING_TOTAL, "result" => crate::telemetry::typing_result::RATE_LIMITED).increment(1);
             return self.send_error(
                 ErrorCode::RateLimited,
                 format!("at most one typing frame per chat every {interval:?}"),

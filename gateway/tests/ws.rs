@@ -430,3 +430,142 @@ async fn a_node_gap_notice_resyncs_every_socket() {
     assert_eq!(next_frame(&mut alice, Encoding::Json).await, event);
     h.stop().await;
 }
+
+/// A frame as it came off the wire.
+#[derive(Debug, PartialEq)]
+struct WireFrame {
+    fin: bool,
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// One unmasked server frame parsed off the front of `buf`, and the bytes it took; `None` while
+/// `buf` holds only part of it.
+fn parse_server_frame(buf: &[u8]) -> Option<(WireFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
+    let (len, head) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < head + len {
+        return None;
+    }
+    let frame = WireFrame {
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[head..head + len].to_vec(),
+    };
+    Some((frame, head + len))
+}
+
+/// The client closes while a large frame is partly written to it (it stopped reading): the
+/// server finishes that frame before its answering close frame, so that the bytes on the wire stay
+/// a valid frame sequence, and drops what it had not begun.
+#[tokio::test]
+async fn a_client_close_during_a_partly_written_frame_keeps_the_frame_sequence_valid() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // No heartbeat or idle timeout while the client does not read.
+    let h = Harness::start(Settings {
+        node_id: "test-node".into(),
+        send_queue_bytes: 64 << 20,
+        heartbeat_interval: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(90),
+        drain_window: Duration::from_millis(100),
+        drain_deadline: Duration::from_secs(3),
+        ..Settings::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?encoding=msgpack&access_token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        h.token("kim"),
+        h.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    async fn read_more(
+        stream: &mut tokio::net::TcpStream,
+        buf: &mut Vec<u8>,
+        chunk: &mut [u8],
+    ) -> usize {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(chunk))
+            .await
+            .expect("bytes in time")
+            .unwrap();
+        buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        assert!(read_more(&mut stream, &mut buf, &mut chunk).await > 0);
+    };
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf.drain(..head_end);
+    let (hello, used) = loop {
+        if let Some(f) = parse_server_frame(&buf) {
+            break f;
+        }
+        assert!(read_more(&mut stream, &mut buf, &mut chunk).await > 0);
+    };
+    buf.drain(..used);
+    assert!(matches!(
+        shared::protocol::decode_server(Encoding::Msgpack, &hello.payload).unwrap(),
+        ServerFrame::Hello { .. }
+    ));
+
+    // Far more than the kernel buffers on both sides hold while the client does not read.
+    let big = ServerFrame::Event {
+        event: serde_json::json!({ "pad": "z".repeat(12 << 20) }),
+    };
+    h.publish(&["kim"], &big).await;
+    h.publish(&["kim"], &ServerFrame::Pong).await;
+    // The first bytes of the big frame arrived: it is partly written, and stays so.
+    while buf.len() < 16 {
+        assert!(read_more(&mut stream, &mut buf, &mut chunk).await > 0);
+    }
+    // A masked close frame, code 1000, mask 0.
+    stream
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+        .await
+        .unwrap();
+    while read_more(&mut stream, &mut buf, &mut chunk).await > 0 {}
+    let mut frames = Vec::new();
+    let mut rest = &buf[..];
+    while let Some((frame, used)) = parse_server_frame(rest) {
+        frames.push(frame);
+        rest = &rest[used..];
+    }
+    assert!(
+        rest.is_empty(),
+        "{} bytes of a cut frame at the end",
+        rest.len()
+    );
+    assert_eq!(frames.len(), 2, "the big frame, then the close frame");
+    assert_eq!((frames[0].fin, frames[0].opcode), (true, 0x2));
+    assert_eq!(
+        shared::protocol::decode_server(Encoding::Msgpack, &frames[0].payload).unwrap(),
+        big
+    );
+    assert_eq!(
+        (frames[1].fin, frames[1].opcode, &frames[1].payload[..]),
+        (true, 0x8, &[0x03, 0xe8][..])
+    );
+    h.stop().await;
+}

@@ -3,6 +3,7 @@
 //! in-process implementations.
 
 pub mod auth;
+pub mod backoff;
 pub mod client_ip;
 pub mod config;
 pub mod ratelimit;

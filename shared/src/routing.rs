@@ -104,7 +104,8 @@ pub trait NodeBus: Send + Sync + 'static {
 #[async_trait]
 pub trait Subscription: Send {
     /// Waits for the next envelopes, at most `max` of them. Returns an empty batch when the wait
-    /// timed out without traffic, so that callers can check for shutdown.
+    /// timed out without traffic, so that callers can check for shutdown. A failure returns at
+    /// once: the caller paces its retries (`crate::backoff`), so that pauses do not stack.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError>;
     /// How long the oldest envelope of the last non-empty batch waited in the stream, when the
     /// backend knows (Redis stream ids carry the append time); for the stream-lag metric.

@@ -10,6 +10,7 @@
 //! One that stops cleanly releases the entries still waiting for their window, so that another
 //! replica takes them at once.
 
+use shared::backoff::Backoff;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +113,7 @@ impl Dispatcher {
         let mut open: HashMap<(String, Id), Batch> = HashMap::new();
         let mut ready: VecDeque<Batch> = VecDeque::new();
         let mut renewed_at = Instant::now();
-        let mut claim_pause = POLL_INTERVAL;
+        let mut claim_backoff = Backoff::new(POLL_INTERVAL, BACKOFF_MAX);
         let mut claim_after = Instant::now();
         tracing::info!(url = %s.url, "push notification dispatcher started");
         loop {
@@ -145,7 +146,7 @@ impl Dispatcher {
             if room > 0 && Instant::now() >= claim_after {
                 match self.queue.claim(room).await {
                     Ok(claimed) => {
-                        claim_pause = POLL_INTERVAL;
+                        claim_backoff.reset();
                         more = claimed.len() == room;
                         for c in claimed {
                             if held.insert(c.id.clone()) {
@@ -155,8 +156,7 @@ impl Dispatcher {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "notification queue unreadable; retrying");
-                        claim_after = Instant::now() + super::super::fanout::jitter(claim_pause);
-                        claim_pause = (claim_pause * 2).min(BACKOFF_MAX);
+                        claim_after = Instant::now() + claim_backoff.next_delay();
                     }
                 }
             }
@@ -307,7 +307,7 @@ async fn deliver(
     // Serializing a struct of strings and ids cannot fail.
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let sig = signature(&settings.secret, &json);
-    let mut pause = settings.retry_backoff;
+    let mut backoff = Backoff::new(settings.retry_backoff, BACKOFF_MAX);
     let mut attempt = 1;
     loop {
         let result = http
@@ -347,8 +347,7 @@ async fn deliver(
         metrics::counter!(NOTIFY_RETRIES_TOTAL).increment(1);
         tracing::info!(user_id = %batch.user_id, chat_id = %batch.chat_id, attempt,
             error = %failure, "notification webhook failed; retrying");
-        tokio::time::sleep(crate::fanout::jitter(pause)).await;
-        pause = (pause * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
         attempt += 1;
     }
 }

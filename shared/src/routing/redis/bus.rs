@@ -19,9 +19,6 @@ use crate::routing::{Envelope, NodeBus, NodeInfo, RoutingError, Subscription};
 const FIELD_RECIPIENTS: &str = "r";
 /// Stream entry field holding the frame bytes as published.
 const FIELD_PAYLOAD: &str = "p";
-/// First and longest pause after a failed read.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Most entries one read asks for (`XREAD COUNT`); larger requests are clamped to it. A node
 /// stream's cap is never below it (checked by `connect`), which keeps the check for trimmed
 /// entries down to full reads (see [`RedisSubscription`]).
@@ -79,7 +76,6 @@ impl NodeBus for RedisBus {
             last_id: StreamId::ZERO,
             command_timeout: s.opts.command_timeout,
             block_timeout: s.opts.block_timeout,
-            backoff: BACKOFF_MIN,
             resync: false,
             oldest_age: None,
             gap: false,
@@ -157,7 +153,6 @@ pub struct RedisSubscription {
     last_id: StreamId,
     command_timeout: Duration,
     block_timeout: Duration,
-    backoff: Duration,
     resync: bool,
     /// Age of the oldest entry of the last non-empty read (from its id's millisecond part).
     oldest_age: Option<Duration>,
@@ -361,21 +356,14 @@ impl RedisSubscription {
 
 #[async_trait]
 impl Subscription for RedisSubscription {
-    /// On a Redis failure this waits a backoff (50 ms doubling to 1 s) and returns the error;
-    /// the subscription stays usable and the next call resumes as described on the type.
+    /// On a Redis failure this returns the error at once (the caller paces its retries); the
+    /// subscription stays usable and the next call resumes as described on the type.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Envelope>, RoutingError> {
-        match self.read(max).await {
-            Ok(batch) => {
-                self.backoff = BACKOFF_MIN;
-                Ok(batch)
-            }
-            Err(e) => {
-                self.resync = true;
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-                Err(e)
-            }
+        let result = self.read(max).await;
+        if result.is_err() {
+            self.resync = true;
         }
+        result
     }
 
     fn oldest_age(&self) -> Option<Duration> {
