@@ -40,6 +40,12 @@ pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
+/// Read and delivered marker updates by `kind` ([`MARKER_KINDS`]) and `outcome`
+/// ([`MARKER_OUTCOMES`]).
+pub const MARKERS_TOTAL: &str = "api_markers_total";
+/// Receipt frames (`read`, `delivered`) that could not be handed to the gateways, by `kind`.
+/// Receipts are not retried: the markers are stored and readable.
+pub const RECEIPT_FANOUT_ERRORS_TOTAL: &str = "api_receipt_fanout_errors_total";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 
@@ -70,6 +76,12 @@ pub const FANOUT_RETRY_OUTCOMES: &[&str] = &["delivered", "abandoned", "shed"];
 /// a whole-node notice (members or routes unknown).
 pub const FANOUT_NOTICE_SCOPES: &[&str] = &["members", "node"];
 
+/// Every `kind` of the marker metrics: [`crate::store::Marker::as_str`].
+pub const MARKER_KINDS: &[&str] = &["read", "delivered"];
+/// Every `outcome` of [`MARKERS_TOTAL`]: the marker moved forward, or stayed (an id at or below
+/// it, or a chat without messages).
+pub const MARKER_OUTCOMES: &[&str] = &["moved", "unchanged"];
+
 /// Every `limit` of [`RATE_LIMITED_TOTAL`]: messages and requests per user (SPEC §6).
 pub const RATE_LIMITS: &[&str] = &["user_messages", "user_requests"];
 /// Every `op` of the store metrics: the [`crate::store::MessageStore`] methods.
@@ -83,6 +95,10 @@ pub const STORE_OPS: &[&str] = &[
     "members",
     "insert_message",
     "history",
+    "advance_marker",
+    "markers",
+    "read_markers",
+    "count_unread",
     "ping",
 ];
 
@@ -153,6 +169,14 @@ pub fn describe() {
         "Fan-outs that failed (backend) or ran out of time (timeout)"
     );
     describe_counter!(
+        MARKERS_TOTAL,
+        "Read and delivered marker updates, by kind and outcome (moved or unchanged)"
+    );
+    describe_counter!(
+        RECEIPT_FANOUT_ERRORS_TOTAL,
+        "Receipt frames not handed to the gateways (not retried; the markers stay readable), by kind"
+    );
+    describe_counter!(
         FANOUT_RETRIES_TOTAL,
         "Fan-outs that failed after their 201, by outcome of the background retry (delivered, abandoned, shed)"
     );
@@ -209,6 +233,12 @@ pub fn describe() {
     }
     for op in STORE_OPS {
         metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op).increment(0);
+    }
+    for kind in MARKER_KINDS {
+        for outcome in MARKER_OUTCOMES {
+            metrics::counter!(MARKERS_TOTAL, "kind" => *kind, "outcome" => *outcome).increment(0);
+        }
+        metrics::counter!(RECEIPT_FANOUT_ERRORS_TOTAL, "kind" => *kind).increment(0);
     }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!("api_typing_notices_total").increment(0);

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use shared::protocol::{Encoding, ServerFrame};
 use shared::routing::NodeInfo;
 
+use crate::acks::AckForwarder;
 use crate::hub::{Hub, QueueLimits};
 use crate::typing::TypingForwarder;
 use crate::wsio;
@@ -37,6 +38,8 @@ pub struct Node {
     pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
     pub typing: Option<TypingForwarder>,
+    /// Coalesces `ack` frames and forwards them to chat-api in batches; `None` without `API_URL`.
+    pub acks: Option<AckForwarder>,
     /// Resyncs asked for and not yet served, and whether the task serving them runs.
     pub resync_requests: AtomicU64,
     pub resync_running: AtomicBool,
@@ -57,6 +60,7 @@ impl Node {
         };
         let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes));
         let typing = settings.api_url.as_deref().and_then(TypingForwarder::new);
+        let acks = settings.api_url.as_deref().and_then(AckForwarder::new);
         Node {
             handshakes,
             handshakes_per_ip: crate::handshakes::HandshakesPerIp::new(
@@ -64,6 +68,7 @@ impl Node {
             ),
             held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
+            acks,
             settings,
             info,
             deps,

@@ -144,6 +144,9 @@ pub fn describe() {
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!("gateway_auth_failures_total", "reason" => "expired").increment(0);
     metrics::counter!("gateway_typing_total", "result" => "rate_limited").increment(0);
+    for result in crate::acks::ACK_RESULTS {
+        metrics::counter!("gateway_acks_total", "result" => *result).increment(0);
+    }
     metrics::counter!("gateway_resyncs_total").increment(0);
     metrics::counter!("ratelimit_backend_errors_total", "bucket" => "conn").increment(0);
 }
