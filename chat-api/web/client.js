@@ -218,6 +218,10 @@ export class ChatClient {
     /** chat → highest id waiting for the next `ack` frame; chat → highest id acknowledged. */
     this._acksPending = new Map();
     this._acked = new Map();
+    /** chat → the newest message id the unread count already includes (the chat list's
+     * `last_message_id`, then each counted frame), so that a frame racing the list is not
+     * counted twice. */
+    this._counted = new Map();
     this._tokenSource = o.token;
     this._token = typeof o.token === "string" ? o.token : undefined;
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
@@ -578,6 +582,9 @@ export class ChatClient {
     const u = this.unread.get(message.chat_id);
     if (!u) return; // unknown until the chat list arrives (it counts this message then)
     if (u.read_up_to !== null && compareIds(message.message_id, u.read_up_to) <= 0) return;
+    const counted = this._counted.get(message.chat_id);
+    if (counted !== undefined && compareIds(message.message_id, counted) <= 0) return;
+    this._counted.set(message.chat_id, message.message_id);
     this._setUnread(message.chat_id, { ...u, count: u.count + 1 });
   }
 
@@ -703,6 +710,7 @@ export class ChatClient {
     chats.sort((a, b) => (activity(a) < activity(b) ? 1 : activity(a) > activity(b) ? -1 : 0));
     for (const c of chats) {
       if (typeof c.unread_count === "number") {
+        if (c.last_message_id) this._counted.set(c.chat_id, c.last_message_id);
         this._setUnread(c.chat_id, { read_up_to: c.read_up_to ?? null, count: c.unread_count, capped: !!c.unread_capped });
       }
     }

@@ -102,7 +102,8 @@ pub fn spec() -> Value {
                 "get": {"summary": "One page of the caller's chats",
                     "description": "Pages cover ascending ranges of chat ids (new activity never \
                         moves a chat to another page); inside a page, newest activity first. While \
-                        `has_more`, ask again with `after=next_after`.",
+                        `has_more`, ask again with `after=next_after`. Each chat carries your read state: \
+                        `read_up_to`, `unread_count` (capped) and `unread_capped`.",
                     "parameters": [
                         {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
                             "description": "the previous page's `next_after`"},
