@@ -6,6 +6,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod push;
+pub mod receipts;
 pub mod typing;
 
 use serde::Serialize;

@@ -244,6 +244,21 @@ fn table() -> RouteTable {
         "/v1/chats/{chat_id}/typing",
         api::typing::typing,
     )
+    .add(
+        Method::POST,
+        "/v1/chats/{chat_id}/read",
+        api::receipts::read,
+    )
+    .add(
+        Method::POST,
+        "/v1/chats/{chat_id}/delivered",
+        api::receipts::delivered,
+    )
+    .add(
+        Method::GET,
+        "/v1/chats/{chat_id}/receipts",
+        api::receipts::receipts,
+    )
     .add(Method::POST, "/v1/push", api::push::push)
     .add(Method::GET, "/v1/presence", api::presence::presence)
 }

@@ -7,6 +7,7 @@ pub mod metered;
 pub mod scylla;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -51,6 +52,43 @@ impl Insert {
             Insert::Created(m) | Insert::Duplicate(m) => m,
         }
     }
+}
+
+/// Which of a member's two markers in a chat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Marker {
+    /// Up to where the member has read (`POST /v1/chats/{chat_id}/read`).
+    Read,
+    /// Up to where the member's devices have received (`ack` frames).
+    Delivered,
+}
+
+impl Marker {
+    /// The name used in metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Marker::Read => crate::telemetry::marker_kind::READ,
+            Marker::Delivered => crate::telemetry::marker_kind::DELIVERED,
+        }
+    }
+}
+
+/// One member's stored markers in a chat; a marker never set is `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Markers {
+    pub user_id: String,
+    pub read_up_to: Option<Id>,
+    pub delivered_up_to: Option<Id>,
+}
+
+/// The result of a bounded unread count ([`MessageStore::count_unread`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unread {
+    /// Messages from others among those read.
+    pub count: usize,
+    /// `false` when the read stopped at its bound with messages left: `count` is then a lower
+    /// bound.
+    pub complete: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +154,49 @@ pub trait MessageStore: Send + Sync + 'static {
         cursor: Cursor,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError>;
+    /// Moves `user`'s `marker` in `chat_id` up to `message_id`, never back: a lower or equal id
+    /// changes nothing. `true` when it moved (two replicas racing may both see `true`; the stored
+    /// marker is still the highest). Durable when it returns `Ok`. Membership is the caller's
+    /// check.
+    async fn advance_marker(
+        &self,
+        chat_id: Id,
+        user: &str,
+        marker: Marker,
+        message_id: Id,
+    ) -> Result<bool, StoreError>;
+    /// Every stored marker row of the chat, sorted by user (users that never read or acknowledged
+    /// have none; former members' rows are kept). Bounded by the members a chat has had.
+    async fn markers(&self, chat_id: Id) -> Result<Vec<Markers>, StoreError>;
+    /// `user`'s read markers in `chat_ids` (chats without one are absent). One point read per
+    /// chat at most.
+    async fn read_markers(
+        &self,
+        user: &str,
+        chat_ids: &[Id],
+    ) -> Result<HashMap<Id, Id>, StoreError>;
+    /// Counts the messages of `chat_id` above `after` (all when `None`) that `user` did not send,
+    /// reading at most `scan_max` messages, oldest first: bounded whatever the chat's history.
+    /// The default reads a history page of `scan_max + 1` messages.
+    async fn count_unread(
+        &self,
+        chat_id: Id,
+        user: &str,
+        after: Option<Id>,
+        scan_max: usize,
+    ) -> Result<Unread, StoreError> {
+        let page = self
+            .history(chat_id, Cursor::After(after.unwrap_or(Id(0))), scan_max + 1)
+            .await?;
+        Ok(Unread {
+            count: page
+                .iter()
+                .take(scan_max)
+                .filter(|m| m.sender_id != user)
+                .count(),
+            complete: page.len() <= scan_max,
+        })
+    }
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -70,6 +70,12 @@ pub const NOTIFY_DROP_REASONS: &[&str] = &[notify_drop::QUEUE_FULL, notify_drop:
 pub const NOTIFY_ENQUEUE_FAILURES_TOTAL: &str = "api_notify_enqueue_failures_total";
 /// Queue entries this replica's dispatcher holds (claimed, waiting for their window or in flight).
 pub const NOTIFY_HELD: &str = "api_notify_held";
+/// Read and delivered marker updates by `kind` ([`MARKER_KINDS`]) and `outcome`
+/// ([`MARKER_OUTCOMES`]).
+pub const MARKERS_TOTAL: &str = "api_markers_total";
+/// Receipt frames (`read`, `delivered`) that could not be handed to the gateways, by `kind`.
+/// Receipts are not retried: the markers are stored and readable.
+pub const RECEIPT_FANOUT_ERRORS_TOTAL: &str = "api_receipt_fanout_errors_total";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 pub const TYPING_NOTICES_TOTAL: &str = "api_typing_notices_total";
@@ -154,7 +160,27 @@ pub mod store_op {
     pub const INSERT_MESSAGE: &str = "insert_message";
     pub const HISTORY: &str = "history";
     pub const PING: &str = "ping";
+    pub const ADVANCE_MARKER: &str = "advance_marker";
+    pub const MARKERS: &str = "markers";
+    pub const READ_MARKERS: &str = "read_markers";
+    pub const COUNT_UNREAD: &str = "count_unread";
 }
+/// The `kind` of the marker metrics: [`crate::store::Marker::as_str`].
+pub mod marker_kind {
+    pub const READ: &str = "read";
+    pub const DELIVERED: &str = "delivered";
+}
+/// Every `kind` of the marker metrics.
+pub const MARKER_KINDS: &[&str] = &[marker_kind::READ, marker_kind::DELIVERED];
+/// The `outcome` of [`MARKERS_TOTAL`]: the marker moved forward, or stayed (an id at or below
+/// it, or a chat without messages).
+pub mod marker_outcome {
+    pub const MOVED: &str = "moved";
+    pub const UNCHANGED: &str = "unchanged";
+}
+/// Every `outcome` of [`MARKERS_TOTAL`].
+pub const MARKER_OUTCOMES: &[&str] = &[marker_outcome::MOVED, marker_outcome::UNCHANGED];
+
 /// Every `op` of the store metrics.
 pub const STORE_OPS: &[&str] = &[
     store_op::CREATE_CHAT,
@@ -166,6 +192,10 @@ pub const STORE_OPS: &[&str] = &[
     store_op::MEMBERS,
     store_op::INSERT_MESSAGE,
     store_op::HISTORY,
+    store_op::ADVANCE_MARKER,
+    store_op::MARKERS,
+    store_op::READ_MARKERS,
+    store_op::COUNT_UNREAD,
     store_op::PING,
 ];
 
@@ -235,6 +265,14 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     describe_counter!(
         FANOUT_ERRORS_TOTAL,
         "Fan-outs that failed (backend) or ran out of time (timeout)"
+    );
+    describe_counter!(
+        MARKERS_TOTAL,
+        "Read and delivered marker updates, by kind and outcome (moved or unchanged)"
+    );
+    describe_counter!(
+        RECEIPT_FANOUT_ERRORS_TOTAL,
+        "Receipt frames not handed to the gateways (not retried; the markers stay readable), by kind"
     );
     describe_counter!(
         FANOUT_RETRIES_TOTAL,
@@ -339,6 +377,12 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     }
     for op in STORE_OPS {
         metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op).increment(0);
+    }
+    for kind in MARKER_KINDS {
+        for outcome in MARKER_OUTCOMES {
+            metrics::counter!(MARKERS_TOTAL, "kind" => *kind, "outcome" => *outcome).increment(0);
+        }
+        metrics::counter!(RECEIPT_FANOUT_ERRORS_TOTAL, "kind" => *kind).increment(0);
     }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!(TYPING_NOTICES_TOTAL).increment(0);

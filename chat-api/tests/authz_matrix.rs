@@ -302,6 +302,36 @@ fn endpoints() -> Vec<Endpoint> {
             },
         },
         Endpoint {
+            // Any id at or below the newest message: accepted, whatever it changes.
+            method: Method::POST,
+            path: "/v1/chats/{a}/read",
+            body: Some(|| json!({"message_id": "1"})),
+            expect: |w| chat_a_members(204)(w),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/chats/{a}/delivered",
+            body: Some(|| json!({"message_id": "18446744073709551615"})),
+            expect: |w| chat_a_members(204)(w),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats/{a}/receipts",
+            body: None,
+            expect: |w| chat_a_members(200)(w),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/chats/999999999999/read",
+            body: Some(|| json!({"message_id": "1"})),
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    _ => (403, "not-a-member"),
+                })
+            },
+        },
+        Endpoint {
             // Chat B: only the stranger (its creator) and owner-one are members.
             method: Method::GET,
             path: "/v1/chats/{b}",

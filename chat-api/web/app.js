@@ -1,6 +1,7 @@
 // The demo chat page: logs in with a development token (embedded mode), lists and creates chats,
 // shows messages in real time (each once, ordered by id), loads older history on scroll, and
-// shows typing, presence and the connection state. Everything goes through client.js.
+// shows typing, presence, unread badges, delivered/read ticks on your own messages and the
+// connection state. Everything goes through client.js.
 
 import { ChatClient, compareIds } from "/client.js";
 
@@ -19,7 +20,8 @@ const demo = {
   oldest: null,
   hasOlder: false,
   loadingOlder: false,
-  unread: new Map(),
+  // The open chat's markers: user -> { read: id|null, delivered: id|null }.
+  receipts: new Map(),
   stats: { live: 0, catchup: 0, sent: 0, reconnects: 0, catchups: 0 },
 };
 // For tests and curious developers.
@@ -80,6 +82,9 @@ async function start(config, user, encoding, pastedToken) {
     if (chat_id === demo.current && user_id !== demo.user) showTyping(user_id);
   });
   client.on("presence", (p) => updatePresence([p]));
+  client.on("unread", () => renderChats([]));
+  client.on("read", ({ chat_id, user_id, message_id }) => onReceipt(chat_id, user_id, "read", message_id));
+  client.on("delivered", ({ chat_id, user_id, message_id }) => onReceipt(chat_id, user_id, "delivered", message_id));
   client.on("error", ({ code, message }) => {
     // Typing frames are best effort: a gateway without them answers `invalid_frame`.
     if (code !== "invalid_frame") note(`${code}: ${message}`);
@@ -103,11 +108,11 @@ function renderChats(chats) {
     li.dataset.chatId = c.chat_id;
     li.className = c.chat_id === demo.current ? "current" : "";
     li.textContent = c.title || `chat ${c.chat_id.slice(-6)}`;
-    const unread = demo.unread.get(c.chat_id);
-    if (unread) {
+    const unread = demo.client.unreadCount(c.chat_id);
+    if (unread && unread.count && c.chat_id !== demo.current) {
       const badge = document.createElement("span");
       badge.className = "badge";
-      badge.textContent = String(unread);
+      badge.textContent = unread.capped ? `${unread.count}+` : String(unread.count);
       li.append(" ", badge);
     }
     li.addEventListener("click", () => openChat(c.chat_id));
@@ -119,7 +124,7 @@ async function openChat(chatId) {
   demo.current = chatId;
   demo.shown.clear();
   demo.pending.clear();
-  demo.unread.delete(chatId);
+  demo.receipts.clear();
   $("list").textContent = "";
   $("chat").hidden = false;
   $("empty").hidden = true;
@@ -135,6 +140,9 @@ async function openChat(chatId) {
     demo.oldest = page.messages[0]?.message_id ?? null;
     demo.hasOlder = page.has_more;
     scrollToBottom();
+    const newest = page.messages[page.messages.length - 1];
+    if (newest) markRead(chatId, newest.message_id);
+    loadReceipts(chatId);
     renderChats([]);
     refreshPresence();
     const keep = new URLSearchParams(location.search);
@@ -171,8 +179,8 @@ async function loadOlder() {
 
 function onMessage(m) {
   if (m.chat_id !== demo.current) {
+    // The client counts unread messages itself (the `unread` event redraws the badges).
     if (!demo.chats.has(m.chat_id)) demo.client.chats().then(({ chats }) => renderChats(chats)).catch(() => {});
-    else if (m.sender_id !== demo.user) demo.unread.set(m.chat_id, (demo.unread.get(m.chat_id) || 0) + 1);
     const c = demo.chats.get(m.chat_id);
     if (c) c.last_message_id = m.message_id;
     renderChats([]);
@@ -188,6 +196,67 @@ function onMessage(m) {
   const stick = nearBottom();
   place(li, m.message_id);
   if (stick || m.sender_id === demo.user) scrollToBottom();
+  if (m.message_id) renderTick(li, m);
+  // Seen in the open chat: mark it read (the other members see the ticks turn).
+  if (m.sender_id !== demo.user && m.message_id && document.visibilityState !== "hidden") markRead(m.chat_id, m.message_id);
+}
+
+// ---- read state -----------------------------------------------------------------------------
+
+const readTimers = new Map();
+/** Marks `chatId` read up to `id`, at most every 300 ms per chat (the highest id wins). */
+function markRead(chatId, id) {
+  const t = readTimers.get(chatId);
+  if (t && compareIds(id, t.id) <= 0) return;
+  if (t) clearTimeout(t.timer);
+  const timer = setTimeout(() => {
+    readTimers.delete(chatId);
+    demo.client.markRead(chatId, id).catch((e) => note(`could not mark read: ${e.message}`));
+  }, 300);
+  readTimers.set(chatId, { id, timer });
+}
+
+async function loadReceipts(chatId) {
+  try {
+    const { receipts } = await demo.client.receipts(chatId);
+    if (demo.current !== chatId) return;
+    for (const r of receipts) {
+      if (r.read_up_to) onReceipt(chatId, r.user_id, "read", r.read_up_to);
+      if (r.delivered_up_to) onReceipt(chatId, r.user_id, "delivered", r.delivered_up_to);
+    }
+  } catch {
+    /* ticks stay as they are; frames update them */
+  }
+}
+
+function onReceipt(chatId, userId, kind, id) {
+  if (chatId !== demo.current || userId === demo.user) return;
+  const r = demo.receipts.get(userId) || { read: null, delivered: null };
+  if (r[kind] && compareIds(id, r[kind]) <= 0) return;
+  r[kind] = id;
+  // What was read was delivered.
+  if (kind === "read" && (!r.delivered || compareIds(id, r.delivered) > 0)) r.delivered = id;
+  demo.receipts.set(userId, r);
+  for (const li of demo.shown.values()) if (li.classList.contains("mine")) renderTick(li, { message_id: li.dataset.id, sender_id: demo.user });
+}
+
+/** ✓ sent, ✓✓ delivered to a member, ✓✓ in blue once a member read it (own messages only). */
+function renderTick(li, m) {
+  if (m.sender_id !== demo.user) return;
+  let tick = "sent";
+  for (const r of demo.receipts.values()) {
+    if (r.read && compareIds(r.read, m.message_id) >= 0) tick = "read";
+    else if (tick === "sent" && r.delivered && compareIds(r.delivered, m.message_id) >= 0) tick = "delivered";
+  }
+  li.dataset.tick = tick;
+  let el = li.querySelector(".tick");
+  if (!el) {
+    el = document.createElement("span");
+    el.className = "tick";
+    li.append(el);
+  }
+  el.textContent = tick === "sent" ? "✓" : "✓✓";
+  el.title = tick;
 }
 
 function fill(li, m) {

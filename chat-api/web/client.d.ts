@@ -21,6 +21,36 @@ export interface Chat {
   members?: string[];
 }
 
+/** A chat as `GET /v1/chats` lists it: with the caller's read state. */
+export interface ChatSummary extends Chat {
+  /** Your read marker, or null. */
+  read_up_to: Id | null;
+  /** Messages from other members after `read_up_to`, at most 99. */
+  unread_count: number;
+  /** There may be more than `unread_count` (show "99+"). */
+  unread_capped: boolean;
+}
+
+/** A chat's unread state as the client keeps it (`unreadCount()`, `unread` events). */
+export interface UnreadState {
+  read_up_to: Id | null;
+  count: number;
+  capped: boolean;
+}
+
+/** A `read` or `delivered` receipt: `user_id` holds `chat_id` up to `message_id`. */
+export interface Receipt {
+  chat_id: Id;
+  user_id: string;
+  message_id: Id;
+}
+
+export interface ReceiptList {
+  chat_id: Id;
+  /** Every current member, sorted by user id. */
+  receipts: { user_id: string; read_up_to: Id | null; delivered_up_to: Id | null }[];
+}
+
 export interface HistoryPage {
   /** Ascending by message id. */
   messages: Message[];
@@ -61,7 +91,13 @@ export interface ChatEvents {
   /** The node may have missed deliveries: a catch-up follows at once; the socket stays open. */
   resync: Record<string, never>;
   /** The chat list fetched at each (re)connect. */
-  chats: { chats: Chat[] };
+  chats: { chats: ChatSummary[] };
+  /** A member read a chat up to a message (your own other devices included). */
+  read: Receipt;
+  /** A member's devices received a chat up to a message. */
+  delivered: Receipt;
+  /** A chat's unread state changed (chat list, new message from someone else, read elsewhere). */
+  unread: UnreadState & { chat_id: Id };
   refreshed: { token_expires_at: number };
   /** Server `error` frames (`code` from docs/PROTOCOL.md) and client-side failures (`token_failed`, `catchup_failed`, `bad_frame`, ...). */
   error: { code: string; message: string; cause?: unknown };
@@ -101,6 +137,10 @@ export interface ChatClientOptions {
   catchUpPagesMax?: number;
   /** Reconnect at once on the browser's `online` event (default true). */
   watchOnline?: boolean;
+  /** Acknowledge received messages with `ack` frames (delivered receipts; default true). */
+  autoAck?: boolean;
+  /** Acks are coalesced per chat over this long (default 250). */
+  ackDelayMs?: number;
   /** Injection points (tests, other runtimes). */
   WebSocket?: typeof WebSocket;
   fetch?: typeof fetch;
@@ -172,6 +212,8 @@ export declare class ChatClient {
   /** The current connection's `hello`, or null. */
   readonly hello: Hello | null;
   readonly log: MessageLog;
+  /** chat → unread state (prefer `unreadCount()`). */
+  readonly unread: Map<Id, UnreadState>;
   on<K extends keyof ChatEvents>(type: K, listener: (event: ChatEvents[K]) => void): () => void;
   off<K extends keyof ChatEvents>(type: K, listener: (event: ChatEvents[K]) => void): void;
   connect(): void;
@@ -184,7 +226,14 @@ export declare class ChatClient {
   track(chatId: Id, lastMessageId?: Id): void;
   send(chatId: Id, body: string, options?: { clientMsgId?: string; signal?: AbortSignal; attempts?: number }): Promise<Message>;
   history(chatId: Id, page?: { before?: Id; after?: Id; limit?: number }): Promise<HistoryPage>;
-  chats(): Promise<{ chats: Chat[] }>;
+  chats(): Promise<{ chats: ChatSummary[] }>;
+  /** Marks a chat read up to a message (forward only; an id past the newest counts as the newest). */
+  markRead(chatId: Id, messageId: Id): Promise<void>;
+  /** Acknowledges receipt up to a message (coalesced `ack` frames; automatic unless `autoAck` is false). */
+  ack(chatId: Id, messageId: Id): void;
+  /** The chat's unread state, or undefined before the chat list was fetched. */
+  unreadCount(chatId: Id): UnreadState | undefined;
+  receipts(chatId: Id): Promise<ReceiptList>;
   chat(chatId: Id): Promise<Chat>;
   createChat(chat: { members: string[]; title?: string }): Promise<Chat>;
   addMembers(chatId: Id, userIds: string[]): Promise<{ chat_id: Id; members: string[] }>;

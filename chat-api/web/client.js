@@ -1,7 +1,9 @@
 // Browser (and Node ≥ 18) client for the chat service: one WebSocket to a gateway for real-time
 // frames, the HTTP API for sending and history. Reconnects with exponential backoff and jitter as
 // the close codes advise, catches up through history after every (re)connect, refreshes the token
-// before it expires, and sends idempotently (automatic `client_msg_id`, safe retries).
+// before it expires, and sends idempotently (automatic `client_msg_id`, safe retries). Keeps each
+// chat's unread count, marks chats read, and acknowledges received messages (delivered receipts,
+// coalesced per chat).
 // Protocol: docs/PROTOCOL.md. Types: client.d.ts. No run-time dependencies.
 
 import { encode as msgpackEncode, decode as msgpackDecode } from "./msgpack.js";
@@ -207,7 +209,19 @@ export class ChatClient {
     this.requestAttempts = Math.max(1, o.requestAttempts ?? 5);
     this.catchUpPageSize = o.catchUpPageSize ?? 200;
     this.catchUpPagesMax = o.catchUpPagesMax ?? 1000;
+    this.autoAck = o.autoAck !== false;
+    this.ackDelayMs = o.ackDelayMs ?? 250;
     this.log = new MessageLog();
+    /** chat → { read_up_to, count, capped }: the unread state, from `GET /v1/chats` and kept
+     * current by frames and `markRead`. */
+    this.unread = new Map();
+    /** chat → highest id waiting for the next `ack` frame; chat → highest id acknowledged. */
+    this._acksPending = new Map();
+    this._acked = new Map();
+    /** chat → the newest message id the unread count already includes (the chat list's
+     * `last_message_id`, then each counted frame), so that a frame racing the list is not
+     * counted twice. */
+    this._counted = new Map();
     this._tokenSource = o.token;
     this._token = typeof o.token === "string" ? o.token : undefined;
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
@@ -417,6 +431,12 @@ export class ChatClient {
         return this._deliver(frame.message, "live");
       case "typing":
         return this._emit("typing", { chat_id: frame.chat_id, user_id: frame.user_id });
+      case "read":
+        // Another device of this user read the chat: its unread state follows.
+        if (this.hello && frame.user_id === this.hello.user_id) this._readUpTo(frame.chat_id, frame.message_id);
+        return this._emit("read", { chat_id: frame.chat_id, user_id: frame.user_id, message_id: frame.message_id });
+      case "delivered":
+        return this._emit("delivered", { chat_id: frame.chat_id, user_id: frame.user_id, message_id: frame.message_id });
       case "presence":
         return this._emit("presence", { user_id: frame.user_id, online: frame.online, last_seen_ms: frame.last_seen_ms ?? null });
       case "event":
@@ -493,11 +513,89 @@ export class ChatClient {
     return this.state === State.OPEN && this._sendFrame({ type: "typing", chat_id: chatId });
   }
 
+  // ---- read state and receipts -------------------------------------------------------------
+
+  /** Acknowledges that this client holds `chatId` up to `messageId` (a delivered receipt for
+   * the other members). Coalesced: one `ack` frame per chat every `ackDelayMs` at most, with the
+   * highest id; an id at or below one already acknowledged is skipped. Done automatically for
+   * received messages unless `autoAck` is false. */
+  ack(chatId, messageId) {
+    const done = this._acked.get(chatId);
+    if (done !== undefined && compareIds(messageId, done) <= 0) return;
+    const pending = this._acksPending.get(chatId);
+    if (pending === undefined || compareIds(messageId, pending) > 0) this._acksPending.set(chatId, messageId);
+    if (this._timers.ack === undefined) this._timer("ack", this.ackDelayMs, () => this._flushAcks());
+  }
+
+  _flushAcks() {
+    if (this.state !== State.OPEN) return; // kept: the next ack after a reconnect sends them
+    for (const [chatId, messageId] of this._acksPending) {
+      if (!this._sendFrame({ type: "ack", chat_id: chatId, message_id: messageId })) return;
+      this._acked.set(chatId, messageId);
+      this._acksPending.delete(chatId);
+    }
+  }
+
+  /** Marks `chatId` read up to `messageId` (markers only move forward; an id above the chat's
+   * newest message counts as the newest). Resolves when stored; the chat's unread count drops
+   * at once when `messageId` is the newest message held. */
+  async markRead(chatId, messageId) {
+    await this._request("POST", `/v1/chats/${encodeURIComponent(chatId)}/read`, { message_id: messageId });
+    this._readUpTo(chatId, messageId);
+  }
+
+  /** The unread state of `chatId` (`count` messages from others after `read_up_to`; `capped`:
+   * there may be more, show "99+"), or undefined before the chat list was fetched. */
+  unreadCount(chatId) {
+    const u = this.unread.get(chatId);
+    return u ? { ...u } : undefined;
+  }
+
+  /** Every member's read and delivered markers of a chat. */
+  receipts(chatId) {
+    return this._request("GET", `/v1/chats/${encodeURIComponent(chatId)}/receipts`);
+  }
+
+  _setUnread(chatId, state) {
+    const before = this.unread.get(chatId);
+    this.unread.set(chatId, state);
+    if (!before || before.count !== state.count || before.capped !== state.capped || before.read_up_to !== state.read_up_to) {
+      this._emit("unread", { chat_id: chatId, ...state });
+    }
+  }
+
+  _readUpTo(chatId, messageId) {
+    const u = this.unread.get(chatId) || { read_up_to: null, count: 0, capped: false };
+    if (u.read_up_to !== null && compareIds(messageId, u.read_up_to) <= 0) return;
+    const held = this.log.cursor(chatId);
+    const all = held === undefined || compareIds(messageId, held) >= 0;
+    this._setUnread(chatId, all ? { read_up_to: messageId, count: 0, capped: false } : { ...u, read_up_to: messageId });
+  }
+
+  /** A message seen for the first time: acknowledged when it came from the server; one more
+   * unread when it is a live frame of someone else's above the read marker (a catch-up follows
+   * the chat list, whose counts already include what it fetches). */
+  _countIncoming(message, source) {
+    const own = this.hello && message.sender_id === this.hello.user_id;
+    if (source !== "sent" && this.autoAck && !own) this.ack(message.chat_id, message.message_id);
+    if (own || source !== "live") return;
+    const u = this.unread.get(message.chat_id);
+    if (!u) return; // unknown until the chat list arrives (it counts this message then)
+    if (u.read_up_to !== null && compareIds(message.message_id, u.read_up_to) <= 0) return;
+    const counted = this._counted.get(message.chat_id);
+    if (counted !== undefined && compareIds(message.message_id, counted) <= 0) return;
+    this._counted.set(message.chat_id, message.message_id);
+    this._setUnread(message.chat_id, { ...u, count: u.count + 1 });
+  }
+
   // ---- messages and catch-up -------------------------------------------------------------
 
   _deliver(message, source) {
     if (!message || typeof message.message_id !== "string") return;
-    if (this.log.accept(message)) this._emit("message", { message, source });
+    if (this.log.accept(message)) {
+      this._countIncoming(message, source);
+      this._emit("message", { message, source });
+    }
   }
 
   /** Declares that the caller holds `chatId` up to `lastMessageId`, so that catch-up fetches
@@ -557,6 +655,7 @@ export class ChatClient {
         for (const m of res.messages) {
           if (this.log.accept(m)) {
             delivered++;
+            this._countIncoming(m, "catchup");
             this._emit("message", { message: m, source: "catchup" });
           }
         }
@@ -609,6 +708,12 @@ export class ChatClient {
     }
     const activity = (c) => BigInt(c.last_message_id ?? c.chat_id);
     chats.sort((a, b) => (activity(a) < activity(b) ? 1 : activity(a) > activity(b) ? -1 : 0));
+    for (const c of chats) {
+      if (typeof c.unread_count === "number") {
+        if (c.last_message_id) this._counted.set(c.chat_id, c.last_message_id);
+        this._setUnread(c.chat_id, { read_up_to: c.read_up_to ?? null, count: c.unread_count, capped: !!c.unread_capped });
+      }
+    }
     return { chats };
   }
 

@@ -2,6 +2,7 @@
 //! keeps each socket in a local registry, registers user → node routes, reads its own node stream
 //! and writes each delivery to the right local sockets. It holds no chat logic.
 
+pub mod acks;
 pub mod cli;
 pub mod config;
 pub mod delivery;

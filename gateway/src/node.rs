@@ -13,6 +13,7 @@ use shared::auth::Verifier;
 use shared::ratelimit::RateLimiter;
 use shared::routing::{NodeBus, NodeInfo, RouteRegistry};
 
+use crate::acks::AckForwarder;
 use crate::config::Settings;
 use crate::hub::{Hub, QueueLimits};
 use crate::resync::Resync;
@@ -48,6 +49,8 @@ pub struct Node {
     pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
     pub typing: Option<TypingForwarder>,
+    /// Coalesces `ack` frames and forwards them to chat-api in batches; `None` without `API_URL`.
+    pub acks: Option<AckForwarder>,
     /// Gaps in this node's deliveries and the `resync` broadcasts that close them.
     pub resync: Resync,
 }
@@ -61,6 +64,7 @@ impl Node {
         };
         let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes));
         let typing = settings.api_url.as_deref().and_then(TypingForwarder::new);
+        let acks = settings.api_url.as_deref().and_then(AckForwarder::new);
         Node {
             handshakes,
             handshakes_per_ip: crate::handshakes::HandshakesPerIp::new(
@@ -68,6 +72,7 @@ impl Node {
             ),
             held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
+            acks,
             settings,
             info,
             deps,

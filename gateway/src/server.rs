@@ -312,9 +312,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
             )
         }
     };
-    // Kept only where typing frames are forwarded (with the socket's own token), so that other
-    // nodes spend no memory on it.
-    let token: Option<Arc<str>> = token.filter(|_| node.typing.is_some()).map(Arc::from);
+    // Kept only where typing and ack frames are forwarded (with the socket's own token), so that
+    // other nodes spend no memory on it.
+    let token: Option<Arc<str>> = token
+        .filter(|_| node.typing.is_some() || node.acks.is_some())
+        .map(Arc::from);
     let task = async move {
         let ws = match upgrade.await {
             Ok(ws) => ws,

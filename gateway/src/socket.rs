@@ -382,6 +382,10 @@ impl Socket<'_> {
         match frame {
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
             ClientFrame::Typing { chat_id } => self.on_typing(chat_id),
+            ClientFrame::Ack {
+                chat_id,
+                message_id,
+            } => self.on_ack(chat_id, message_id),
             ClientFrame::Refresh { token } => match self.node.deps.verifier.verify(&token) {
                 Ok(id) if *id.subject == *self.handle.user && !id.is_service() => {
                     self.expires_at = id.expires_at;
@@ -395,6 +399,29 @@ impl Socket<'_> {
                 Ok(_) => self.send_error(ErrorCode::InvalidToken, "token is for another user"),
                 Err(e) => self.send_error(ErrorCode::InvalidToken, e.to_string()),
             },
+        }
+    }
+
+    /// Coalesces a delivered receipt into the node's ack table (`crate::acks`); answered only
+    /// when it cannot be taken.
+    fn on_ack(&mut self, chat_id: Id, message_id: Id) {
+        let (Some(acks), Some(token)) = (&self.node.acks, &self.token) else {
+            return self.send_error(
+                ErrorCode::Unavailable,
+                "delivered receipts are not enabled on this node (no API_URL)",
+            );
+        };
+        if !acks.record(
+            self.handle,
+            self.node.queue_limits(),
+            token.clone(),
+            chat_id,
+            message_id,
+        ) {
+            self.send_error(
+                ErrorCode::Unavailable,
+                "too many acks pending on this node; ack again later",
+            );
         }
     }
 

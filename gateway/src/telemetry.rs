@@ -104,6 +104,30 @@ pub const TYPING_RESULTS: &[&str] = &[
     typing_result::SHED,
 ];
 
+/// Delivered receipts (`ack` frames) forwarded to chat-api, by `result` ([`ACK_RESULTS`]).
+pub const ACKS_TOTAL: &str = "gateway_acks_total";
+/// The `result` of [`ACKS_TOTAL`].
+pub mod ack_result {
+    /// chat-api recorded the marker.
+    pub const FORWARDED: &str = "forwarded";
+    /// The socket's user is not a member of the chat (403).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// chat-api refused the socket's token (401).
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    /// chat-api unreachable or answering anything else.
+    pub const FAILED: &str = "failed";
+    /// The node's pending-ack table was full.
+    pub const SHED: &str = "shed";
+}
+/// Every `result` of [`ACKS_TOTAL`].
+pub const ACK_RESULTS: &[&str] = &[
+    ack_result::FORWARDED,
+    ack_result::FORBIDDEN,
+    ack_result::UNAUTHORIZED,
+    ack_result::FAILED,
+    ack_result::SHED,
+];
+
 /// Counts one upgrade or socket turned away, `reason` one of [`REJECT_REASONS`].
 pub fn rejected(reason: &'static str) {
     metrics::counter!(REJECTED_TOTAL, "reason" => reason).increment(1);
@@ -208,6 +232,9 @@ pub fn describe() {
         .increment(0);
     metrics::counter!(TYPING_TOTAL, "result" => typing_result::RATE_LIMITED).increment(0);
     metrics::counter!(RESYNCS_TOTAL).increment(0);
+    for result in ACK_RESULTS {
+        metrics::counter!(ACKS_TOTAL, "result" => *result).increment(0);
+    }
     metrics::counter!(
         shared::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL,
         "bucket" => shared::telemetry::bucket::CONNECTIONS

@@ -100,6 +100,22 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+    /// `user_id` has read `chat_id` up to `message_id` (their read marker moved forward). Sent to
+    /// the chat's members, the reader's own sockets included (other devices), in chats of at most
+    /// `RECEIPTS_BROADCAST_MEMBERS_MAX` members; in larger ones to the reader's sockets only.
+    Read {
+        chat_id: Id,
+        user_id: String,
+        message_id: Id,
+    },
+    /// `user_id`'s devices have received `chat_id` up to `message_id` (their delivered marker
+    /// moved forward, from `ack` frames). Sent to the chat's other members in chats of at most
+    /// `RECEIPTS_BROADCAST_MEMBERS_MAX` members.
+    Delivered {
+        chat_id: Id,
+        user_id: String,
+        message_id: Id,
+    },
 }
 
 /// Frames the client sends. Messages and history go over HTTP, not the socket.
@@ -114,6 +130,12 @@ pub enum ClientFrame {
     /// A newer token for the same user, to keep the socket open past the old one's expiry.
     Refresh {
         token: String,
+    },
+    /// The client holds `chat_id` up to `message_id` (delivered receipt). Coalesced by the
+    /// gateway (highest id per user and chat) and forwarded to chat-api in batches.
+    Ack {
+        chat_id: Id,
+        message_id: Id,
     },
 }
 
@@ -161,7 +183,7 @@ struct TypeProbe {
     kind: String,
 }
 
-const CLIENT_TYPES: &[&str] = &["ping", "typing", "refresh"];
+const CLIENT_TYPES: &[&str] = &["ping", "typing", "refresh", "ack"];
 
 /// Decodes a client frame in the given encoding.
 pub fn decode_client(encoding: Encoding, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
@@ -285,6 +307,16 @@ mod tests {
                 code: ErrorCode::UnknownType,
                 message: "x".into(),
             },
+            ServerFrame::Read {
+                chat_id: Id(3),
+                user_id: "carol".into(),
+                message_id: Id(u64::MAX),
+            },
+            ServerFrame::Delivered {
+                chat_id: Id(3),
+                user_id: "dave".into(),
+                message_id: Id(42),
+            },
         ]
     }
 
@@ -331,6 +363,61 @@ mod tests {
             decode_client(Encoding::Msgpack, &mp).unwrap(),
             ClientFrame::Refresh { token: "t".into() }
         );
+    }
+
+    #[test]
+    fn receipt_frames_have_the_documented_shape() {
+        let read = ServerFrame::Read {
+            chat_id: Id(12),
+            user_id: "u".into(),
+            message_id: Id(34),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_server(Encoding::Json, &read)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "read", "chat_id": "12", "user_id": "u", "message_id": "34"})
+        );
+        let delivered = ServerFrame::Delivered {
+            chat_id: Id(12),
+            user_id: "u".into(),
+            message_id: Id(34),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_server(Encoding::Json, &delivered)).unwrap();
+        assert_eq!(v["type"], "delivered");
+        assert_eq!(v["message_id"], "34");
+    }
+
+    #[test]
+    fn ack_frames_round_trip_in_both_encodings() {
+        let ack = ClientFrame::Ack {
+            chat_id: Id(9),
+            message_id: Id(u64::MAX),
+        };
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let bytes = encode_client(enc, &ack);
+            assert_eq!(decode_client(enc, &bytes).unwrap(), ack, "{enc:?}");
+        }
+        assert_eq!(
+            decode_client(
+                Encoding::Json,
+                br#"{"type":"ack","chat_id":"9","message_id":"18446744073709551615"}"#
+            )
+            .unwrap(),
+            ack
+        );
+        // An ack whose ids are not ids is a bad frame, not an unknown type.
+        for bad in [
+            &br#"{"type":"ack","chat_id":"9"}"#[..],
+            br#"{"type":"ack","chat_id":"9","message_id":"x"}"#,
+            br#"{"type":"ack","chat_id":"-1","message_id":"1"}"#,
+        ] {
+            assert_eq!(
+                decode_client(Encoding::Json, bad).unwrap_err().code(),
+                ErrorCode::InvalidFrame
+            );
+        }
     }
 
     #[test]

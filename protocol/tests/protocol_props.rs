@@ -18,6 +18,10 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             chat_id: Id(n >> 1)
         }),
         ".{0,300}".prop_map(|token| ClientFrame::Refresh { token }),
+        (any::<u64>(), any::<u64>()).prop_map(|(c, m)| ClientFrame::Ack {
+            chat_id: Id(c),
+            message_id: Id(m)
+        }),
     ]
 }
 

@@ -46,10 +46,19 @@ pub struct ChatListQuery {
     pub limit: Option<usize>,
 }
 
+/// One chat of a `GET /v1/chats` page: the chat and the caller's read state of it.
+#[derive(Debug, Serialize)]
+pub struct ChatListItem {
+    #[serde(flatten)]
+    pub chat: ChatView,
+    #[serde(flatten)]
+    pub unread: super::receipts::UnreadState,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ChatList {
     /// This page's chats, newest activity first.
-    pub chats: Vec<ChatView>,
+    pub chats: Vec<ChatListItem>,
     /// More chats exist: ask again with `after=next_after`.
     pub has_more: bool,
     /// The highest chat id of this page: the cursor of the next one (absent when no more).
@@ -118,9 +127,11 @@ fn too_many_members(field: &'static str, max: usize) -> ApiError {
     )
 }
 
-/// `GET /v1/chats?after=&limit=`: one page of the caller's chats, each with `last_message_id`.
+/// `GET /v1/chats?after=&limit=`: one page of the caller's chats, each with `last_message_id` and
+/// the caller's read state (`read_up_to`, `unread_count`, `unread_capped`).
 /// Pages cover ascending ranges of chat ids (so new activity never moves a chat between pages);
-/// inside a page, newest activity first. Each page reads at most `limit + 1` chats.
+/// inside a page, newest activity first. Each page reads at most `limit + 1` chats, and an
+/// unread count only for chats with messages above the caller's marker (bounded reads).
 pub async fn list(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -147,8 +158,16 @@ pub async fn list(
     let next_after = has_more
         .then(|| chats.iter().map(|c| c.chat_id).max())
         .flatten();
+    let unread = super::receipts::unread_states(&state, user.id(), &chats).await?;
     Ok(Json(ChatList {
-        chats: chats.into_iter().map(|c| ChatView::new(c, None)).collect(),
+        chats: chats
+            .into_iter()
+            .zip(unread)
+            .map(|(c, unread)| ChatListItem {
+                chat: ChatView::new(c, None),
+                unread,
+            })
+            .collect(),
         has_more,
         next_after,
     }))

@@ -102,7 +102,8 @@ pub fn spec() -> Value {
                 "get": {"summary": "One page of the caller's chats",
                     "description": "Pages cover ascending ranges of chat ids (new activity never \
                         moves a chat to another page); inside a page, newest activity first. While \
-                        `has_more`, ask again with `after=next_after`.",
+                        `has_more`, ask again with `after=next_after`. Each chat carries your read state: \
+                        `read_up_to`, `unread_count` (capped) and `unread_capped`.",
                     "parameters": [
                         {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
                             "description": "the previous page's `next_after`"},
@@ -163,6 +164,28 @@ pub fn spec() -> Value {
                 "parameters": [chat_id_param()],
                 "responses": common_errors(json!({"202": ok("handed to gateways", "TypingAccepted"),
                     "403": problem("not a member"), "429": problem("too many typing notices (`rate-limited`)")}))}},
+            "/v1/chats/{chat_id}/read": {"post": {"summary": "Move your read marker in the chat forward",
+                "description": format!("A marker only moves forward: an id at or below it is accepted and \
+                    changes nothing. An id above the chat's `last_message_id` is clamped to it (so any id at \
+                    or above the newest marks everything read); in a chat without messages nothing is stored. \
+                    When the marker moves, the chat's members (your other devices included) get a `read` frame; \
+                    in chats of more than {} members only your own devices do. {member_only}",
+                    crate::api::receipts::RECEIPTS_BROADCAST_MEMBERS_MAX),
+                "parameters": [chat_id_param()], "requestBody": body("MarkRead"),
+                "responses": common_errors(json!({"204": {"description": "stored (or already at or past it)"},
+                    "400": problem("invalid body, or `message_id` is not an id"), "403": problem("not a member")}))}},
+            "/v1/chats/{chat_id}/delivered": {"post": {"summary": "Move your delivered marker in the chat forward",
+                "description": format!("What gateways call with their sockets' coalesced `ack` frames; \
+                    clients may call it directly. The same rules as `/read`; when the marker moves, the other \
+                    members get a `delivered` frame (none in chats of more than {} members). {member_only}",
+                    crate::api::receipts::RECEIPTS_BROADCAST_MEMBERS_MAX),
+                "parameters": [chat_id_param()], "requestBody": body("MarkRead"),
+                "responses": common_errors(json!({"204": {"description": "stored (or already at or past it)"},
+                    "400": problem("invalid body, or `message_id` is not an id"), "403": problem("not a member")}))}},
+            "/v1/chats/{chat_id}/receipts": {"get": {"summary": "Every member's read and delivered markers",
+                "description": member_only, "parameters": [chat_id_param()],
+                "responses": common_errors(json!({"200": ok("markers", "ReceiptList"),
+                    "400": problem("chat_id is not an id"), "403": problem("not a member")}))}},
             "/v1/push": {"post": {"summary": "Push an event to users' sockets (service scope `push`)",
                 "requestBody": body("Push"),
                 "responses": common_errors(json!({"202": ok("handed to gateways", "PushAccepted"),
@@ -222,8 +245,29 @@ pub fn spec() -> Value {
                     "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]}}},
                 "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
                     "properties": {"members": {"type": "array", "items": {"type": "string"}}}}]},
+                "ChatListItem": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
+                    "required": ["read_up_to", "unread_count", "unread_capped"], "properties": {
+                        "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                            "description": "your read marker, null when never set"},
+                        "unread_count": {"type": "integer", "minimum": 0,
+                            "maximum": crate::api::receipts::UNREAD_COUNT_MAX,
+                            "description": format!("messages from other members above `read_up_to`, at most {}",
+                                crate::api::receipts::UNREAD_COUNT_MAX)},
+                        "unread_capped": {"type": "boolean", "description": format!("there may be more than \
+                            `unread_count` (show \"{}+\"): each count reads at most {} messages above the marker",
+                            crate::api::receipts::UNREAD_COUNT_MAX, crate::api::receipts::UNREAD_COUNT_MAX + 1)}}}]},
+                "MarkRead": {"type": "object", "required": ["message_id"], "properties": {
+                    "message_id": {"$ref": "#/components/schemas/Id"}}},
+                "ReceiptList": {"type": "object", "required": ["chat_id", "receipts"], "properties": {
+                    "chat_id": {"$ref": "#/components/schemas/Id"},
+                    "receipts": {"type": "array", "description": "every current member, sorted by user id", "items": {
+                        "type": "object", "required": ["user_id", "read_up_to", "delivered_up_to"], "properties": {
+                            "user_id": {"type": "string"},
+                            "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
+                            "delivered_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                                "description": "the delivered marker, or the read marker when higher"}}}}}},
                 "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
-                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/Chat"}},
+                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/ChatListItem"}},
                     "has_more": {"type": "boolean"},
                     "next_after": {"$ref": "#/components/schemas/Id"}}},
                 "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {

@@ -11,7 +11,7 @@ use shared::ids::now_unix_ms;
 use shared::protocol::Message;
 use shared::{Id, IdGenerator};
 
-use super::{Chat, Cursor, Insert, MessageStore};
+use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, Unread};
 
 /// Runs every property, one after the other.
 pub async fn run_all(store: Arc<dyn MessageStore>) {
@@ -26,6 +26,9 @@ pub async fn run_all(store: Arc<dyn MessageStore>) {
     history_limits_and_ends(&store).await;
     other_chats_never_leak(&store).await;
     ids_beyond_storage_name_no_chat(&store).await;
+    markers_only_move_forward(&store).await;
+    read_markers_of_a_chat_list(&store).await;
+    unread_counts_are_bounded(&store).await;
     ping(&store).await;
 }
 
@@ -553,4 +556,195 @@ pub async fn ids_beyond_storage_name_no_chat(store: &Arc<dyn MessageStore>) {
 /// The store answers its readiness check.
 pub async fn ping(store: &Arc<dyn MessageStore>) {
     store.ping().await.expect("ping failed");
+}
+
+/// Read and delivered markers are per user and chat, move only forward (a lower or equal id
+/// changes nothing and reports `false`), are independent of each other, and read back sorted by
+/// user; another chat's markers never show.
+pub async fn markers_only_move_forward(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let b = unique_user("b");
+    let chat = new_chat(store, &[a.clone(), b.clone()]).await;
+    let other = new_chat(store, &[a.clone(), b.clone()]).await;
+    assert!(
+        store.markers(chat.chat_id).await.unwrap().is_empty(),
+        "a new chat has no markers"
+    );
+    let (m1, m2, m3) = (ids().next_id(), ids().next_id(), ids().next_id());
+    let chat_id = chat.chat_id;
+    let advance = |user: &str, marker: Marker, id: Id| {
+        let (store, user) = (store.clone(), user.to_string());
+        async move {
+            store
+                .advance_marker(chat_id, &user, marker, id)
+                .await
+                .unwrap_or_else(|e| panic!("advance_marker({marker:?}, {id}) failed: {e}"))
+        }
+    };
+    assert!(
+        advance(&a, Marker::Read, m2).await,
+        "the first marker moves"
+    );
+    assert!(
+        !advance(&a, Marker::Read, m2).await,
+        "the same id again: no move"
+    );
+    assert!(!advance(&a, Marker::Read, m1).await, "a lower id: no move");
+    assert!(
+        advance(&a, Marker::Delivered, m1).await,
+        "delivered is its own marker"
+    );
+    assert!(advance(&a, Marker::Delivered, m3).await);
+    assert!(advance(&b, Marker::Delivered, m1).await);
+    assert!(advance(&a, Marker::Read, m3).await, "a higher id moves");
+    // The other chat's marker does not leak into this one.
+    assert!(store
+        .advance_marker(other.chat_id, &b, Marker::Read, m3)
+        .await
+        .unwrap());
+    let mut expected = vec![
+        Markers {
+            user_id: a.clone(),
+            read_up_to: Some(m3),
+            delivered_up_to: Some(m3),
+        },
+        Markers {
+            user_id: b.clone(),
+            read_up_to: None,
+            delivered_up_to: Some(m1),
+        },
+    ];
+    expected.sort_by(|x, y| x.user_id.cmp(&y.user_id));
+    assert_eq!(store.markers(chat.chat_id).await.unwrap(), expected);
+    assert!(store.markers(ids().next_id()).await.unwrap().is_empty());
+    assert!(store.markers(Id(u64::MAX)).await.unwrap().is_empty());
+
+    // Concurrent advances (say, two devices through two replicas) end at the highest id.
+    let top = ids().next_id();
+    let mut racers = Vec::new();
+    for i in 0..8u64 {
+        let id = if i == 5 { top } else { Id(top.0 - 1 - i) };
+        racers.push(tokio::spawn(advance(&b, Marker::Read, id)));
+    }
+    for r in racers {
+        r.await.expect("advance task");
+    }
+    let got = store.markers(chat.chat_id).await.unwrap();
+    let b_row = got.iter().find(|m| m.user_id == b).expect("b has markers");
+    assert_eq!(b_row.read_up_to, Some(top), "the highest id wins any race");
+}
+
+/// `read_markers` answers the user's read marker for each listed chat that has one, and nothing
+/// for chats without one, unknown chats or ids beyond storage.
+pub async fn read_markers_of_a_chat_list(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let b = unique_user("b");
+    let read = new_chat(store, &[a.clone(), b.clone()]).await;
+    let unread = new_chat(store, &[a.clone(), b.clone()]).await;
+    let only_b = new_chat(store, &[a.clone(), b.clone()]).await;
+    let m = ids().next_id();
+    store
+        .advance_marker(read.chat_id, &a, Marker::Read, m)
+        .await
+        .unwrap();
+    // A delivered marker is not a read marker.
+    store
+        .advance_marker(unread.chat_id, &a, Marker::Delivered, m)
+        .await
+        .unwrap();
+    store
+        .advance_marker(only_b.chat_id, &b, Marker::Read, m)
+        .await
+        .unwrap();
+    let got = store
+        .read_markers(
+            &a,
+            &[
+                read.chat_id,
+                unread.chat_id,
+                only_b.chat_id,
+                ids().next_id(),
+                Id(u64::MAX),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got.get(&read.chat_id), Some(&m));
+    assert!(store.read_markers(&a, &[]).await.unwrap().is_empty());
+}
+
+/// An unread count counts others' messages above the marker, reads at most `scan_max` of them
+/// (saying when it stopped early), and never counts another chat's messages.
+pub async fn unread_counts_are_bounded(store: &Arc<dyn MessageStore>) {
+    let a = unique_user("a");
+    let b = unique_user("b");
+    let chat = new_chat(store, &[a.clone(), b.clone()]).await;
+    let noise = new_chat(store, &[a.clone(), b.clone()]).await;
+    let chat_id = chat.chat_id;
+    let count = |after: Option<Id>, scan_max: usize| {
+        let (store, a) = (store.clone(), a.clone());
+        async move {
+            store
+                .count_unread(chat_id, &a, after, scan_max)
+                .await
+                .unwrap_or_else(|e| panic!("count_unread failed: {e}"))
+        }
+    };
+    assert_eq!(
+        count(None, 10).await,
+        Unread {
+            count: 0,
+            complete: true
+        }
+    );
+    // b writes 6, a writes 2 (interleaved), b writes 4 more: 10 from b, 12 in all.
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let sender = if i == 2 || i == 7 { &a } else { &b };
+        let m = message(chat.chat_id, sender, &format!("u{i}"), "x");
+        insert(store, &m).await;
+        sent.push(m);
+        let n = message(noise.chat_id, &b, &format!("n{i}"), "noise");
+        insert(store, &n).await;
+    }
+    assert_eq!(
+        count(None, 100).await,
+        Unread {
+            count: 10,
+            complete: true
+        },
+        "a's own messages are not unread"
+    );
+    assert_eq!(
+        count(Some(sent[5].message_id), 100).await,
+        Unread {
+            count: 5,
+            complete: true
+        },
+        "only messages above the marker"
+    );
+    assert_eq!(
+        count(Some(sent[11].message_id), 100).await,
+        Unread {
+            count: 0,
+            complete: true
+        }
+    );
+    assert_eq!(
+        count(None, 4).await,
+        Unread {
+            count: 3,
+            complete: false
+        },
+        "a bounded read: 4 messages read (one of them a's), more left"
+    );
+    assert_eq!(
+        count(Some(sent[7].message_id), 4).await,
+        Unread {
+            count: 4,
+            complete: true
+        },
+        "exactly scan_max messages left: complete"
+    );
 }

@@ -1,6 +1,7 @@
 //! Latency and error metrics around any [`MessageStore`]: `api_store_op_seconds{op}` and
 //! `api_store_errors_total{op}`, where `op` is the trait method.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use shared::protocol::Message;
 use shared::Id;
 
-use super::{Chat, Cursor, Insert, MessageStore, StoreError};
+use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError, Unread};
 use crate::telemetry::{store_op, STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
 
 async fn observe<T>(
@@ -99,6 +100,46 @@ impl MessageStore for MeteredStore {
         observe(
             store_op::HISTORY,
             self.inner.history(chat_id, cursor, limit),
+        )
+        .await
+    }
+    async fn advance_marker(
+        &self,
+        chat_id: Id,
+        user: &str,
+        marker: Marker,
+        message_id: Id,
+    ) -> Result<bool, StoreError> {
+        observe(
+            store_op::ADVANCE_MARKER,
+            self.inner.advance_marker(chat_id, user, marker, message_id),
+        )
+        .await
+    }
+    async fn markers(&self, chat_id: Id) -> Result<Vec<Markers>, StoreError> {
+        observe(store_op::MARKERS, self.inner.markers(chat_id)).await
+    }
+    async fn read_markers(
+        &self,
+        user: &str,
+        chat_ids: &[Id],
+    ) -> Result<HashMap<Id, Id>, StoreError> {
+        observe(
+            store_op::READ_MARKERS,
+            self.inner.read_markers(user, chat_ids),
+        )
+        .await
+    }
+    async fn count_unread(
+        &self,
+        chat_id: Id,
+        user: &str,
+        after: Option<Id>,
+        scan_max: usize,
+    ) -> Result<Unread, StoreError> {
+        observe(
+            store_op::COUNT_UNREAD,
+            self.inner.count_unread(chat_id, user, after, scan_max),
         )
         .await
     }

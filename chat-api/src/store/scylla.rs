@@ -45,7 +45,7 @@ pub use config::{
 };
 use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, MessageRow};
 
-use crate::store::{Chat, Cursor, Insert, MessageStore, StoreError};
+use crate::store::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError};
 use migrate::MigrateError;
 
 /// The most messages one history call returns, whatever the caller asks for.
@@ -54,7 +54,8 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 pub const PAGE_SIZE: i32 = 1000;
 /// Members per logged membership batch: 2 statements each, well under batch-size warnings.
 pub const MEMBERS_PER_BATCH: usize = 32;
-/// `get_chat` calls in flight for one `user_chats` call.
+/// `get_chat` calls in flight for one `user_chats` call (and marker reads for one
+/// `read_markers` call).
 const CHAT_LOOKUP_CONCURRENCY: usize = 16;
 /// Waits for a claim winner's message before completing its write from the claim.
 const LOST_CLAIM_WAITS_MS: [u64; 5] = [10, 20, 40, 80, 160];
@@ -108,6 +109,10 @@ struct Statements {
     insert_chat_bucket: PreparedStatement,
     select_buckets_down: PreparedStatement,
     select_buckets_up: PreparedStatement,
+    select_marker: PreparedStatement,
+    select_markers: PreparedStatement,
+    advance_read: PreparedStatement,
+    advance_delivered: PreparedStatement,
     ping: PreparedStatement,
 }
 
@@ -138,6 +143,8 @@ impl Statements {
         select_members.set_page_size(PAGE_SIZE);
         let mut select_user_chats = p(texts.select_user_chats, true).await?;
         select_user_chats.set_page_size(PAGE_SIZE);
+        let mut select_markers = p(texts.select_markers, true).await?;
+        select_markers.set_page_size(PAGE_SIZE);
         // A driver-level retry of a claim that did apply would read as lost; the claim path
         // recognizes its own message id, but retries are still left to the caller.
         let mut claim_send = p(texts.claim_send, false).await?;
@@ -161,6 +168,12 @@ impl Statements {
             insert_chat_bucket: p(cql::INSERT_CHAT_BUCKET.into(), true).await?,
             select_buckets_down: p(texts.select_buckets_down, true).await?,
             select_buckets_up: p(texts.select_buckets_up, true).await?,
+            select_marker: p(texts.select_marker, true).await?,
+            select_markers,
+            // Timestamped by the marker's id: a retry writes the same cell with the same
+            // timestamp, so it is idempotent.
+            advance_read: p(texts.advance_read, true).await?,
+            advance_delivered: p(texts.advance_delivered, true).await?,
             ping: p(texts.ping.into(), true).await?,
         })
     }
@@ -406,6 +419,23 @@ impl ScyllaStore {
             ),
         )
         .await
+    }
+
+    /// `user`'s read marker in one chat (`key` is its stored id), paired with the chat.
+    async fn read_marker(
+        &self,
+        chat: Id,
+        key: i64,
+        user: &str,
+    ) -> Result<Option<(Id, Id)>, StoreError> {
+        let rows: Vec<rows::MarkerRow> = self.rows(&self.st.select_marker, (key, user)).await?;
+        let marker = rows
+            .first()
+            .and_then(|r| r.read_up_to)
+            .map(id_from_cql)
+            .transpose()
+            .map_err(StoreError::Internal)?;
+        Ok(marker.map(|m| (chat, m)))
     }
 
     async fn write_memberships(
@@ -672,6 +702,75 @@ impl MessageStore for ScyllaStore {
                 finish(out)
             }
         }
+    }
+
+    async fn advance_marker(
+        &self,
+        chat_id: Id,
+        user: &str,
+        marker: Marker,
+        message_id: Id,
+    ) -> Result<bool, StoreError> {
+        let key = cql_id(chat_id)?;
+        let id = cql_id(message_id)?;
+        // The write converges to the highest id by its timestamp whatever races it; the read
+        // before it only tells whether this call moved the marker (for the receipt frame). Two
+        // replicas racing may both answer `true`: a receipt sent twice, never a marker moved back.
+        let rows: Vec<rows::MarkerRow> = self.rows(&self.st.select_marker, (key, user)).await?;
+        let current = rows.first().and_then(|r| match marker {
+            Marker::Read => r.read_up_to,
+            Marker::Delivered => r.delivered_up_to,
+        });
+        if current.is_some_and(|c| c >= id) {
+            return Ok(false);
+        }
+        let st = match marker {
+            Marker::Read => &self.st.advance_read,
+            Marker::Delivered => &self.st.advance_delivered,
+        };
+        self.exec(
+            st,
+            (rows::last_message_timestamp_us(message_id), id, key, user),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn markers(&self, chat_id: Id) -> Result<Vec<Markers>, StoreError> {
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<rows::MarkersRow> = self.all_rows(&self.st.select_markers, (key,)).await?;
+        let id = |v: Option<i64>| v.map(id_from_cql).transpose().map_err(StoreError::Internal);
+        let mut out = rows
+            .into_iter()
+            .map(|r| {
+                Ok(Markers {
+                    user_id: r.user_id,
+                    read_up_to: id(r.read_up_to)?,
+                    delivered_up_to: id(r.delivered_up_to)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(out)
+    }
+
+    async fn read_markers(
+        &self,
+        user: &str,
+        chat_ids: &[Id],
+    ) -> Result<std::collections::HashMap<Id, Id>, StoreError> {
+        // One point read per chat, CHAT_LOOKUP_CONCURRENCY at a time (like `user_chats`).
+        let reads: Vec<_> = chat_ids
+            .iter()
+            .filter_map(|&c| stored_key(c).map(|k| self.read_marker(c, k, user)))
+            .collect();
+        let found: Vec<Option<(Id, Id)>> = futures_util::stream::iter(reads)
+            .buffer_unordered(CHAT_LOOKUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! is less than [`COMMIT_ALLOWANCE`] away at commit time: its request is answered 503, and a
 //! later commit would let a retry acknowledge it with an id from before the 503.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use shared::protocol::Message;
 use shared::Id;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{Chat, Cursor, Insert, MessageStore, StoreError};
+use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError, Unread};
 
 /// Tuning for [`SqliteStore`]; every field has a sensible default.
 #[derive(Clone, Debug)]
@@ -82,6 +83,15 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at_ms     INTEGER NOT NULL,
     PRIMARY KEY (chat_id, message_id),
     UNIQUE (chat_id, sender_id, client_msg_id)
+) WITHOUT ROWID;
+-- Each member's read and delivered markers (receipts); added after the first release, so
+-- created here on open for databases that predate it.
+CREATE TABLE IF NOT EXISTS read_state (
+    chat_id          INTEGER NOT NULL,
+    user_id          TEXT    NOT NULL,
+    read_up_to       INTEGER,
+    delivered_up_to  INTEGER,
+    PRIMARY KEY (chat_id, user_id)
 ) WITHOUT ROWID;
 ";
 
@@ -454,6 +464,23 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 
 const MESSAGE_COLUMNS: &str = "chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms";
 
+/// The upsert that moves one marker forward only: the `WHERE` of the conflict branch leaves a
+/// higher or equal marker alone, and SQLite then reports no change.
+fn advance_marker_sql(marker: Marker) -> &'static str {
+    match marker {
+        Marker::Read => {
+            "INSERT INTO read_state (chat_id, user_id, read_up_to) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chat_id, user_id) DO UPDATE SET read_up_to = excluded.read_up_to
+             WHERE read_up_to IS NULL OR read_up_to < excluded.read_up_to"
+        }
+        Marker::Delivered => {
+            "INSERT INTO read_state (chat_id, user_id, delivered_up_to) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chat_id, user_id) DO UPDATE SET delivered_up_to = excluded.delivered_up_to
+             WHERE delivered_up_to IS NULL OR delivered_up_to < excluded.delivered_up_to"
+        }
+    }
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_chat(&self, chat: &Chat, members: &[String]) -> Result<(), StoreError> {
@@ -641,6 +668,118 @@ impl MessageStore for SqliteStore {
                 out.reverse();
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn advance_marker(
+        &self,
+        chat_id: Id,
+        user: &str,
+        marker: Marker,
+        message_id: Id,
+    ) -> Result<bool, StoreError> {
+        let user = user.to_string();
+        self.with_conn("advance_marker", move |conn| {
+            let changed = conn
+                .prepare_cached(advance_marker_sql(marker))?
+                .execute(params![
+                    stored_id(chat_id, "chat id")?,
+                    user,
+                    stored_id(message_id, "message id")?
+                ])?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn markers(&self, chat_id: Id) -> Result<Vec<Markers>, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_conn("markers", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_id, read_up_to, delivered_up_to FROM read_state
+                 WHERE chat_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                Ok(Markers {
+                    user_id: r.get(0)?,
+                    read_up_to: r.get::<_, Option<i64>>(1)?.map(row_id),
+                    delivered_up_to: r.get::<_, Option<i64>>(2)?.map(row_id),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn read_markers(
+        &self,
+        user: &str,
+        chat_ids: &[Id],
+    ) -> Result<HashMap<Id, Id>, StoreError> {
+        let user = user.to_string();
+        let ids: Vec<(Id, i64)> = chat_ids
+            .iter()
+            .filter_map(|&c| sql_id(c).map(|s| (c, s)))
+            .collect();
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.with_conn("read_markers", move |conn| {
+            // Point reads by primary key on one connection: one statement per chat, no scan.
+            let mut stmt = conn.prepare_cached(
+                "SELECT read_up_to FROM read_state WHERE chat_id = ?1 AND user_id = ?2",
+            )?;
+            let mut out = HashMap::with_capacity(ids.len());
+            for (chat, key) in ids {
+                let marker: Option<Option<i64>> = stmt
+                    .query_row(params![key, user], |r| r.get(0))
+                    .optional()?;
+                if let Some(Some(m)) = marker {
+                    out.insert(chat, row_id(m));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_unread(
+        &self,
+        chat_id: Id,
+        user: &str,
+        after: Option<Id>,
+        scan_max: usize,
+    ) -> Result<Unread, StoreError> {
+        let Some(chat) = sql_id(chat_id) else {
+            return Ok(Unread {
+                count: 0,
+                complete: true,
+            });
+        };
+        let Some(after) = sql_id(after.unwrap_or(Id(0))) else {
+            return Ok(Unread {
+                count: 0,
+                complete: true,
+            });
+        };
+        let user = user.to_string();
+        let limit = i64::try_from(scan_max.saturating_add(1)).unwrap_or(i64::MAX);
+        self.with_conn("count_unread", move |conn| {
+            // A range of the primary key, at most `scan_max + 1` rows, reading only who sent each.
+            let mut stmt = conn.prepare_cached(
+                "SELECT sender_id = ?3 FROM messages WHERE chat_id = ?1 AND message_id > ?2
+                 ORDER BY message_id ASC LIMIT ?4",
+            )?;
+            let own: Vec<bool> = stmt
+                .query_map(params![chat, after, user, limit], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Unread {
+                count: own.iter().take(scan_max).filter(|own| !**own).count(),
+                complete: own.len() <= scan_max,
+            })
         })
         .await
     }

@@ -214,15 +214,23 @@ impl WsClient {
         }
     }
 
-    /// Sends an application ping and waits for `pong`, proving the socket is alive end to end.
-    /// Returns the messages that arrived meanwhile.
-    pub async fn ping(&mut self, limit: Duration) -> Vec<Message> {
-        let bytes = encode_client(self.encoding, &ClientFrame::Ping);
-        let frame = match self.encoding {
+    /// Sends one client frame in the socket's encoding.
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        let bytes = encode_client(self.encoding, frame);
+        let message = match self.encoding {
             Encoding::Json => WsMessage::Text(String::from_utf8(bytes).expect("JSON").into()),
             Encoding::Msgpack => WsMessage::Binary(bytes.into()),
         };
-        self.ws.send(frame).await.expect("sending ping");
+        self.ws
+            .send(message)
+            .await
+            .unwrap_or_else(|e| panic!("{}: sending {frame:?}: {e}", self.user));
+    }
+
+    /// Sends an application ping and waits for `pong`, proving the socket is alive end to end.
+    /// Returns the messages that arrived meanwhile.
+    pub async fn ping(&mut self, limit: Duration) -> Vec<Message> {
+        self.send_frame(&ClientFrame::Ping).await;
         let deadline = Instant::now() + limit;
         let mut messages = Vec::new();
         loop {

@@ -211,6 +211,33 @@ test("two users chat in the demo page, across a server restart", { timeout: 240_
   await bob.fill("#text", "");
   await until("alice to see bob online", () => alice.$(".who-presence.online[data-user='bob']"));
 
+  // Receipts: bob opened the chat, so his page marked it read and alice's message turns to ✓✓ read.
+  await until("alice to see her message read", () => alice.$("#list .msg.mine[data-tick='read']"));
+  // Unread badge: a message in another chat shows a count on bob's list until he opens it.
+  await alice.fill("#new-members", "bob");
+  await alice.fill("#new-title", "dinner");
+  await alice.click("#create-btn");
+  await until("alice to open dinner", async () => (await alice.$eval("#chat-title", (e) => e.textContent)) === "dinner");
+  await send(alice, "dinner at 8?");
+  await send(alice, "or 9?");
+  await until("bob to see 2 unread in dinner", async () => {
+    const badge = await bob.$("#chats li:has-text('dinner') .badge");
+    return badge && (await badge.textContent()) === "2";
+  });
+  await until("alice's dinner messages delivered to bob", () => alice.$("#list .msg.mine[data-tick='delivered'], #list .msg.mine[data-tick='read']"));
+  await bob.click("#chats li:has-text('dinner')");
+  await expectShownOnce(bob, ["dinner at 8?", "or 9?"], "bob");
+  await until("bob's dinner badge to clear", async () => !(await bob.$("#chats li:has-text('dinner') .badge")));
+  await until("alice to see both dinner messages read", async () => {
+    const ticks = await alice.$$eval("#list .msg.mine", (els) => els.map((e) => e.dataset.tick));
+    return ticks.length === 2 && ticks.every((t) => t === "read");
+  });
+  // Back to lunch for the rest of the conversation.
+  await alice.click("#chats li:has-text('lunch')");
+  await bob.click("#chats li:has-text('lunch')");
+  await until("both back in lunch", async () =>
+    (await alice.$eval("#chat-title", (e) => e.textContent)) === "lunch" && (await bob.$eval("#chat-title", (e) => e.textContent)) === "lunch");
+
   const before = [];
   for (let i = 1; i <= 3; i++) {
     const a = `alice ${i}`;

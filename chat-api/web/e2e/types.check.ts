@@ -25,3 +25,16 @@ void advice, decode(bytes), chat.history("1", { before: "9", limit: 50 }).then((
 const floor: string = overlapFloor("4194304000", CATCHUP_OVERLAP_MS);
 const release: () => void = new MessageLog().hold("1", floor);
 release();
+// Read state and receipts.
+chat.on("read", ({ chat_id, user_id, message_id }) => void (chat_id + user_id + message_id));
+chat.on("delivered", ({ message_id }) => void message_id);
+chat.on("unread", ({ chat_id, count, capped }) => void (chat_id + String(count) + String(capped)));
+const marked: Promise<void> = chat.markRead("1", "2");
+void marked;
+chat.ack("1", "2");
+const u = chat.unreadCount("1");
+if (u) void (u.count + (u.capped ? 1 : 0));
+void chat.chats().then(({ chats }) => chats.map((c) => c.unread_count + (c.read_up_to ?? "")));
+void chat.receipts("1").then((r) => r.receipts.map((x) => x.delivered_up_to));
+// @ts-expect-error: markRead needs a message id
+chat.markRead("1");

@@ -433,3 +433,56 @@ test("send retries failures with the same client_msg_id and honours Retry-After"
   await assert.rejects(bad.client.send("7", ""), (e) => e.name === "ApiError" && e.status === 422 && /4096/.test(e.message));
   assert.equal(calls, 1);
 });
+
+test("acks are coalesced per chat, and unread counts follow the chat list, frames and markRead", async () => {
+  const posts = [];
+  const fetch = async (url, init) => {
+    const u = new URL(url);
+    if (u.pathname === "/v1/chats") {
+      return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: "40", read_up_to: "10", unread_count: 3, unread_capped: false }] });
+    }
+    if (init.method === "POST" && u.pathname === "/v1/chats/7/read") {
+      posts.push(JSON.parse(init.body));
+      return new Response(null, { status: 204 });
+    }
+    throw new Error(`unexpected ${init.method} ${url}`);
+  };
+  const { client, timers, sockets } = newClient({ fetch });
+  const unread = [];
+  client.on("unread", (u) => unread.push(`${u.chat_id}:${u.count}${u.capped ? "+" : ""}`));
+  const receipts = [];
+  client.on("read", (r) => receipts.push(`read:${r.user_id}:${r.message_id}`));
+  client.on("delivered", (r) => receipts.push(`delivered:${r.user_id}:${r.message_id}`));
+  const caughtUp = new Promise((r) => client.on("catchup", r));
+  client.connect();
+  await flush();
+  sockets[0].hello();
+  await caughtUp;
+  assert.deepEqual(client.unreadCount("7"), { read_up_to: "10", count: 3, capped: false });
+
+  const msg = (id, sender = "bob") => ({ chat_id: "7", message_id: id, sender_id: sender, client_msg_id: `m${id}`, body: "x", sent_at_ms: 1 });
+  sockets[0].frame({ type: "message", message: msg("41") });
+  sockets[0].frame({ type: "message", message: msg("43") });
+  sockets[0].frame({ type: "message", message: msg("42", "alice") }); // own: neither counted nor acked
+  sockets[0].frame({ type: "message", message: msg("43") }); // a repeat: counted once
+  assert.equal(client.unreadCount("7").count, 5);
+  assert.deepEqual(sockets[0].sent.filter((f) => f.type === "ack"), [], "acks wait for the coalescing delay");
+  assert.equal(timers.fire((ms) => ms === 250), 250);
+  assert.deepEqual(sockets[0].sent.filter((f) => f.type === "ack"), [{ type: "ack", chat_id: "7", message_id: "43" }], "one ack, the highest id");
+  client.ack("7", "41"); // at or below what was acknowledged: nothing new
+  assert.equal([...timers.pending.values()].filter((t) => t.ms === 250).length, 0);
+
+  sockets[0].frame({ type: "delivered", chat_id: "7", user_id: "bob", message_id: "42" });
+  // Read on another device of this user: the count follows.
+  sockets[0].frame({ type: "read", chat_id: "7", user_id: "alice", message_id: "43" });
+  assert.deepEqual(client.unreadCount("7"), { read_up_to: "43", count: 0, capped: false });
+  assert.deepEqual(receipts, ["delivered:bob:42", "read:alice:43"]);
+
+  sockets[0].frame({ type: "message", message: msg("44") });
+  assert.equal(client.unreadCount("7").count, 1);
+  await client.markRead("7", "44");
+  assert.deepEqual(posts, [{ message_id: "44" }]);
+  assert.deepEqual(client.unreadCount("7"), { read_up_to: "44", count: 0, capped: false });
+  assert.deepEqual(unread, ["7:3", "7:4", "7:5", "7:0", "7:1", "7:0"]);
+  client.close();
+});

@@ -75,6 +75,25 @@ pub const SELECT_BUCKETS_DOWN: &str =
 pub const SELECT_BUCKETS_UP: &str = "SELECT bucket FROM chat_buckets WHERE chat_id = ? AND \
      bucket >= ? ORDER BY bucket ASC LIMIT ?";
 
+/// One member's markers in a chat, by full key.
+pub const SELECT_MARKER: &str =
+    "SELECT read_up_to, delivered_up_to FROM read_state WHERE chat_id = ? AND user_id = ?";
+
+/// A chat's whole `read_state` partition, read paged.
+pub const SELECT_MARKERS: &str =
+    "SELECT user_id, read_up_to, delivered_up_to FROM read_state WHERE chat_id = ?";
+
+/// Binds (write timestamp µs, message id, chat id, user id). Like [`UPDATE_CHAT_LAST_MESSAGE`],
+/// the timestamp comes from the message id, so that the cell converges to the highest marker
+/// without a read before the write. Run on its own, so its text carries the server timeout as
+/// a second `USING` parameter ([`timed_update`]).
+pub const ADVANCE_READ: &str =
+    "UPDATE read_state USING TIMESTAMP ? SET read_up_to = ? WHERE chat_id = ? AND user_id = ?";
+
+/// [`ADVANCE_READ`] for the delivered marker.
+pub const ADVANCE_DELIVERED: &str = "UPDATE read_state USING TIMESTAMP ? SET delivered_up_to = ? \
+     WHERE chat_id = ? AND user_id = ?";
+
 /// Reachability: one local-table row, no bind markers.
 pub const PING: &str = "SELECT release_version FROM system.local";
 
@@ -82,6 +101,17 @@ pub const PING: &str = "SELECT release_version FROM system.local";
 pub fn timed(cql: &str, server_timeout: Duration) -> String {
     let ms = server_timeout.as_millis().max(1);
     format!("{cql} USING TIMEOUT {ms}ms")
+}
+
+/// An `UPDATE … USING TIMESTAMP ? SET …` with the server-side deadline added to its `USING`
+/// clause (`USING TIMESTAMP ? AND TIMEOUT 2000ms`), where an `UPDATE` takes it.
+pub fn timed_update(cql: &str, server_timeout: Duration) -> String {
+    let ms = server_timeout.as_millis().max(1);
+    cql.replacen(
+        "USING TIMESTAMP ?",
+        &format!("USING TIMESTAMP ? AND TIMEOUT {ms}ms"),
+        1,
+    )
 }
 
 /// The text each statement of the store is prepared with, for one server timeout.
@@ -98,6 +128,10 @@ pub struct Texts {
     pub select_messages_after: String,
     pub select_buckets_down: String,
     pub select_buckets_up: String,
+    pub select_marker: String,
+    pub select_markers: String,
+    pub advance_read: String,
+    pub advance_delivered: String,
     /// Batched statements: no timeout of their own.
     pub batched: [&'static str; 7],
     pub ping: &'static str,
@@ -118,6 +152,10 @@ impl Texts {
             select_messages_after: t(SELECT_MESSAGES_AFTER),
             select_buckets_down: t(SELECT_BUCKETS_DOWN),
             select_buckets_up: t(SELECT_BUCKETS_UP),
+            select_marker: t(SELECT_MARKER),
+            select_markers: t(SELECT_MARKERS),
+            advance_read: timed_update(ADVANCE_READ, server_timeout),
+            advance_delivered: timed_update(ADVANCE_DELIVERED, server_timeout),
             batched: [
                 INSERT_MEMBER,
                 INSERT_USER_CHAT,
@@ -309,6 +347,8 @@ mod tests {
             &texts.select_messages_after,
             &texts.select_buckets_down,
             &texts.select_buckets_up,
+            &texts.select_marker,
+            &texts.select_markers,
         ] {
             assert!(
                 standalone.ends_with(" USING TIMEOUT 1500ms"),
@@ -327,6 +367,32 @@ mod tests {
             timed(PING, Duration::from_micros(10)),
             format!("{PING} USING TIMEOUT 1ms")
         );
+    }
+
+    #[test]
+    fn read_state() {
+        assert_eq!(
+            SELECT_MARKER,
+            "SELECT read_up_to, delivered_up_to FROM read_state WHERE chat_id = ? AND user_id = ?"
+        );
+        assert_eq!(
+            SELECT_MARKERS,
+            "SELECT user_id, read_up_to, delivered_up_to FROM read_state WHERE chat_id = ?"
+        );
+        assert_eq!(
+            ADVANCE_DELIVERED,
+            "UPDATE read_state USING TIMESTAMP ? SET delivered_up_to = ? \
+             WHERE chat_id = ? AND user_id = ?"
+        );
+        let texts = Texts::new(Duration::from_millis(1500));
+        assert_eq!(
+            texts.advance_read,
+            "UPDATE read_state USING TIMESTAMP ? AND TIMEOUT 1500ms SET read_up_to = ? \
+             WHERE chat_id = ? AND user_id = ?"
+        );
+        assert!(texts
+            .advance_delivered
+            .contains("USING TIMESTAMP ? AND TIMEOUT 1500ms SET delivered_up_to"));
     }
 
     #[test]

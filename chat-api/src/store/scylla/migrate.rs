@@ -21,7 +21,7 @@ use super::rows::bucket_of;
 use super::validate_keyspace;
 
 /// The schema version this build needs: the newest file in `schema/`.
-pub const REQUIRED_SCHEMA_VERSION: i32 = 3;
+pub const REQUIRED_SCHEMA_VERSION: i32 = 4;
 
 /// Appended to `CREATE KEYSPACE` by the migrator (not written in the file, because a server that
 /// predates tablets rejects the option; there the keyspace uses vnodes anyway).
@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "0003_bucket_index.cql",
         cql: include_str!("../../../../schema/0003_bucket_index.cql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_read_state.cql",
+        cql: include_str!("../../../../schema/0004_read_state.cql"),
     },
 ];
 
@@ -575,7 +580,7 @@ mod tests {
             .iter()
             .flat_map(|m| statements(m, "chat", &r))
             .collect();
-        assert_eq!(all.len(), 9, "{all:#?}");
+        assert_eq!(all.len(), 10, "{all:#?}");
         assert_eq!(
             all[0],
             "CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': \
@@ -603,6 +608,12 @@ mod tests {
             all[7].contains("PRIMARY KEY (chat_id, bucket)"),
             "{}",
             all[7]
+        );
+        assert!(
+            all[9].starts_with("CREATE TABLE IF NOT EXISTS chat.read_state")
+                && all[9].contains("PRIMARY KEY (chat_id, user_id)"),
+            "{}",
+            all[9]
         );
     }
 

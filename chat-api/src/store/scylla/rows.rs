@@ -96,6 +96,21 @@ pub struct UserChatRow {
     pub chat_id: i64,
 }
 
+/// `SELECT read_up_to, delivered_up_to FROM read_state` (one member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, DeserializeRow)]
+pub struct MarkerRow {
+    pub read_up_to: Option<i64>,
+    pub delivered_up_to: Option<i64>,
+}
+
+/// `SELECT user_id, read_up_to, delivered_up_to FROM read_state` (a chat's partition).
+#[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
+pub struct MarkersRow {
+    pub user_id: String,
+    pub read_up_to: Option<i64>,
+    pub delivered_up_to: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
