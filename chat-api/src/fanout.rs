@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use shared::protocol::{Message, ServerFrame};
+use shared::Id;
 use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -64,8 +65,12 @@ pub struct Fanout {
 }
 
 struct Job {
-    message: Message,
-    /// The chat's members, when the failed attempt got as far as reading them.
+    chat_id: Id,
+    /// The message the frame is about (for logs).
+    message_id: Id,
+    frame: ServerFrame,
+    /// The chat's members, when the failed attempt got as far as reading them (or the one
+    /// recipient of a frame meant for one user).
     members: Option<Vec<String>>,
     give_up_at: Instant,
 }
@@ -84,9 +89,33 @@ impl Fanout {
     /// message is already stored, so a failure is never returned: it is retried in the background
     /// and, failing that, the members are told to catch up.
     pub async fn deliver(&self, message: &Message) {
+        let frame = ServerFrame::Message {
+            message: message.clone(),
+        };
+        self.deliver_frame(message.chat_id, message.message_id, frame, None)
+            .await;
+    }
+
+    /// Delivers `frame` about `message_id` of `chat_id` like [`Fanout::deliver`]: to the chat's
+    /// members as they are now, or to `recipients` when given (a `chat_removed` for the removed
+    /// member). Edits and deletes take this path, so a failed attempt is retried and then turned
+    /// into a `resync` exactly like a message's.
+    pub async fn deliver_frame(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        frame: ServerFrame,
+        recipients: Option<Vec<String>>,
+    ) {
         let started = std::time::Instant::now();
-        let mut members = None;
-        let work = attempt(&self.backends, message, &mut members, "fanout::first");
+        let mut members = recipients;
+        let work = attempt(
+            &self.backends,
+            chat_id,
+            &frame,
+            &mut members,
+            "fanout::first",
+        );
         let error = match tokio::time::timeout(self.backends.attempt_timeout, work).await {
             Ok(Ok(report)) => {
                 metrics::histogram!(crate::telemetry::FANOUT_SECONDS)
@@ -106,10 +135,12 @@ impl Fanout {
                 "timed out".to_string()
             }
         };
-        tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id, %error,
+        tracing::warn!(%chat_id, %message_id, %error,
             "real-time fan-out failed after the message was stored; retrying in the background");
         self.retry_later(Job {
-            message: message.clone(),
+            chat_id,
+            message_id,
+            frame,
             members,
             give_up_at: Instant::now() + self.settings.window,
         });
@@ -140,7 +171,7 @@ impl Fanout {
                     mpsc::error::TrySendError::Full(job)
                     | mpsc::error::TrySendError::Closed(job) => job,
                 };
-                tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                tracing::warn!(chat_id = %job.chat_id, message_id = %job.message_id,
                     "fan-out retry queue full (API_FANOUT_RETRY_QUEUE); telling the members to catch up");
                 self.notify(job.members);
             }
@@ -157,7 +188,8 @@ impl Fanout {
 /// the stream appends. `failpoint` injects a failure in tests built with failpoints.
 async fn attempt(
     backends: &Backends,
-    message: &Message,
+    chat_id: Id,
+    frame: &ServerFrame,
     members: &mut Option<Vec<String>>,
     failpoint: &'static str,
 ) -> Result<FanOut, String> {
@@ -165,7 +197,7 @@ async fn attempt(
         *members = Some(
             backends
                 .store
-                .members(message.chat_id)
+                .members(chat_id)
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -175,11 +207,8 @@ async fn attempt(
     )));
     // Unused in builds without failpoints.
     let _ = failpoint;
-    let frame = ServerFrame::Message {
-        message: message.clone(),
-    };
     let users = members.as_deref().unwrap_or_default();
-    fan_out(&backends.registry, &backends.bus, users, &frame)
+    fan_out(&backends.registry, &backends.bus, users, frame)
         .await
         .map_err(|e| e.to_string())
 }
@@ -200,12 +229,12 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
             drop(permit);
             if delivered {
                 metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "delivered").increment(1);
-                tracing::info!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                tracing::info!(chat_id = %job.chat_id, message_id = %job.message_id,
                     "real-time fan-out delivered on retry");
                 return;
             }
             metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => "abandoned").increment(1);
-            tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+            tracing::warn!(chat_id = %job.chat_id, message_id = %job.message_id,
                 "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
             if let Some(notices) = notices.upgrade() {
                 notices.notify(job.members, &backends);
@@ -230,7 +259,13 @@ async fn retry(backends: &Backends, job: &Job) -> bool {
         if left.is_zero() {
             return false;
         }
-        let work = attempt(backends, &job.message, &mut members, "fanout::retry");
+        let work = attempt(
+            backends,
+            job.chat_id,
+            &job.frame,
+            &mut members,
+            "fanout::retry",
+        );
         if let Ok(Ok(_)) = tokio::time::timeout(backends.attempt_timeout.min(left), work).await {
             return true;
         }

@@ -38,6 +38,13 @@ pub const FANOUT_RETRY_QUEUE: &str = "api_fanout_retry_queue";
 /// (see [`FANOUT_NOTICE_SCOPES`]).
 pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
+/// Edits and deletes stored, by `kind` ([`MESSAGE_CHANGE_KINDS`]); repeats that changed nothing
+/// are not counted.
+pub const MESSAGE_CHANGES_TOTAL: &str = "api_message_changes_total";
+/// Every `kind` of [`MESSAGE_CHANGES_TOTAL`].
+pub const MESSAGE_CHANGE_KINDS: &[&str] = &["edit", "delete"];
+/// Members removed by someone else (moderation), not counting members who left.
+pub const MEMBERS_REMOVED_TOTAL: &str = "api_members_removed_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
@@ -83,6 +90,12 @@ pub const STORE_OPS: &[&str] = &[
     "members",
     "insert_message",
     "history",
+    "get_message",
+    "change_message",
+    "changes",
+    "role",
+    "set_role",
+    "admins",
     "ping",
 ];
 
@@ -166,6 +179,17 @@ pub fn describe() {
     );
     describe_counter!(PUSH_EVENTS_TOTAL, "Backend push events accepted");
     describe_counter!(
+        MESSAGE_CHANGES_TOTAL,
+        "Message edits and deletes stored, by kind (repeats that changed nothing excluded)"
+    );
+    for kind in MESSAGE_CHANGE_KINDS {
+        metrics::counter!(MESSAGE_CHANGES_TOTAL, "kind" => *kind).increment(0);
+    }
+    describe_counter!(
+        MEMBERS_REMOVED_TOTAL,
+        "Members removed from a chat by an owner or admin (members leaving excluded)"
+    );
+    describe_counter!(
         AUTH_FAILURES_TOTAL,
         "Requests with a missing or invalid token"
     );
@@ -192,6 +216,7 @@ pub fn describe() {
         IDEMPOTENT_REPLAYS_TOTAL,
         FANOUT_RECIPIENTS_ONLINE_TOTAL,
         PUSH_EVENTS_TOTAL,
+        MEMBERS_REMOVED_TOTAL,
         AUTH_FAILURES_TOTAL,
         INTERNAL_ERRORS_TOTAL,
         RATE_LIMITED_UNHELD_TOTAL,

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use shared::protocol::Message;
 use shared::Id;
 
-use super::{Chat, Cursor, Insert, MessageStore, StoreError};
+use super::{Change, Changed, ChangesPage, Chat, Cursor, Insert, MessageStore, Role, StoreError};
 use crate::telemetry::{STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
 
 async fn observe<T>(
@@ -85,6 +85,45 @@ impl MessageStore for MeteredStore {
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
         observe("history", self.inner.history(chat_id, cursor, limit)).await
+    }
+    async fn get_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+    ) -> Result<Option<Message>, StoreError> {
+        observe("get_message", self.inner.get_message(chat_id, message_id)).await
+    }
+    async fn change_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        change: &Change,
+        change_id: Id,
+        deadline: Instant,
+    ) -> Result<Changed, StoreError> {
+        observe(
+            "change_message",
+            self.inner
+                .change_message(chat_id, message_id, change, change_id, deadline),
+        )
+        .await
+    }
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        observe("changes", self.inner.changes(chat_id, after, limit)).await
+    }
+    async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError> {
+        observe("role", self.inner.role(chat_id, user)).await
+    }
+    async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError> {
+        observe("set_role", self.inner.set_role(chat_id, user, role)).await
+    }
+    async fn admins(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        observe("admins", self.inner.admins(chat_id)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         observe("ping", self.inner.ping()).await
