@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use shared::protocol::{Message, ServerFrame};
-use shared::Id;
 use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
+use shared::Id;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 

@@ -206,8 +206,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// One page of the chat's changes: the (at most `limit`) changes with the lowest change ids
     /// above `after`, as the changed messages in their current state (each at most once, in
     /// change order). See [`ChangesPage`].
-    async fn changes(&self, chat_id: Id, after: Id, limit: usize)
-        -> Result<ChangesPage, StoreError>;
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError>;
     /// `user`'s role in the chat, `None` when not a member (or no such chat).
     async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError>;
     /// Grants `admin` or makes a member a plain `member` again; `false` when `user` is not a

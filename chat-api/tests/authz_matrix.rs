@@ -480,7 +480,7 @@ fn endpoints() -> Vec<Endpoint> {
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
                     Who::Stranger | Who::Owner => (200, ""),
-                    Who::Member | Who::Removed => (403, "not-a-member"),
+                    Who::Member | Who::Removed | Who::Admin => (403, "not-a-member"),
                     _ => (403, "forbidden"),
                 })
             },

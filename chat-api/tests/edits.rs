@@ -38,7 +38,10 @@ async fn pump_until(
         );
         let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
         if let Some(why) = client.pump(step, None).await {
-            panic!("{}: socket closed while waiting for {what}: {why}", client.user);
+            panic!(
+                "{}: socket closed while waiting for {what}: {why}",
+                client.user
+            );
         }
     }
 }
@@ -52,24 +55,38 @@ async fn edits_and_deletes_reach_both_gateways_and_a_client_that_was_away() {
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let enc = if i % 2 == 0 { Encoding::Json } else { Encoding::Msgpack };
+                let enc = if i % 2 == 0 {
+                    Encoding::Json
+                } else {
+                    Encoding::Msgpack
+                };
                 CatchUpClient::new(u, cluster.token(u), enc)
             })
             .collect();
         // alice on A, bob on B, carol on A.
         for (i, c) in clients.iter_mut().enumerate() {
-            c.connect(&cluster.http, &cluster.gateways[i % 2].ws_url(), cluster.api(i % 2))
-                .await;
+            c.connect(
+                &cluster.http,
+                &cluster.gateways[i % 2].ws_url(),
+                cluster.api(i % 2),
+            )
+            .await;
         }
         let chat = cluster
             .create_chat(0, "ed-alice", &["ed-bob".into(), "ed-carol".into()])
             .await;
         let m1 = cluster.send(0, "ed-alice", chat, "e-1", "helo").await;
-        let m2 = cluster.send(1, "ed-alice", chat, "e-2", "secret text").await;
+        let m2 = cluster
+            .send(1, "ed-alice", chat, "e-2", "secret text")
+            .await;
         let m3 = cluster.send(1, "ed-bob", chat, "e-3", "from bob").await;
         let want: HashSet<Id> = [m1.message_id, m2.message_id, m3.message_id].into();
         for c in clients.iter_mut() {
-            assert_eq!(c.pump(Instant::now() + Duration::from_secs(5), Some(&want)).await, None);
+            assert_eq!(
+                c.pump(Instant::now() + Duration::from_secs(5), Some(&want))
+                    .await,
+                None
+            );
             assert!(want.iter().all(|id| c.holds(*id)), "{}", c.user);
         }
         // carol goes away.
@@ -80,7 +97,12 @@ async fn edits_and_deletes_reach_both_gateways_and_a_client_that_was_away() {
         let path = |m: Id| format!("/v1/chats/{chat}/messages/{m}");
         let r = cluster
             .http
-            .patch(cluster.api(1), &alice, &path(m1.message_id), &json!({"body": "hello"}))
+            .patch(
+                cluster.api(1),
+                &alice,
+                &path(m1.message_id),
+                &json!({"body": "hello"}),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["body"], "hello");
@@ -88,42 +110,78 @@ async fn edits_and_deletes_reach_both_gateways_and_a_client_that_was_away() {
         // The same edit again is harmless and changes nothing.
         let again = cluster
             .http
-            .patch(cluster.api(0), &alice, &path(m1.message_id), &json!({"body": "hello"}))
+            .patch(
+                cluster.api(0),
+                &alice,
+                &path(m1.message_id),
+                &json!({"body": "hello"}),
+            )
             .await;
         assert_eq!(again.status, 200, "{}", again.body);
         assert_eq!(again.body["change_id"], r.body["change_id"]);
         // bob may neither edit nor delete alice's message; alice (the owner) deletes hers.
         let r = cluster
             .http
-            .patch(cluster.api(0), &bob, &path(m1.message_id), &json!({"body": "hijack"}))
+            .patch(
+                cluster.api(0),
+                &bob,
+                &path(m1.message_id),
+                &json!({"body": "hijack"}),
+            )
             .await;
         assert_eq!(r.status, 403, "{}", r.body);
-        let r = cluster.http.delete(cluster.api(0), &bob, &path(m2.message_id)).await;
+        let r = cluster
+            .http
+            .delete(cluster.api(0), &bob, &path(m2.message_id))
+            .await;
         assert_eq!(r.status, 403, "{}", r.body);
-        let r = cluster.http.delete(cluster.api(0), &alice, &path(m2.message_id)).await;
+        let r = cluster
+            .http
+            .delete(cluster.api(0), &alice, &path(m2.message_id))
+            .await;
         assert_eq!(r.status, 204, "{}", r.body);
         let r = cluster
             .http
-            .patch(cluster.api(1), &alice, &path(m2.message_id), &json!({"body": "revive"}))
+            .patch(
+                cluster.api(1),
+                &alice,
+                &path(m2.message_id),
+                &json!({"body": "revive"}),
+            )
             .await;
-        assert_eq!(r.status, 409, "a deleted message cannot be edited: {}", r.body);
+        assert_eq!(
+            r.status, 409,
+            "a deleted message cannot be edited: {}",
+            r.body
+        );
 
         // Live sockets on both nodes get one update and one delete.
         for c in clients.iter_mut().take(2) {
-            pump_until(c, Duration::from_secs(5), "the update and the delete", |c| {
-                c.updates_received >= 1 && c.deletes_received >= 1
-            })
+            pump_until(
+                c,
+                Duration::from_secs(5),
+                "the update and the delete",
+                |c| c.updates_received >= 1 && c.deletes_received >= 1,
+            )
             .await;
             assert_eq!(c.message(chat, m1.message_id).unwrap().body, "hello");
             let gone = c.message(chat, m2.message_id).unwrap();
             assert!(gone.deleted && gone.body.is_empty(), "{}: {gone:?}", c.user);
-            c.socket.as_mut().unwrap().assert_quiet(Duration::from_millis(300)).await;
+            c.socket
+                .as_mut()
+                .unwrap()
+                .assert_quiet(Duration::from_millis(300))
+                .await;
         }
 
         // History shows the edit and the tombstone, without the body.
         let page = cluster
             .http
-            .get(cluster.api(0), &bob, &format!("/v1/chats/{chat}/messages?after=0"))
+            .get(
+                cluster.api(0),
+                &bob,
+                &format!("/v1/chats/{chat}/messages?after=0"),
+            )
             .await;
         assert_eq!(page.status, 200);
         let messages = page.body["messages"].as_array().unwrap();
@@ -164,7 +222,12 @@ async fn assert_nothing_of(socket: &mut support::WsClient, chat: Id, grace: Dura
                     | ServerFrame::ChatRemoved { chat_id } => Some(*chat_id),
                     _ => None,
                 };
-                assert_ne!(about, Some(chat), "{}: frame after removal: {f:?}", socket.user);
+                assert_ne!(
+                    about,
+                    Some(chat),
+                    "{}: frame after removal: {f:?}",
+                    socket.user
+                );
             }
             Recv::Closed(why) => panic!("{}: socket closed: {why}", socket.user),
         }
@@ -196,7 +259,8 @@ async fn a_removed_member_gets_chat_removed_and_nothing_more() {
         let mut admin = cluster.connect(1, "rm-admin", Encoding::Json).await;
         let before = cluster.send(0, "rm-owner", chat, "r-1", "before").await;
         for s in [&mut gone_a, &mut gone_b, &mut admin] {
-            s.expect(&[before.message_id], 0, Duration::from_secs(5)).await;
+            s.expect(&[before.message_id], 0, Duration::from_secs(5))
+                .await;
         }
         let r = cluster
             .http
@@ -235,7 +299,9 @@ async fn a_removed_member_gets_chat_removed_and_nothing_more() {
             )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        admin.expect(&[after.message_id], 0, Duration::from_secs(5)).await;
+        admin
+            .expect(&[after.message_id], 0, Duration::from_secs(5))
+            .await;
         for s in [&mut gone_a, &mut gone_b] {
             assert_nothing_of(s, chat, Duration::from_millis(600)).await;
         }

@@ -443,7 +443,10 @@ mod tests {
         assert!(later.supersedes(&edited));
         assert!(deleted.supersedes(&later), "a delete wins over any edit");
         assert!(!later.supersedes(&deleted));
-        assert!(!edited.supersedes(&edited), "the same state twice is no change");
+        assert!(
+            !edited.supersedes(&edited),
+            "the same state twice is no change"
+        );
     }
 
     #[test]

@@ -329,9 +329,7 @@ pub async fn set_role(
         .map_err(|e| ApiError::store(e, retry))?
         .ok_or(ApiError::MemberNotFound)?;
     if current == Role::Owner {
-        return Err(ApiError::Conflict(
-            "the owner's role cannot change".into(),
-        ));
+        return Err(ApiError::Conflict("the owner's role cannot change".into()));
     }
     if current != req.role {
         let found = state

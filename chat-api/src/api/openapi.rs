@@ -151,67 +151,67 @@ fn changes_item() -> Value {
 /// The component schemas.
 fn schemas() -> Value {
     json!({
-                "Id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "64-bit id as a decimal string"},
-                "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
-                "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
-                    "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
-                        "status": {"type": "integer"}, "detail": {"type": "string"},
-                        "field": {"type": "string", "description": "the offending field, for validation-failed"}}},
-                "CreateChat": {"type": "object", "required": ["members"], "properties": {
-                    "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
-                    "title": {"type": "string", "minLength": 1, "maxLength": 200}}},
-                "Chat": {"type": "object", "required": ["chat_id", "created_by", "created_at_ms"], "properties": {
-                    "chat_id": {"$ref": "#/components/schemas/Id"}, "title": {"type": ["string", "null"]},
-                    "created_by": {"type": "string"}, "created_at_ms": {"type": "integer"},
-                    "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
-                    "last_change_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "the newest edit or delete in the chat: catch up changes when above your change cursor"}},
-                    "description": "`created_by` is the chat's owner (while a member)"},
-                "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
-                    "properties": {"members": {"type": "array", "items": {"type": "string"}},
-                        "admins": {"type": "array", "items": {"type": "string"},
-                            "description": "members holding `admin`"}}}]},
-                "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
-                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/Chat"}},
-                    "has_more": {"type": "boolean"},
-                    "next_after": {"$ref": "#/components/schemas/Id"}}},
-                "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
-                    "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
-                "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
-                    "members": {"type": "array", "items": {"type": "string"}}}},
-                "SendMessage": {"type": "object", "required": ["client_msg_id", "body"], "properties": {
-                    "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
-                "Message": message_schema(),
-                "EditMessage": {"type": "object", "required": ["body"], "properties": {
-                    "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
-                "SetRole": {"type": "object", "required": ["role"], "properties": {
-                    "role": {"type": "string", "enum": ["admin", "member"]}}},
-                "MemberRole": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
-                    "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["owner", "admin", "member"]}}},
-                "ChangesPage": {"type": "object", "properties": {
-                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"},
-                        "description": "changed messages in their current state (deleted ones as tombstones), in change order"},
-                    "has_more": {"type": "boolean"},
-                    "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "pass as `after` for the next page; null unless `has_more`"}}},
-                "HistoryPage": {"type": "object", "properties": {
-                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
-                    "has_more": {"type": "boolean", "description": "more messages exist past this page in its \
-                        direction (older without a cursor or with `before`, newer with `after`)"},
-                    "next_before": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "pass as `before` for the next older page; null unless `has_more` on a backward page"},
-                    "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "pass as `after` for the next newer page; null unless `has_more` on a forward page"}}},
-                "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
-                    "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
-                    "event": {"description": "any JSON value, delivered as is"}}},
-                "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
-                "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
-                "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
-                    "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
-                        "last_seen_ms": {"type": ["integer", "null"]}}}}}}
-            })
+        "Id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "64-bit id as a decimal string"},
+        "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
+        "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+            "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                "status": {"type": "integer"}, "detail": {"type": "string"},
+                "field": {"type": "string", "description": "the offending field, for validation-failed"}}},
+        "CreateChat": {"type": "object", "required": ["members"], "properties": {
+            "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+            "title": {"type": "string", "minLength": 1, "maxLength": 200}}},
+        "Chat": {"type": "object", "required": ["chat_id", "created_by", "created_at_ms"], "properties": {
+            "chat_id": {"$ref": "#/components/schemas/Id"}, "title": {"type": ["string", "null"]},
+            "created_by": {"type": "string"}, "created_at_ms": {"type": "integer"},
+            "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
+            "last_change_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "the newest edit or delete in the chat: catch up changes when above your change cursor"}},
+            "description": "`created_by` is the chat's owner (while a member)"},
+        "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
+            "properties": {"members": {"type": "array", "items": {"type": "string"}},
+                "admins": {"type": "array", "items": {"type": "string"},
+                    "description": "members holding `admin`"}}}]},
+        "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
+            "chats": {"type": "array", "items": {"$ref": "#/components/schemas/Chat"}},
+            "has_more": {"type": "boolean"},
+            "next_after": {"$ref": "#/components/schemas/Id"}}},
+        "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
+            "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
+        "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
+            "members": {"type": "array", "items": {"type": "string"}}}},
+        "SendMessage": {"type": "object", "required": ["client_msg_id", "body"], "properties": {
+            "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
+        "Message": message_schema(),
+        "EditMessage": {"type": "object", "required": ["body"], "properties": {
+            "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
+        "SetRole": {"type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": ["admin", "member"]}}},
+        "MemberRole": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
+            "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["owner", "admin", "member"]}}},
+        "ChangesPage": {"type": "object", "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"},
+                "description": "changed messages in their current state (deleted ones as tombstones), in change order"},
+            "has_more": {"type": "boolean"},
+            "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `after` for the next page; null unless `has_more`"}}},
+        "HistoryPage": {"type": "object", "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+            "has_more": {"type": "boolean", "description": "more messages exist past this page in its \
+                direction (older without a cursor or with `before`, newer with `after`)"},
+            "next_before": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `before` for the next older page; null unless `has_more` on a backward page"},
+            "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `after` for the next newer page; null unless `has_more` on a forward page"}}},
+        "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
+            "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+            "event": {"description": "any JSON value, delivered as is"}}},
+        "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
+        "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
+        "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
+            "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
+                "last_seen_ms": {"type": ["integer", "null"]}}}}}}
+    })
 }
 
 /// The whole document.

@@ -566,11 +566,7 @@ fn later() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
 
-async fn change(
-    store: &Arc<dyn MessageStore>,
-    m: &Message,
-    c: &Change,
-) -> (Id, Changed) {
+async fn change(store: &Arc<dyn MessageStore>, m: &Message, c: &Change) -> (Id, Changed) {
     let change_id = ids().next_id();
     let changed = store
         .change_message(m.chat_id, m.message_id, c, change_id, later())
@@ -590,7 +586,10 @@ pub async fn edits_replace_the_body_and_are_idempotent(store: &Arc<dyn MessageSt
     insert(store, &first).await;
     insert(store, &other).await;
     assert_eq!(
-        store.get_message(chat.chat_id, first.message_id).await.unwrap(),
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
         Some(first.clone()),
         "an unchanged message reads back as sent"
     );
@@ -606,17 +605,28 @@ pub async fn edits_replace_the_body_and_are_idempotent(store: &Arc<dyn MessageSt
     };
     assert_eq!(changed, Changed::Applied(edited.clone()));
     assert_eq!(
-        store.get_message(chat.chat_id, first.message_id).await.unwrap(),
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
         Some(edited.clone())
     );
     let page = store
         .history(chat.chat_id, Cursor::Latest, 10)
         .await
         .unwrap();
-    assert_eq!(page, vec![edited.clone(), other.clone()], "history shows the edit");
+    assert_eq!(
+        page,
+        vec![edited.clone(), other.clone()],
+        "history shows the edit"
+    );
     let got = store.get_chat(chat.chat_id).await.unwrap().unwrap();
     assert_eq!(got.last_change_id, Some(change_id));
-    assert_eq!(got.last_message_id, Some(other.message_id), "an edit is no new message");
+    assert_eq!(
+        got.last_message_id,
+        Some(other.message_id),
+        "an edit is no new message"
+    );
 
     // The same edit again (a retry): nothing new.
     let (_, again) = change(store, &first, &edit).await;
@@ -641,7 +651,10 @@ pub async fn edits_replace_the_body_and_are_idempotent(store: &Arc<dyn MessageSt
     let retried = insert(store, &first).await;
     assert_eq!(retried, Insert::Duplicate(second.clone()));
     assert_eq!(
-        store.get_message(chat.chat_id, first.message_id).await.unwrap(),
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
         Some(second)
     );
 
@@ -650,11 +663,17 @@ pub async fn edits_replace_the_body_and_are_idempotent(store: &Arc<dyn MessageSt
     let (_, none) = change(store, &ghost, &edit).await;
     assert_eq!(none, Changed::NotFound);
     assert_eq!(
-        store.get_message(chat.chat_id, ghost.message_id).await.unwrap(),
+        store
+            .get_message(chat.chat_id, ghost.message_id)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        store.get_message(Id(u64::MAX), first.message_id).await.unwrap(),
+        store
+            .get_message(Id(u64::MAX), first.message_id)
+            .await
+            .unwrap(),
         None
     );
 }
@@ -703,7 +722,10 @@ pub async fn deletes_leave_a_tombstone_without_the_body(store: &Arc<dyn MessageS
         "a retried send finds the tombstone: {retried:?}"
     );
     let (_, again) = change(store, &secret, &Change::Delete).await;
-    assert!(matches!(again, Changed::Unchanged(ref m) if m.deleted), "{again:?}");
+    assert!(
+        matches!(again, Changed::Unchanged(ref m) if m.deleted),
+        "{again:?}"
+    );
     let (_, revive) = change(
         store,
         &secret,
@@ -714,7 +736,12 @@ pub async fn deletes_leave_a_tombstone_without_the_body(store: &Arc<dyn MessageS
     .await;
     assert!(matches!(revive, Changed::Deleted(_)), "{revive:?}");
     assert_eq!(
-        store.get_chat(chat.chat_id).await.unwrap().unwrap().last_change_id,
+        store
+            .get_chat(chat.chat_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_change_id,
         Some(delete_id)
     );
 }
@@ -785,7 +812,12 @@ pub async fn changes_page_in_change_order(store: &Arc<dyn MessageStore>) {
         .messages
         .is_empty());
     assert_eq!(
-        store.get_chat(chat.chat_id).await.unwrap().unwrap().last_change_id,
+        store
+            .get_chat(chat.chat_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_change_id,
         Some(delete_id)
     );
 }
@@ -806,13 +838,22 @@ pub async fn roles_owner_admin_member(store: &Arc<dyn MessageStore>) {
     assert_eq!(role(unique_user("stranger")).await, None);
     assert!(store.admins(chat.chat_id).await.unwrap().is_empty());
 
-    assert!(store.set_role(chat.chat_id, &bob, Role::Admin).await.unwrap());
-    assert!(store.set_role(chat.chat_id, &carol, Role::Admin).await.unwrap());
+    assert!(store
+        .set_role(chat.chat_id, &bob, Role::Admin)
+        .await
+        .unwrap());
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Admin)
+        .await
+        .unwrap());
     assert_eq!(role(bob.clone()).await, Some(Role::Admin));
     let mut both = vec![bob.clone(), carol.clone()];
     both.sort();
     assert_eq!(store.admins(chat.chat_id).await.unwrap(), both);
-    assert!(store.set_role(chat.chat_id, &carol, Role::Member).await.unwrap());
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Member)
+        .await
+        .unwrap());
     assert_eq!(role(carol.clone()).await, Some(Role::Member));
     assert_eq!(store.admins(chat.chat_id).await.unwrap(), vec![bob.clone()]);
 
@@ -821,7 +862,11 @@ pub async fn roles_owner_admin_member(store: &Arc<dyn MessageStore>) {
         .set_role(chat.chat_id, &stranger, Role::Admin)
         .await
         .unwrap());
-    assert_eq!(role(stranger.clone()).await, None, "no role for a non-member");
+    assert_eq!(
+        role(stranger.clone()).await,
+        None,
+        "no role for a non-member"
+    );
     assert!(!store.is_member(chat.chat_id, &stranger).await.unwrap());
 
     // Removal drops the role with the membership.
@@ -834,7 +879,10 @@ pub async fn roles_owner_admin_member(store: &Arc<dyn MessageStore>) {
     assert_eq!(role(bob.clone()).await, Some(Role::Member));
     assert!(store.admins(chat.chat_id).await.unwrap().is_empty());
     // Re-adding an existing admin leaves the role as it is.
-    assert!(store.set_role(chat.chat_id, &carol, Role::Admin).await.unwrap());
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Admin)
+        .await
+        .unwrap());
     store
         .add_members(chat.chat_id, std::slice::from_ref(&carol))
         .await

@@ -453,8 +453,7 @@ impl ScyllaStore {
 
     /// The chat's newest change id, `None` before its first change.
     async fn last_change(&self, chat_id: i64) -> Result<Option<Id>, StoreError> {
-        let rows: Vec<rows::ChangeRow> =
-            self.rows(&self.st.select_last_change, (chat_id,)).await?;
+        let rows: Vec<rows::ChangeRow> = self.rows(&self.st.select_last_change, (chat_id,)).await?;
         rows.into_iter()
             .next()
             .map(|r| id_from_cql(r.change_id).map_err(StoreError::Internal))
@@ -976,8 +975,8 @@ impl MessageStore for ScyllaStore {
     async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError> {
         // The grant's timestamp is taken before the membership check: a removal that commits
         // after the check has a later timestamp and deletes the grant with the membership.
-        let stamp = i64::try_from(shared::ids::now_unix_ms().saturating_mul(1000))
-            .unwrap_or(i64::MAX);
+        let stamp =
+            i64::try_from(shared::ids::now_unix_ms().saturating_mul(1000)).unwrap_or(i64::MAX);
         if !self.is_member(chat_id, user).await? {
             return Ok(false);
         }

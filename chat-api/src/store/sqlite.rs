@@ -111,7 +111,9 @@ fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.execute_batch(SCHEMA)?;
     for (table, column, definition) in ADDED_COLUMNS {
         let present = tx
-            .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
             .exists([column])?;
         if !present {
             tx.execute_batch(&format!(
@@ -480,7 +482,8 @@ fn chat_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Chat> {
     })
 }
 
-const CHAT_COLUMNS: &str = "chat_id, title, created_by, created_at_ms, last_message_id, last_change_id";
+const CHAT_COLUMNS: &str =
+    "chat_id, title, created_by, created_at_ms, last_message_id, last_change_id";
 
 fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -535,7 +538,13 @@ fn change_one(
                 "UPDATE messages SET body = ?3, edited_at_ms = ?4, change_id = ?5
                  WHERE chat_id = ?1 AND message_id = ?2",
             )?
-            .execute(params![chat, message, body, change_id.unix_ms() as i64, cid])?;
+            .execute(params![
+                chat,
+                message,
+                body,
+                change_id.unix_ms() as i64,
+                cid
+            ])?;
         }
         Change::Delete => {
             if current.deleted {
@@ -608,7 +617,9 @@ impl MessageStore for SqliteStore {
             return Ok(None);
         };
         self.with_conn("get_chat", move |conn| {
-            conn.prepare_cached(&format!("SELECT {CHAT_COLUMNS} FROM chats WHERE chat_id = ?1"))?
+            conn.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE chat_id = ?1"
+            ))?
             .query_row([id], chat_from_row)
             .optional()
         })

@@ -1441,7 +1441,8 @@ impl CatchUpClient {
 
     fn note_after_removal(&mut self, chat_id: Id, what: &str) {
         if self.removed_chats.contains(&chat_id) {
-            self.frames_after_removal.push(format!("{what} in {chat_id}"));
+            self.frames_after_removal
+                .push(format!("{what} in {chat_id}"));
         }
     }
 
