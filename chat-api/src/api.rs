@@ -25,8 +25,14 @@ pub struct ChatView {
     pub created_by: String,
     pub created_at_ms: u64,
     pub last_message_id: Option<Id>,
+    /// The newest change (edit or delete) of the chat's messages: the change cursor of
+    /// catch-up (`GET /v1/chats/{chat_id}/changes`). Null before the first change.
+    pub last_change_id: Option<Id>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<String>>,
+    /// The members holding `admin` (the owner is `created_by`); only where members are shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admins: Option<Vec<String>>,
 }
 
 impl ChatView {
@@ -37,8 +43,15 @@ impl ChatView {
             created_by: chat.created_by,
             created_at_ms: chat.created_at_ms,
             last_message_id: chat.last_message_id,
+            last_change_id: chat.last_change_id,
             members,
+            admins: None,
         }
+    }
+
+    pub fn with_admins(mut self, admins: Vec<String>) -> ChatView {
+        self.admins = Some(admins);
+        self
     }
 }
 

@@ -230,9 +230,29 @@ fn table() -> RouteTable {
         api::chats::remove_member,
     )
     .add(
+        Method::PATCH,
+        "/v1/chats/{chat_id}/members/{user_id}",
+        api::chats::set_role,
+    )
+    .add(
         Method::POST,
         "/v1/chats/{chat_id}/messages",
         api::messages::send,
+    )
+    .add(
+        Method::PATCH,
+        "/v1/chats/{chat_id}/messages/{message_id}",
+        api::messages::edit,
+    )
+    .add(
+        Method::DELETE,
+        "/v1/chats/{chat_id}/messages/{message_id}",
+        api::messages::delete,
+    )
+    .add(
+        Method::GET,
+        "/v1/chats/{chat_id}/changes",
+        api::messages::changes,
     )
     .add(
         Method::GET,

@@ -31,6 +31,9 @@ pub const PROBLEM_TYPES: &[(&str, u16, &str)] = &[
     ("service-unavailable", 503, "Temporarily unavailable"),
     ("timeout", 503, "Request timed out"),
     ("internal", 500, "Internal error"),
+    ("message-not-found", 404, "No such message in this chat"),
+    ("member-not-found", 404, "No such member of this chat"),
+    ("conflict", 409, "Conflicts with the current state"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,16 @@ pub enum ApiError {
     Timeout(Duration),
     #[error("{0}")]
     Internal(String),
+    /// The caller is a member, but the chat holds no message with this id.
+    #[error("this chat has no message with this id")]
+    MessageNotFound,
+    /// The caller may act on the chat, but the target user is not a member.
+    #[error("this user is not a member of this chat")]
+    MemberNotFound,
+    /// The request contradicts the resource's state (editing a deleted message, changing the
+    /// owner's role); the detail says which.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The RFC 9457 body.
@@ -141,6 +154,9 @@ impl ApiError {
             ApiError::Unavailable { .. } => "service-unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
+            ApiError::MessageNotFound => "message-not-found",
+            ApiError::MemberNotFound => "member-not-found",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 
@@ -267,6 +283,9 @@ mod tests {
             },
             ApiError::Timeout(Duration::ZERO),
             ApiError::Internal(String::new()),
+            ApiError::MessageNotFound,
+            ApiError::MemberNotFound,
+            ApiError::Conflict(String::new()),
         ];
         assert_eq!(all.len(), PROBLEM_TYPES.len());
         for e in all {

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use shared::backoff::Backoff;
 use shared::protocol::{Message, ServerFrame};
 use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
+use shared::Id;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
@@ -77,8 +78,12 @@ pub struct Fanout {
 }
 
 struct Job {
-    message: Message,
-    /// The chat's members, when the failed attempt got as far as reading them.
+    chat_id: Id,
+    /// The message the frame is about (for logs).
+    message_id: Id,
+    frame: ServerFrame,
+    /// The chat's members, when the failed attempt got as far as reading them (or the one
+    /// recipient of a frame meant for one user).
     members: Option<Vec<String>>,
     progress: Progress,
     give_up_at: Instant,
@@ -89,23 +94,24 @@ struct Job {
 struct Progress {
     /// The message was appended to its online members' node streams.
     delivered: bool,
-    /// Its offline members were queued for push notifications (or the hook is off).
+    /// Its offline members were queued for push notifications (or the hook is off, or the frame
+    /// is not a new message: edits, deletes and removals notify no one).
     notified: bool,
 }
 
 impl Progress {
-    fn new(backends: &Backends) -> Progress {
+    fn new(backends: &Backends, frame: &ServerFrame) -> Progress {
         Progress {
             delivered: false,
-            notified: backends.notify.is_none(),
+            notified: backends.notify.is_none() || !matches!(frame, ServerFrame::Message { .. }),
         }
     }
 
     /// Counts a message given up on before its offline members were queued.
-    fn give_up(&self, message: &Message) {
+    fn give_up(&self, job: &Job) {
         if !self.notified {
             metrics::counter!(NOTIFY_ENQUEUE_FAILURES_TOTAL).increment(1);
-            tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id,
+            tracing::warn!(chat_id = %job.chat_id, message_id = %job.message_id,
                 "offline members of a stored message could not be queued for push notifications");
         }
     }
@@ -125,12 +131,31 @@ impl Fanout {
     /// message is already stored, so a failure is never returned: it is retried in the background
     /// and, failing that, the members are told to catch up.
     pub async fn deliver(&self, message: &Message) {
+        let frame = ServerFrame::Message {
+            message: message.clone(),
+        };
+        self.deliver_frame(message.chat_id, message.message_id, frame, None)
+            .await;
+    }
+
+    /// Delivers `frame` about `message_id` of `chat_id` like [`Fanout::deliver`]: to the chat's
+    /// members as they are now, or to `recipients` when given (a `chat_removed` for the removed
+    /// member). Edits and deletes take this path, so a failed attempt is retried and then turned
+    /// into a `resync` exactly like a message's.
+    pub async fn deliver_frame(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        frame: ServerFrame,
+        recipients: Option<Vec<String>>,
+    ) {
         let started = std::time::Instant::now();
-        let mut members = None;
-        let mut progress = Progress::new(&self.backends);
+        let mut members = recipients;
+        let mut progress = Progress::new(&self.backends, &frame);
         let work = attempt(
             &self.backends,
-            message,
+            chat_id,
+            &frame,
             &mut members,
             &mut progress,
             "fanout::first",
@@ -154,10 +179,12 @@ impl Fanout {
                 "timed out".to_string()
             }
         };
-        tracing::warn!(chat_id = %message.chat_id, message_id = %message.message_id, %error,
+        tracing::warn!(%chat_id, %message_id, %error,
             "real-time fan-out failed after the message was stored; retrying in the background");
         self.retry_later(Job {
-            message: message.clone(),
+            chat_id,
+            message_id,
+            frame,
             members,
             progress,
             give_up_at: Instant::now() + self.settings.window,
@@ -167,7 +194,7 @@ impl Fanout {
     fn retry_later(&self, job: Job) {
         if self.settings.queue == 0 || self.settings.window.is_zero() {
             metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::SHED).increment(1);
-            job.progress.give_up(&job.message);
+            job.progress.give_up(&job);
             self.notify(job.members);
             return;
         }
@@ -191,9 +218,9 @@ impl Fanout {
                     mpsc::error::TrySendError::Full(job)
                     | mpsc::error::TrySendError::Closed(job) => job,
                 };
-                tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                tracing::warn!(chat_id = %job.chat_id, message_id = %job.message_id,
                     "fan-out retry queue full (API_FANOUT_RETRY_QUEUE); telling the members to catch up");
-                job.progress.give_up(&job.message);
+                job.progress.give_up(&job);
                 self.notify(job.members);
             }
         }
@@ -210,7 +237,8 @@ impl Fanout {
 /// route. `failpoint` injects a failure in tests built with failpoints.
 async fn attempt(
     backends: &Backends,
-    message: &Message,
+    chat_id: Id,
+    frame: &ServerFrame,
     members: &mut Option<Vec<String>>,
     progress: &mut Progress,
     failpoint: &'static str,
@@ -219,7 +247,7 @@ async fn attempt(
         *members = Some(
             backends
                 .store
-                .members(message.chat_id)
+                .members(chat_id)
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -229,14 +257,11 @@ async fn attempt(
     )));
     // Unused in builds without failpoints.
     let _ = failpoint;
-    let frame = ServerFrame::Message {
-        message: message.clone(),
-    };
     let users = members.as_deref().unwrap_or_default();
-    let notifier = match &backends.notify {
-        Some(n) if !progress.notified => n,
+    let (notifier, message) = match (&backends.notify, frame) {
+        (Some(n), ServerFrame::Message { message }) if !progress.notified => (n, message),
         _ => {
-            let report = fan_out(&backends.registry, &backends.bus, users, &frame)
+            let report = fan_out(&backends.registry, &backends.bus, users, frame)
                 .await
                 .map_err(|e| e.to_string())?;
             progress.delivered = true;
@@ -266,7 +291,7 @@ async fn attempt(
         if delivered {
             return Ok(FanOut::default());
         }
-        publish(&backends.bus, groups, &frame).await
+        publish(&backends.bus, groups, frame).await
     };
     let (delivery, queued) = tokio::join!(deliver, notifier.enqueue(message, &offline));
     progress.delivered |= delivery.is_ok();
@@ -324,14 +349,14 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
             if delivered {
                 metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::DELIVERED)
                     .increment(1);
-                tracing::info!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+                tracing::info!(chat_id = %job.chat_id, message_id = %job.message_id,
                     "real-time fan-out delivered on retry");
                 return;
             }
             metrics::counter!(FANOUT_RETRIES_TOTAL, "outcome" => retry_outcome::ABANDONED)
                 .increment(1);
-            progress.give_up(&job.message);
-            tracing::warn!(chat_id = %job.message.chat_id, message_id = %job.message.message_id,
+            progress.give_up(&job);
+            tracing::warn!(chat_id = %job.chat_id, message_id = %job.message_id,
                 "real-time fan-out still failing at the end of API_FANOUT_RETRY_WINDOW; telling the members to catch up");
             if let Some(notices) = notices.upgrade() {
                 notices.notify(job.members, &backends);
@@ -359,7 +384,8 @@ async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
         }
         let work = attempt(
             backends,
-            &job.message,
+            job.chat_id,
+            &job.frame,
             &mut members,
             &mut progress,
             "fanout::retry",

@@ -23,6 +23,78 @@ pub struct Chat {
     pub created_at_ms: u64,
     /// The newest message id, `None` for a chat without messages.
     pub last_message_id: Option<Id>,
+    /// The newest change id (edit or delete of one of its messages), `None` before the first.
+    pub last_change_id: Option<Id>,
+}
+
+/// A member's role. The chat's creator (`created_by`) is its `owner` while a member, so chats
+/// stored before roles existed have one; owners grant and revoke `admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// Owners and admins moderate: remove members, delete any message.
+    pub fn moderates(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+
+    /// The stored form of a granted role (`owner` is never stored: it is `created_by`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+
+    /// A stored role; anything but `admin` (absent, `member`, unknown) is a plain member.
+    pub fn from_stored(s: Option<&str>) -> Role {
+        match s {
+            Some("admin") => Role::Admin,
+            _ => Role::Member,
+        }
+    }
+}
+
+/// An edit or delete of one message, as the store applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Replace the body; `edited_at` becomes the change id's time.
+    Edit { body: String },
+    /// Drop the body from the store and keep a tombstone.
+    Delete,
+}
+
+/// One page of a chat's changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangesPage {
+    /// The changed messages in their current state (tombstones included), each once.
+    pub messages: Vec<Message>,
+    /// The highest change id read: the `after` of the next page. A store that keeps one entry
+    /// per change may read entries of messages changed again since, so this is not always a
+    /// message's `change_id`.
+    pub last: Option<Id>,
+    /// `limit` changes were read: more may follow.
+    pub full: bool,
+}
+
+/// What an edit or delete did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Applied under the given change id: the message's new state.
+    Applied(Message),
+    /// Nothing to do (an edit to the current body, or a delete of a deleted message): the
+    /// current state, no new change id. This is what makes both idempotent.
+    Unchanged(Message),
+    /// The message was deleted before: an edit cannot revive it.
+    Deleted(Message),
+    /// No such message in this chat.
+    NotFound,
 }
 
 /// Where a history page starts.
@@ -197,6 +269,37 @@ pub trait MessageStore: Send + Sync + 'static {
             complete: page.len() <= scan_max,
         })
     }
+    /// One message by id, in its current state (tombstones included).
+    async fn get_message(&self, chat_id: Id, message_id: Id)
+        -> Result<Option<Message>, StoreError>;
+    /// Applies an edit or delete to a message under the fresh `change_id`, moving the chat's
+    /// `last_change_id` to it (never down). A delete removes the body from the store. Both are
+    /// idempotent: repeating one is [`Changed::Unchanged`]. A store that can tell does not commit
+    /// after `deadline` (as [`MessageStore::insert_message_before`]).
+    async fn change_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        change: &Change,
+        change_id: Id,
+        deadline: Instant,
+    ) -> Result<Changed, StoreError>;
+    /// One page of the chat's changes: the (at most `limit`) changes with the lowest change ids
+    /// above `after`, as the changed messages in their current state (each at most once, in
+    /// change order). See [`ChangesPage`].
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError>;
+    /// `user`'s role in the chat, `None` when not a member (or no such chat).
+    async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError>;
+    /// Grants `admin` or makes a member a plain `member` again; `false` when `user` is not a
+    /// member (nothing is written). `role` is never [`Role::Owner`].
+    async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError>;
+    /// The members holding `admin`, sorted.
+    async fn admins(&self, chat_id: Id) -> Result<Vec<String>, StoreError>;
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

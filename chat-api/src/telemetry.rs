@@ -44,6 +44,18 @@ pub const FANOUT_RETRY_QUEUE: &str = "api_fanout_retry_queue";
 /// (see [`FANOUT_NOTICE_SCOPES`]).
 pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
+/// Edits and deletes stored, by `kind` ([`MESSAGE_CHANGE_KINDS`]); repeats that changed nothing
+/// are not counted.
+pub const MESSAGE_CHANGES_TOTAL: &str = "api_message_changes_total";
+/// Every `kind` of [`MESSAGE_CHANGES_TOTAL`].
+pub const MESSAGE_CHANGE_KINDS: &[&str] = &[change_kind::EDIT, change_kind::DELETE];
+/// The `kind` of [`MESSAGE_CHANGES_TOTAL`].
+pub mod change_kind {
+    pub const EDIT: &str = "edit";
+    pub const DELETE: &str = "delete";
+}
+/// Members removed by someone else (moderation), not counting members who left.
+pub const MEMBERS_REMOVED_TOTAL: &str = "api_members_removed_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
 /// Offline hook (`crate::notify`): queue entries added (one per offline member and message).
@@ -164,6 +176,12 @@ pub mod store_op {
     pub const MARKERS: &str = "markers";
     pub const READ_MARKERS: &str = "read_markers";
     pub const COUNT_UNREAD: &str = "count_unread";
+    pub const GET_MESSAGE: &str = "get_message";
+    pub const CHANGE_MESSAGE: &str = "change_message";
+    pub const CHANGES: &str = "changes";
+    pub const ROLE: &str = "role";
+    pub const SET_ROLE: &str = "set_role";
+    pub const ADMINS: &str = "admins";
 }
 /// The `kind` of the marker metrics: [`crate::store::Marker::as_str`].
 pub mod marker_kind {
@@ -196,6 +214,12 @@ pub const STORE_OPS: &[&str] = &[
     store_op::MARKERS,
     store_op::READ_MARKERS,
     store_op::COUNT_UNREAD,
+    store_op::GET_MESSAGE,
+    store_op::CHANGE_MESSAGE,
+    store_op::CHANGES,
+    store_op::ROLE,
+    store_op::SET_ROLE,
+    store_op::ADMINS,
     store_op::PING,
 ];
 
@@ -288,6 +312,17 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     );
     describe_counter!(PUSH_EVENTS_TOTAL, "Backend push events accepted");
     describe_counter!(
+        MESSAGE_CHANGES_TOTAL,
+        "Message edits and deletes stored, by kind (repeats that changed nothing excluded)"
+    );
+    for kind in MESSAGE_CHANGE_KINDS {
+        metrics::counter!(MESSAGE_CHANGES_TOTAL, "kind" => *kind).increment(0);
+    }
+    describe_counter!(
+        MEMBERS_REMOVED_TOTAL,
+        "Members removed from a chat by an owner or admin (members leaving excluded)"
+    );
+    describe_counter!(
         AUTH_FAILURES_TOTAL,
         "Requests with a missing or invalid token"
     );
@@ -355,6 +390,7 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
         IDEMPOTENT_REPLAYS_TOTAL,
         FANOUT_RECIPIENTS_ONLINE_TOTAL,
         PUSH_EVENTS_TOTAL,
+        MEMBERS_REMOVED_TOTAL,
         AUTH_FAILURES_TOTAL,
         INTERNAL_ERRORS_TOTAL,
         RATE_LIMITED_UNHELD_TOTAL,

@@ -28,8 +28,10 @@ const SECRETS: &[&str] = &[
 enum Who {
     /// Created chat A.
     Owner,
-    /// A member of chat A who did not create it.
+    /// A member of chat A who did not create it (the author of its first message).
     Member,
+    /// A member of chat A granted `admin` by the owner.
+    Admin,
     /// Never a member of chat A (has a chat B of its own).
     Stranger,
     /// Was a member of chat A and was removed.
@@ -44,9 +46,10 @@ enum Who {
     Anonymous,
 }
 
-const EVERYONE: [Who; 8] = [
+const EVERYONE: [Who; 9] = [
     Who::Owner,
     Who::Member,
+    Who::Admin,
     Who::Stranger,
     Who::Removed,
     Who::ServicePush,
@@ -60,6 +63,10 @@ struct World {
     signer: Signer,
     chat_a: String,
     chat_b: String,
+    /// member-two's message in chat A.
+    message_m: String,
+    /// owner-one's message in chat A.
+    message_o: String,
     _dir: tempfile::TempDir,
 }
 
@@ -69,6 +76,7 @@ impl World {
         Some(match who {
             Who::Owner => self.signer.token("owner-one", ttl, None),
             Who::Member => self.signer.token("member-two-ab12", ttl, None),
+            Who::Admin => self.signer.token("admin-three", ttl, None),
             Who::Stranger => self.signer.token("stranger", ttl, None),
             Who::Removed => self.signer.token("removed-r", ttl, None),
             Who::ServicePush => self.signer.token("billing", ttl, Some("push")),
@@ -131,8 +139,9 @@ impl Reply {
     }
 }
 
-/// A fresh app: chat A (owner-one, member-two-ab12, third-member; removed-r was in it and was
-/// removed) with one message, and chat B (stranger, owner-one).
+/// A fresh app: chat A (owner-one, member-two-ab12, admin-three made admin, third-member;
+/// removed-r was in it and was removed) with a message by member-two and one by owner-one, and
+/// chat B (stranger, owner-one).
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path().join("chat.db")).unwrap());
@@ -150,6 +159,8 @@ async fn world() -> World {
         signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
         chat_a: String::new(),
         chat_b: String::new(),
+        message_m: String::new(),
+        message_o: String::new(),
         _dir: dir,
     };
     let r = w
@@ -157,7 +168,7 @@ async fn world() -> World {
             Who::Owner,
             Method::POST,
             "/v1/chats",
-            Some(json!({"members": ["member-two-ab12", "third-member", "removed-r"], "title": SECRETS[0]})),
+            Some(json!({"members": ["member-two-ab12", "admin-three", "third-member", "removed-r"], "title": SECRETS[0]})),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -174,6 +185,32 @@ async fn world() -> World {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    w.message_m = serde_json::from_str::<Value>(&r.text).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = w
+        .call(
+            Who::Owner,
+            Method::POST,
+            &format!("/v1/chats/{}/messages", w.chat_a),
+            Some(json!({"client_msg_id": "o1", "body": "from the owner"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    w.message_o = serde_json::from_str::<Value>(&r.text).unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = w
+        .call(
+            Who::Owner,
+            Method::PATCH,
+            &format!("/v1/chats/{}/members/admin-three", w.chat_a),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = w
         .call(
             Who::Owner,
@@ -220,10 +257,38 @@ fn auth_first(who: Who) -> Option<(u16, &'static str)> {
 fn chat_a_members(ok: u16) -> impl Fn(Who) -> (u16, &'static str) {
     move |who| {
         auth_first(who).unwrap_or(match who {
-            Who::Owner | Who::Member => (ok, ""),
+            Who::Owner | Who::Member | Who::Admin => (ok, ""),
             Who::Stranger | Who::Removed => (403, "not-a-member"),
             _ => (403, "forbidden"),
         })
+    }
+}
+
+/// Moderation in chat A: the owner and the admin; a plain member is refused.
+fn moderators(who: Who, ok: u16) -> (u16, &'static str) {
+    auth_first(who).unwrap_or(match who {
+        Who::Owner | Who::Admin => (ok, ""),
+        Who::Member => (403, "forbidden"),
+        Who::Stranger | Who::Removed => (403, "not-a-member"),
+        _ => (403, "forbidden"),
+    })
+}
+
+/// The owner of chat A alone.
+fn owner_only(who: Who, ok: u16) -> (u16, &'static str) {
+    auth_first(who).unwrap_or(match who {
+        Who::Owner => (ok, ""),
+        Who::Member | Who::Admin => (403, "forbidden"),
+        Who::Stranger | Who::Removed => (403, "not-a-member"),
+        _ => (403, "forbidden"),
+    })
+}
+
+/// Members of chat A get `problem`; everyone else what they get anywhere in chat A.
+fn chat_a_members_problem(who: Who, status: u16, problem: &'static str) -> (u16, &'static str) {
+    match chat_a_members(0)(who) {
+        (0, _) => (status, problem),
+        other => other,
     }
 }
 
@@ -264,15 +329,121 @@ fn endpoints() -> Vec<Endpoint> {
             expect: |w| chat_a_members(200)(w),
         },
         Endpoint {
-            // Removing someone else: only the creator.
+            // Removing a plain member: an owner or admin.
             method: Method::DELETE,
             path: "/v1/chats/{a}/members/third-member",
             body: None,
+            expect: |w| moderators(w, 204),
+        },
+        Endpoint {
+            // Removing the owner: only the owner (leaving); an admin may not.
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/members/owner-one",
+            body: None,
+            expect: |w| owner_only(w, 204),
+        },
+        Endpoint {
+            // Removing an admin: the owner, or the admin leaving.
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/members/admin-three",
+            body: None,
+            expect: |w| moderators(w, 204),
+        },
+        Endpoint {
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/members/third-member",
+            body: Some(|| json!({"role": "admin"})),
+            expect: |w| owner_only(w, 200),
+        },
+        Endpoint {
+            // The owner revokes an admin.
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/members/admin-three",
+            body: Some(|| json!({"role": "member"})),
+            expect: |w| owner_only(w, 200),
+        },
+        Endpoint {
+            // Only a member can be given a role.
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/members/removed-r",
+            body: Some(|| json!({"role": "admin"})),
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
-                    Who::Owner => (204, ""),
-                    Who::Member => (403, "forbidden"),
+                    Who::Owner => (404, "member-not-found"),
+                    Who::Member | Who::Admin => (403, "forbidden"),
                     Who::Stranger | Who::Removed => (403, "not-a-member"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            // The owner's role is not for anyone to change.
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/members/owner-one",
+            body: Some(|| json!({"role": "member"})),
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::Owner => (409, "conflict"),
+                    Who::Member | Who::Admin => (403, "forbidden"),
+                    Who::Stranger | Who::Removed => (403, "not-a-member"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            // Editing: the author only (member-two wrote {m}).
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/messages/{m}",
+            body: Some(|| json!({"body": "corrected"})),
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::Member => (200, ""),
+                    Who::Owner | Who::Admin => (403, "forbidden"),
+                    Who::Stranger | Who::Removed => (403, "not-a-member"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::PATCH,
+            path: "/v1/chats/{a}/messages/123456789",
+            body: Some(|| json!({"body": "corrected"})),
+            expect: |w| chat_a_members_problem(w, 404, "message-not-found"),
+        },
+        Endpoint {
+            // Deleting member-two's message: its author, an owner or an admin.
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/messages/{m}",
+            body: None,
+            expect: |w| chat_a_members(204)(w),
+        },
+        Endpoint {
+            // Deleting the owner's message: not a plain member who did not write it.
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/messages/{o}",
+            body: None,
+            expect: |w| moderators(w, 204),
+        },
+        Endpoint {
+            method: Method::DELETE,
+            path: "/v1/chats/{a}/messages/123456789",
+            body: None,
+            expect: |w| chat_a_members_problem(w, 404, "message-not-found"),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats/{a}/changes?after=0&limit=10",
+            body: None,
+            expect: |w| chat_a_members(200)(w),
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/chats/{b}/changes",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::Stranger | Who::Owner => (200, ""),
+                    Who::Member | Who::Removed | Who::Admin => (403, "not-a-member"),
                     _ => (403, "forbidden"),
                 })
             },
@@ -339,7 +510,7 @@ fn endpoints() -> Vec<Endpoint> {
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
                     Who::Stranger | Who::Owner => (200, ""),
-                    Who::Member | Who::Removed => (403, "not-a-member"),
+                    Who::Member | Who::Removed | Who::Admin => (403, "not-a-member"),
                     _ => (403, "forbidden"),
                 })
             },
@@ -383,7 +554,12 @@ async fn every_endpoint_for_every_caller() {
     for ep in endpoints() {
         for who in EVERYONE {
             let w = world().await;
-            let path = ep.path.replace("{a}", &w.chat_a).replace("{b}", &w.chat_b);
+            let path = ep
+                .path
+                .replace("{a}", &w.chat_a)
+                .replace("{b}", &w.chat_b)
+                .replace("{m}", &w.message_m)
+                .replace("{o}", &w.message_o);
             let reply = w
                 .call(who, ep.method.clone(), &path, ep.body.map(|b| b()))
                 .await;
@@ -403,7 +579,7 @@ async fn every_endpoint_for_every_caller() {
                 ));
             }
             // Chat A's content reaches only its current members.
-            let may_see_a = matches!(who, Who::Owner | Who::Member);
+            let may_see_a = matches!(who, Who::Owner | Who::Member | Who::Admin);
             if !may_see_a {
                 for secret in SECRETS {
                     // The push endpoint's request names member-two as a recipient; the answer
@@ -444,6 +620,7 @@ async fn lists_show_only_own_chats() {
     for (who, expect_a, expect_b) in [
         (Who::Owner, true, true),
         (Who::Member, true, false),
+        (Who::Admin, true, false),
         (Who::Stranger, false, true),
         (Who::Removed, false, false),
     ] {

@@ -447,3 +447,104 @@ async fn listen_subcommand_prints_frames_as_json_lines() {
     }
     sys.stop().await;
 }
+
+/// Embedded mode carries edits, deletes and removals like messages: both encodings get
+/// `message_updated` and `message_deleted`; the changes endpoint pages them; a removed member
+/// gets `chat_removed` and nothing after it.
+#[tokio::test]
+async fn edits_deletes_and_removal_reach_sockets_in_embedded_mode() {
+    let sys = System::start().await;
+    let mut bob_json = sys.connect("bob", Encoding::Json).await;
+    let mut bob_mp = sys.connect("bob", Encoding::Msgpack).await;
+    let mut carol = sys.connect("carol", Encoding::Json).await;
+    let alice = sys.token("alice");
+    let (status, chat) = sys
+        .post(&alice, "/v1/chats", json!({"members": ["bob", "carol"]}))
+        .await;
+    assert_eq!(status, 201, "{chat}");
+    let chat_id = chat["chat_id"].as_str().unwrap().to_string();
+    let (status, sent) = sys
+        .post(
+            &alice,
+            &format!("/v1/chats/{chat_id}/messages"),
+            json!({"client_msg_id": "c-1", "body": "helo"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    for sock in [&mut bob_json, &mut bob_mp, &mut carol] {
+        assert!(matches!(sock.next().await, ServerFrame::Message { .. }));
+    }
+    let message_path = format!(
+        "{}/v1/chats/{chat_id}/messages/{}",
+        sys.api,
+        sent["message_id"].as_str().unwrap()
+    );
+    let r = sys
+        .http
+        .patch(&message_path)
+        .bearer_auth(&alice)
+        .json(&json!({"body": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let edited: Value = r.json().await.unwrap();
+    assert_eq!(edited["body"], "hello");
+    for sock in [&mut bob_json, &mut bob_mp, &mut carol] {
+        match sock.next().await {
+            ServerFrame::MessageUpdated { message } => {
+                assert_eq!(message.body, "hello");
+                assert!(message.edited_at.is_some());
+            }
+            other => panic!("expected message_updated, got {other:?}"),
+        }
+    }
+    // alice removes carol: carol's socket is told, and gets nothing of the chat after it.
+    let r = sys
+        .http
+        .delete(format!("{}/v1/chats/{chat_id}/members/carol", sys.api))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    match carol.next().await {
+        ServerFrame::ChatRemoved { chat_id: removed } => {
+            assert_eq!(removed.to_string(), chat_id)
+        }
+        other => panic!("expected chat_removed, got {other:?}"),
+    }
+    let r = sys
+        .http
+        .delete(&message_path)
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    for sock in [&mut bob_json, &mut bob_mp] {
+        match sock.next().await {
+            ServerFrame::MessageDeleted { message_id, .. } => {
+                assert_eq!(message_id.to_string(), sent["message_id"].as_str().unwrap())
+            }
+            other => panic!("expected message_deleted, got {other:?}"),
+        }
+    }
+    carol.assert_quiet(Duration::from_millis(300)).await;
+    // The changes page shows the tombstone, without its body.
+    let page: Value = sys
+        .http
+        .get(format!("{}/v1/chats/{chat_id}/changes", sys.api))
+        .bearer_auth(sys.token("bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["messages"][0]["deleted"], true);
+    assert!(page["messages"][0].get("body").is_none(), "{page}");
+    assert_eq!(page["has_more"], false);
+    sys.stop().await;
+}

@@ -364,7 +364,7 @@ async fn chats_and_members() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["members"], json!(["alice", "bob", "carol", "dave"]));
-    // Only the creator removes others; anyone may leave.
+    // Only the owner (the creator) or an admin removes others; anyone may leave.
     let r = t
         .call(
             Method::DELETE,
@@ -1109,4 +1109,209 @@ async fn chat_list_pages_by_chat_id_with_a_cursor() {
         let r = t.call(Method::GET, bad, Some(&pager), None).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
     }
+}
+
+/// Edits and deletes: hostile and odd input gets problems and changes nothing; the frames go
+/// to the members online; idempotent repeats fan out nothing new; a removed member is told.
+#[tokio::test]
+async fn edits_deletes_and_removals_over_http() {
+    let t = setup_with(
+        Limits {
+            message_body_bytes_max: 16,
+            ..Limits::default()
+        },
+        SqliteOptions::default(),
+    );
+    let n1 = node("n1");
+    t.registry.heartbeat(&n1).await.unwrap();
+    t.registry
+        .add_routes(&n1, &["alice".to_string(), "bob".into(), "carol".into()])
+        .await
+        .unwrap();
+    let mut s1 = t.bus.subscribe(&n1).await.unwrap();
+    let chat = t.create_chat("alice", &["bob", "carol"]).await;
+    let sent = t.send("bob", chat, "c1", "helo").await;
+    next_frames(&mut s1).await;
+    let id = sent.body["message_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/chats/{chat}/messages/{id}");
+    let bob = t.user("bob");
+    for (body, status, kind) in [
+        (
+            json!({"body": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+        ),
+        (
+            json!({"body": "x".repeat(17)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed",
+        ),
+        (
+            json!({"text": "hi"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            json!({"body": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+    ] {
+        let r = t
+            .call(Method::PATCH, &path, Some(&bob), Some(body.clone()))
+            .await;
+        assert_eq!(
+            (r.status.as_u16() / 100, r.problem_type().as_str()),
+            (status.as_u16() / 100, kind),
+            "{body}: {:?}",
+            r.body
+        );
+    }
+    for bad in [
+        format!("/v1/chats/{chat}/messages/not-an-id"),
+        format!("/v1/chats/{chat}/messages/99999999999999999999999"),
+    ] {
+        let r = t
+            .call(Method::PATCH, &bad, Some(&bob), Some(json!({"body": "x"})))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {:?}", r.body);
+    }
+    let r = t
+        .call(
+            Method::GET,
+            &format!("/v1/chats/{chat}/changes?limit=0"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Nothing changed so far.
+    let r = t
+        .call(
+            Method::GET,
+            &format!("/v1/chats/{chat}/changes"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["messages"], json!([]), "{:?}", r.body);
+
+    // The edit is fanned out once; the same edit again answers the same and fans out nothing.
+    let r = t
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bob),
+            Some(json!({"body": "hello"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let frames = next_frames(&mut s1).await;
+    assert_eq!(frames.len(), 1);
+    let ServerFrame::MessageUpdated { message } = &frames[0].1 else {
+        panic!("{:?}", frames[0].1)
+    };
+    assert_eq!(serde_json::to_value(message).unwrap(), r.body);
+    let again = t
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bob),
+            Some(json!({"body": "hello"})),
+        )
+        .await;
+    assert_eq!((again.status, &again.body), (StatusCode::OK, &r.body));
+    let r = t.call(Method::GET, "/v1/chats", Some(&bob), None).await;
+    assert_eq!(
+        r.body["chats"][0]["last_change_id"],
+        again.body["change_id"]
+    );
+
+    // alice (the owner) deletes bob's message: a tombstone stays, the body is gone.
+    let r = t
+        .call(Method::DELETE, &path, Some(&t.user("alice")), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // The next frame is the delete: the repeated edit fanned out nothing.
+    let frames = next_frames(&mut s1).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(
+        matches!(&frames[0].1, ServerFrame::MessageDeleted { message_id, .. } if message_id.to_string() == id),
+        "{frames:?}"
+    );
+    let r = t.call(Method::DELETE, &path, Some(&bob), None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NO_CONTENT,
+        "deleting again is harmless"
+    );
+    let page = t
+        .call(
+            Method::GET,
+            &format!("/v1/chats/{chat}/messages"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(page.body["messages"][0]["deleted"], true);
+    assert!(!page.body.to_string().contains("hello"), "{:?}", page.body);
+    let r = t
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&bob),
+            Some(json!({"body": "back"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+
+    // Removing carol tells her sockets; roles: bob made admin, then revoked.
+    let alice = t.user("alice");
+    let r = t
+        .call(
+            Method::PATCH,
+            &format!("/v1/chats/{chat}/members/bob"),
+            Some(&alice),
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let r = t
+        .call(
+            Method::PATCH,
+            &format!("/v1/chats/{chat}/members/bob"),
+            Some(&alice),
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = t
+        .call(
+            Method::GET,
+            &format!("/v1/chats/{chat}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["admins"], json!(["bob"]));
+    let r = t
+        .call(
+            Method::DELETE,
+            &format!("/v1/chats/{chat}/members/carol"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let frames = next_frames(&mut s1).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].0, vec!["carol".to_string()]);
+    assert!(matches!(frames[0].1, ServerFrame::ChatRemoved { chat_id } if chat_id == chat));
+    // Later messages skip carol.
+    t.send("alice", chat, "c2", "after").await;
+    let frames = next_frames(&mut s1).await;
+    assert_eq!(frames[0].0, vec!["alice".to_string(), "bob".into()]);
 }

@@ -118,14 +118,13 @@ impl TestApp {
     async fn put(&self, chat: Id, sender: &str) -> Id {
         let id = self.ids.next_id();
         self.store
-            .insert_message(&Message {
-                chat_id: chat,
-                message_id: id,
-                sender_id: sender.into(),
-                client_msg_id: format!("c{id}"),
-                body: "x".into(),
-                sent_at_ms: id.unix_ms(),
-            })
+            .insert_message(&Message::new(
+                chat,
+                id,
+                sender.into(),
+                format!("c{id}"),
+                "x".into(),
+            ))
             .await
             .unwrap();
         id

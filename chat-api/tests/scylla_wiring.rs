@@ -246,6 +246,9 @@ async fn message_rows_map_and_the_bucket_is_part_of_the_key() {
             client_msg_id: format!("c-{n}"),
             body: body.into(),
             sent_at_ms: base.unix_ms(),
+            edited_at: None,
+            deleted: false,
+            change_id: None,
         };
         let first = message(1, "hello\nwörld 👋 'quoted'");
         let second = message(2, "");

@@ -78,6 +78,16 @@ async function start(config, user, encoding, pastedToken) {
     demo.stats[source] = (demo.stats[source] || 0) + 1;
     onMessage(message);
   });
+  // Edits and deletes redraw the message in place when it is shown.
+  client.on("update", ({ message }) => {
+    const li = demo.shown.get(message.message_id);
+    if (li && message.chat_id === demo.current) fill(li, message);
+  });
+  client.on("delete", ({ message_id }) => {
+    const li = demo.shown.get(message_id);
+    if (li) li.querySelector(".body").textContent = "(deleted)";
+  });
+  client.on("chat_removed", ({ chat_id }) => note(`you were removed from chat ${chat_id}`));
   client.on("typing", ({ chat_id, user_id }) => {
     if (chat_id === demo.current && user_id !== demo.user) showTyping(user_id);
   });
@@ -269,7 +279,7 @@ function fill(li, m) {
   who.textContent = m.sender_id;
   const body = document.createElement("span");
   body.className = "body";
-  body.textContent = m.body;
+  body.textContent = m.deleted ? "(deleted)" : m.edited_at ? `${m.body} (edited)` : m.body;
   const when = document.createElement("time");
   when.textContent = m.sent_at_ms ? new Date(m.sent_at_ms).toLocaleTimeString() : "sending…";
   li.append(who, body, when);

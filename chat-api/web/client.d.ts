@@ -8,8 +8,24 @@ export interface Message {
   message_id: Id;
   sender_id: string;
   client_msg_id: string;
-  body: string;
+  /** Absent on a deleted message (a tombstone). */
+  body?: string;
   sent_at_ms: number;
+  /** Unix ms of the latest edit; absent if never edited. */
+  edited_at?: number;
+  /** True on a deleted message: its body is gone. */
+  deleted?: boolean;
+  /** Id of the latest edit or delete; absent if never changed. Newer state = higher id. */
+  change_id?: Id;
+}
+
+export type Role = "owner" | "admin" | "member";
+
+export interface ChangesPage {
+  /** Changed messages in their current state (tombstones included), in change order. */
+  messages: Message[];
+  has_more: boolean;
+  next_after: Id | null;
 }
 
 export interface Chat {
@@ -18,7 +34,11 @@ export interface Chat {
   created_by: string;
   created_at_ms: number;
   last_message_id: Id | null;
+  /** The newest edit or delete in the chat (the change cursor of catch-up). */
+  last_change_id: Id | null;
   members?: string[];
+  /** Members holding `admin` (the owner is `created_by`); with `chat()` only. */
+  admins?: string[];
 }
 
 /** A chat as `GET /v1/chats` lists it: with the caller's read state. */
@@ -86,8 +106,15 @@ export interface ChatEvents {
   event: { event: unknown };
   /** The socket closed; `willReconnect` false means it stays closed until `connect()`. */
   close: { code: number; reason: string; willReconnect: boolean; delayMs?: number };
-  /** Catch-up after a (re)connect finished. */
-  catchup: { messages: number };
+  /** A message was edited (live, caught up, or by this client): once per change. Keep it only
+   * over an older state (lower or no `change_id`); a deleted message stays deleted. */
+  update: { message: Message; source: "live" | "catchup" | "sent" };
+  /** A message was deleted (live or caught up): drop its body, keep a tombstone. Final. */
+  delete: { chat_id: Id; message_id: Id; change_id: Id; source: "live" | "catchup" };
+  /** This user was removed from the chat: nothing more of it arrives. */
+  chat_removed: { chat_id: Id };
+  /** Catch-up after a (re)connect finished: messages and changes reported. */
+  catchup: { messages: number; changes: number };
   /** The node may have missed deliveries: a catch-up follows at once; the socket stays open. */
   resync: Record<string, never>;
   /** The chat list fetched at each (re)connect. */
@@ -202,6 +229,12 @@ export declare class MessageLog {
   accept(message: Message): boolean;
   /** Forgets the ids at or below the floor. */
   prune(chatId: Id): void;
+  /** The `after` of a catch-up of changes, or undefined when nothing of the chat is held. */
+  changeFloor(chatId: Id): Id | undefined;
+  /** True when the change id was not seen before. */
+  acceptChange(chatId: Id, changeId: Id): boolean;
+  /** Forgets everything of a chat. */
+  forget(chatId: Id): void;
 }
 
 export declare class ChatClient {
@@ -237,5 +270,14 @@ export declare class ChatClient {
   chat(chatId: Id): Promise<Chat>;
   createChat(chat: { members: string[]; title?: string }): Promise<Chat>;
   addMembers(chatId: Id, userIds: string[]): Promise<{ chat_id: Id; members: string[] }>;
+  /** Edits one's own message (same body twice = one edit). */
+  edit(chatId: Id, messageId: Id, body: string): Promise<Message>;
+  /** Deletes a message (one's own; any as owner or admin). */
+  deleteMessage(chatId: Id, messageId: Id): Promise<null>;
+  changes(chatId: Id, page?: { after?: Id; limit?: number }): Promise<ChangesPage>;
+  /** The owner grants or revokes admin. */
+  setRole(chatId: Id, userId: string, role: "admin" | "member"): Promise<{ chat_id: Id; user_id: string; role: Role }>;
+  /** Leave (oneself) or remove a member (owners and admins). */
+  removeMember(chatId: Id, userId: string): Promise<null>;
   presence(userIds: string[]): Promise<{ presence: Presence[] }>;
 }

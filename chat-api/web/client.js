@@ -126,6 +126,40 @@ export class MessageLog {
     this.holds = new Map();
     /** chat → set size after the last pruning (pruning runs when it doubles). */
     this.pruned = new Map();
+    /** chat → the lowest message id accepted (the change cursor before any change is seen). */
+    this.lowest = new Map();
+    /** chat → the highest change id seen (edits and deletes). */
+    this.changesHighest = new Map();
+    /** chat → change ids seen above the change window's floor (same rule as message ids). */
+    this.changesSeen = new Map();
+  }
+  /** The `after` of a catch-up of changes for `chatId`: the highest change id seen minus the
+   * overlap, or (no change seen yet) the lowest message id held minus it (a change to a message
+   * has a later id than the message); undefined when nothing is held. */
+  changeFloor(chatId) {
+    const held = this.changesHighest.get(chatId) ?? this.lowest.get(chatId);
+    return held === undefined ? undefined : overlapFloor(held, this.overlapMs);
+  }
+  /** Records a change (`change_id` of an edit or delete) of `chatId`; true when it was not seen
+   * before. Bounded like `accept`: ids at or below the window's floor are forgotten. */
+  acceptChange(chatId, changeId) {
+    const held = this.changesHighest.get(chatId);
+    const floor = held === undefined ? "0" : overlapFloor(held, this.overlapMs);
+    if (held !== undefined && compareIds(changeId, floor) <= 0) return true;
+    let seen = this.changesSeen.get(chatId);
+    if (!seen) this.changesSeen.set(chatId, (seen = new Set()));
+    if (seen.has(changeId)) return false;
+    seen.add(changeId);
+    if (held === undefined || compareIds(changeId, held) > 0) this.changesHighest.set(chatId, changeId);
+    if (seen.size >= 64) {
+      const f = overlapFloor(this.changesHighest.get(chatId), this.overlapMs);
+      for (const id of seen) if (compareIds(id, f) <= 0) seen.delete(id);
+    }
+    return true;
+  }
+  /** Forgets a chat (the user was removed from it). */
+  forget(chatId) {
+    for (const m of [this.highest, this.seen, this.holds, this.pruned, this.lowest, this.changesHighest, this.changesSeen]) m.delete(chatId);
   }
   /** The highest message id held for `chatId`, or undefined. */
   cursor(chatId) {
@@ -162,6 +196,8 @@ export class MessageLog {
    * and dropping it could lose a message never shown (apps that keep messages by id absorb it). */
   accept(message) {
     const { chat_id: chatId, message_id: id } = message;
+    const low = this.lowest.get(chatId);
+    if (low === undefined || compareIds(id, low) < 0) this.lowest.set(chatId, id);
     if (compareIds(id, this.floor(chatId)) <= 0) return true;
     let seen = this.seen.get(chatId);
     if (!seen) this.seen.set(chatId, (seen = new Set()));
@@ -429,6 +465,13 @@ export class ChatClient {
         return this._onHello(gen, frame);
       case "message":
         return this._deliver(frame.message, "live");
+      case "message_updated":
+        return this._change(frame.message, "live");
+      case "message_deleted":
+        return this._change({ chat_id: frame.chat_id, message_id: frame.message_id, change_id: frame.change_id, deleted: true }, "live");
+      case "chat_removed":
+        this.log.forget(frame.chat_id);
+        return this._emit("chat_removed", { chat_id: frame.chat_id });
       case "typing":
         return this._emit("typing", { chat_id: frame.chat_id, user_id: frame.user_id });
       case "read":
@@ -598,6 +641,20 @@ export class ChatClient {
     }
   }
 
+  /** An edit or delete (a message in its new state, or a tombstone): emitted once per change id
+   * as `update` or `delete`. Apply an `update` only over an older state (a lower `change_id`, or
+   * none); a `delete` is final. */
+  _change(message, source) {
+    if (!message || typeof message.message_id !== "string" || typeof message.change_id !== "string") return false;
+    if (!this.log.acceptChange(message.chat_id, message.change_id)) return false;
+    if (message.deleted) {
+      this._emit("delete", { chat_id: message.chat_id, message_id: message.message_id, change_id: message.change_id, source });
+    } else {
+      this._emit("update", { message, source });
+    }
+    return true;
+  }
+
   /** Declares that the caller holds `chatId` up to `lastMessageId`, so that catch-up fetches
    * what may be missing: everything after `lastMessageId` minus the overlap. Messages in the
    * overlap that the log has not seen itself are reported again (keep messages by id).
@@ -613,18 +670,21 @@ export class ChatClient {
    * and the gap must still be fetched. Retries with backoff while this socket lives. */
   async _catchUp(gen) {
     const floors = new Map();
+    const changeFloors = new Map();
     const releases = [];
     for (const [chatId, held] of this.log.highest) {
       const floor = overlapFloor(held, this.log.overlapMs);
       floors.set(chatId, floor);
       releases.push(this.log.hold(chatId, floor));
+      const changeFloor = this.log.changeFloor(chatId);
+      if (changeFloor !== undefined) changeFloors.set(chatId, changeFloor);
     }
     let failures = 0;
     try {
       while (gen === this._gen) {
         try {
-          const n = await this._catchUpOnce(gen, floors);
-          if (gen === this._gen) this._emit("catchup", { messages: n });
+          const n = await this._catchUpOnce(gen, floors, changeFloors);
+          if (gen === this._gen) this._emit("catchup", { messages: n.messages, changes: n.changes });
           return;
         } catch (e) {
           if (gen !== this._gen) return;
@@ -637,12 +697,26 @@ export class ChatClient {
     }
   }
 
-  async _catchUpOnce(gen, floors) {
+  async _catchUpOnce(gen, floors, changeFloors) {
     const { chats } = await this.chats();
-    if (gen !== this._gen) return 0;
+    if (gen !== this._gen) return { messages: 0, changes: 0 };
     this._emit("chats", { chats });
     let delivered = 0;
+    let changed = 0;
     for (const chat of chats) {
+      // Edits and deletes made while away: the chat's changes above its change floor.
+      const changeFloor = changeFloors.get(chat.chat_id);
+      if (changeFloor !== undefined && chat.last_change_id && compareIds(chat.last_change_id, changeFloor) > 0) {
+        let after = changeFloor;
+        for (let page = 0; page < this.catchUpPagesMax; page++) {
+          const q = `after=${encodeURIComponent(after)}&limit=${this.catchUpPageSize}`;
+          const res = await this._request("GET", `/v1/chats/${encodeURIComponent(chat.chat_id)}/changes?${q}`);
+          if (gen !== this._gen) return { messages: delivered, changes: changed };
+          for (const m of res.messages) if (this._change(m, "catchup")) changed++;
+          if (!res.has_more || !res.next_after) break;
+          after = res.next_after;
+        }
+      }
       const floor = floors.get(chat.chat_id);
       // A message can land below the highest id held (by up to the overlap), so a chat whose
       // newest message is anywhere above the floor is fetched again from there.
@@ -651,7 +725,7 @@ export class ChatClient {
       for (let page = 0; page < this.catchUpPagesMax; page++) {
         const q = `after=${encodeURIComponent(after)}&limit=${this.catchUpPageSize}`;
         const res = await this._request("GET", `/v1/chats/${encodeURIComponent(chat.chat_id)}/messages?${q}`);
-        if (gen !== this._gen) return delivered;
+        if (gen !== this._gen) return { messages: delivered, changes: changed };
         for (const m of res.messages) {
           if (this.log.accept(m)) {
             delivered++;
@@ -663,7 +737,7 @@ export class ChatClient {
         after = res.messages[res.messages.length - 1].message_id;
       }
     }
-    return delivered;
+    return { messages: delivered, changes: changed };
   }
 
   // ---- HTTP API --------------------------------------------------------------------------
@@ -691,7 +765,11 @@ export class ChatClient {
     if (limit) q.set("limit", String(limit));
     const qs = q.toString();
     const page = await this._request("GET", `/v1/chats/${encodeURIComponent(chatId)}/messages${qs ? "?" + qs : ""}`);
-    for (const m of page.messages) this.log.accept(m);
+    for (const m of page.messages) {
+      this.log.accept(m);
+      // The page shows the current state: its changes need no event.
+      if (m.change_id) this.log.acceptChange(chatId, m.change_id);
+    }
     if (this.log.cursor(chatId) === undefined) this.log.highest.set(chatId, "0");
     return page;
   }
@@ -725,6 +803,39 @@ export class ChatClient {
   /** Creates a chat (not retried: a retry could create a second chat). */
   createChat({ members, title } = {}) {
     return this._request("POST", "/v1/chats", { members: members || [], ...(title ? { title } : {}) }, { retry: false });
+  }
+
+  /** Edits one's own message; resolves with the message, now with `edited_at`. Retried like a
+   * send: the same body twice is one edit. Emits `update` (once) like a live change. */
+  async edit(chatId, messageId, body) {
+    const message = await this._request("PATCH", `/v1/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(messageId)}`, { body });
+    if (message && message.change_id) this._change(message, "sent");
+    return message;
+  }
+
+  /** Deletes a message (one's own, or any as an owner or admin). Retried: deleting twice is one
+   * delete. The `delete` event comes with the live frame or the next catch-up. */
+  deleteMessage(chatId, messageId) {
+    return this._request("DELETE", `/v1/chats/${encodeURIComponent(chatId)}/messages/${encodeURIComponent(messageId)}`);
+  }
+
+  /** One page of a chat's changes (edited and deleted messages, in change order). */
+  changes(chatId, { after, limit } = {}) {
+    const q = new URLSearchParams();
+    if (after) q.set("after", after);
+    if (limit) q.set("limit", String(limit));
+    const qs = q.toString();
+    return this._request("GET", `/v1/chats/${encodeURIComponent(chatId)}/changes${qs ? "?" + qs : ""}`);
+  }
+
+  /** The owner grants (`"admin"`) or revokes (`"member"`) admin. */
+  setRole(chatId, userId, role) {
+    return this._request("PATCH", `/v1/chats/${encodeURIComponent(chatId)}/members/${encodeURIComponent(userId)}`, { role });
+  }
+
+  /** Leaves the chat (`userId` is oneself), or removes a member (owners and admins). */
+  removeMember(chatId, userId) {
+    return this._request("DELETE", `/v1/chats/${encodeURIComponent(chatId)}/members/${encodeURIComponent(userId)}`);
   }
 
   addMembers(chatId, userIds) {

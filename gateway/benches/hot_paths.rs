@@ -27,6 +27,9 @@ fn message_frame() -> ServerFrame {
             client_msg_id: "c-0001-abcdef".into(),
             body: "hello there, this is a chat message of a typical length".into(),
             sent_at_ms: 1_790_000_000_000,
+            edited_at: None,
+            deleted: false,
+            change_id: None,
         },
     }
 }

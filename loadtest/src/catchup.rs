@@ -5,11 +5,13 @@
 //! `docs/PROTOCOL.md`: at `hello` and at `resync` it takes a snapshot of the highest id it holds,
 //! asks `GET /v1/chats` whether the chat's `last_message_id` is above that snapshot minus the
 //! catch-up overlap, and if so pages `GET .../messages?after=<snapshot − overlap>`, keeping
-//! messages by id. At the end every acknowledged message must be
-//! held by every member. Break something meanwhile (restart a gateway, Redis, an API replica) to
+//! messages by id. The sender also edits and deletes some of its messages; each member catches
+//! up those changes too (`GET /v1/chats` → `last_change_id`, then `GET .../changes?after=<highest
+//! change id held − overlap>`), and live `message_updated` / `message_deleted` frames count.
+//! At the end every acknowledged message must be held by every member, in its final state. Break something meanwhile (restart a gateway, Redis, an API replica) to
 //! test that failure on a real deployment.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +48,12 @@ pub struct CatchUpArgs {
     /// How long the members get, after the last acknowledgement, to hold everything.
     #[arg(long, default_value = "10s", value_parser = shared::config::parse_duration)]
     pub settle: Duration,
+    /// The sender edits every Nth acknowledged message (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub edit_every: u64,
+    /// The sender deletes every Nth acknowledged message (0: never).
+    #[arg(long, default_value_t = 25)]
+    pub delete_every: u64,
     #[arg(long, env = "JWT_SECRET", default_value = shared::auth::DEV_SECRET, hide_default_value = true)]
     pub secret: String,
     /// Write the JSON result here.
@@ -72,6 +80,13 @@ pub struct CatchUpResult {
     /// Acknowledged messages some member did not hold at the end, summed over members: the
     /// guarantee says 0.
     pub missing: u64,
+    /// Edits and deletes acknowledged to the sender.
+    pub changes: u64,
+    /// Changes that came from `GET .../changes` rather than a frame.
+    pub fetched_changes: u64,
+    /// Acknowledged changes some member did not hold at the end (a message in an older state),
+    /// summed over members: 0 as well.
+    pub changes_missing: u64,
     pub members_missing_any: usize,
     pub loadavg: Option<[f64; 3]>,
 }
@@ -80,9 +95,41 @@ pub struct CatchUpResult {
 #[derive(Default)]
 struct Member {
     held: BTreeSet<u64>,
+    /// message id → the newest change id held for it.
+    changed: HashMap<u64, u64>,
+    /// The highest change id held (the change cursor).
+    change_held: Option<u64>,
     connections: u64,
     resyncs: u64,
     fetched: u64,
+    fetched_changes: u64,
+}
+
+impl Member {
+    /// Records a change of a message; true when it is newer than what was held.
+    fn hold_change(&mut self, message_id: u64, change_id: u64) -> bool {
+        self.change_held = self.change_held.max(Some(change_id));
+        let c = self.changed.entry(message_id).or_insert(0);
+        let newer = change_id > *c;
+        *c = (*c).max(change_id);
+        newer
+    }
+
+    /// The `after` of a catch-up of changes: the highest change id held minus the overlap, or
+    /// the lowest message id held minus it (a change to a message has a later id).
+    fn change_floor(&self) -> Option<u64> {
+        self.change_held
+            .or_else(|| self.held.first().copied())
+            .map(|held| shared::protocol::catch_up_after(shared::Id(held)).0)
+    }
+}
+
+/// A change in a frame or a changes page: (message id, change id).
+fn change_of(message: &Value) -> Option<(u64, u64)> {
+    Some((
+        message["message_id"].as_str()?.parse().ok()?,
+        message["change_id"].as_str()?.parse().ok()?,
+    ))
 }
 
 /// One member's connection loop: connect (to the next gateway each time), catch up, read frames
@@ -122,6 +169,16 @@ async fn member_loop(
                             Some("message") => {
                                 if let Some(id) = v["message"]["message_id"].as_str().and_then(|s| s.parse().ok()) {
                                     state.lock().await.held.insert(id);
+                                }
+                            }
+                            Some("message_updated") => {
+                                if let Some((m, c)) = change_of(&v["message"]) {
+                                    state.lock().await.hold_change(m, c);
+                                }
+                            }
+                            Some("message_deleted") => {
+                                if let Some((m, c)) = change_of(&v) {
+                                    state.lock().await.hold_change(m, c);
                                 }
                             }
                             Some("resync") => {
@@ -183,6 +240,7 @@ async fn catch_up(
     let mut after = snapshot
         .map(|held| shared::protocol::catch_up_after(shared::Id(held)).0)
         .unwrap_or(0);
+    let change_floor = state.lock().await.change_floor();
     let mut failures = 0;
     let mut listed = false;
     for _page in 0..10_000 {
@@ -204,12 +262,17 @@ async fn catch_up(
             }
         };
         if !listed {
-            let last: Option<u64> = page["chats"].as_array().and_then(|chats| {
-                chats
-                    .iter()
-                    .find(|c| c["chat_id"].as_str() == Some(chat))
-                    .and_then(|c| c["last_message_id"].as_str()?.parse().ok())
-            });
+            let item = page["chats"]
+                .as_array()
+                .and_then(|chats| chats.iter().find(|c| c["chat_id"].as_str() == Some(chat)));
+            let last: Option<u64> = item.and_then(|c| c["last_message_id"].as_str()?.parse().ok());
+            let last_change: Option<u64> =
+                item.and_then(|c| c["last_change_id"].as_str()?.parse().ok());
+            if let (Some(last_change), Some(floor)) = (last_change, change_floor) {
+                if last_change > floor {
+                    catch_up_changes(http, api, token, chat, floor, state).await;
+                }
+            }
             if last.is_none_or(|last| last <= after) {
                 return;
             }
@@ -237,6 +300,99 @@ async fn catch_up(
             _ => return,
         }
     }
+}
+
+/// Pages `GET .../changes?after=` from `after` to the end, holding each change.
+async fn catch_up_changes(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    chat: &str,
+    mut after: u64,
+    state: &Mutex<Member>,
+) {
+    let mut failures = 0;
+    for _page in 0..10_000 {
+        let url = format!("{api}/v1/chats/{chat}/changes?after={after}&limit=200");
+        let page = match get_json(http, &url, token).await {
+            Ok(p) => p,
+            Err(e) => {
+                failures += 1;
+                if failures > 20 {
+                    eprintln!("catch-up of changes gave up: {e}");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100 * failures)).await;
+                continue;
+            }
+        };
+        {
+            let mut s = state.lock().await;
+            for m in page["messages"].as_array().into_iter().flatten() {
+                if let Some((message, change)) = change_of(m) {
+                    if s.hold_change(message, change) {
+                        s.fetched_changes += 1;
+                    }
+                }
+            }
+        }
+        match page["next_after"].as_str().and_then(|s| s.parse().ok()) {
+            Some(next) if page["has_more"] == Value::Bool(true) => after = next,
+            _ => return,
+        }
+    }
+}
+
+/// The sender's edit (`delete` false) or delete of `message_id`, retried on the next API; the
+/// change id of the final state, or `None` when it gave up.
+async fn change(
+    http: &reqwest::Client,
+    args: &CatchUpArgs,
+    token: &str,
+    chat: &str,
+    message_id: u64,
+    delete: bool,
+    n: u64,
+) -> Option<u64> {
+    for attempt in 0..20usize {
+        let api = &args.api[(n as usize + attempt) % args.api.len()];
+        let url = format!("{api}/v1/chats/{chat}/messages/{message_id}");
+        let sent = if delete {
+            http.delete(&url)
+        } else {
+            http.patch(&url)
+                .json(&json!({"body": format!("catch-up probe {n}, edited")}))
+        }
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+        if let Ok(r) = sent {
+            let status = r.status().as_u16();
+            if status == 200 || status == 204 {
+                // A delete answers no body: its change id comes from the chat's changes.
+                let change = if delete {
+                    let page = get_json(
+                        http,
+                        &format!(
+                            "{api}/v1/chats/{chat}/messages?after={}&limit=1",
+                            message_id - 1
+                        ),
+                        token,
+                    )
+                    .await
+                    .ok()?;
+                    page["messages"][0]["change_id"].as_str()?.parse().ok()
+                } else {
+                    let v: Value = r.json().await.ok()?;
+                    v["change_id"].as_str()?.parse().ok()
+                };
+                return change;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
@@ -317,6 +473,8 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     let started = Instant::now();
     let every = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let mut acked: Vec<u64> = Vec::new();
+    // message id → the change id of its final state, as acknowledged to the sender.
+    let mut changes: HashMap<u64, u64> = HashMap::new();
     let (mut retries, mut abandoned) = (0u64, 0u64);
     let mut n = 0u64;
     let mut last_report = Instant::now();
@@ -340,6 +498,21 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
                     let v: Value = r.json().await.unwrap_or(Value::Null);
                     if let Some(id) = v["message_id"].as_str().and_then(|s| s.parse().ok()) {
                         acked.push(id);
+                        let every = |k: u64| k > 0 && n % k == k - 1;
+                        for delete in [false, true] {
+                            let due = if delete {
+                                every(args.delete_every)
+                            } else {
+                                every(args.edit_every)
+                            };
+                            if due {
+                                if let Some(c) =
+                                    change(&http, &args, &sender_token, &chat, id, delete, n).await
+                                {
+                                    changes.insert(id, c);
+                                }
+                            }
+                        }
                         break;
                     }
                 }
@@ -373,7 +546,10 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
         let mut all = true;
         for s in &states {
             let s = s.lock().await;
-            if acked.iter().any(|id| !s.held.contains(id)) {
+            let stale = changes
+                .iter()
+                .any(|(m, c)| s.changed.get(m).is_none_or(|held| held < c));
+            if stale || acked.iter().any(|id| !s.held.contains(id)) {
                 all = false;
                 break;
             }
@@ -386,9 +562,16 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     stop.store(true, Ordering::Release);
     let (mut missing, mut members_missing_any) = (0u64, 0usize);
     let (mut reconnects, mut resyncs, mut fetched) = (0u64, 0u64, 0u64);
+    let (mut changes_missing, mut fetched_changes) = (0u64, 0u64);
     for s in &states {
         let s = s.lock().await;
-        let lacks = acked.iter().filter(|id| !s.held.contains(id)).count() as u64;
+        let stale = changes
+            .iter()
+            .filter(|(m, c)| s.changed.get(m).is_none_or(|held| held < c))
+            .count() as u64;
+        changes_missing += stale;
+        fetched_changes += s.fetched_changes;
+        let lacks = acked.iter().filter(|id| !s.held.contains(id)).count() as u64 + stale;
         missing += lacks;
         members_missing_any += usize::from(lacks > 0);
         reconnects += s.connections.saturating_sub(1);
@@ -410,25 +593,35 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
         reconnects,
         resyncs,
         fetched_from_history: fetched,
-        missing,
+        missing: missing - changes_missing,
+        changes: changes.len() as u64,
+        fetched_changes,
+        changes_missing,
         members_missing_any,
         loadavg: util::loadavg(),
     };
     println!(
         "catchup: {} members, {} acknowledged, {} drops, {} reconnects, {} resyncs, {} fetched \
-         from history; missing {} (members lacking any: {})",
+         from history; {} changes ({} fetched); missing {} messages and {} changes (members \
+         lacking any: {})",
         result.members,
         result.acknowledged,
         result.drops,
         result.reconnects,
         result.resyncs,
         result.fetched_from_history,
+        result.changes,
+        result.fetched_changes,
         result.missing,
+        result.changes_missing,
         result.members_missing_any
     );
     util::write_json(args.out.as_deref(), &result)?;
     if missing > 0 {
-        bail!("{missing} acknowledged messages missing after catch-up");
+        bail!(
+            "{} acknowledged messages and {changes_missing} acknowledged changes missing after catch-up",
+            missing - changes_missing
+        );
     }
     Ok(result)
 }

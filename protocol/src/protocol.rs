@@ -45,16 +45,67 @@ impl Encoding {
     }
 }
 
-/// A chat message as clients see it (frames and HTTP responses).
+/// A chat message as clients see it (frames and HTTP responses). A deleted message (a tombstone)
+/// has `deleted: true` and no `body` (an empty body is never sent: live messages have at least
+/// one byte); `edited_at` and `change_id` are absent until the message is first edited or
+/// deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub chat_id: Id,
     pub message_id: Id,
     pub sender_id: String,
     pub client_msg_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
     /// Unix milliseconds, derived from the message id.
     pub sent_at_ms: u64,
+    /// Unix milliseconds of the latest edit, derived from its change id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// The message was deleted: its body is gone from the store.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// The id of the latest change (edit or delete) of this message, from the same clock as
+    /// message ids: the change cursor of `GET /v1/chats/{chat_id}/changes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<Id>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Message {
+    /// A message as first stored: never edited, not deleted.
+    pub fn new(
+        chat_id: Id,
+        message_id: Id,
+        sender_id: String,
+        client_msg_id: String,
+        body: String,
+    ) -> Message {
+        Message {
+            chat_id,
+            message_id,
+            sender_id,
+            client_msg_id,
+            body,
+            sent_at_ms: message_id.unix_ms(),
+            edited_at: None,
+            deleted: false,
+            change_id: None,
+        }
+    }
+
+    /// Which of two states of the same message a client keeps: a deleted one is final,
+    /// otherwise the one with the later change (an unchanged message is the oldest state).
+    pub fn supersedes(&self, other: &Message) -> bool {
+        match (self.deleted, other.deleted) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => self.change_id > other.change_id,
+        }
+    }
 }
 
 /// Frames the server sends.
@@ -115,6 +166,22 @@ pub enum ServerFrame {
         chat_id: Id,
         user_id: String,
         message_id: Id,
+    },
+    /// A message of one of the user's chats was edited: its current state.
+    MessageUpdated {
+        message: Message,
+    },
+    /// A message was deleted; history keeps it as a tombstone (`deleted: true`, no body).
+    MessageDeleted {
+        chat_id: Id,
+        message_id: Id,
+        /// The deletion's change id (see [`Message::change_id`]).
+        change_id: Id,
+    },
+    /// The user was removed from the chat (or left it from another device): no further frame
+    /// of that chat follows.
+    ChatRemoved {
+        chat_id: Id,
     },
 }
 
@@ -284,6 +351,9 @@ mod tests {
                     client_msg_id: "m-1".into(),
                     body: "héllo".into(),
                     sent_at_ms: 1,
+                    edited_at: None,
+                    deleted: false,
+                    change_id: None,
                 },
             },
             ServerFrame::Event {
@@ -317,7 +387,98 @@ mod tests {
                 user_id: "dave".into(),
                 message_id: Id(42),
             },
+            ServerFrame::MessageUpdated {
+                message: Message {
+                    edited_at: Some(9),
+                    change_id: Some(Id(u64::MAX - 1)),
+                    ..Message::new(Id(7), Id(8), "bob".into(), "m-2".into(), "fixed".into())
+                },
+            },
+            ServerFrame::MessageDeleted {
+                chat_id: Id(7),
+                message_id: Id(8),
+                change_id: Id(10),
+            },
+            ServerFrame::ChatRemoved { chat_id: Id(7) },
         ]
+    }
+
+    #[test]
+    fn edit_delete_and_removal_frames_have_the_documented_shape() {
+        let json = |f: &ServerFrame| -> serde_json::Value {
+            serde_json::from_slice(&encode_server(Encoding::Json, f)).unwrap()
+        };
+        let tombstone = Message {
+            body: String::new(),
+            deleted: true,
+            change_id: Some(Id(10)),
+            ..Message::new(Id(7), Id(8), "bob".into(), "m-2".into(), String::new())
+        };
+        let v = json(&ServerFrame::MessageUpdated {
+            message: tombstone.clone(),
+        });
+        assert_eq!(v["type"], "message_updated");
+        assert_eq!(v["message"]["deleted"], true);
+        assert!(
+            v["message"].get("body").is_none(),
+            "a tombstone has no body"
+        );
+        assert!(v["message"].get("edited_at").is_none());
+        let plain = json(&ServerFrame::Message {
+            message: Message::new(Id(7), Id(8), "bob".into(), "m".into(), "hi".into()),
+        });
+        assert!(plain["message"].get("deleted").is_none());
+        assert!(plain["message"].get("change_id").is_none());
+        assert_eq!(
+            json(&ServerFrame::MessageDeleted {
+                chat_id: Id(7),
+                message_id: Id(8),
+                change_id: Id(10),
+            }),
+            serde_json::json!({"type": "message_deleted", "chat_id": "7", "message_id": "8", "change_id": "10"})
+        );
+        assert_eq!(
+            json(&ServerFrame::ChatRemoved { chat_id: Id(7) }),
+            serde_json::json!({"type": "chat_removed", "chat_id": "7"})
+        );
+        // Both encodings read the tombstone back without its body.
+        for enc in [Encoding::Json, Encoding::Msgpack] {
+            let f = ServerFrame::MessageUpdated {
+                message: tombstone.clone(),
+            };
+            assert_eq!(decode_server(enc, &encode_server(enc, &f)).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn a_deleted_state_is_final_and_later_changes_win() {
+        let base = Message::new(Id(1), Id(2), "a".into(), "c".into(), "v1".into());
+        let edited = Message {
+            body: "v2".into(),
+            edited_at: Some(5),
+            change_id: Some(Id(50)),
+            ..base.clone()
+        };
+        let later = Message {
+            body: "v3".into(),
+            change_id: Some(Id(60)),
+            ..edited.clone()
+        };
+        let deleted = Message {
+            body: String::new(),
+            deleted: true,
+            change_id: Some(Id(40)),
+            ..base.clone()
+        };
+        assert!(edited.supersedes(&base));
+        assert!(!base.supersedes(&edited));
+        assert!(later.supersedes(&edited));
+        assert!(deleted.supersedes(&later), "a delete wins over any edit");
+        assert!(!later.supersedes(&deleted));
+        assert!(
+            !edited.supersedes(&edited),
+            "the same state twice is no change"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Chats and their members: create, list the caller's chats, read one, add and remove members.
 //!
 //! Membership rules: only members see a chat or its members, and only members add members. A
-//! member may always remove itself (leave); removing someone else is reserved to the chat's
-//! creator, since there are no other roles. Removing a non-member succeeds (204) so that
-//! retries are harmless.
+//! member may always remove itself (leave). Roles: the creator is the `owner`; owners grant and
+//! revoke `admin`. Owners remove anyone; admins remove plain members (not the owner, not other
+//! admins). Removing a non-member succeeds (204) so that retries are harmless. A removed member's
+//! sockets get `chat_removed`, and nothing of the chat after it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::app::AppState;
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::store::Chat;
+use crate::store::{Chat, Role};
 
 #[derive(Debug, Deserialize)]
 pub struct CreateChat {
@@ -66,6 +67,18 @@ pub struct ChatList {
     pub next_after: Option<Id>,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct SetRole {
+    pub role: Role,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberRole {
+    pub chat_id: Id,
+    pub user_id: String,
+    pub role: Role,
+}
+
 #[derive(Debug, Serialize)]
 pub struct MemberList {
     pub chat_id: Id,
@@ -104,6 +117,7 @@ pub async fn create(
         created_by: user.id().to_string(),
         created_at_ms: now_unix_ms(),
         last_message_id: None,
+        last_change_id: None,
     };
     state
         .store
@@ -115,7 +129,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(ChatView::new(chat, Some(members))),
+        Json(ChatView::new(chat, Some(members)).with_admins(Vec::new())),
     )
         .into_response())
 }
@@ -192,7 +206,12 @@ pub async fn get(
         .members(chat_id)
         .await
         .map_err(|e| ApiError::store(e, retry))?;
-    Ok(Json(ChatView::new(chat, Some(members))))
+    let admins = state
+        .store
+        .admins(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?;
+    Ok(Json(ChatView::new(chat, Some(members)).with_admins(admins)))
 }
 
 /// `POST /v1/chats/{chat_id}/members`: a member adds users; answers the new member list.
@@ -238,32 +257,112 @@ pub async fn add_members(
     Ok(Json(MemberList { chat_id, members }))
 }
 
-/// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leave, or (the creator) remove a member.
+/// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leave, or (an owner or admin) remove a
+/// member. The removed member's sockets get `chat_removed`.
 pub async fn remove_member(
     State(state): State<Arc<AppState>>,
     user: User,
     ApiPath((chat_id, target)): ApiPath<(Id, String)>,
 ) -> Result<StatusCode, ApiError> {
     let retry = state.limits.retry_after;
-    require_member(&state, chat_id, user.id()).await?;
-    if target != user.id() {
-        let chat = state
-            .store
-            .get_chat(chat_id)
-            .await
-            .map_err(|e| ApiError::store(e, retry))?
-            .ok_or(ApiError::NotAMember)?;
-        if chat.created_by != user.id() {
+    let role = state
+        .store
+        .role(chat_id, user.id())
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::NotAMember)?;
+    let leaving = target == user.id();
+    if !leaving {
+        if !role.moderates() {
             return Err(ApiError::Forbidden(
-                "only the chat's creator may remove other members; anyone may remove themself"
+                "only an owner or admin may remove other members; anyone may remove themself"
                     .into(),
             ));
         }
+        let target_role = state
+            .store
+            .role(chat_id, &target)
+            .await
+            .map_err(|e| ApiError::store(e, retry))?;
+        if role == Role::Admin && matches!(target_role, Some(Role::Owner | Role::Admin)) {
+            return Err(ApiError::Forbidden(
+                "an admin may remove plain members only; the owner removes admins".into(),
+            ));
+        }
     }
-    state
+    let removed = state
         .store
         .remove_member(chat_id, &target)
         .await
         .map_err(|e| ApiError::store(e, retry))?;
+    if removed {
+        if !leaving {
+            metrics::counter!(crate::telemetry::MEMBERS_REMOVED_TOTAL).increment(1);
+        }
+        // Fan-outs read the members when they start, so nothing of the chat that starts after
+        // the removal reaches the removed member; its sockets (on every device) learn why.
+        let frame = shared::protocol::ServerFrame::ChatRemoved { chat_id };
+        let state = state.clone();
+        let task = tokio::spawn(async move {
+            state
+                .fanout()
+                .deliver_frame(chat_id, chat_id, frame, Some(vec![target]))
+                .await
+        });
+        let _ = task.await;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /v1/chats/{chat_id}/members/{user_id}` with `{"role": "admin" | "member"}`: an owner
+/// grants or revokes `admin`; 200 with the member's role. The owner's own role cannot change
+/// (409), and `owner` cannot be granted (422).
+pub async fn set_role(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath((chat_id, target)): ApiPath<(Id, String)>,
+    ApiJson(req): ApiJson<SetRole>,
+) -> Result<Json<MemberRole>, ApiError> {
+    let retry = state.limits.retry_after;
+    if req.role == Role::Owner {
+        return Err(ApiError::validation(
+            "role",
+            "role must be \"admin\" or \"member\"; a chat's owner is its creator",
+        ));
+    }
+    let role = state
+        .store
+        .role(chat_id, user.id())
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::NotAMember)?;
+    if role != Role::Owner {
+        return Err(ApiError::Forbidden(
+            "only the chat's owner may grant or revoke admin".into(),
+        ));
+    }
+    let current = state
+        .store
+        .role(chat_id, &target)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::MemberNotFound)?;
+    if current == Role::Owner {
+        return Err(ApiError::Conflict("the owner's role cannot change".into()));
+    }
+    if current != req.role {
+        let found = state
+            .store
+            .set_role(chat_id, &target, req.role)
+            .await
+            .map_err(|e| ApiError::store(e, retry))?;
+        if !found {
+            return Err(ApiError::MemberNotFound);
+        }
+    }
+    Ok(Json(MemberRole {
+        chat_id,
+        user_id: target,
+        role: req.role,
+    }))
 }

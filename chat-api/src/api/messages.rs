@@ -1,5 +1,6 @@
-//! Sending messages (durable and idempotent, then fanned out in real time, best effort) and
-//! reading history with a cursor.
+//! Sending messages (durable and idempotent, then fanned out in real time, best effort), reading
+//! history with a cursor, editing and deleting messages, and paging a chat's changes (the
+//! catch-up of edits and deletes, docs/PROTOCOL.md "Edit and delete").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shared::protocol::Message;
+use shared::protocol::{Message, ServerFrame};
 use shared::ratelimit::{check_fail_open, Decision};
 use shared::telemetry::bucket;
 use shared::Id;
@@ -19,7 +20,7 @@ use crate::app::{AppState, RequestDeadline};
 use crate::auth::User;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::store::{Cursor, Insert};
+use crate::store::{Change, Changed, Cursor, Insert};
 use crate::telemetry::{limit, IDEMPOTENT_REPLAYS_TOTAL, MESSAGES_CREATED_TOTAL};
 
 /// Set on the answer to a retried send that returned the stored original.
@@ -53,6 +54,65 @@ pub struct HistoryPage {
     pub next_after: Option<Id>,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct EditMessage {
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChangesQuery {
+    /// Changes with a change id above this one; all when absent.
+    pub after: Option<Id>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChangesPageView {
+    /// The changed messages in their current state (deleted ones as tombstones), in change
+    /// order, each message once.
+    pub messages: Vec<Message>,
+    /// More changes may exist: ask again with `after=next_after`.
+    pub has_more: bool,
+    /// The `after` of the next page when `has_more`; otherwise null.
+    pub next_after: Option<Id>,
+}
+
+/// The body rule shared by sends and edits.
+fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
+    let max = state.limits.message_body_bytes_max;
+    if body.is_empty() || body.len() > max {
+        return Err(ApiError::validation(
+            "body",
+            format!(
+                "body must be 1 to {max} bytes of UTF-8 (got {})",
+                body.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The send quota, which edits and deletes share: one user's writes, whatever their kind.
+async fn check_write_rate(state: &AppState, user: &User) -> Result<(), ApiError> {
+    if let Some(quota) = &state.limits.rate_messages {
+        if let Decision::Limited { retry_after } =
+            check_fail_open(&*state.limiter, bucket::MESSAGES, user.id(), quota).await
+        {
+            return Err(state
+                .rate_limited(limit::USER_MESSAGES, "messages", retry_after)
+                .await);
+        }
+    }
+    Ok(())
+}
+
+fn request_deadline(state: &AppState, deadline: Option<Extension<RequestDeadline>>) -> Instant {
+    match deadline {
+        Some(Extension(RequestDeadline(at))) => at,
+        None => Instant::now() + state.limits.request_timeout,
+    }
+}
+
 /// `POST /v1/chats/{chat_id}/messages`: 201 with the stored message once it is durable. A retry
 /// with the same `client_msg_id` gets the same status and body, plus `Idempotent-Replayed: true`.
 pub async fn send(
@@ -79,25 +139,8 @@ pub async fn send(
             "client_msg_id must not contain control characters",
         ));
     }
-    if req.body.is_empty() || req.body.len() > limits.message_body_bytes_max {
-        return Err(ApiError::validation(
-            "body",
-            format!(
-                "body must be 1 to {} bytes of UTF-8 (got {})",
-                limits.message_body_bytes_max,
-                req.body.len()
-            ),
-        ));
-    }
-    if let Some(quota) = &limits.rate_messages {
-        if let Decision::Limited { retry_after } =
-            check_fail_open(&*state.limiter, bucket::MESSAGES, user.id(), quota).await
-        {
-            return Err(state
-                .rate_limited(limit::USER_MESSAGES, "messages", retry_after)
-                .await);
-        }
-    }
+    check_body(&state, &req.body)?;
+    check_write_rate(&state, &user).await?;
     require_member(&state, chat_id, user.id()).await?;
     state.clock_ok()?;
 
@@ -112,20 +155,16 @@ pub async fn send(
     if let Some(ms) = held_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let message = Message {
+    let message = Message::new(
         chat_id,
         message_id,
-        sender_id: user.id().to_string(),
-        client_msg_id: req.client_msg_id,
-        body: req.body,
-        sent_at_ms: message_id.unix_ms(),
-    };
+        user.id().to_string(),
+        req.client_msg_id,
+        req.body,
+    );
     // The write never commits after the request's deadline (where the store can tell): the
     // catch-up overlap covers a send only from its id to its deadline plus its fan-out.
-    let deadline = match deadline {
-        Some(Extension(RequestDeadline(at))) => at,
-        None => Instant::now() + limits.request_timeout,
-    };
+    let deadline = request_deadline(&state, deadline);
     let inserted = state
         .store
         .insert_message_before(&message, deadline)
@@ -215,5 +254,167 @@ pub async fn history(
         has_more,
         next_before,
         next_after,
+    }))
+}
+
+/// `PATCH /v1/chats/{chat_id}/messages/{message_id}` with `{"body": …}`: the author replaces the
+/// body; 200 with the message, now carrying `edited_at` and `change_id`. Editing to the current
+/// body changes nothing (200, no new change): retries are harmless. A deleted message cannot be
+/// edited (409).
+pub async fn edit(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath((chat_id, message_id)): ApiPath<(Id, Id)>,
+    deadline: Option<Extension<RequestDeadline>>,
+    ApiJson(req): ApiJson<EditMessage>,
+) -> Result<Json<Message>, ApiError> {
+    let retry = state.limits.retry_after;
+    check_body(&state, &req.body)?;
+    check_write_rate(&state, &user).await?;
+    require_member(&state, chat_id, user.id()).await?;
+    let current = state
+        .store
+        .get_message(chat_id, message_id)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::MessageNotFound)?;
+    if current.sender_id != user.id() {
+        return Err(ApiError::Forbidden(
+            "only the author may edit a message".into(),
+        ));
+    }
+    if current.deleted {
+        return Err(deleted_conflict());
+    }
+    if current.body == req.body {
+        return Ok(Json(current));
+    }
+    state.clock_ok()?;
+    let change = Change::Edit { body: req.body };
+    let changed = apply(&state, chat_id, message_id, &change, deadline).await?;
+    match changed {
+        Changed::Applied(message) => {
+            metrics::counter!(crate::telemetry::MESSAGE_CHANGES_TOTAL, "kind" => crate::telemetry::change_kind::EDIT)
+                .increment(1);
+            let frame = ServerFrame::MessageUpdated {
+                message: message.clone(),
+            };
+            fan_out(&state, chat_id, message_id, frame).await;
+            Ok(Json(message))
+        }
+        Changed::Unchanged(message) => Ok(Json(message)),
+        Changed::Deleted(_) => Err(deleted_conflict()),
+        Changed::NotFound => Err(ApiError::MessageNotFound),
+    }
+}
+
+/// `DELETE /v1/chats/{chat_id}/messages/{message_id}`: the author, or an owner or admin of the
+/// chat, deletes a message; 204. History keeps a tombstone without the body; the body is
+/// removed from the store. Deleting a deleted message is 204 again.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath((chat_id, message_id)): ApiPath<(Id, Id)>,
+    deadline: Option<Extension<RequestDeadline>>,
+) -> Result<StatusCode, ApiError> {
+    let retry = state.limits.retry_after;
+    check_write_rate(&state, &user).await?;
+    let role = state
+        .store
+        .role(chat_id, user.id())
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::NotAMember)?;
+    let current = state
+        .store
+        .get_message(chat_id, message_id)
+        .await
+        .map_err(|e| ApiError::store(e, retry))?
+        .ok_or(ApiError::MessageNotFound)?;
+    if current.sender_id != user.id() && !role.moderates() {
+        return Err(ApiError::Forbidden(
+            "only the author, or an owner or admin of the chat, may delete a message".into(),
+        ));
+    }
+    if current.deleted {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    state.clock_ok()?;
+    match apply(&state, chat_id, message_id, &Change::Delete, deadline).await? {
+        Changed::Applied(message) => {
+            metrics::counter!(crate::telemetry::MESSAGE_CHANGES_TOTAL, "kind" => crate::telemetry::change_kind::DELETE)
+                .increment(1);
+            let frame = ServerFrame::MessageDeleted {
+                chat_id,
+                message_id,
+                change_id: message.change_id.unwrap_or(message_id),
+            };
+            fan_out(&state, chat_id, message_id, frame).await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Changed::Unchanged(_) | Changed::Deleted(_) => Ok(StatusCode::NO_CONTENT),
+        Changed::NotFound => Err(ApiError::MessageNotFound),
+    }
+}
+
+fn deleted_conflict() -> ApiError {
+    ApiError::Conflict("the message was deleted; a deleted message cannot be edited".into())
+}
+
+/// Draws the change id and stores the change, never committing after the request's deadline
+/// (where the store can tell): changes are caught up with the same overlap as messages.
+async fn apply(
+    state: &AppState,
+    chat_id: Id,
+    message_id: Id,
+    change: &Change,
+    deadline: Option<Extension<RequestDeadline>>,
+) -> Result<Changed, ApiError> {
+    let change_id = state.ids.next_id();
+    let deadline = request_deadline(state, deadline);
+    state
+        .store
+        .change_message(chat_id, message_id, change, change_id, deadline)
+        .await
+        .map_err(|e| ApiError::store(e, state.limits.retry_after))
+}
+
+/// The stored change reaches live members like a message (retried, then `resync`); it runs to
+/// its own deadline even if the request's deadline cuts the request meanwhile.
+async fn fan_out(state: &Arc<AppState>, chat_id: Id, message_id: Id, frame: ServerFrame) {
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        state
+            .fanout()
+            .deliver_frame(chat_id, message_id, frame, None)
+            .await
+    });
+    let _ = task.await;
+}
+
+/// `GET /v1/chats/{chat_id}/changes?after=&limit=`: one page of the chat's edited and deleted
+/// messages with a change id above `after`, in change order: the catch-up of changes.
+pub async fn changes(
+    State(state): State<Arc<AppState>>,
+    user: User,
+    ApiPath(chat_id): ApiPath<Id>,
+    ApiQuery(q): ApiQuery<ChangesQuery>,
+) -> Result<Json<ChangesPageView>, ApiError> {
+    let limits = &state.limits;
+    let limit = match q.limit {
+        None => limits.page_size_default,
+        Some(0) => return Err(ApiError::InvalidQuery("`limit` must be at least 1".into())),
+        Some(n) => n.min(limits.page_size_max),
+    };
+    require_member(&state, chat_id, user.id()).await?;
+    let page = state
+        .store
+        .changes(chat_id, q.after.unwrap_or(Id(0)), limit)
+        .await
+        .map_err(|e| ApiError::store(e, limits.retry_after))?;
+    Ok(Json(ChangesPageView {
+        messages: page.messages,
+        has_more: page.full,
+        next_after: if page.full { page.last } else { None },
     }))
 }

@@ -61,6 +61,180 @@ fn common_errors(mut responses: Value) -> Value {
     responses
 }
 
+fn user_id_param() -> Value {
+    json!({"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn message_id_param() -> Value {
+    json!({"name": "message_id", "in": "path", "required": true,
+           "schema": {"$ref": "#/components/schemas/Id"}})
+}
+
+fn message_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "chat_id": {"$ref": "#/components/schemas/Id"}, "message_id": {"$ref": "#/components/schemas/Id"},
+        "sender_id": {"type": "string"}, "client_msg_id": {"type": "string"},
+        "body": {"type": "string", "description": "absent on a deleted message"},
+        "sent_at_ms": {"type": "integer"},
+        "edited_at": {"type": "integer", "description": "Unix ms of the latest edit; absent if never edited"},
+        "deleted": {"type": "boolean", "description": "present (true) on a deleted message: a tombstone without body"},
+        "change_id": {"$ref": "#/components/schemas/Id",
+            "description": "id of the latest edit or delete; absent if never changed"}}})
+}
+
+fn member_item() -> Value {
+    json!({
+        "delete": {
+            "summary": "Leave the chat, or (an owner or admin) remove a member",
+            "description": "Idempotent: removing a non-member answers 204 too. Admins remove plain \
+                members only; the owner removes anyone. The removed member's sockets get `chat_removed`.",
+            "parameters": [chat_id_param(), user_id_param()],
+            "responses": common_errors(json!({"204": {"description": "removed"},
+                "403": problem("not a member (`not-a-member`), or not allowed to remove this member (`forbidden`)")}))},
+        "patch": {
+            "summary": "Grant or revoke admin (the owner only)",
+            "parameters": [chat_id_param(), user_id_param()],
+            "requestBody": body("SetRole"),
+            "responses": common_errors(json!({"200": ok("the member's role", "MemberRole"),
+                "400": problem("invalid body"),
+                "403": problem("not a member (`not-a-member`) or not the owner (`forbidden`)"),
+                "404": problem("the user is not a member (`member-not-found`)"),
+                "409": problem("the owner's role cannot change (`conflict`)"),
+                "422": problem("role other than admin or member")}))}
+    })
+}
+
+fn message_item() -> Value {
+    json!({
+        "patch": {
+            "summary": "Edit a message (its author only)",
+            "description": "Replaces the body; the answer carries `edited_at` and `change_id`, and live \
+                members get `message_updated`. Editing to the current body changes nothing (200 with the \
+                message). Body limits and the per-user message rate apply as for sends.",
+            "parameters": [chat_id_param(), message_id_param()],
+            "requestBody": body("EditMessage"),
+            "responses": common_errors(json!({"200": ok("the edited message", "Message"),
+                "400": problem("invalid body or id"),
+                "403": problem("not a member (`not-a-member`) or not the author (`forbidden`)"),
+                "404": problem("no such message in this chat (`message-not-found`)"),
+                "409": problem("the message was deleted (`conflict`)"),
+                "422": problem("empty or oversized body"), "429": problem("message rate exceeded")}))},
+        "delete": {
+            "summary": "Delete a message (its author, or an owner or admin)",
+            "description": "The body is removed from the store; history keeps `{message_id, deleted: true}` \
+                without it, and live members get `message_deleted`. Deleting again answers 204.",
+            "parameters": [chat_id_param(), message_id_param()],
+            "responses": common_errors(json!({"204": {"description": "deleted"},
+                "403": problem("not a member (`not-a-member`), or neither author nor owner/admin (`forbidden`)"),
+                "404": problem("no such message in this chat (`message-not-found`)"),
+                "429": problem("message rate exceeded")}))}
+    })
+}
+
+fn changes_item() -> Value {
+    json!({
+        "get": {
+            "summary": "Edited and deleted messages, by change id (catch-up of changes)",
+            "description": "The changed messages with a change id above `after`, in their current state, \
+                in change order. Catch up from your highest change id held minus the catch-up overlap \
+                (docs/PROTOCOL.md); while `has_more`, ask again with `after=next_after`.",
+            "parameters": [chat_id_param(),
+                {"name": "after", "in": "query", "schema": {"$ref": "#/components/schemas/Id"},
+                    "description": "only changes with a greater change id (default: all)"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                    "default": 50, "description": "capped at the configured maximum (200)"}}],
+            "responses": common_errors(json!({"200": ok("page", "ChangesPage"),
+                "400": problem("a bad cursor or limit"), "403": problem("not a member")}))}
+    })
+}
+
+/// The component schemas.
+fn schemas() -> Value {
+    json!({
+        "Id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "64-bit id as a decimal string"},
+        "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
+        "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+            "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
+                "status": {"type": "integer"}, "detail": {"type": "string"},
+                "field": {"type": "string", "description": "the offending field, for validation-failed"}}},
+        "CreateChat": {"type": "object", "required": ["members"], "properties": {
+            "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+            "title": {"type": "string", "minLength": 1, "maxLength": 200}}},
+        "Chat": {"type": "object", "required": ["chat_id", "created_by", "created_at_ms"], "properties": {
+            "chat_id": {"$ref": "#/components/schemas/Id"}, "title": {"type": ["string", "null"]},
+            "created_by": {"type": "string"}, "created_at_ms": {"type": "integer"},
+            "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
+            "last_change_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "the newest edit or delete in the chat: catch up changes when above your change cursor"}},
+            "description": "`created_by` is the chat's owner (while a member)"},
+        "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
+            "properties": {"members": {"type": "array", "items": {"type": "string"}},
+                "admins": {"type": "array", "items": {"type": "string"},
+                    "description": "members holding `admin`"}}}]},
+        "ChatListItem": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
+            "required": ["read_up_to", "unread_count", "unread_capped"], "properties": {
+                "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                    "description": "your read marker, null when never set"},
+                "unread_count": {"type": "integer", "minimum": 0,
+                    "maximum": crate::api::receipts::UNREAD_COUNT_MAX,
+                    "description": format!("messages from other members above `read_up_to`, at most {}",
+                        crate::api::receipts::UNREAD_COUNT_MAX)},
+                "unread_capped": {"type": "boolean", "description": format!("there may be more than \
+                    `unread_count` (show \"{}+\"): each count reads at most {} messages above the marker",
+                    crate::api::receipts::UNREAD_COUNT_MAX, crate::api::receipts::UNREAD_COUNT_MAX + 1)}}}]},
+        "MarkRead": {"type": "object", "required": ["message_id"], "properties": {
+            "message_id": {"$ref": "#/components/schemas/Id"}}},
+        "ReceiptList": {"type": "object", "required": ["chat_id", "receipts"], "properties": {
+            "chat_id": {"$ref": "#/components/schemas/Id"},
+            "receipts": {"type": "array", "description": "every current member, sorted by user id", "items": {
+                "type": "object", "required": ["user_id", "read_up_to", "delivered_up_to"], "properties": {
+                    "user_id": {"type": "string"},
+                    "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
+                    "delivered_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                        "description": "the delivered marker, or the read marker when higher"}}}}}},
+        "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
+            "chats": {"type": "array", "items": {"$ref": "#/components/schemas/ChatListItem"}},
+            "has_more": {"type": "boolean"},
+            "next_after": {"$ref": "#/components/schemas/Id"}}},
+        "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
+            "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
+        "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
+            "members": {"type": "array", "items": {"type": "string"}}}},
+        "SendMessage": {"type": "object", "required": ["client_msg_id", "body"], "properties": {
+            "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
+            "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
+        "Message": message_schema(),
+        "EditMessage": {"type": "object", "required": ["body"], "properties": {
+            "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
+        "SetRole": {"type": "object", "required": ["role"], "properties": {
+            "role": {"type": "string", "enum": ["admin", "member"]}}},
+        "MemberRole": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
+            "user_id": {"type": "string"}, "role": {"type": "string", "enum": ["owner", "admin", "member"]}}},
+        "ChangesPage": {"type": "object", "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"},
+                "description": "changed messages in their current state (deleted ones as tombstones), in change order"},
+            "has_more": {"type": "boolean"},
+            "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `after` for the next page; null unless `has_more`"}}},
+        "HistoryPage": {"type": "object", "properties": {
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+            "has_more": {"type": "boolean", "description": "more messages exist past this page in its \
+                direction (older without a cursor or with `before`, newer with `after`)"},
+            "next_before": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `before` for the next older page; null unless `has_more` on a backward page"},
+            "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
+                "description": "pass as `after` for the next newer page; null unless `has_more` on a forward page"}}},
+        "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
+            "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
+            "event": {"description": "any JSON value, delivered as is"}}},
+        "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
+        "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
+        "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
+            "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
+                "last_seen_ms": {"type": ["integer", "null"]}}}}}}
+    })
+}
+
 /// The whole document.
 pub fn spec() -> Value {
     let problem_types: Vec<Value> = PROBLEM_TYPES
@@ -123,13 +297,7 @@ pub fn spec() -> Value {
                 "responses": common_errors(json!({"200": ok("the new member list", "MemberList"),
                     "400": problem("invalid body"), "403": problem("not a member"),
                     "422": problem("bad user id or too many members")}))}},
-            "/v1/chats/{chat_id}/members/{user_id}": {"delete": {
-                "summary": "Leave the chat, or (the creator only) remove a member",
-                "description": "Idempotent: removing a non-member answers 204 too.",
-                "parameters": [chat_id_param(),
-                    {"name": "user_id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": common_errors(json!({"204": {"description": "removed"},
-                    "403": problem("not a member, or not the creator removing someone else")}))}},
+            "/v1/chats/{chat_id}/members/{user_id}": member_item(),
             "/v1/chats/{chat_id}/messages": {
                 "post": {"summary": "Send a message; durable before 201",
                     "description": "Idempotent per (chat, sender, client_msg_id): a retry returns the \
@@ -158,6 +326,8 @@ pub fn spec() -> Value {
                     "responses": common_errors(json!({"200": ok("page", "HistoryPage"),
                         "400": problem("both cursors, or a bad value"), "403": problem("not a member")}))}
             },
+            "/v1/chats/{chat_id}/messages/{message_id}": message_item(),
+            "/v1/chats/{chat_id}/changes": changes_item(),
             "/v1/chats/{chat_id}/typing": {"post": {"summary": "Tell the chat's other members that you are typing",
                 "description": "Ephemeral: delivered as a `typing` frame to the other members' sockets, \
                     never stored. At most one per user and chat per second (429 with Retry-After).",
@@ -229,75 +399,7 @@ pub fn spec() -> Value {
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
-            "schemas": {
-                "Id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "64-bit id as a decimal string"},
-                "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.:@-]{1,128}$"},
-                "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
-                    "properties": {"type": {"type": "string", "format": "uri"}, "title": {"type": "string"},
-                        "status": {"type": "integer"}, "detail": {"type": "string"},
-                        "field": {"type": "string", "description": "the offending field, for validation-failed"}}},
-                "CreateChat": {"type": "object", "required": ["members"], "properties": {
-                    "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
-                    "title": {"type": "string", "minLength": 1, "maxLength": 200}}},
-                "Chat": {"type": "object", "required": ["chat_id", "created_by", "created_at_ms"], "properties": {
-                    "chat_id": {"$ref": "#/components/schemas/Id"}, "title": {"type": ["string", "null"]},
-                    "created_by": {"type": "string"}, "created_at_ms": {"type": "integer"},
-                    "last_message_id": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]}}},
-                "ChatWithMembers": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
-                    "properties": {"members": {"type": "array", "items": {"type": "string"}}}}]},
-                "ChatListItem": {"allOf": [{"$ref": "#/components/schemas/Chat"}, {"type": "object",
-                    "required": ["read_up_to", "unread_count", "unread_capped"], "properties": {
-                        "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                            "description": "your read marker, null when never set"},
-                        "unread_count": {"type": "integer", "minimum": 0,
-                            "maximum": crate::api::receipts::UNREAD_COUNT_MAX,
-                            "description": format!("messages from other members above `read_up_to`, at most {}",
-                                crate::api::receipts::UNREAD_COUNT_MAX)},
-                        "unread_capped": {"type": "boolean", "description": format!("there may be more than \
-                            `unread_count` (show \"{}+\"): each count reads at most {} messages above the marker",
-                            crate::api::receipts::UNREAD_COUNT_MAX, crate::api::receipts::UNREAD_COUNT_MAX + 1)}}}]},
-                "MarkRead": {"type": "object", "required": ["message_id"], "properties": {
-                    "message_id": {"$ref": "#/components/schemas/Id"}}},
-                "ReceiptList": {"type": "object", "required": ["chat_id", "receipts"], "properties": {
-                    "chat_id": {"$ref": "#/components/schemas/Id"},
-                    "receipts": {"type": "array", "description": "every current member, sorted by user id", "items": {
-                        "type": "object", "required": ["user_id", "read_up_to", "delivered_up_to"], "properties": {
-                            "user_id": {"type": "string"},
-                            "read_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}]},
-                            "delivered_up_to": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                                "description": "the delivered marker, or the read marker when higher"}}}}}},
-                "ChatList": {"type": "object", "required": ["chats", "has_more"], "properties": {
-                    "chats": {"type": "array", "items": {"$ref": "#/components/schemas/ChatListItem"}},
-                    "has_more": {"type": "boolean"},
-                    "next_after": {"$ref": "#/components/schemas/Id"}}},
-                "AddMembers": {"type": "object", "required": ["user_ids"], "properties": {
-                    "user_ids": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/UserId"}}}},
-                "MemberList": {"type": "object", "properties": {"chat_id": {"$ref": "#/components/schemas/Id"},
-                    "members": {"type": "array", "items": {"type": "string"}}}},
-                "SendMessage": {"type": "object", "required": ["client_msg_id", "body"], "properties": {
-                    "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
-                    "body": {"type": "string", "minLength": 1, "description": "at most 4096 UTF-8 bytes"}}},
-                "Message": {"type": "object", "properties": {
-                    "chat_id": {"$ref": "#/components/schemas/Id"}, "message_id": {"$ref": "#/components/schemas/Id"},
-                    "sender_id": {"type": "string"}, "client_msg_id": {"type": "string"},
-                    "body": {"type": "string"}, "sent_at_ms": {"type": "integer"}}},
-                "HistoryPage": {"type": "object", "properties": {
-                    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
-                    "has_more": {"type": "boolean", "description": "more messages exist past this page in its \
-                        direction (older without a cursor or with `before`, newer with `after`)"},
-                    "next_before": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "pass as `before` for the next older page; null unless `has_more` on a backward page"},
-                    "next_after": {"oneOf": [{"$ref": "#/components/schemas/Id"}, {"type": "null"}],
-                        "description": "pass as `after` for the next newer page; null unless `has_more` on a forward page"}}},
-                "Push": {"type": "object", "required": ["user_ids", "event"], "properties": {
-                    "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}},
-                    "event": {"description": "any JSON value, delivered as is"}}},
-                "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
-                "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
-                "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
-                    "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
-                        "last_seen_ms": {"type": ["integer", "null"]}}}}}}
-            }
+            "schemas": schemas()
         }
     })
 }

@@ -11,7 +11,9 @@ use shared::ids::now_unix_ms;
 use shared::protocol::Message;
 use shared::{Id, IdGenerator};
 
-use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, Unread};
+use std::time::{Duration, Instant};
+
+use super::{Change, Changed, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role, Unread};
 
 /// Runs every property, one after the other.
 pub async fn run_all(store: Arc<dyn MessageStore>) {
@@ -29,6 +31,10 @@ pub async fn run_all(store: Arc<dyn MessageStore>) {
     markers_only_move_forward(&store).await;
     read_markers_of_a_chat_list(&store).await;
     unread_counts_are_bounded(&store).await;
+    edits_replace_the_body_and_are_idempotent(&store).await;
+    deletes_leave_a_tombstone_without_the_body(&store).await;
+    changes_page_in_change_order(&store).await;
+    roles_owner_admin_member(&store).await;
     ping(&store).await;
 }
 
@@ -56,6 +62,7 @@ pub async fn new_chat(store: &Arc<dyn MessageStore>, members: &[String]) -> Chat
         created_by: members[0].clone(),
         created_at_ms: now_unix_ms(),
         last_message_id: None,
+        last_change_id: None,
     };
     store
         .create_chat(&chat, members)
@@ -66,15 +73,13 @@ pub async fn new_chat(store: &Arc<dyn MessageStore>, members: &[String]) -> Chat
 
 /// A message with a fresh id.
 pub fn message(chat_id: Id, sender: &str, client_msg_id: &str, body: &str) -> Message {
-    let message_id = ids().next_id();
-    Message {
+    Message::new(
         chat_id,
-        message_id,
-        sender_id: sender.to_string(),
-        client_msg_id: client_msg_id.to_string(),
-        body: body.to_string(),
-        sent_at_ms: message_id.unix_ms(),
-    }
+        ids().next_id(),
+        sender.to_string(),
+        client_msg_id.to_string(),
+        body.to_string(),
+    )
 }
 
 async fn insert(store: &Arc<dyn MessageStore>, m: &Message) -> Insert {
@@ -103,6 +108,7 @@ pub async fn create_and_get_chat(store: &Arc<dyn MessageStore>) {
         created_by: alice.clone(),
         created_at_ms: now_unix_ms(),
         last_message_id: None,
+        last_change_id: None,
     };
     store
         .create_chat(&untitled, std::slice::from_ref(&alice))
@@ -747,4 +753,336 @@ pub async fn unread_counts_are_bounded(store: &Arc<dyn MessageStore>) {
         },
         "exactly scan_max messages left: complete"
     );
+}
+
+/// A deadline far enough away that no store abandons the change.
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+async fn change(store: &Arc<dyn MessageStore>, m: &Message, c: &Change) -> (Id, Changed) {
+    let change_id = ids().next_id();
+    let changed = store
+        .change_message(m.chat_id, m.message_id, c, change_id, later())
+        .await
+        .unwrap_or_else(|e| panic!("change_message({c:?}) failed: {e}"));
+    (change_id, changed)
+}
+
+/// An edit replaces the body everywhere it is read (history, get_message), stamps `edited_at`
+/// and `change_id` from the change id, and moves the chat's `last_change_id`; editing to the
+/// same body again changes nothing; a send retried after an edit still finds the message.
+pub async fn edits_replace_the_body_and_are_idempotent(store: &Arc<dyn MessageStore>) {
+    let alice = unique_user("alice");
+    let chat = new_chat(store, std::slice::from_ref(&alice)).await;
+    let first = message(chat.chat_id, &alice, "e1", "helo");
+    let other = message(chat.chat_id, &alice, "e2", "untouched");
+    insert(store, &first).await;
+    insert(store, &other).await;
+    assert_eq!(
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
+        Some(first.clone()),
+        "an unchanged message reads back as sent"
+    );
+    let edit = Change::Edit {
+        body: "hello".into(),
+    };
+    let (change_id, changed) = change(store, &first, &edit).await;
+    let edited = Message {
+        body: "hello".into(),
+        edited_at: Some(change_id.unix_ms()),
+        change_id: Some(change_id),
+        ..first.clone()
+    };
+    assert_eq!(changed, Changed::Applied(edited.clone()));
+    assert_eq!(
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
+        Some(edited.clone())
+    );
+    let page = store
+        .history(chat.chat_id, Cursor::Latest, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page,
+        vec![edited.clone(), other.clone()],
+        "history shows the edit"
+    );
+    let got = store.get_chat(chat.chat_id).await.unwrap().unwrap();
+    assert_eq!(got.last_change_id, Some(change_id));
+    assert_eq!(
+        got.last_message_id,
+        Some(other.message_id),
+        "an edit is no new message"
+    );
+
+    // The same edit again (a retry): nothing new.
+    let (_, again) = change(store, &first, &edit).await;
+    assert_eq!(again, Changed::Unchanged(edited.clone()));
+    // A second edit with a new body gets the new change id.
+    let (second_id, second) = change(
+        store,
+        &first,
+        &Change::Edit {
+            body: "hello!".into(),
+        },
+    )
+    .await;
+    let Changed::Applied(second) = second else {
+        panic!("a second edit must apply, got {second:?}");
+    };
+    assert_eq!(second.change_id, Some(second_id));
+    assert_eq!(second.body, "hello!");
+
+    // The send retried after the edit returns the message as it is now, and does not
+    // restore the old body.
+    let retried = insert(store, &first).await;
+    assert_eq!(retried, Insert::Duplicate(second.clone()));
+    assert_eq!(
+        store
+            .get_message(chat.chat_id, first.message_id)
+            .await
+            .unwrap(),
+        Some(second)
+    );
+
+    // Unknown messages and chats.
+    let ghost = message(chat.chat_id, &alice, "ghost", "x");
+    let (_, none) = change(store, &ghost, &edit).await;
+    assert_eq!(none, Changed::NotFound);
+    assert_eq!(
+        store
+            .get_message(chat.chat_id, ghost.message_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_message(Id(u64::MAX), first.message_id)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// A delete leaves a tombstone (same id and sender, `deleted`, no body) in history and
+/// get_message, everywhere the body was (a retried send returns the tombstone, not the text);
+/// deleting again changes nothing; a deleted message cannot be edited.
+pub async fn deletes_leave_a_tombstone_without_the_body(store: &Arc<dyn MessageStore>) {
+    let alice = unique_user("alice");
+    let chat = new_chat(store, std::slice::from_ref(&alice)).await;
+    let secret = message(chat.chat_id, &alice, "d1", "my secret");
+    let kept = message(chat.chat_id, &alice, "d2", "kept");
+    insert(store, &secret).await;
+    insert(store, &kept).await;
+    let (_, edited) = change(
+        store,
+        &secret,
+        &Change::Edit {
+            body: "my secret, edited".into(),
+        },
+    )
+    .await;
+    assert!(matches!(edited, Changed::Applied(_)));
+    let (delete_id, deleted) = change(store, &secret, &Change::Delete).await;
+    let Changed::Applied(tombstone) = deleted else {
+        panic!("delete must apply, got {deleted:?}");
+    };
+    assert!(tombstone.deleted);
+    assert_eq!(tombstone.body, "", "a tombstone carries no body");
+    assert_eq!(tombstone.change_id, Some(delete_id));
+    assert_eq!(tombstone.message_id, secret.message_id);
+    assert_eq!(tombstone.sender_id, alice);
+    let page = store
+        .history(chat.chat_id, Cursor::After(Id(0)), 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2, "the tombstone stays in history");
+    assert!(page[0].deleted && page[0].body.is_empty(), "{page:?}");
+    assert_eq!(page[1], kept);
+    for m in &page {
+        assert!(!m.body.contains("secret"), "the body is gone: {m:?}");
+    }
+    let retried = insert(store, &secret).await;
+    assert!(
+        retried.message().deleted && !retried.message().body.contains("secret"),
+        "a retried send finds the tombstone: {retried:?}"
+    );
+    let (_, again) = change(store, &secret, &Change::Delete).await;
+    assert!(
+        matches!(again, Changed::Unchanged(ref m) if m.deleted),
+        "{again:?}"
+    );
+    let (_, revive) = change(
+        store,
+        &secret,
+        &Change::Edit {
+            body: "back".into(),
+        },
+    )
+    .await;
+    assert!(matches!(revive, Changed::Deleted(_)), "{revive:?}");
+    assert_eq!(
+        store
+            .get_chat(chat.chat_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_change_id,
+        Some(delete_id)
+    );
+}
+
+/// `changes` pages the changed messages above a change id, in change order, in their current
+/// state, each once; the pages chain through `last` without gaps.
+pub async fn changes_page_in_change_order(store: &Arc<dyn MessageStore>) {
+    let alice = unique_user("alice");
+    let chat = new_chat(store, std::slice::from_ref(&alice)).await;
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        let m = message(chat.chat_id, &alice, &format!("c{i}"), &format!("v{i}"));
+        insert(store, &m).await;
+        sent.push(m);
+    }
+    let empty = store.changes(chat.chat_id, Id(0), 10).await.unwrap();
+    assert!(empty.messages.is_empty() && !empty.full, "{empty:?}");
+    // Change messages 4, 1, 3 (in this order), then 1 again, then delete 2.
+    let mut order = Vec::new();
+    for i in [4usize, 1, 3, 1] {
+        let body = format!("edit of {i} at {}", order.len());
+        let (id, c) = change(store, &sent[i], &Change::Edit { body }).await;
+        assert!(matches!(c, Changed::Applied(_)), "{c:?}");
+        order.push((id, sent[i].message_id));
+    }
+    let (delete_id, _) = change(store, &sent[2], &Change::Delete).await;
+    order.push((delete_id, sent[2].message_id));
+    let all = store.changes(chat.chat_id, Id(0), 100).await.unwrap();
+    let ids: Vec<Id> = all.messages.iter().map(|m| m.message_id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            sent[4].message_id,
+            sent[3].message_id,
+            sent[1].message_id,
+            sent[2].message_id
+        ],
+        "change order, each message once at its newest change"
+    );
+    assert!(all.messages[3].deleted && all.messages[3].body.is_empty());
+    assert_eq!(all.messages[2].body, "edit of 1 at 3");
+    assert!(!all.full);
+    // Chained pages of two reach every change exactly as one big page does.
+    let mut after = Id(0);
+    let mut seen: Vec<Id> = Vec::new();
+    for _ in 0..10 {
+        let page = store.changes(chat.chat_id, after, 2).await.unwrap();
+        for m in &page.messages {
+            assert!(m.change_id.is_some_and(|c| c > after) || page.last > Some(after));
+            seen.retain(|id| *id != m.message_id);
+            seen.push(m.message_id);
+        }
+        if !page.full {
+            break;
+        }
+        after = page.last.expect("a full page names its last change");
+    }
+    assert_eq!(seen, ids, "paged changes end in the same state");
+    // After the newest change: nothing.
+    let none = store.changes(chat.chat_id, delete_id, 10).await.unwrap();
+    assert!(none.messages.is_empty(), "{none:?}");
+    // Another chat's changes never show.
+    let other = new_chat(store, std::slice::from_ref(&alice)).await;
+    assert!(store
+        .changes(other.chat_id, Id(0), 10)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert_eq!(
+        store
+            .get_chat(chat.chat_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_change_id,
+        Some(delete_id)
+    );
+}
+
+/// The creator is owner; admins are granted and revoked; non-members have no role and cannot
+/// be granted one; a removed admin who is added back is a plain member.
+pub async fn roles_owner_admin_member(store: &Arc<dyn MessageStore>) {
+    let owner = unique_user("owner");
+    let bob = unique_user("bob");
+    let carol = unique_user("carol");
+    let chat = new_chat(store, &[owner.clone(), bob.clone(), carol.clone()]).await;
+    let role = |u: String| {
+        let store = store.clone();
+        async move { store.role(chat.chat_id, &u).await.unwrap() }
+    };
+    assert_eq!(role(owner.clone()).await, Some(Role::Owner));
+    assert_eq!(role(bob.clone()).await, Some(Role::Member));
+    assert_eq!(role(unique_user("stranger")).await, None);
+    assert!(store.admins(chat.chat_id).await.unwrap().is_empty());
+
+    assert!(store
+        .set_role(chat.chat_id, &bob, Role::Admin)
+        .await
+        .unwrap());
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Admin)
+        .await
+        .unwrap());
+    assert_eq!(role(bob.clone()).await, Some(Role::Admin));
+    let mut both = vec![bob.clone(), carol.clone()];
+    both.sort();
+    assert_eq!(store.admins(chat.chat_id).await.unwrap(), both);
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Member)
+        .await
+        .unwrap());
+    assert_eq!(role(carol.clone()).await, Some(Role::Member));
+    assert_eq!(store.admins(chat.chat_id).await.unwrap(), vec![bob.clone()]);
+
+    let stranger = unique_user("stranger");
+    assert!(!store
+        .set_role(chat.chat_id, &stranger, Role::Admin)
+        .await
+        .unwrap());
+    assert_eq!(
+        role(stranger.clone()).await,
+        None,
+        "no role for a non-member"
+    );
+    assert!(!store.is_member(chat.chat_id, &stranger).await.unwrap());
+
+    // Removal drops the role with the membership.
+    assert!(store.remove_member(chat.chat_id, &bob).await.unwrap());
+    assert_eq!(role(bob.clone()).await, None);
+    store
+        .add_members(chat.chat_id, std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    assert_eq!(role(bob.clone()).await, Some(Role::Member));
+    assert!(store.admins(chat.chat_id).await.unwrap().is_empty());
+    // Re-adding an existing admin leaves the role as it is.
+    assert!(store
+        .set_role(chat.chat_id, &carol, Role::Admin)
+        .await
+        .unwrap());
+    store
+        .add_members(chat.chat_id, std::slice::from_ref(&carol))
+        .await
+        .unwrap();
+    assert_eq!(role(carol).await, Some(Role::Admin));
+    // An owner who left has no role; re-added, the creator is owner again.
+    assert!(store.remove_member(chat.chat_id, &owner).await.unwrap());
+    assert_eq!(role(owner.clone()).await, None);
 }

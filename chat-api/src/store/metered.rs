@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use shared::protocol::Message;
 use shared::Id;
 
-use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError, Unread};
+use super::{
+    Change, Changed, ChangesPage, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role,
+    StoreError, Unread,
+};
 use crate::telemetry::{store_op, STORE_ERRORS_TOTAL, STORE_OP_SECONDS};
 
 async fn observe<T>(
@@ -142,6 +145,49 @@ impl MessageStore for MeteredStore {
             self.inner.count_unread(chat_id, user, after, scan_max),
         )
         .await
+    }
+    async fn get_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+    ) -> Result<Option<Message>, StoreError> {
+        observe(
+            store_op::GET_MESSAGE,
+            self.inner.get_message(chat_id, message_id),
+        )
+        .await
+    }
+    async fn change_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        change: &Change,
+        change_id: Id,
+        deadline: Instant,
+    ) -> Result<Changed, StoreError> {
+        observe(
+            store_op::CHANGE_MESSAGE,
+            self.inner
+                .change_message(chat_id, message_id, change, change_id, deadline),
+        )
+        .await
+    }
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        observe(store_op::CHANGES, self.inner.changes(chat_id, after, limit)).await
+    }
+    async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError> {
+        observe(store_op::ROLE, self.inner.role(chat_id, user)).await
+    }
+    async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError> {
+        observe(store_op::SET_ROLE, self.inner.set_role(chat_id, user, role)).await
+    }
+    async fn admins(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        observe(store_op::ADMINS, self.inner.admins(chat_id)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         observe(store_op::PING, self.inner.ping()).await

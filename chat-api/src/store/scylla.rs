@@ -43,9 +43,12 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 pub use config::{
     claim_serial_consistency, parse_consistency, validate_keyspace, ConfigError, ScyllaConfig,
 };
-use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, MessageRow};
+use rows::{bucket_of, bucket_of_ms, id_from_cql, id_to_cql, ChatRow, EditRow, MessageRow};
 
-use crate::store::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError};
+use crate::store::{
+    Change, Changed, ChangesPage, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role,
+    StoreError,
+};
 use migrate::MigrateError;
 
 /// The most messages one history call returns, whatever the caller asks for.
@@ -113,6 +116,19 @@ struct Statements {
     select_markers: PreparedStatement,
     advance_read: PreparedStatement,
     advance_delivered: PreparedStatement,
+    update_message_edit: PreparedStatement,
+    update_message_delete: PreparedStatement,
+    update_message_body: PreparedStatement,
+    insert_idempotency: PreparedStatement,
+    insert_chat_change: PreparedStatement,
+    delete_member_role: PreparedStatement,
+    select_message_edit: PreparedStatement,
+    select_message_edits: PreparedStatement,
+    select_last_change: PreparedStatement,
+    select_changes_after: PreparedStatement,
+    insert_member_role: PreparedStatement,
+    select_member_role: PreparedStatement,
+    select_member_roles: PreparedStatement,
     ping: PreparedStatement,
 }
 
@@ -147,6 +163,8 @@ impl Statements {
         select_markers.set_page_size(PAGE_SIZE);
         // A driver-level retry of a claim that did apply would read as lost; the claim path
         // recognizes its own message id, but retries are still left to the caller.
+        let mut select_member_roles = p(texts.select_member_roles, true).await?;
+        select_member_roles.set_page_size(PAGE_SIZE);
         let mut claim_send = p(texts.claim_send, false).await?;
         claim_send.set_serial_consistency(Some(claim_serial_consistency(datacenters)));
         Ok(Statements {
@@ -174,6 +192,20 @@ impl Statements {
             // timestamp, so it is idempotent.
             advance_read: p(texts.advance_read, true).await?,
             advance_delivered: p(texts.advance_delivered, true).await?,
+            update_message_edit: p(cql::UPDATE_MESSAGE_EDIT.into(), true).await?,
+            update_message_delete: p(cql::UPDATE_MESSAGE_DELETE.into(), true).await?,
+            update_message_body: p(cql::UPDATE_MESSAGE_BODY.into(), true).await?,
+            insert_idempotency: p(cql::INSERT_IDEMPOTENCY.into(), true).await?,
+            insert_chat_change: p(cql::INSERT_CHAT_CHANGE.into(), true).await?,
+            delete_member_role: p(cql::DELETE_MEMBER_ROLE.into(), true).await?,
+            select_message_edit: p(texts.select_message_edit, true).await?,
+            select_message_edits: p(texts.select_message_edits, true).await?,
+            select_last_change: p(texts.select_last_change, true).await?,
+            select_changes_after: p(texts.select_changes_after, true).await?,
+            // Its timestamp is fixed by the caller, so a retry writes the same cell.
+            insert_member_role: p(texts.insert_member_role, true).await?,
+            select_member_role: p(texts.select_member_role, true).await?,
+            select_member_roles,
             ping: p(texts.ping.into(), true).await?,
         })
     }
@@ -210,6 +242,17 @@ pub struct ScyllaStore {
     /// The message, its chat's `last_message_id` and its bucket in the index, together (see
     /// schema/README.md).
     write_message_batch: Batch,
+    /// `last_message_id` and the bucket index of a message already readable: the repair a
+    /// retried send issues. It never rewrites the message row, which an edit or delete may
+    /// have changed since it was read.
+    repair_batch: Batch,
+    /// An edit's state and its change entry.
+    edit_batch: Batch,
+    /// A delete: the original body overwritten, the tombstone state, the change entry and the
+    /// send claim without its body.
+    delete_batch: Batch,
+    /// A membership's removal from `members`, `user_chats` and `member_roles`.
+    remove_member_batch: Batch,
     /// Whether the server refused a statement as unsupported in this keyspace.
     unsupported: Unsupported,
     in_flight: Semaphore,
@@ -269,10 +312,35 @@ impl ScyllaStore {
         write_message_batch.append_statement(st.update_chat_last_message.clone());
         write_message_batch.append_statement(st.insert_chat_bucket.clone());
         write_message_batch.set_is_idempotent(true);
+        let logged = |statements: &[&PreparedStatement]| {
+            let mut batch = Batch::new(BatchType::Logged);
+            for st in statements {
+                batch.append_statement((*st).clone());
+            }
+            batch.set_is_idempotent(true);
+            batch
+        };
+        let repair_batch = logged(&[&st.update_chat_last_message, &st.insert_chat_bucket]);
+        let edit_batch = logged(&[&st.update_message_edit, &st.insert_chat_change]);
+        let delete_batch = logged(&[
+            &st.update_message_body,
+            &st.update_message_delete,
+            &st.insert_chat_change,
+            &st.insert_idempotency,
+        ]);
+        let remove_member_batch = logged(&[
+            &st.delete_member,
+            &st.delete_user_chat,
+            &st.delete_member_role,
+        ]);
         Ok(ScyllaStore {
             session,
             st,
             write_message_batch,
+            repair_batch,
+            edit_batch,
+            delete_batch,
+            remove_member_batch,
             unsupported: Unsupported::default(),
             in_flight: Semaphore::new(config.max_in_flight),
             max_in_flight: config.max_in_flight,
@@ -380,16 +448,63 @@ impl ScyllaStore {
         chat_id: Id,
         message_id: Id,
     ) -> Result<Option<Message>, StoreError> {
-        let rows: Vec<MessageRow> = self
-            .rows(
-                &self.st.select_message,
-                (cql_id(chat_id)?, bucket_of(message_id), cql_id(message_id)?),
-            )
-            .await?;
+        let (Some(chat), Some(id)) = (stored_key(chat_id), stored_key(message_id)) else {
+            return Ok(None);
+        };
+        let key = (chat, bucket_of(message_id), id);
+        let (rows, edits): (Vec<MessageRow>, Vec<EditRow>) = futures_util::try_join!(
+            self.rows(&self.st.select_message, key),
+            self.rows(&self.st.select_message_edit, key),
+        )?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let message = row.into_message().map_err(StoreError::Internal)?;
+        match edits.into_iter().next() {
+            Some(edit) => edit.apply(message).map(Some).map_err(StoreError::Internal),
+            None => Ok(Some(message)),
+        }
+    }
+
+    /// The chat's newest change id, `None` before its first change.
+    async fn last_change(&self, chat_id: i64) -> Result<Option<Id>, StoreError> {
+        let rows: Vec<rows::ChangeRow> = self.rows(&self.st.select_last_change, (chat_id,)).await?;
         rows.into_iter()
             .next()
-            .map(|r| r.into_message().map_err(StoreError::Internal))
+            .map(|r| id_from_cql(r.change_id).map_err(StoreError::Internal))
             .transpose()
+    }
+
+    /// A history page with each message's edit state applied: one range read of `message_edits`
+    /// per bucket the page spans (one, usually).
+    async fn with_edits(&self, chat: i64, page: Vec<Message>) -> Result<Vec<Message>, StoreError> {
+        let mut spans: Vec<(i32, i64, i64)> = Vec::new();
+        for m in &page {
+            let (bucket, id) = (bucket_of(m.message_id), cql_id(m.message_id)?);
+            match spans.iter_mut().find(|s| s.0 == bucket) {
+                Some(span) => {
+                    span.1 = span.1.min(id);
+                    span.2 = span.2.max(id);
+                }
+                None => spans.push((bucket, id, id)),
+            }
+        }
+        let mut edits: std::collections::HashMap<i64, EditRow> = std::collections::HashMap::new();
+        for (bucket, low, high) in spans {
+            let rows: Vec<EditRow> = self
+                .rows(&self.st.select_message_edits, (chat, bucket, low, high))
+                .await?;
+            edits.extend(rows.into_iter().map(|r| (r.message_id, r)));
+        }
+        if edits.is_empty() {
+            return Ok(page);
+        }
+        page.into_iter()
+            .map(|m| match edits.remove(&(m.message_id.0 as i64)) {
+                Some(edit) => edit.apply(m).map_err(StoreError::Internal),
+                None => Ok(m),
+            })
+            .collect()
     }
 
     /// The message, `last_message_id` (timestamped by the id, so it converges to the largest) and
@@ -482,7 +597,17 @@ impl MessageStore for ScyllaStore {
     }
 
     async fn get_chat(&self, chat_id: Id) -> Result<Option<Chat>, StoreError> {
-        self.chat_row(chat_id).await?.map(chat_from_row).transpose()
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(None);
+        };
+        let (row, last_change) =
+            futures_util::try_join!(self.chat_row(chat_id), self.last_change(key))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut chat = chat_from_row(row)?;
+        chat.last_change_id = last_change;
+        Ok(Some(chat))
     }
 
     async fn user_chats(
@@ -546,11 +671,10 @@ impl MessageStore for ScyllaStore {
         if !self.is_member(chat_id, user).await? {
             return Ok(false);
         }
-        self.write_memberships(
-            &self.st.delete_member,
-            &self.st.delete_user_chat,
-            chat_id,
-            &[user.to_owned()],
+        let key = cql_id(chat_id)?;
+        self.batch(
+            &self.remove_member_batch,
+            ((key, user), (key, user), (key, user)),
         )
         .await?;
         Ok(true)
@@ -604,8 +728,20 @@ impl MessageStore for ScyllaStore {
                 // The original's batch may have timed out after its batchlog write: the message
                 // is readable but `last_message_id` (which catch-up relies on) and the bucket
                 // index may lag until the batchlog replays. Re-issuing the idempotent,
-                // timestamped write repairs them now.
-                self.write_message(&original).await?;
+                // timestamped pointer and index writes repairs them now; the message row is
+                // left alone (an edit or delete may have changed it since).
+                self.batch(
+                    &self.repair_batch,
+                    (
+                        (
+                            rows::last_message_timestamp_us(original.message_id),
+                            cql_id(original.message_id)?,
+                            chat_id,
+                        ),
+                        (chat_id, bucket_of(original.message_id)),
+                    ),
+                )
+                .await?;
                 return Ok(Insert::Duplicate(original));
             }
             if let Some(ms) = wait_ms {
@@ -615,14 +751,13 @@ impl MessageStore for ScyllaStore {
         // The winner claimed but has not written for ~300 ms: it is stalled or gone. Its claim
         // holds the whole message, so complete the write (an idempotent upsert by full key) rather
         // than leave this client message wedged until the claim expires.
-        let original = Message {
-            chat_id: m.chat_id,
-            message_id: winner_id,
-            sender_id: m.sender_id.clone(),
-            client_msg_id: m.client_msg_id.clone(),
-            body: claim.body.unwrap_or_else(|| m.body.clone()),
-            sent_at_ms: winner_id.unix_ms(),
-        };
+        let original = Message::new(
+            m.chat_id,
+            winner_id,
+            m.sender_id.clone(),
+            m.client_msg_id.clone(),
+            claim.body.unwrap_or_else(|| m.body.clone()),
+        );
         tracing::warn!(
             message_id = %winner_id,
             "completing a send whose claim winner did not write it"
@@ -678,7 +813,7 @@ impl MessageStore for ScyllaStore {
                 })
                 .await?;
                 out.reverse();
-                finish(out)
+                self.with_edits(key, finish(out)?).await
             }
             Cursor::After(a) => {
                 let Ok(lower) = i64::try_from(a.0) else {
@@ -699,7 +834,7 @@ impl MessageStore for ScyllaStore {
                     )
                 })
                 .await?;
-                finish(out)
+                self.with_edits(key, finish(out)?).await
             }
         }
     }
@@ -731,6 +866,187 @@ impl MessageStore for ScyllaStore {
         self.exec(
             st,
             (rows::last_message_timestamp_us(message_id), id, key, user),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn get_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+    ) -> Result<Option<Message>, StoreError> {
+        self.read_message(chat_id, message_id).await
+    }
+
+    async fn change_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        change: &Change,
+        change_id: Id,
+        deadline: std::time::Instant,
+    ) -> Result<Changed, StoreError> {
+        // ScyllaDB cannot abandon a write at a deadline (as for sends, docs/RELIABILITY.md); the
+        // statements' server timeout bounds it.
+        let _ = deadline;
+        let Some(current) = self.read_message(chat_id, message_id).await? else {
+            return Ok(Changed::NotFound);
+        };
+        let chat = cql_id(chat_id)?;
+        let id = cql_id(message_id)?;
+        let bucket = bucket_of(message_id);
+        let change_key = cql_id(change_id)?;
+        let changed = match change {
+            Change::Edit { body } => {
+                if current.deleted {
+                    return Ok(Changed::Deleted(current));
+                }
+                if current.body == *body {
+                    return Ok(Changed::Unchanged(current));
+                }
+                let edited_at = change_id.unix_ms();
+                self.batch(
+                    &self.edit_batch,
+                    (
+                        (
+                            rows::change_timestamp_us(change_id),
+                            body.as_str(),
+                            i64::try_from(edited_at).unwrap_or(i64::MAX),
+                            change_key,
+                            chat,
+                            bucket,
+                            id,
+                        ),
+                        (chat, change_key, id),
+                    ),
+                )
+                .await?;
+                Message {
+                    body: body.clone(),
+                    edited_at: Some(edited_at),
+                    change_id: Some(change_id),
+                    ..current
+                }
+            }
+            Change::Delete => {
+                if current.deleted {
+                    return Ok(Changed::Unchanged(current));
+                }
+                self.batch(
+                    &self.delete_batch,
+                    (
+                        ("", chat, bucket, id),
+                        (
+                            rows::delete_timestamp_us(change_id),
+                            "",
+                            1_i32,
+                            change_key,
+                            chat,
+                            bucket,
+                            id,
+                        ),
+                        (chat, change_key, id),
+                        (
+                            chat,
+                            current.sender_id.as_str(),
+                            current.client_msg_id.as_str(),
+                            id,
+                            "",
+                        ),
+                    ),
+                )
+                .await?;
+                Message {
+                    body: String::new(),
+                    edited_at: None,
+                    deleted: true,
+                    change_id: Some(change_id),
+                    ..current
+                }
+            }
+        };
+        Ok(Changed::Applied(changed))
+    }
+
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        let limit = limit.min(MAX_HISTORY_LIMIT);
+        let (Some(chat), Some(after_key)) = (stored_key(chat_id), stored_key(after)) else {
+            return Ok(ChangesPage::default());
+        };
+        if limit == 0 {
+            return Ok(ChangesPage::default());
+        }
+        let entries: Vec<rows::ChangeRow> = self
+            .rows(
+                &self.st.select_changes_after,
+                (chat, after_key, i32::try_from(limit).unwrap_or(i32::MAX)),
+            )
+            .await?;
+        let last = entries
+            .last()
+            .map(|e| id_from_cql(e.change_id).map_err(StoreError::Internal))
+            .transpose()?;
+        let full = entries.len() >= limit;
+        // Each message once, at its newest entry in the page (its state is read as it is now).
+        let mut order: Vec<i64> = Vec::with_capacity(entries.len());
+        for e in entries.iter().rev() {
+            if !order.contains(&e.message_id) {
+                order.push(e.message_id);
+            }
+        }
+        order.reverse();
+        let ids: Vec<Id> = order
+            .into_iter()
+            .map(|v| id_from_cql(v).map_err(StoreError::Internal))
+            .collect::<Result<_, _>>()?;
+        let messages: Vec<Option<Message>> = futures_util::stream::iter(ids)
+            .map(|id| self.read_message(chat_id, id))
+            .buffered(CHAT_LOOKUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(ChangesPage {
+            messages: messages.into_iter().flatten().collect(),
+            last,
+            full,
+        })
+    }
+
+    async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError> {
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(None);
+        };
+        let (member, roles, chat): (bool, Vec<rows::RoleRow>, Option<ChatRow>) = futures_util::try_join!(
+            self.is_member(chat_id, user),
+            self.rows(&self.st.select_member_role, (key, user)),
+            self.chat_row(chat_id),
+        )?;
+        if !member {
+            return Ok(None);
+        }
+        if chat.and_then(|c| c.created_by).as_deref() == Some(user) {
+            return Ok(Some(Role::Owner));
+        }
+        let stored = roles.into_iter().next().and_then(|r| r.role);
+        Ok(Some(Role::from_stored(stored.as_deref())))
+    }
+
+    async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError> {
+        // The grant's timestamp is taken before the membership check: a removal that commits
+        // after the check has a later timestamp and deletes the grant with the membership.
+        let stamp =
+            i64::try_from(shared::ids::now_unix_ms().saturating_mul(1000)).unwrap_or(i64::MAX);
+        if !self.is_member(chat_id, user).await? {
+            return Ok(false);
+        }
+        self.exec(
+            &self.st.insert_member_role,
+            (cql_id(chat_id)?, user, role.as_str(), stamp),
         )
         .await?;
         Ok(true)
@@ -771,6 +1087,21 @@ impl MessageStore for ScyllaStore {
             .try_collect()
             .await?;
         Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn admins(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        let Some(key) = stored_key(chat_id) else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<rows::MemberRoleRow> =
+            self.all_rows(&self.st.select_member_roles, (key,)).await?;
+        let mut admins: Vec<String> = rows
+            .into_iter()
+            .filter(|r| Role::from_stored(r.role.as_deref()) == Role::Admin)
+            .map(|r| r.user_id)
+            .collect();
+        admins.sort();
+        Ok(admins)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -856,6 +1187,7 @@ fn chat_from_row(row: ChatRow) -> Result<Chat, StoreError> {
             .map(id_from_cql)
             .transpose()
             .map_err(StoreError::Internal)?,
+        last_change_id: None,
     })
 }
 

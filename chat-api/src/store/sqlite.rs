@@ -22,7 +22,10 @@ use shared::protocol::Message;
 use shared::Id;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{Chat, Cursor, Insert, Marker, Markers, MessageStore, StoreError, Unread};
+use super::{
+    Change, Changed, ChangesPage, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role,
+    StoreError, Unread,
+};
 
 /// Tuning for [`SqliteStore`]; every field has a sensible default.
 #[derive(Clone, Debug)]
@@ -95,6 +98,46 @@ CREATE TABLE IF NOT EXISTS read_state (
 ) WITHOUT ROWID;
 ";
 
+/// Columns added after the first release, each added to an existing database only if missing
+/// (checked with `pragma table_info`): (table, column, definition).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Edits and deletes: the newest change of the chat, for catch-up.
+    ("chats", "last_change_id", "INTEGER"),
+    // NULL or 'member': a plain member; 'admin'. The owner is `chats.created_by`.
+    ("members", "role", "TEXT"),
+    ("messages", "edited_at_ms", "INTEGER"),
+    ("messages", "deleted", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "change_id", "INTEGER"),
+];
+
+/// Created after [`ADDED_COLUMNS`]: a chat's changed messages by change id (only changed ones
+/// are indexed), so that a changes page is one index range.
+const ADDED_INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS messages_by_change ON messages (chat_id, change_id)
+    WHERE change_id IS NOT NULL;
+";
+
+/// Creates the schema and brings an older database up to date, in one immediate transaction
+/// (several processes may race to do it).
+fn create_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present = tx
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !present {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition};"
+            ))?;
+        }
+    }
+    tx.execute_batch(ADDED_INDEXES)?;
+    tx.commit()
+}
+
 /// [`MessageStore`] on a SQLite file.
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -151,12 +194,10 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let connections = options.connections.max(1);
-        let first = open_connection(&path, &options)?;
-        // Several processes may race to create the schema; IF NOT EXISTS inside an immediate
-        // transaction makes that safe.
-        first
-            .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-            .map_err(|e| map_err(e, "creating the schema"))?;
+        let mut first = open_connection(&path, &options)?;
+        // Several processes may race to create the schema; IF NOT EXISTS and the column checks
+        // inside an immediate transaction make that safe.
+        create_schema(&mut first).map_err(|e| map_err(e, "creating the schema"))?;
         let acquire_timeout = options.acquire_timeout;
         let writer_conn = open_connection(&path, &options)?;
         let (writes, queue) = mpsc::channel(options.write_queue.max(1));
@@ -395,8 +436,10 @@ fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, S
             path.display()
         )));
     }
+    // secure_delete=FAST zeroes a deleted message's body where that costs no extra I/O, so that
+    // the text does not linger in the database pages (docs/PROTOCOL.md, "Edit and delete").
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF;"
+        "PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=OFF; PRAGMA secure_delete=FAST;"
     ))
     .map_err(|e| map_err(e, "setting pragmas"))?;
     Ok(conn)
@@ -448,8 +491,12 @@ fn chat_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Chat> {
         created_by: r.get(2)?,
         created_at_ms: r.get::<_, i64>(3)? as u64,
         last_message_id: r.get::<_, Option<i64>>(4)?.map(row_id),
+        last_change_id: r.get::<_, Option<i64>>(5)?.map(row_id),
     })
 }
+
+const CHAT_COLUMNS: &str =
+    "chat_id, title, created_by, created_at_ms, last_message_id, last_change_id";
 
 fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -459,10 +506,90 @@ fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         client_msg_id: r.get(3)?,
         body: r.get(4)?,
         sent_at_ms: r.get::<_, i64>(5)? as u64,
+        edited_at: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        deleted: r.get::<_, i64>(7)? != 0,
+        change_id: r.get::<_, Option<i64>>(8)?.map(row_id),
     })
 }
 
-const MESSAGE_COLUMNS: &str = "chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms";
+const MESSAGE_COLUMNS: &str = "chat_id, message_id, sender_id, client_msg_id, body, sent_at_ms, \
+     edited_at_ms, deleted, change_id";
+
+/// One message by key, in a transaction or not.
+fn message_by_key(conn: &Connection, chat: i64, message: i64) -> rusqlite::Result<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND message_id = ?2"
+    ))?
+    .query_row(params![chat, message], message_from_row)
+    .optional()
+}
+
+/// The edit or delete of [`MessageStore::change_message`], in one immediate transaction that
+/// is rolled back instead of committed when `deadline` is less than [`COMMIT_ALLOWANCE`] away.
+fn change_one(
+    conn: &mut Connection,
+    chat: i64,
+    message: i64,
+    change: &Change,
+    change_id: Id,
+    deadline: Instant,
+) -> rusqlite::Result<Result<Changed, StoreError>> {
+    let cid = stored_id(change_id, "change id")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(current) = message_by_key(&tx, chat, message)? else {
+        return Ok(Ok(Changed::NotFound));
+    };
+    match change {
+        Change::Edit { body } => {
+            if current.deleted {
+                return Ok(Ok(Changed::Deleted(current)));
+            }
+            if current.body == *body {
+                return Ok(Ok(Changed::Unchanged(current)));
+            }
+            tx.prepare_cached(
+                "UPDATE messages SET body = ?3, edited_at_ms = ?4, change_id = ?5
+                 WHERE chat_id = ?1 AND message_id = ?2",
+            )?
+            .execute(params![
+                chat,
+                message,
+                body,
+                change_id.unix_ms() as i64,
+                cid
+            ])?;
+        }
+        Change::Delete => {
+            if current.deleted {
+                return Ok(Ok(Changed::Unchanged(current)));
+            }
+            tx.prepare_cached(
+                "UPDATE messages SET body = '', deleted = 1, change_id = ?3
+                 WHERE chat_id = ?1 AND message_id = ?2",
+            )?
+            .execute(params![chat, message, cid])?;
+        }
+    }
+    // Concurrent changes may commit out of id order: keep the max, like last_message_id.
+    tx.prepare_cached(
+        "UPDATE chats SET last_change_id = ?2
+         WHERE chat_id = ?1 AND (last_change_id IS NULL OR last_change_id < ?2)",
+    )?
+    .execute(params![chat, cid])?;
+    let changed = message_by_key(&tx, chat, message)?;
+    if Instant::now() + COMMIT_ALLOWANCE >= deadline {
+        tx.rollback()?;
+        return Ok(Err(StoreError::Unavailable(format!(
+            "change_message: abandoned before commit, the request's deadline was less than \
+             {COMMIT_ALLOWANCE:?} away"
+        ))));
+    }
+    tx.commit()?;
+    Ok(Ok(match changed {
+        Some(m) => Changed::Applied(m),
+        None => Changed::NotFound,
+    }))
+}
 
 /// The upsert that moves one marker forward only: the `WHERE` of the conflict branch leaves a
 /// higher or equal marker alone, and SQLite then reports no change.
@@ -520,10 +647,9 @@ impl MessageStore for SqliteStore {
             return Ok(None);
         };
         self.with_conn("get_chat", move |conn| {
-            conn.prepare_cached(
-                "SELECT chat_id, title, created_by, created_at_ms, last_message_id
-                 FROM chats WHERE chat_id = ?1",
-            )?
+            conn.prepare_cached(&format!(
+                "SELECT {CHAT_COLUMNS} FROM chats WHERE chat_id = ?1"
+            ))?
             .query_row([id], chat_from_row)
             .optional()
         })
@@ -545,7 +671,8 @@ impl MessageStore for SqliteStore {
             // The page is a range of `members_by_user` (user_id, chat_id); chat ids are
             // time-ordered like message ids, so a chat without messages sorts by its creation.
             let mut stmt = conn.prepare_cached(
-                "SELECT c.chat_id, c.title, c.created_by, c.created_at_ms, c.last_message_id
+                "SELECT c.chat_id, c.title, c.created_by, c.created_at_ms, c.last_message_id,
+                        c.last_change_id
                  FROM (SELECT chat_id FROM members WHERE user_id = ?1 AND chat_id > ?2
                        ORDER BY chat_id LIMIT ?3) m
                  JOIN chats c ON c.chat_id = m.chat_id
@@ -714,6 +841,20 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn get_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+    ) -> Result<Option<Message>, StoreError> {
+        let (Some(chat), Some(message)) = (sql_id(chat_id), sql_id(message_id)) else {
+            return Ok(None);
+        };
+        self.with_conn("get_message", move |conn| {
+            message_by_key(conn, chat, message)
+        })
+        .await
+    }
+
     async fn read_markers(
         &self,
         user: &str,
@@ -780,6 +921,104 @@ impl MessageStore for SqliteStore {
                 count: own.iter().take(scan_max).filter(|own| !**own).count(),
                 complete: own.len() <= scan_max,
             })
+        })
+        .await
+    }
+
+    async fn change_message(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        change: &Change,
+        change_id: Id,
+        deadline: Instant,
+    ) -> Result<Changed, StoreError> {
+        let (Some(chat), Some(message)) = (sql_id(chat_id), sql_id(message_id)) else {
+            return Ok(Changed::NotFound);
+        };
+        let change = change.clone();
+        self.with_conn("change_message", move |conn| {
+            change_one(conn, chat, message, &change, change_id, deadline)
+        })
+        .await?
+    }
+
+    async fn changes(
+        &self,
+        chat_id: Id,
+        after: Id,
+        limit: usize,
+    ) -> Result<ChangesPage, StoreError> {
+        let (Some(chat), Some(after_key)) = (sql_id(chat_id), sql_id(after)) else {
+            return Ok(ChangesPage::default());
+        };
+        let wanted = limit;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_conn("changes", move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND change_id > ?2
+                 ORDER BY change_id LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![chat, after_key, limit], message_from_row)?;
+            let messages: Vec<Message> = rows.collect::<rusqlite::Result<_>>()?;
+            // One row per changed message, at its newest change.
+            Ok(ChangesPage {
+                last: messages.last().and_then(|m| m.change_id),
+                full: wanted > 0 && messages.len() >= wanted,
+                messages,
+            })
+        })
+        .await
+    }
+
+    async fn role(&self, chat_id: Id, user: &str) -> Result<Option<Role>, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(None);
+        };
+        let user = user.to_string();
+        self.with_conn("role", move |conn| {
+            let row: Option<(Option<String>, String)> = conn
+                .prepare_cached(
+                    "SELECT m.role, c.created_by FROM members m JOIN chats c ON c.chat_id = m.chat_id
+                     WHERE m.chat_id = ?1 AND m.user_id = ?2",
+                )?
+                .query_row(params![id, user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(role, creator)| {
+                if creator == user {
+                    Role::Owner
+                } else {
+                    Role::from_stored(role.as_deref())
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn set_role(&self, chat_id: Id, user: &str, role: Role) -> Result<bool, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(false);
+        };
+        let user = user.to_string();
+        self.with_conn("set_role", move |conn| {
+            let n = conn
+                .prepare_cached("UPDATE members SET role = ?3 WHERE chat_id = ?1 AND user_id = ?2")?
+                .execute(params![id, user, role.as_str()])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn admins(&self, chat_id: Id) -> Result<Vec<String>, StoreError> {
+        let Some(id) = sql_id(chat_id) else {
+            return Ok(Vec::new());
+        };
+        self.with_conn("admins", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT user_id FROM members WHERE chat_id = ?1 AND role = 'admin' ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([id], |r| r.get(0))?;
+            rows.collect()
         })
         .await
     }

@@ -34,6 +34,16 @@ pub struct CatchUpClient {
     pub resyncs: usize,
     /// Why each socket closed, in order.
     pub closes: Vec<String>,
+    /// chat → the highest change id held (from frames and change pages).
+    pub changes_held: HashMap<Id, Id>,
+    /// Changed messages fetched by catch-ups of changes.
+    pub fetched_changes: usize,
+    /// `message_updated` and `message_deleted` frames received.
+    pub updates_received: usize,
+    pub deletes_received: usize,
+    /// Chats whose `chat_removed` frame arrived, and frames of them that came after it.
+    pub removed_chats: HashSet<Id>,
+    pub frames_after_removal: Vec<String>,
 }
 
 impl CatchUpClient {
@@ -51,6 +61,12 @@ impl CatchUpClient {
             resync_requested: false,
             resyncs: 0,
             closes: Vec::new(),
+            changes_held: HashMap::new(),
+            fetched_changes: 0,
+            updates_received: 0,
+            deletes_received: 0,
+            removed_chats: HashSet::new(),
+            frames_after_removal: Vec::new(),
         }
     }
 
@@ -90,11 +106,51 @@ impl CatchUpClient {
             .and_then(|m| m.keys().next_back().copied())
     }
 
+    /// Keeps `message` unless the state held is newer (a delete is final; otherwise the later
+    /// change wins), so that frames and pages arriving in any order end in the current state.
     fn hold(&mut self, message: Message) {
-        self.held
-            .entry(message.chat_id)
-            .or_default()
-            .insert(message.message_id, message);
+        if let Some(change) = message.change_id {
+            let c = self.changes_held.entry(message.chat_id).or_insert(change);
+            *c = (*c).max(change);
+        }
+        let chat = self.held.entry(message.chat_id).or_default();
+        match chat.get(&message.message_id) {
+            Some(held) if !message.supersedes(held) => {}
+            _ => {
+                chat.insert(message.message_id, message);
+            }
+        }
+    }
+
+    /// A `message_deleted` frame: the held message becomes a tombstone.
+    fn hold_deleted(&mut self, chat_id: Id, message_id: Id, change_id: Id) {
+        let c = self.changes_held.entry(chat_id).or_insert(change_id);
+        *c = (*c).max(change_id);
+        if let Some(m) = self
+            .held
+            .get_mut(&chat_id)
+            .and_then(|c| c.get_mut(&message_id))
+        {
+            m.body.clear();
+            m.deleted = true;
+            m.edited_at = None;
+            m.change_id = m.change_id.max(Some(change_id));
+        }
+    }
+
+    /// The `after` of a catch-up of changes: the highest change id held minus the overlap, or
+    /// (no change seen yet) the lowest message id held minus it, since a change to a message
+    /// has a later id than the message. `None` when nothing is held: the message catch-up then
+    /// reads the whole chat in its current state.
+    fn changes_after(&self, chat: Id) -> Option<Id> {
+        match self.changes_held.get(&chat) {
+            Some(c) => Some(catch_up_after(*c)),
+            None => self
+                .held
+                .get(&chat)
+                .and_then(|m| m.keys().next().copied())
+                .map(catch_up_after),
+        }
     }
 
     pub async fn catch_up(&mut self, http: &Http, api: &str) {
@@ -111,6 +167,15 @@ impl CatchUpClient {
                 .as_str()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("chat_id in {chat}"));
+            // Changes first, from the cursors as they were before this catch-up.
+            let last_change = chat["last_change_id"]
+                .as_str()
+                .and_then(|s| s.parse::<Id>().ok());
+            if let (Some(last_change), Some(after)) = (last_change, self.changes_after(chat_id)) {
+                if last_change > after {
+                    self.catch_up_changes(http, api, chat_id, after).await;
+                }
+            }
             let Some(last) = chat["last_message_id"]
                 .as_str()
                 .and_then(|s| s.parse::<Id>().ok())
@@ -142,6 +207,26 @@ impl CatchUpClient {
         }
     }
 
+    /// Pages `GET /v1/chats/{chat_id}/changes?after=` to the end, holding each changed message.
+    async fn catch_up_changes(&mut self, http: &Http, api: &str, chat_id: Id, mut after: Id) {
+        for _page in 0..10_000 {
+            let path = format!("/v1/chats/{chat_id}/changes?after={after}&limit=200");
+            let page = http.get(api, &self.token, &path).await;
+            assert_eq!(page.status, 200, "{}: GET {path}: {}", self.user, page.body);
+            let messages: Vec<Message> = serde_json::from_value(page.body["messages"].clone())
+                .unwrap_or_else(|e| panic!("messages in {}: {e}", page.body));
+            self.fetched_changes += messages.len();
+            messages.into_iter().for_each(|m| self.hold(m));
+            if page.body["has_more"] != Value::Bool(true) {
+                break;
+            }
+            after = page.body["next_after"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("next_after in {}", page.body));
+        }
+    }
+
     /// Reads frames until `deadline`, or until it holds every id in `want` (when given).
     /// Returns `Some(reason)` if the socket closed.
     pub async fn pump(&mut self, deadline: Instant, want: Option<&HashSet<Id>>) -> Option<String> {
@@ -154,6 +239,7 @@ impl CatchUpClient {
             let socket = self.socket.as_mut()?;
             match socket.recv(deadline).await {
                 Recv::Frame(ServerFrame::Message { message }) => {
+                    self.note_after_removal(message.chat_id, "message");
                     if !self.per_socket.insert(message.message_id) {
                         self.socket_repeats.push(message.message_id);
                     }
@@ -164,6 +250,23 @@ impl CatchUpClient {
                     self.resyncs += 1;
                     return None;
                 }
+                Recv::Frame(ServerFrame::MessageUpdated { message }) => {
+                    self.note_after_removal(message.chat_id, "message_updated");
+                    self.updates_received += 1;
+                    self.hold(message);
+                }
+                Recv::Frame(ServerFrame::MessageDeleted {
+                    chat_id,
+                    message_id,
+                    change_id,
+                }) => {
+                    self.note_after_removal(chat_id, "message_deleted");
+                    self.deletes_received += 1;
+                    self.hold_deleted(chat_id, message_id, change_id);
+                }
+                Recv::Frame(ServerFrame::ChatRemoved { chat_id }) => {
+                    self.removed_chats.insert(chat_id);
+                }
                 Recv::Frame(_) => {}
                 Recv::Timeout => return None,
                 Recv::Closed(why) => {
@@ -173,6 +276,18 @@ impl CatchUpClient {
                 }
             }
         }
+    }
+
+    fn note_after_removal(&mut self, chat_id: Id, what: &str) {
+        if self.removed_chats.contains(&chat_id) {
+            self.frames_after_removal
+                .push(format!("{what} in {chat_id}"));
+        }
+    }
+
+    /// The held state of one message.
+    pub fn message(&self, chat: Id, id: Id) -> Option<&Message> {
+        self.held.get(&chat).and_then(|m| m.get(&id))
     }
 
     pub fn holds(&self, id: Id) -> bool {

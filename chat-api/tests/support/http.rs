@@ -76,6 +76,27 @@ impl Http {
         Self::finish(r, &format!("POST {base}{path}")).await
     }
 
+    pub async fn patch(&self, base: &str, token: &str, path: &str, body: &Value) -> Resp {
+        let r = self
+            .client
+            .patch(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await;
+        Self::finish(r, &format!("PATCH {base}{path}")).await
+    }
+
+    pub async fn delete(&self, base: &str, token: &str, path: &str) -> Resp {
+        let r = self
+            .client
+            .delete(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        Self::finish(r, &format!("DELETE {base}{path}")).await
+    }
+
     pub async fn get(&self, base: &str, token: &str, path: &str) -> Resp {
         let r = self
             .client

@@ -486,3 +486,49 @@ test("acks are coalesced per chat, and unread counts follow the chat list, frame
   assert.deepEqual(unread, ["7:3", "7:4", "7:5", "7:0", "7:1", "7:0"]);
   client.close();
 });
+
+test("edits and deletes are emitted once, live or caught up through the chat's changes", async () => {
+  const calls = [];
+  const msg = (ms, extra = {}) => ({ chat_id: "7", message_id: idAt(ms), sender_id: "bob", client_msg_id: `m${ms}`, body: `b${ms}`, sent_at_ms: 1, ...extra });
+  const edited = msg(5_000, { body: "fixed", edited_at: 9, change_id: idAt(9_000) });
+  const tombstone = { chat_id: "7", message_id: idAt(4_000), sender_id: "bob", client_msg_id: "m4000", sent_at_ms: 1, deleted: true, change_id: idAt(20_000) };
+  const floor = idAt(5_000 - CATCHUP_OVERLAP_MS);
+  let sockets;
+  const fetch = async (url) => {
+    const u = new URL(url);
+    calls.push(u.pathname + u.search);
+    if (u.pathname === "/v1/chats") return jsonResponse(200, { chats: [{ chat_id: "7", last_message_id: idAt(5_000), last_change_id: idAt(20_000) }] });
+    if (u.pathname === "/v1/chats/7/changes") {
+      assert.equal(u.searchParams.get("after"), floor, "no change seen: from the lowest id held minus the overlap");
+      // The edit also arrives live while the page is in flight: one `update` only.
+      sockets.at(-1).frame({ type: "message_updated", message: edited });
+      return jsonResponse(200, { messages: [edited, tombstone], has_more: false, next_after: null });
+    }
+    if (u.pathname === "/v1/chats/7/messages") return jsonResponse(200, { messages: [msg(5_000)], has_more: false });
+    throw new Error(`unexpected ${url}`);
+  };
+  const t = newClient({ fetch });
+  sockets = t.sockets;
+  const { client } = t;
+  client.log.accept(msg(5_000));
+  const seen = [];
+  client.on("update", ({ message, source }) => seen.push(`update:${message.body}:${source}`));
+  client.on("delete", ({ message_id, source }) => seen.push(`delete:${Number(BigInt(message_id) >> 22n) - T0}:${source}`));
+  client.on("chat_removed", ({ chat_id }) => seen.push(`removed:${chat_id}`));
+  let caught;
+  const done = new Promise((r) => client.on("catchup", (e) => r((caught = e))));
+  client.connect();
+  await flush();
+  sockets[0].hello();
+  await done;
+  assert.deepEqual(seen, ["update:fixed:live", "delete:4000:catchup"]);
+  assert.equal(caught.changes, 1, "the live copy was reported first");
+  assert.equal(client.log.changeFloor("7"), overlapFloor(idAt(20_000)));
+  // A repeated delete frame is not reported again; a new one is.
+  sockets[0].frame({ type: "message_deleted", chat_id: "7", message_id: idAt(4_000), change_id: idAt(20_000) });
+  sockets[0].frame({ type: "message_deleted", chat_id: "7", message_id: idAt(5_000), change_id: idAt(21_000) });
+  sockets[0].frame({ type: "chat_removed", chat_id: "7" });
+  assert.deepEqual(seen.slice(2), ["delete:5000:live", "removed:7"]);
+  assert.equal(client.log.cursor("7"), undefined, "a removed chat is forgotten");
+  assert.ok(calls.includes(`/v1/chats/7/changes?after=${floor}&limit=200`), calls.join(" "));
+});

@@ -93,6 +93,60 @@ pub const ADVANCE_READ: &str =
 /// [`ADVANCE_READ`] for the delivered marker.
 pub const ADVANCE_DELIVERED: &str = "UPDATE read_state USING TIMESTAMP ? SET delivered_up_to = ? \
      WHERE chat_id = ? AND user_id = ?";
+/// An edit: the new body with its time and change id, written at the change's own timestamp
+/// (µs of the change id) so that a delete, written later in timestamp, always wins over an edit
+/// that raced it. Binds (timestamp, body, edited_at_ms, change_id, chat_id, bucket, message_id).
+pub const UPDATE_MESSAGE_EDIT: &str = "UPDATE message_edits USING TIMESTAMP ? SET body = ?, \
+     edited_at_ms = ?, change_id = ? WHERE chat_id = ? AND bucket = ? AND message_id = ?";
+
+/// A delete's tombstone state: body '' and `deleted = 1`, with a timestamp above any edit that
+/// could race it. Binds (timestamp, body, deleted, change_id, chat_id, bucket, message_id).
+pub const UPDATE_MESSAGE_DELETE: &str = "UPDATE message_edits USING TIMESTAMP ? SET body = ?, \
+     deleted = ?, change_id = ? WHERE chat_id = ? AND bucket = ? AND message_id = ?";
+
+/// Overwrites the original body in `messages` with '' (no null, so no cell tombstone); the old
+/// value leaves the disk as SSTables compact. Binds (body, chat_id, bucket, message_id).
+pub const UPDATE_MESSAGE_BODY: &str =
+    "UPDATE messages SET body = ? WHERE chat_id = ? AND bucket = ? AND message_id = ?";
+
+/// Rewrites a deleted message's send claim without its body (an upsert by full key, so the
+/// claim keeps naming the same message).
+pub const INSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency (chat_id, sender_id, \
+     client_msg_id, message_id, body) VALUES (?, ?, ?, ?, ?)";
+
+pub const INSERT_CHAT_CHANGE: &str =
+    "INSERT INTO chat_changes (chat_id, change_id, message_id) VALUES (?, ?, ?)";
+
+/// One message's edit state by full key.
+pub const SELECT_MESSAGE_EDIT: &str = "SELECT message_id, body, edited_at_ms, deleted, \
+     change_id FROM message_edits WHERE chat_id = ? AND bucket = ? AND message_id = ?";
+
+/// The edit states of one bucket's messages in an id range (a history page's span).
+pub const SELECT_MESSAGE_EDITS: &str = "SELECT message_id, body, edited_at_ms, deleted, \
+     change_id FROM message_edits WHERE chat_id = ? AND bucket = ? AND message_id >= ? \
+     AND message_id <= ?";
+
+/// The chat's newest change: the first row in the clustering order.
+pub const SELECT_LAST_CHANGE: &str =
+    "SELECT change_id, message_id FROM chat_changes WHERE chat_id = ? LIMIT 1";
+
+/// The oldest changes above a change id.
+pub const SELECT_CHANGES_AFTER: &str = "SELECT change_id, message_id FROM chat_changes WHERE \
+     chat_id = ? AND change_id > ? ORDER BY change_id ASC LIMIT ?";
+
+/// A granted role, written with an explicit timestamp taken before the membership check, so
+/// that a removal that raced the grant shadows it. Binds (chat_id, user_id, role, timestamp).
+pub const INSERT_MEMBER_ROLE: &str =
+    "INSERT INTO member_roles (chat_id, user_id, role) VALUES (?, ?, ?) USING TIMESTAMP ?";
+
+/// Batched with the membership's removal, bound (chat id, user id) like [`DELETE_MEMBER`].
+pub const DELETE_MEMBER_ROLE: &str = "DELETE FROM member_roles WHERE chat_id = ? AND user_id = ?";
+
+pub const SELECT_MEMBER_ROLE: &str =
+    "SELECT role FROM member_roles WHERE chat_id = ? AND user_id = ?";
+
+/// A whole `member_roles` partition, read paged.
+pub const SELECT_MEMBER_ROLES: &str = "SELECT user_id, role FROM member_roles WHERE chat_id = ?";
 
 /// Reachability: one local-table row, no bind markers.
 pub const PING: &str = "SELECT release_version FROM system.local";
@@ -132,8 +186,16 @@ pub struct Texts {
     pub select_markers: String,
     pub advance_read: String,
     pub advance_delivered: String,
+    pub select_message_edit: String,
+    pub select_message_edits: String,
+    pub select_last_change: String,
+    pub select_changes_after: String,
+    pub select_member_role: String,
+    pub select_member_roles: String,
+    /// [`INSERT_MEMBER_ROLE`] with its timeout joined to its `USING TIMESTAMP`.
+    pub insert_member_role: String,
     /// Batched statements: no timeout of their own.
-    pub batched: [&'static str; 7],
+    pub batched: [&'static str; 13],
     pub ping: &'static str,
 }
 
@@ -156,6 +218,16 @@ impl Texts {
             select_markers: t(SELECT_MARKERS),
             advance_read: timed_update(ADVANCE_READ, server_timeout),
             advance_delivered: timed_update(ADVANCE_DELIVERED, server_timeout),
+            select_message_edit: t(SELECT_MESSAGE_EDIT),
+            select_message_edits: t(SELECT_MESSAGE_EDITS),
+            select_last_change: t(SELECT_LAST_CHANGE),
+            select_changes_after: t(SELECT_CHANGES_AFTER),
+            select_member_role: t(SELECT_MEMBER_ROLE),
+            select_member_roles: t(SELECT_MEMBER_ROLES),
+            insert_member_role: format!(
+                "{INSERT_MEMBER_ROLE} AND TIMEOUT {}ms",
+                server_timeout.as_millis().max(1)
+            ),
             batched: [
                 INSERT_MEMBER,
                 INSERT_USER_CHAT,
@@ -164,6 +236,12 @@ impl Texts {
                 INSERT_MESSAGE,
                 UPDATE_CHAT_LAST_MESSAGE,
                 INSERT_CHAT_BUCKET,
+                UPDATE_MESSAGE_EDIT,
+                UPDATE_MESSAGE_DELETE,
+                UPDATE_MESSAGE_BODY,
+                INSERT_IDEMPOTENCY,
+                INSERT_CHAT_CHANGE,
+                DELETE_MEMBER_ROLE,
             ],
             ping: PING,
         }
@@ -349,12 +427,23 @@ mod tests {
             &texts.select_buckets_up,
             &texts.select_marker,
             &texts.select_markers,
+            &texts.select_message_edit,
+            &texts.select_message_edits,
+            &texts.select_last_change,
+            &texts.select_changes_after,
+            &texts.select_member_role,
+            &texts.select_member_roles,
         ] {
             assert!(
                 standalone.ends_with(" USING TIMEOUT 1500ms"),
                 "{standalone}"
             );
         }
+        assert_eq!(
+            texts.insert_member_role,
+            "INSERT INTO member_roles (chat_id, user_id, role) VALUES (?, ?, ?) \
+             USING TIMESTAMP ? AND TIMEOUT 1500ms"
+        );
         // A protocol batch has no USING clause; its statements must not carry one either.
         for batched in texts.batched {
             assert!(!batched.contains("TIMEOUT"), "{batched}");

@@ -21,7 +21,7 @@ use super::rows::bucket_of;
 use super::validate_keyspace;
 
 /// The schema version this build needs: the newest file in `schema/`.
-pub const REQUIRED_SCHEMA_VERSION: i32 = 4;
+pub const REQUIRED_SCHEMA_VERSION: i32 = 5;
 
 /// Appended to `CREATE KEYSPACE` by the migrator (not written in the file, because a server that
 /// predates tablets rejects the option; there the keyspace uses vnodes anyway).
@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "0004_read_state.cql",
         cql: include_str!("../../../../schema/0004_read_state.cql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_edits_roles.cql",
+        cql: include_str!("../../../../schema/0005_edits_roles.cql"),
     },
 ];
 
@@ -570,6 +575,13 @@ mod tests {
             assert_eq!(m.version, i as i32 + 1);
             assert!(m.name.starts_with(&format!("{:04}_", m.version)));
         }
+        // Every file of schema/ is listed (a file added but not listed would never be applied).
+        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../schema"))
+            .expect("schema/")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cql"))
+            .count();
+        assert_eq!(files, MIGRATIONS.len(), "schema/*.cql files vs MIGRATIONS");
         assert_eq!(REQUIRED_SCHEMA_VERSION, MIGRATIONS.last().unwrap().version);
     }
 
@@ -580,7 +592,7 @@ mod tests {
             .iter()
             .flat_map(|m| statements(m, "chat", &r))
             .collect();
-        assert_eq!(all.len(), 10, "{all:#?}");
+        assert_eq!(all.len(), 13, "{all:#?}");
         assert_eq!(
             all[0],
             "CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': \

@@ -67,15 +67,78 @@ pub struct MessageRow {
 impl MessageRow {
     pub fn into_message(self) -> Result<Message, String> {
         let message_id = id_from_cql(self.message_id)?;
-        Ok(Message {
-            chat_id: id_from_cql(self.chat_id)?,
+        Ok(Message::new(
+            id_from_cql(self.chat_id)?,
             message_id,
-            sender_id: self.sender_id,
-            client_msg_id: self.client_msg_id,
-            body: self.body,
-            sent_at_ms: message_id.unix_ms(),
-        })
+            self.sender_id,
+            self.client_msg_id,
+            self.body,
+        ))
     }
+}
+
+/// `SELECT … FROM message_edits`: every column but the key may be unset.
+#[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
+pub struct EditRow {
+    pub message_id: i64,
+    pub body: Option<String>,
+    pub edited_at_ms: Option<i64>,
+    pub deleted: Option<i32>,
+    pub change_id: Option<i64>,
+}
+
+impl EditRow {
+    /// `m` as this edit state shows it: a tombstone once deleted (no body, no `edited_at`),
+    /// else the edited body and its time.
+    pub fn apply(self, mut m: Message) -> Result<Message, String> {
+        m.change_id = self.change_id.map(id_from_cql).transpose()?;
+        if self.deleted.unwrap_or(0) != 0 {
+            m.deleted = true;
+            m.body = String::new();
+            m.edited_at = None;
+            return Ok(m);
+        }
+        if let Some(body) = self.body {
+            m.body = body;
+            m.edited_at = self.edited_at_ms.map(|v| v.max(0) as u64);
+        }
+        Ok(m)
+    }
+}
+
+/// `SELECT change_id, message_id FROM chat_changes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, DeserializeRow)]
+pub struct ChangeRow {
+    pub change_id: i64,
+    pub message_id: i64,
+}
+
+/// `SELECT role FROM member_roles`.
+#[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
+pub struct RoleRow {
+    pub role: Option<String>,
+}
+
+/// `SELECT user_id, role FROM member_roles`.
+#[derive(Debug, Clone, PartialEq, Eq, DeserializeRow)]
+pub struct MemberRoleRow {
+    pub user_id: String,
+    pub role: Option<String>,
+}
+
+/// The timestamp (µs) of an edit's cells: its change id's millisecond.
+pub fn change_timestamp_us(change_id: Id) -> i64 {
+    last_message_timestamp_us(change_id)
+}
+
+/// The timestamp (µs) of a delete's cells: its change id's millisecond plus the catch-up
+/// overlap. An edit that raced the delete drew its change id before it read the message, which
+/// was before the delete committed, which was at most a request deadline plus clock skew after
+/// the delete's change id: less than the overlap (`chat_api::config` enforces it). So the
+/// delete's cells are newer than any such edit's, and a deleted body never comes back.
+pub fn delete_timestamp_us(change_id: Id) -> i64 {
+    let overlap_us = shared::protocol::CATCHUP_OVERLAP.as_micros() as i64;
+    change_timestamp_us(change_id).saturating_add(overlap_us)
 }
 
 /// `SELECT user_id FROM members`.
