@@ -39,6 +39,10 @@ pub const FANOUT_RETRY_QUEUE: &str = "api_fanout_retry_queue";
 pub const FANOUT_RESYNC_NOTICES_TOTAL: &str = "api_fanout_resync_notices_total";
 pub const PUSH_EVENTS_TOTAL: &str = "api_push_events_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
+/// Operators' actions through `/v1/admin/users/…`, by `action` (see [`ADMIN_ACTIONS`]).
+pub const ADMIN_ACTIONS_TOTAL: &str = "api_admin_actions_total";
+/// Every `action` of [`ADMIN_ACTIONS_TOTAL`].
+pub const ADMIN_ACTIONS: &[&str] = &["disconnect", "revoke"];
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
@@ -169,6 +173,15 @@ pub fn describe() {
         AUTH_FAILURES_TOTAL,
         "Requests with a missing or invalid token"
     );
+    describe_counter!(
+        ADMIN_ACTIONS_TOTAL,
+        "Disconnects and revokes done through the admin API, by action"
+    );
+    for action in ADMIN_ACTIONS {
+        metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => *action).increment(0);
+    }
+    metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => crate::auth::REVOKED_REASON).increment(0);
+    shared::revocation::describe();
     describe_counter!(
         INTERNAL_ERRORS_TOTAL,
         "Requests that failed with a 500 (logged at ERROR)"

@@ -2,6 +2,7 @@
 //! keeps each socket in a local registry, registers user → node routes, reads its own node stream
 //! and writes each delivery to the right local sockets. It holds no chat logic.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 use shared::auth::Verifier;
 use shared::close::CloseCode;
 use shared::ratelimit::RateLimiter;
+use shared::revocation::RevocationCheck;
 use shared::routing::{NodeBus, RouteRegistry};
 
 pub use config::{GatewayArgs, Settings};
@@ -42,6 +44,9 @@ pub struct Deps {
     pub metrics: Option<PrometheusHandle>,
     /// Connection-rate limits per client IP (in-process, or Redis shared by all nodes).
     pub limiter: Arc<dyn RateLimiter>,
+    /// Per-user token revocations (`POST /v1/admin/users/{user_id}/revoke`), checked on connect
+    /// and refresh; shared with the API in embedded mode, in Redis otherwise.
+    pub revocations: Arc<RevocationCheck>,
 }
 
 /// Serves sockets on `listener` until `shutdown` resolves, then drains: stops accepting, flips
@@ -62,6 +67,7 @@ pub async fn serve(
         tokio::spawn(node::liveness_task(node.clone(), stop_rx.clone())),
         tokio::spawn(node::route_sync_task(node.clone(), stop_rx.clone())),
         tokio::spawn(delivery::delivery_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(admin::load_report_task(node.clone(), stop_rx.clone())),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));

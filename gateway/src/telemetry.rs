@@ -44,6 +44,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "not_upgrade",
     "too_many_sockets",
     "rate_limited",
+    "revoked",
 ];
 /// Every `limit` of [`RATE_LIMITED_TOTAL`]: new connections per client IP.
 pub const RATE_LIMITS: &[&str] = &["ip_connections"];
@@ -63,6 +64,7 @@ pub fn rate_limited(limit: &'static str) {
 /// at zero. Idempotent; call once the recorder is installed.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    shared::revocation::describe();
     describe_gauge!(SOCKETS_OPEN, "WebSocket connections open on this node");
     describe_gauge!(
         CONNECTIONS_MAX,

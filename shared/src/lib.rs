@@ -9,6 +9,7 @@ pub mod config;
 pub mod ids;
 pub mod protocol;
 pub mod ratelimit;
+pub mod revocation;
 pub mod routing;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

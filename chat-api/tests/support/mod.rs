@@ -1130,6 +1130,28 @@ impl WsClient {
         }
     }
 
+    /// Sends one client frame in the socket's encoding.
+    pub async fn send_frame(&mut self, frame: &ClientFrame) {
+        let bytes = encode_client(self.encoding, frame);
+        let message = match self.encoding {
+            Encoding::Json => WsMessage::Text(String::from_utf8(bytes).expect("JSON").into()),
+            Encoding::Msgpack => WsMessage::Binary(bytes.into()),
+        };
+        self.ws.send(message).await.expect("sending a frame");
+    }
+
+    /// Reads until the server closes the socket (before `deadline`) and returns the close code;
+    /// `None` if the socket ended without a close frame or the deadline passed first.
+    pub async fn close_code(&mut self, deadline: Instant) -> Option<u16> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// Sends an application ping and waits for `pong`, proving the socket is alive end to end.
     /// Returns the messages that arrived meanwhile.
     pub async fn ping(&mut self, limit: Duration) -> Vec<Message> {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
-    Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry,
+    RoutingError, Subscription,
 };
 
 /// Histogram of one registry or bus call, by `op`.
@@ -27,6 +27,8 @@ pub const OPS: &[&str] = &[
     "lookup",
     "presence",
     "live_nodes",
+    "report_load",
+    "node_statuses",
     "publish",
     "subscribe",
     "read",
@@ -94,6 +96,12 @@ impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     }
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         observe("live_nodes", self.inner.live_nodes()).await
+    }
+    async fn report_load(&self, node: &NodeInfo, load: NodeLoad) -> Result<(), RoutingError> {
+        observe("report_load", self.inner.report_load(node, load)).await
+    }
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        observe("node_statuses", self.inner.node_statuses()).await
     }
 }
 

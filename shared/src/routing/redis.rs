@@ -15,6 +15,7 @@
 //! | `gw:{NODE}:incs`            | set    | incarnations of the node that may still own routes         |
 //! | `gw:{NODE}:users:INC`       | set    | users routed to incarnation INC of the node (for `leave` and `sweep`) |
 //! | `gw:{NODE}:stream`          | stream | deliveries to the node: fields `r` (recipients, MessagePack array of strings) and `p` (the frame, as published), capped with `MAXLEN ~` |
+//! | `gw:{NODE}:load`            | hash   | the node's last load report: `inc` (incarnation), `sockets`, `users`, `at` (unix ms); TTL `liveness_ttl` |
 //! | `gw:nodes`                  | zset   | node id scored by its last heartbeat (unix ms), so `sweep` can find nodes |
 //! | `worker:{ID}`               | string | owner of message-id worker id ID (see [`WorkerLease`]) |
 //!
@@ -56,7 +57,9 @@ use tokio::sync::watch;
 pub use bus::{RedisBus, RedisSubscription, STREAM_READ_MAX};
 pub use lease::{LeaseError, LeaseOptions, WorkerLease};
 
-use super::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError};
+use super::{
+    NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry, RoutingError,
+};
 use crate::ids::now_unix_ms;
 
 /// Deletes hash field ARGV[1] of KEYS[1] only if it still holds ARGV[2].
@@ -140,6 +143,9 @@ impl Keys {
     }
     fn nodes(&self) -> String {
         format!("{}gw:nodes", self.prefix)
+    }
+    fn load(&self, node: &str) -> String {
+        format!("{}gw:{{{node}}}:load", self.prefix)
     }
     fn worker(&self, id: u16) -> String {
         format!("{}worker:{{{id}}}", self.prefix)
@@ -887,6 +893,68 @@ impl RouteRegistry for RedisRegistry {
         let known = s.known_nodes().await?;
         let live = s.live_incarnations(&known).await?;
         Ok(known.into_iter().filter(|n| live.contains_key(n)).collect())
+    }
+
+    async fn report_load(&self, node: &NodeInfo, load: NodeLoad) -> Result<(), RoutingError> {
+        let s = &self.shared;
+        let key = s.keys.load(&node.node_id);
+        let p = s.pipeline();
+        queue(
+            p.hset::<(), _, _>(
+                key.clone(),
+                vec![
+                    ("inc", node.incarnation.to_string()),
+                    ("sockets", load.sockets.to_string()),
+                    ("users", load.users.to_string()),
+                    ("at", now_unix_ms().to_string()),
+                ],
+            )
+            .await,
+        )?;
+        queue(
+            p.pexpire::<(), _>(key, ms_i64(s.opts.liveness_ttl), None)
+                .await,
+        )?;
+        s.run(p).await.map(|_| ())
+    }
+
+    /// Nodes in `gw:nodes` (at most 1,000) whose liveness key is set, with the load their live
+    /// incarnation reported: two round trips.
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        let s = &self.shared;
+        let known = s.known_nodes().await?;
+        if known.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = s.pipeline();
+        for node in &known {
+            queue(p.get::<(), _>(s.keys.alive(node)).await)?;
+            queue(p.hgetall::<(), _>(s.keys.load(node)).await)?;
+        }
+        let replies = s.run(p).await?;
+        let mut out = Vec::new();
+        for (i, node) in known.into_iter().enumerate() {
+            let Some(incarnation) = as_string(&replies[2 * i]).and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let fields: HashMap<String, String> =
+                pairs(replies[2 * i + 1].clone()).into_iter().collect();
+            let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+            let load = match (num("inc"), num("sockets"), num("users"), num("at")) {
+                (Some(inc), Some(sockets), Some(users), Some(at)) if inc == incarnation => {
+                    Some((NodeLoad { sockets, users }, at))
+                }
+                _ => None,
+            };
+            out.push(NodeStatus {
+                node_id: node,
+                incarnation,
+                load,
+            });
+        }
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
     }
 }
 
