@@ -477,7 +477,10 @@ mod tests {
         let check = RevocationCheck::new(s, Duration::ZERO, Duration::from_millis(300));
         assert!(check.is_revoked(&id("u", Some(19))).await);
         server.stop();
+        let started = Instant::now();
         assert!(!check.is_revoked(&id("u", Some(19))).await);
-        routing.quit().await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // No `quit`: with the server gone it would wait for a reconnect that never comes.
+        drop(routing);
     }
 }
