@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per domain, and the checks they share.
 
+pub mod admin;
 pub mod chats;
 pub mod health;
 pub mod messages;

@@ -16,6 +16,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::auth::Verifier;
 use shared::ratelimit::RateLimiter;
+use shared::revocation::RevocationCheck;
 use shared::routing::{NodeBus, RouteRegistry};
 use shared::IdGenerator;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -53,6 +54,11 @@ pub struct AppState {
     pub clock: Option<Arc<crate::clock::ClockGuard>>,
     /// The offline hook's queue side (`NOTIFY_WEBHOOK_URL` set); `None`: off, nothing queued.
     pub notify: Option<crate::notify::Notifier>,
+    /// Per-user token revocations, checked on every authenticated request; in-process by default
+    /// (shared with the gateway in embedded mode), Redis in distributed mode.
+    pub revocations: Arc<RevocationCheck>,
+    /// How long a revoke is kept (`REVOCATION_TTL`).
+    pub revocation_ttl: Duration,
     /// Real-time fan-out with its background retry; built at first use from the fields above.
     fanout: std::sync::OnceLock<crate::fanout::Fanout>,
 }
@@ -91,7 +97,17 @@ impl AppState {
             fanout: std::sync::OnceLock::new(),
             clock: None,
             notify: None,
+            revocations: Arc::new(RevocationCheck::memory()),
+            revocation_ttl: api::admin::AdminArgs::default().revocation_ttl,
         }
+    }
+
+    /// Replaces the in-process revocation list (embedded mode shares one with its gateway;
+    /// distributed mode passes the Redis one) and sets how long a revoke is kept.
+    pub fn with_revocations(mut self, check: Arc<RevocationCheck>, ttl: Duration) -> AppState {
+        self.revocations = check;
+        self.revocation_ttl = ttl;
+        self
     }
 
     /// Checks the clock before every send and in `/readyz` (distributed mode).
@@ -281,6 +297,17 @@ fn table() -> RouteTable {
     )
     .add(Method::POST, "/v1/push", api::push::push)
     .add(Method::GET, "/v1/presence", api::presence::presence)
+    .add(
+        Method::POST,
+        "/v1/admin/users/{user_id}/disconnect",
+        api::admin::disconnect,
+    )
+    .add(
+        Method::POST,
+        "/v1/admin/users/{user_id}/revoke",
+        api::admin::revoke,
+    )
+    .add(Method::GET, "/v1/admin/nodes", api::admin::nodes)
 }
 
 /// Every (method, path template) the router serves.

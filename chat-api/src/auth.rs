@@ -1,6 +1,7 @@
-//! Caller extractors: verify the `Authorization: Bearer` token and sort callers into users and
-//! services. Service tokens (those with a `scope` claim) may only push and read presence; user
-//! tokens may never push.
+//! Caller extractors: verify the `Authorization: Bearer` token (signature, claims, and that its
+//! subject's tokens were not revoked) and sort callers into users and services. Service tokens
+//! (those with a `scope` claim) may only push, read presence and, with the `admin` scope, call
+//! `/v1/admin/…`; user tokens may do neither.
 
 use std::sync::Arc;
 
@@ -35,9 +36,23 @@ pub struct Pusher(pub Identity);
 
 pub const PUSH_SCOPE: &str = "push";
 
+/// A service holding the `admin` scope (operators' tools: `/v1/admin/…`).
+#[derive(Clone, Debug)]
+pub struct Admin(pub Identity);
+
+pub const ADMIN_SCOPE: &str = "admin";
+
 /// Verifies the caller, then spends one unit of the caller's request budget.
 async fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
     let identity = verify_token(parts, state)?;
+    if state.revocations.is_revoked(&identity).await {
+        metrics::counter!(crate::telemetry::AUTH_FAILURES_TOTAL, "reason" => crate::telemetry::REVOKED_REASON).increment(1);
+        return Err(ApiError::Unauthorized(
+            "token revoked: tokens of this user issued before an operator's revoke are refused; \
+             get a new one"
+                .into(),
+        ));
+    }
     if let Some(quota) = &state.limits.rate_requests {
         if let Decision::Limited { retry_after } =
             check_fail_open(&*state.limiter, bucket::REQUESTS, &identity.subject, quota).await
@@ -91,7 +106,8 @@ impl FromRequestParts<Arc<AppState>> for User {
         let id = verify(parts, state).await?;
         if id.is_service() {
             return Err(ApiError::Forbidden(
-                "service tokens may only call /v1/push and /v1/presence".into(),
+                "service tokens may only call /v1/push, /v1/presence and (scope `admin`) /v1/admin"
+                    .into(),
             ));
         }
         Ok(User(id))
@@ -117,5 +133,28 @@ impl FromRequestParts<Arc<AppState>> for Pusher {
             ));
         }
         Ok(Pusher(id))
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let id = verify(parts, state).await?;
+        if !id.is_service() {
+            return Err(ApiError::Forbidden(
+                "user tokens cannot call the admin API; use a service token with the `admin` scope"
+                    .into(),
+            ));
+        }
+        if !id.has_scope(ADMIN_SCOPE) {
+            return Err(ApiError::Forbidden(
+                "this service token lacks the `admin` scope".into(),
+            ));
+        }
+        Ok(Admin(id))
     }
 }

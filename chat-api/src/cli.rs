@@ -92,6 +92,8 @@ pub struct EmbeddedArgs {
     /// development key).
     #[arg(long, env = "DEV_TOKEN_TTL", default_value = "1h", value_parser = parse_nonzero_duration)]
     pub dev_token_ttl: Duration,
+    #[command(flatten)]
+    pub admin: crate::api::admin::AdminArgs,
     /// With no JWT key configured (the built-in development key, which is public), listen on
     /// API_ADDR and GATEWAY_ADDR even when they are not loopback addresses. Without it such a
     /// start is refused, and addresses left at their defaults become 127.0.0.1: anyone who can
@@ -204,6 +206,10 @@ pub struct ServeArgs {
     pub clock: crate::clock::ClockArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub admin: crate::api::admin::AdminArgs,
+    #[command(flatten)]
+    pub revocation: shared::revocation::RevocationCacheArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -468,6 +474,8 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
     };
     let registry = Arc::new(MemoryRegistry::new());
     let bus = Arc::new(MemoryBus::default());
+    // One in-process revocation list for both tiers: a revoke applies to both at once.
+    let revocations = Arc::new(shared::revocation::RevocationCheck::memory());
     let mut state = AppState::new(
         Arc::new(store),
         registry.clone(),
@@ -475,6 +483,7 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         verifier.clone(),
         Arc::new(IdGenerator::new(args.api.worker_id.unwrap_or(0))),
     )
+    .with_revocations(revocations.clone(), args.admin.revocation_ttl)
     .with_limits(limits)
     .with_metrics(metrics.clone())
     .with_demo(demo)
@@ -494,6 +503,7 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         verifier,
         metrics: Some(metrics),
         limiter: shared::ratelimit::memory(),
+        revocations,
     };
     let result = run_both(
         api_listener,
@@ -672,7 +682,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "",
         // A check is one tiny script; past this, fall back to local limits rather than stall.
         args.redis_timeout.min(Duration::from_millis(250)),
-    )));
+    )))
+    .with_revocations(
+        {
+            // One GET per user and cache TTL on the request path: bounded like a rate-limit check.
+            let timeout = args.redis_timeout.min(Duration::from_millis(250));
+            Arc::new(shared::revocation::RevocationCheck::new(
+                Arc::new(shared::revocation::RedisRevocations::new(
+                    routing.client().clone(),
+                    "",
+                    timeout,
+                )),
+                args.revocation.revocation_cache_ttl,
+                timeout,
+            ))
+        },
+        args.admin.revocation_ttl,
+    );
     // A lost lease means another replica may now issue ids with this worker id: stop serving
     // (the orchestrator restarts the replica with a fresh lease).
     let lost = {

@@ -57,6 +57,13 @@ pub mod change_kind {
 /// Members removed by someone else (moderation), not counting members who left.
 pub const MEMBERS_REMOVED_TOTAL: &str = "api_members_removed_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
+/// The `reason` of [`AUTH_FAILURES_TOTAL`] for a revoked token (the others come from
+/// `shared::auth::AuthError::reason`).
+pub const REVOKED_REASON: &str = "revoked";
+/// Operators' actions through `/v1/admin/users/…`, by `action` (see [`ADMIN_ACTIONS`]).
+pub const ADMIN_ACTIONS_TOTAL: &str = "api_admin_actions_total";
+/// Every `action` of [`ADMIN_ACTIONS_TOTAL`].
+pub const ADMIN_ACTIONS: &[&str] = &["disconnect", "revoke"];
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
 /// Offline hook (`crate::notify`): queue entries added (one per offline member and message).
 pub const NOTIFY_QUEUED_TOTAL: &str = "api_notify_queued_total";
@@ -326,6 +333,15 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
         AUTH_FAILURES_TOTAL,
         "Requests with a missing or invalid token"
     );
+    describe_counter!(
+        ADMIN_ACTIONS_TOTAL,
+        "Disconnects and revokes done through the admin API, by action"
+    );
+    for action in ADMIN_ACTIONS {
+        metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => *action).increment(0);
+    }
+    metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => REVOKED_REASON).increment(0);
+    shared::revocation::describe();
     describe_counter!(
         INTERNAL_ERRORS_TOTAL,
         "Requests that failed with a 500 (logged at ERROR)"

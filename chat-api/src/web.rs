@@ -1,6 +1,7 @@
-//! The browser client library (`/client.js`, `/msgpack.js` and their `.d.ts`, served in every mode)
-//! and the demo chat page (`/`, embedded mode only), compiled into the binary from `web/`, plus
-//! the embedded mode's `/config.json` and development-token endpoint `POST /dev/token`.
+//! The browser client library (`/client.js`, `/msgpack.js` and their `.d.ts`) and the operators'
+//! page (`/admin`), served in every mode, and the demo chat page (`/`, embedded mode only),
+//! compiled into the binary from `web/`, plus the embedded mode's `/config.json` and
+//! development-token endpoint `POST /dev/token`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,14 @@ const APP_JS: Asset = Asset {
     content_type: "text/javascript; charset=utf-8",
     body: include_str!("../web/app.js"),
 };
+const ADMIN_HTML: Asset = Asset {
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("../web/admin.html"),
+};
+const ADMIN_JS: Asset = Asset {
+    content_type: "text/javascript; charset=utf-8",
+    body: include_str!("../web/admin.js"),
+};
 const STYLE_CSS: Asset = Asset {
     content_type: "text/css; charset=utf-8",
     body: include_str!("../web/style.css"),
@@ -93,6 +102,19 @@ pub fn router(demo: bool) -> Router<S> {
         .route(
             "/msgpack.d.ts",
             get(|h: HeaderMap| async move { serve(&h, &MSGPACK_DTS) }),
+        )
+        // The operators' page holds nothing without an admin token pasted in.
+        .route(
+            "/admin",
+            get(|h: HeaderMap| async move { serve(&h, &ADMIN_HTML) }),
+        )
+        .route(
+            "/admin.js",
+            get(|h: HeaderMap| async move { serve(&h, &ADMIN_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|h: HeaderMap| async move { serve(&h, &STYLE_CSS) }),
         );
     if !demo {
         return library;
@@ -109,10 +131,6 @@ pub fn router(demo: bool) -> Router<S> {
         .route(
             "/app.js",
             get(|h: HeaderMap| async move { serve(&h, &APP_JS) }),
-        )
-        .route(
-            "/style.css",
-            get(|h: HeaderMap| async move { serve(&h, &STYLE_CSS) }),
         )
         .route("/config.json", get(config))
         .route("/dev/token", post(dev_token))

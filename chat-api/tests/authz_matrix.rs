@@ -40,13 +40,15 @@ enum Who {
     ServicePush,
     /// A service token with another scope.
     ServiceOther,
+    /// A service token with the `admin` scope.
+    ServiceAdmin,
     /// A token signed with another key.
     Forged,
     /// No token.
     Anonymous,
 }
 
-const EVERYONE: [Who; 9] = [
+const EVERYONE: [Who; 10] = [
     Who::Owner,
     Who::Member,
     Who::Admin,
@@ -54,6 +56,7 @@ const EVERYONE: [Who; 9] = [
     Who::Removed,
     Who::ServicePush,
     Who::ServiceOther,
+    Who::ServiceAdmin,
     Who::Forged,
     Who::Anonymous,
 ];
@@ -81,6 +84,7 @@ impl World {
             Who::Removed => self.signer.token("removed-r", ttl, None),
             Who::ServicePush => self.signer.token("billing", ttl, Some("push")),
             Who::ServiceOther => self.signer.token("reports", ttl, Some("metrics")),
+            Who::ServiceAdmin => self.signer.token("ops-console", ttl, Some("admin")),
             Who::Forged => Signer::hmac(
                 jsonwebtoken::Algorithm::HS256,
                 b"not-the-server-key-0123456789-abcdefgh",
@@ -292,6 +296,16 @@ fn chat_a_members_problem(who: Who, status: u16, problem: &'static str) -> (u16,
     }
 }
 
+/// Admin endpoints: service tokens with the `admin` scope only; users and other scopes 403.
+fn admin_only(ok: u16) -> impl Fn(Who) -> (u16, &'static str) {
+    move |who| {
+        auth_first(who).unwrap_or(match who {
+            Who::ServiceAdmin => (ok, ""),
+            _ => (403, "forbidden"),
+        })
+    }
+}
+
 fn endpoints() -> Vec<Endpoint> {
     vec![
         Endpoint {
@@ -300,7 +314,7 @@ fn endpoints() -> Vec<Endpoint> {
             body: None,
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
-                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    Who::ServicePush | Who::ServiceOther | Who::ServiceAdmin => (403, "forbidden"),
                     _ => (200, ""),
                 })
             },
@@ -311,7 +325,7 @@ fn endpoints() -> Vec<Endpoint> {
             body: Some(|| json!({"members": ["someone-else"]})),
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
-                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    Who::ServicePush | Who::ServiceOther | Who::ServiceAdmin => (403, "forbidden"),
                     _ => (201, ""),
                 })
             },
@@ -467,7 +481,7 @@ fn endpoints() -> Vec<Endpoint> {
             body: None,
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
-                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    Who::ServicePush | Who::ServiceOther | Who::ServiceAdmin => (403, "forbidden"),
                     _ => (403, "not-a-member"),
                 })
             },
@@ -497,7 +511,7 @@ fn endpoints() -> Vec<Endpoint> {
             body: Some(|| json!({"message_id": "1"})),
             expect: |w| {
                 auth_first(w).unwrap_or(match w {
-                    Who::ServicePush | Who::ServiceOther => (403, "forbidden"),
+                    Who::ServicePush | Who::ServiceOther | Who::ServiceAdmin => (403, "forbidden"),
                     _ => (403, "not-a-member"),
                 })
             },
@@ -531,6 +545,36 @@ fn endpoints() -> Vec<Endpoint> {
             path: "/v1/presence?user_ids=owner-one",
             body: None,
             expect: |w| auth_first(w).unwrap_or((200, "")),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/admin/users/third-member/disconnect",
+            body: None,
+            expect: |w| admin_only(202)(w),
+        },
+        Endpoint {
+            method: Method::POST,
+            path: "/v1/admin/users/third-member/revoke",
+            body: None,
+            expect: |w| admin_only(200)(w),
+        },
+        Endpoint {
+            // A user id that breaks the rules: refused before anything is revoked.
+            method: Method::POST,
+            path: "/v1/admin/users/a%20b/revoke",
+            body: None,
+            expect: |w| {
+                auth_first(w).unwrap_or(match w {
+                    Who::ServiceAdmin => (422, "validation-failed"),
+                    _ => (403, "forbidden"),
+                })
+            },
+        },
+        Endpoint {
+            method: Method::GET,
+            path: "/v1/admin/nodes",
+            body: None,
+            expect: |w| admin_only(200)(w),
         },
         Endpoint {
             method: Method::GET,
@@ -629,4 +673,67 @@ async fn lists_show_only_own_chats() {
         assert_eq!(r.text.contains(&w.chat_a), expect_a, "{who:?}: {}", r.text);
         assert_eq!(r.text.contains(&w.chat_b), expect_b, "{who:?}: {}", r.text);
     }
+}
+
+/// A revoke refuses the user's tokens issued before its `not_before`, and those without `iat`,
+/// on every authenticated endpoint, while tokens issued from `not_before` on, and other users'
+/// tokens, keep working.
+#[tokio::test]
+async fn a_revoke_refuses_older_tokens_over_http() {
+    let w = world().await;
+    let r = w
+        .call(
+            Who::ServiceAdmin,
+            Method::POST,
+            "/v1/admin/users/member-two-ab12/revoke",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let answer: Value = serde_json::from_str(&r.text).unwrap();
+    let nbf = answer["not_before"].as_u64().unwrap();
+    assert_eq!(answer["user_id"], "member-two-ab12");
+    let now = shared::ids::now_unix_ms() / 1000;
+    assert!(nbf > now && nbf <= now + 1, "not_before {nbf}, now {now}");
+    let token = |iat: Option<u64>| {
+        w.signer.sign(&shared::auth::Claims {
+            sub: "member-two-ab12".into(),
+            exp: now + 600,
+            iat,
+            nbf: None,
+            iss: None,
+            aud: None,
+            scope: None,
+        })
+    };
+    let get = |token: String| {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/v1/chats")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let router = w.router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    for (iat, want) in [
+        (Some(nbf - 1), StatusCode::UNAUTHORIZED),
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(nbf), StatusCode::OK),
+        (Some(nbf + 5), StatusCode::OK),
+    ] {
+        let (status, body) = get(token(iat)).await;
+        assert_eq!(status, want, "iat {iat:?}: {body}");
+        if status == StatusCode::UNAUTHORIZED {
+            assert!(body.contains("revoked"), "{body}");
+        }
+    }
+    // Other users are untouched.
+    let r = w.call(Who::Owner, Method::GET, "/v1/chats", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }

@@ -44,13 +44,16 @@ impl System {
         .unwrap();
         let registry = Arc::new(MemoryRegistry::new());
         let bus = Arc::new(MemoryBus::default());
+        // One revocation list for both tiers, as `chat-api embedded` shares it.
+        let revocations = Arc::new(shared::revocation::RevocationCheck::memory());
         let state = AppState::new(
             Arc::new(store),
             registry.clone(),
             bus.clone(),
             verifier.clone(),
             Arc::new(IdGenerator::new(1)),
-        );
+        )
+        .with_revocations(revocations.clone(), Duration::from_secs(3600));
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", api_listener.local_addr().unwrap());
@@ -68,6 +71,7 @@ impl System {
             verifier,
             metrics: None,
             limiter: shared::ratelimit::memory(),
+            revocations,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(chat_api::cli::run_both(
@@ -166,6 +170,18 @@ impl Socket {
             Encoding::Msgpack => WsMessage::Binary(bytes.into()),
         };
         self.ws.send(msg).await.unwrap();
+    }
+
+    /// The close code the server closes with (within 1 s, the admin API's bound).
+    async fn close_code(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
     }
 
     /// Nothing but control frames arrives for `quiet`.
@@ -546,5 +562,81 @@ async fn edits_deletes_and_removal_reach_sockets_in_embedded_mode() {
     assert_eq!(page["messages"][0]["deleted"], true);
     assert!(page["messages"][0].get("body").is_none(), "{page}");
     assert_eq!(page["has_more"], false);
+    sys.stop().await;
+}
+
+/// The admin API in one process: the node listing counts the sockets, a disconnect closes the
+/// user's sockets with 4104 and a revoke with 4205 (others untouched), and after the revoke the
+/// old token is refused for connecting and HTTP while one issued after it works.
+#[tokio::test]
+async fn admin_disconnect_revoke_and_listing_in_one_process() {
+    let sys = System::start().await;
+    let admin = sys
+        .signer
+        .token("ops-console", Duration::from_secs(600), Some("admin"));
+    let get = |token: String, path: &'static str| {
+        let req = sys
+            .http
+            .get(format!("{}{path}", sys.api))
+            .bearer_auth(token)
+            .send();
+        async move {
+            let r = req.await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let mut victim = [
+        sys.connect("victim", Encoding::Json).await,
+        sys.connect("victim", Encoding::Msgpack).await,
+    ];
+    let mut bystander = sys.connect("bystander", Encoding::Json).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = get(admin.clone(), "/v1/admin/nodes").await;
+        assert_eq!(status, 200, "{body}");
+        if body["sockets"] == 3 {
+            assert_eq!(body["nodes"][0]["node_id"], "embedded", "{body}");
+            assert_eq!(body["nodes"][0]["users"], 2, "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = get(sys.token("victim"), "/v1/admin/nodes").await;
+    assert_eq!(status, 403, "{body}");
+
+    let (status, body) = sys
+        .post(&admin, "/v1/admin/users/victim/disconnect", Value::Null)
+        .await;
+    assert_eq!((status, &body["nodes"]), (202, &json!(1)), "{body}");
+    for s in &mut victim {
+        assert_eq!(s.close_code().await, Some(4104));
+    }
+    bystander.assert_quiet(Duration::from_millis(200)).await;
+
+    let old_token = sys.token("victim");
+    let mut socket = sys.connect("victim", Encoding::Json).await;
+    let (status, body) = sys
+        .post(&admin, "/v1/admin/users/victim/revoke", Value::Null)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let not_before = body["not_before"].as_u64().unwrap();
+    assert_eq!(socket.close_code().await, Some(4205));
+    bystander.assert_quiet(Duration::from_millis(200)).await;
+    let url = format!("{}?access_token={old_token}", sys.ws);
+    let refused = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    let (status, body) = get(old_token, "/v1/chats").await;
+    assert_eq!(status, 401, "{body}");
+
+    while shared::ids::now_unix_ms() / 1000 < not_before {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _socket = sys.connect("victim", Encoding::Msgpack).await;
+    let (status, body) = get(sys.token("victim"), "/v1/chats").await;
+    assert_eq!(status, 200, "{body}");
+    drop(victim);
+    drop(bystander);
     sys.stop().await;
 }

@@ -102,6 +102,20 @@ async fn library_is_served_in_every_mode_with_types_and_revalidation() {
         assert_eq!(status, StatusCode::OK, "{path}");
         assert!(!body.is_empty(), "{path}");
     }
+    // The operators' page is served in every mode, under the pages' CSP.
+    let (status, headers, body) = call(&router, get("/admin")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert!(headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'self'"));
+    assert!(String::from_utf8(body).unwrap().contains("/admin.js"));
+    for path in ["/admin.js", "/style.css"] {
+        let (status, _, body) = call(&router, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
     // Without the demo (chat-api serve): no page, no configuration, no development tokens.
     for path in ["/", "/app.js", "/config.json"] {
         let (status, headers, _) = call(&router, get(path)).await;

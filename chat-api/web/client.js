@@ -31,7 +31,8 @@ export function closeAdvice(code) {
   if (code >= 4000 && code <= 4099) return Advice.NOW;
   if (code >= 4100 && code <= 4199) return Advice.BACKOFF;
   if (code === 4201) return Advice.NEW_TOKEN;
-  if (code === 4200) return Advice.NEW_TOKEN_BACKOFF;
+  // 4200: the token was refused; 4205: an operator revoked it. Only a new one may reconnect.
+  if (code === 4200 || code === 4205) return Advice.NEW_TOKEN_BACKOFF;
   if (code >= 4202 && code <= 4299) return Advice.STOP;
   return Advice.BACKOFF;
 }

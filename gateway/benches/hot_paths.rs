@@ -109,6 +109,7 @@ fn local_delivery(c: &mut Criterion) {
             verifier,
             metrics: None,
             limiter: shared::ratelimit::memory(),
+            revocations: Arc::new(shared::revocation::RevocationCheck::memory()),
         },
     );
     let mut g = c.benchmark_group("local_delivery");

@@ -26,4 +26,6 @@ pub struct Cli {
     pub gateway: crate::GatewayArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    #[command(flatten)]
+    pub revocation: shared::revocation::RevocationCacheArgs,
 }

@@ -63,6 +63,8 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         if envelope.is_node_gap() {
                             // An API replica could not deliver a message here (docs/RELIABILITY.md).
                             node.resync.request("an API replica could not deliver a message here");
+                        } else if let Some(control) = envelope.control() {
+                            crate::admin::apply(&node, &envelope.recipients, control);
                         } else {
                             deliver(&node, envelope);
                         }

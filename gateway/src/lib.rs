@@ -3,6 +3,7 @@
 //! and writes each delivery to the right local sockets. It holds no chat logic.
 
 pub mod acks;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -65,6 +66,7 @@ pub async fn serve(
                     .await
             }
         }),
+        tokio::spawn(admin::load_report_task(node.clone(), stop_rx.clone())),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));

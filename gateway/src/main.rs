@@ -37,6 +37,17 @@ async fn run() -> anyhow::Result<()> {
     let metrics = shared::telemetry::install_prometheus()?;
     gateway::telemetry::describe();
     shared::routing::metered::describe();
+    // Like a rate-limit check: one tiny command on the connect path, bounded tighter.
+    let check_timeout = cli.redis_timeout.min(Duration::from_millis(250));
+    let revocations = Arc::new(shared::revocation::RevocationCheck::new(
+        Arc::new(shared::revocation::RedisRevocations::new(
+            routing.client().clone(),
+            "",
+            check_timeout,
+        )),
+        cli.revocation.revocation_cache_ttl,
+        check_timeout,
+    ));
     let deps = gateway::Deps {
         registry: Arc::new(Metered::new(routing.registry.clone())),
         bus: Arc::new(Metered::new(routing.bus.clone())),
@@ -48,6 +59,7 @@ async fn run() -> anyhow::Result<()> {
             // A check is one tiny script; past this, fall back to local limits rather than stall.
             cli.redis_timeout.min(Duration::from_millis(250)),
         )),
+        revocations,
     };
     gateway::serve(listener, settings, deps, shutdown_signal()).await?;
     routing.quit().await;

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use shared::auth::Verifier;
 use shared::ratelimit::RateLimiter;
+use shared::revocation::RevocationCheck;
 use shared::routing::{NodeBus, NodeInfo, RouteRegistry};
 
 use crate::acks::AckForwarder;
@@ -30,6 +31,9 @@ pub struct Deps {
     pub metrics: Option<PrometheusHandle>,
     /// Connection-rate limits per client IP (in-process, or Redis shared by all nodes).
     pub limiter: Arc<dyn RateLimiter>,
+    /// Per-user token revocations (`POST /v1/admin/users/{user_id}/revoke`), checked on connect
+    /// and refresh; shared with the API in embedded mode, in Redis otherwise.
+    pub revocations: Arc<RevocationCheck>,
 }
 
 pub struct Node {

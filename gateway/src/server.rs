@@ -105,7 +105,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
                     .map(|v| v.as_bytes()),
             );
             if req.uri().path() != "/ws" {
-                return Ok::<_, Infallible>(handle(node, req, client));
+                return Ok::<_, Infallible>(handle(node, req, client).await);
             }
             let _client_slot = if behind_proxy {
                 match node.handshakes_per_ip.try_acquire(client) {
@@ -118,7 +118,7 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
             if let Some(refused) = connect_rate(&node, client).await {
                 return Ok(refused);
             }
-            Ok(handle(node, req, client))
+            Ok(handle(node, req, client).await)
         }
     });
     let conn = http1::Builder::new()
@@ -190,9 +190,9 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+async fn handle(node: Arc<Node>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
     match req.uri().path() {
-        "/ws" => upgrade(node, req, client),
+        "/ws" => upgrade(node, req, client).await,
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             if node.draining.load(Ordering::Acquire) {
@@ -233,7 +233,7 @@ fn reject(status: StatusCode, reason: &'static str, body: &'static str) -> Respo
     r
 }
 
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Response<Body> {
     let started = std::time::Instant::now();
     if node.draining.load(Ordering::Acquire) {
         return reject(
@@ -295,6 +295,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) -> Respo
             }
         },
     };
+    // A revoked token is refused before the upgrade, like an expired one (401: get a new token).
+    if node.deps.revocations.is_revoked(&identity).await {
+        return reject(StatusCode::UNAUTHORIZED, reason::REVOKED, "token revoked\n");
+    }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return reject(
             StatusCode::UPGRADE_REQUIRED,

@@ -91,6 +91,14 @@ pub async fn run(
         handle: &handle,
         user: &user,
     };
+    // Checked again now that the socket is in the hub: a revoke that came between the check
+    // before the upgrade and here either is known here or found this socket in the hub
+    // (`crate::admin::apply` records the revoke before it closes sockets).
+    if node.deps.revocations.is_revoked(&identity).await {
+        crate::telemetry::rejected(crate::telemetry::reason::REVOKED);
+        close_now(&stream, &handle.writer, CloseCode::TokenRevoked).await;
+        return;
+    }
 
     let hello = ServerFrame::Hello {
         v: PROTOCOL_VERSION,
@@ -348,7 +356,7 @@ impl Socket<'_> {
                             "frame opcode does not match the connection's encoding",
                         );
                     } else {
-                        self.on_client_frame(&frame.payload);
+                        self.on_client_frame(&frame.payload).await;
                     }
                 }
                 OpCode::Close => {
@@ -371,7 +379,7 @@ impl Socket<'_> {
         self.frames.take(rate, rate)
     }
 
-    fn on_client_frame(&mut self, payload: &[u8]) {
+    async fn on_client_frame(&mut self, payload: &[u8]) {
         let frame = match decode_client(self.handle.encoding, payload) {
             Ok(f) => f,
             Err(e) => {
@@ -388,6 +396,9 @@ impl Socket<'_> {
             } => self.on_ack(chat_id, message_id),
             ClientFrame::Refresh { token } => match self.node.deps.verifier.verify(&token) {
                 Ok(id) if *id.subject == *self.handle.user && !id.is_service() => {
+                    if self.node.deps.revocations.is_revoked(&id).await {
+                        return self.send_error(ErrorCode::InvalidToken, "token revoked");
+                    }
                     self.expires_at = id.expires_at;
                     if self.token.is_some() {
                         self.token = Some(Arc::from(token));

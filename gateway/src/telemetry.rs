@@ -53,6 +53,8 @@ pub mod reason {
     pub const NOT_UPGRADE: &str = "not_upgrade";
     pub const TOO_MANY_SOCKETS: &str = "too_many_sockets";
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// The token was revoked (`POST /v1/admin/users/{user_id}/revoke`).
+    pub const REVOKED: &str = "revoked";
 }
 
 /// Every `reason` of [`REJECTED_TOTAL`]; add new ones here so they are registered and documented.
@@ -69,6 +71,7 @@ pub const REJECT_REASONS: &[&str] = &[
     reason::NOT_UPGRADE,
     reason::TOO_MANY_SOCKETS,
     reason::RATE_LIMITED,
+    reason::REVOKED,
 ];
 
 /// The `limit` of [`RATE_LIMITED_TOTAL`].
@@ -143,6 +146,7 @@ pub fn rate_limited(limit: &'static str) {
 /// at zero. Idempotent; call once the recorder is installed.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    shared::revocation::describe();
     describe_gauge!(SOCKETS_OPEN, "WebSocket connections open on this node");
     describe_gauge!(
         CONNECTIONS_MAX,

@@ -50,6 +50,9 @@ close_codes! {
     Overloaded = 4102, "server overloaded";
     /// The client sent frames faster than allowed.
     RateLimited = 4103, "frame rate limit exceeded";
+    /// An operator closed the user's sockets (`POST /v1/admin/users/{user_id}/disconnect`): the
+    /// token is still good; reconnect after a backoff.
+    Disconnected = 4104, "disconnected by an operator";
     /// The token was refused when checked on the socket.
     AuthFailed = 4200, "authentication failed";
     /// The token expired and was not refreshed in time.
@@ -60,6 +63,9 @@ close_codes! {
     FrameTooLarge = 4203, "frame too large";
     /// The user holds too many sockets.
     TooManySockets = 4204, "too many sockets for this user";
+    /// An operator revoked the user's tokens (`POST /v1/admin/users/{user_id}/revoke`): this token
+    /// (and every token issued before the revoke) is refused; reconnect only with a new one.
+    TokenRevoked = 4205, "token revoked";
 }
 
 impl CloseCode {
@@ -92,6 +98,8 @@ mod tests {
         assert_eq!(CloseCode::IdleTimeout.advice(), ReconnectAdvice::Now);
         assert_eq!(CloseCode::Draining.advice(), ReconnectAdvice::Backoff);
         assert_eq!(CloseCode::SlowConsumer.advice(), ReconnectAdvice::Backoff);
+        assert_eq!(CloseCode::Disconnected.advice(), ReconnectAdvice::Backoff);
+        assert_eq!(CloseCode::TokenRevoked.advice(), ReconnectAdvice::Never);
         assert_eq!(CloseCode::TokenExpired.advice(), ReconnectAdvice::Never);
         assert_eq!(
             CloseCode::ProtocolViolation.advice(),

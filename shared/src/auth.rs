@@ -38,6 +38,9 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Unix seconds.
     pub expires_at: u64,
+    /// The `iat` claim (Unix seconds), when the token has one; revocation compares it with the
+    /// user's not-before (`crate::revocation`), and a token without it loses to any revoke.
+    pub issued_at: Option<u64>,
 }
 
 impl Identity {
@@ -421,6 +424,7 @@ impl Verifier {
             subject: claims.sub,
             scopes,
             expires_at: claims.exp,
+            issued_at: claims.iat,
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod client_ip;
 pub mod config;
 pub mod ratelimit;
+pub mod revocation;
 pub mod routing;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

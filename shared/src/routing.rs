@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
+use crate::close::CloseCode;
 use crate::protocol::{encode_server, Encoding, ServerFrame};
 
 /// A gateway node as the registry knows it: its configured id and the incarnation of this boot.
@@ -51,6 +53,67 @@ impl Envelope {
     pub fn is_node_gap(&self) -> bool {
         self.recipients.is_empty()
     }
+
+    /// An instruction to the node instead of a frame: close every local socket of `users` with
+    /// `code` (an operator's disconnect or revoke). `not_before` carries a revoke's not-before,
+    /// which the node applies to later connects at once.
+    pub fn close_sockets(users: Vec<String>, code: CloseCode, not_before: Option<u64>) -> Envelope {
+        let control = NodeControl::CloseSockets {
+            code: code.code(),
+            not_before,
+        };
+        Envelope {
+            recipients: users,
+            frame: Bytes::from(rmp_serde::to_vec_named(&control).unwrap_or_default()),
+        }
+    }
+
+    /// The instruction this envelope carries, if it is one rather than a frame for clients. Costs
+    /// a prefix comparison for frames; only a control envelope is decoded.
+    pub fn control(&self) -> Option<NodeControl> {
+        if !self.frame.starts_with(CLOSE_SOCKETS_PREFIX) {
+            return None;
+        }
+        match rmp_serde::from_slice::<NodeControl>(&self.frame) {
+            Ok(control) => Some(control),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable node control envelope; ignored");
+                None
+            }
+        }
+    }
+}
+
+/// Instructions to a gateway node that travel on its stream like deliveries (so they reach the
+/// node in order with them, on the node's own stream) but are acted on by the node and never
+/// sent to a client. Encoded as a MessagePack map tagged by `type`, like a frame; no
+/// [`ServerFrame`] uses these tags (a test checks), so a node tells them apart by the prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeControl {
+    /// Close every local socket of the envelope's recipients with close code `code`; with
+    /// `not_before`, also refuse those users' tokens issued before it (Unix seconds) from now on.
+    CloseSockets { code: u16, not_before: Option<u64> },
+}
+
+/// What every `close_sockets` envelope starts with: a map of three entries whose first key is
+/// `type` with the value `close_sockets`.
+const CLOSE_SOCKETS_PREFIX: &[u8] = b"\x83\xa4type\xadclose_sockets";
+
+/// What a gateway node reports about itself for the operators' view (`GET /v1/admin/nodes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    pub sockets: u64,
+    pub users: u64,
+}
+
+/// A live node as the operators' view shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub incarnation: u64,
+    /// The last load this incarnation reported, and when (Unix ms); `None` before its first report.
+    pub load: Option<(NodeLoad, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +154,17 @@ pub trait RouteRegistry: Send + Sync + 'static {
     async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError>;
     /// The ids of the nodes live now (for notices to every node when routes cannot be read).
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError>;
+    /// Records the node's socket and user counts for the operators' view; they expire with the
+    /// node's liveness. The default does nothing (a registry without that view).
+    async fn report_load(&self, _node: &NodeInfo, _load: NodeLoad) -> Result<(), RoutingError> {
+        Ok(())
+    }
+    /// The live nodes with their incarnations and last reported loads, by node id.
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        Err(RoutingError::Unavailable(
+            "this route registry does not list nodes".into(),
+        ))
+    }
 }
 
 #[async_trait]
@@ -128,6 +202,27 @@ pub struct FanOut {
     pub recipients_online: usize,
 }
 
+/// Tells every live node to close `user`'s sockets with `code` (and, for a revoke, to refuse its
+/// tokens issued before `not_before`). Every live node, not only those the routes name: a socket
+/// whose route is still being registered is closed too. Returns the number of nodes told.
+pub async fn close_user_sockets(
+    registry: &Arc<dyn RouteRegistry>,
+    bus: &Arc<dyn NodeBus>,
+    user: &str,
+    code: CloseCode,
+    not_before: Option<u64>,
+) -> Result<usize, RoutingError> {
+    let nodes = registry.live_nodes().await?;
+    if nodes.is_empty() {
+        return Ok(0);
+    }
+    let envelope = Envelope::close_sockets(vec![user.to_string()], code, not_before);
+    let count = nodes.len();
+    bus.publish(nodes.into_iter().map(|n| (n, envelope.clone())).collect())
+        .await?;
+    Ok(count)
+}
+
 /// Looks up the recipients' routes and appends one envelope per target node: two batched
 /// backend calls whatever the number of recipients.
 pub async fn fan_out(
@@ -161,4 +256,42 @@ pub async fn fan_out(
         .collect();
     bus.publish(entries).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_envelopes_round_trip_and_frames_are_never_taken_for_them() {
+        for nbf in [None, Some(1_900_000_000)] {
+            let e = Envelope::close_sockets(vec!["u".into()], CloseCode::TokenRevoked, nbf);
+            assert_eq!(
+                e.control(),
+                Some(NodeControl::CloseSockets {
+                    code: 4205,
+                    not_before: nbf
+                })
+            );
+            assert_eq!(e.recipients, ["u"]);
+        }
+        let frames = [
+            ServerFrame::Pong,
+            ServerFrame::Resync,
+            ServerFrame::Typing {
+                chat_id: crate::Id(1),
+                user_id: "close_sockets".into(),
+            },
+            ServerFrame::Event {
+                event: serde_json::json!({"type": "close_sockets", "code": 4205}),
+            },
+            ServerFrame::Refreshed {
+                token_expires_at: 1,
+            },
+        ];
+        for f in frames {
+            assert_eq!(Envelope::new(vec!["u".into()], &f).control(), None, "{f:?}");
+        }
+        assert_eq!(Envelope::node_gap().control(), None);
+    }
 }

@@ -51,6 +51,8 @@ pub mod redis_op {
     pub const LOOKUP: &str = "lookup";
     pub const PRESENCE: &str = "presence";
     pub const LIVE_NODES: &str = "live_nodes";
+    pub const REPORT_LOAD: &str = "report_load";
+    pub const NODE_STATUSES: &str = "node_statuses";
     pub const PUBLISH: &str = "publish";
     pub const SUBSCRIBE: &str = "subscribe";
     pub const READ: &str = "read";
@@ -65,6 +67,8 @@ pub const REDIS_OPS: &[&str] = &[
     redis_op::LOOKUP,
     redis_op::PRESENCE,
     redis_op::LIVE_NODES,
+    redis_op::REPORT_LOAD,
+    redis_op::NODE_STATUSES,
     redis_op::PUBLISH,
     redis_op::SUBSCRIBE,
     redis_op::READ,

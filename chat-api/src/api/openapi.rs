@@ -44,6 +44,11 @@ fn chat_id_param() -> Value {
            "schema": {"$ref": "#/components/schemas/Id"}})
 }
 
+fn admin_user_param() -> Value {
+    json!({"name": "user_id", "in": "path", "required": true,
+           "schema": {"$ref": "#/components/schemas/UserId"}})
+}
+
 /// The errors every authenticated route may answer.
 fn common_errors(mut responses: Value) -> Value {
     let map = responses.as_object_mut().expect("responses is an object");
@@ -237,6 +242,69 @@ fn schemas() -> Value {
 
 /// The whole document.
 pub fn spec() -> Value {
+    let mut doc = spec_core();
+    if let (Some(paths), Value::Object(admin)) = (doc["paths"].as_object_mut(), admin_paths()) {
+        paths.extend(admin);
+    }
+    if let (Some(schemas), Value::Object(admin)) = (
+        doc["components"]["schemas"].as_object_mut(),
+        admin_schemas(),
+    ) {
+        schemas.extend(admin);
+    }
+    doc
+}
+
+/// `/v1/admin/…` (kept apart: one `json!` literal of the whole document passes the macro
+/// recursion limit).
+fn admin_paths() -> Value {
+    json!({
+        "/v1/admin/users/{user_id}/disconnect": {"post": {
+            "summary": "Close every socket of a user on every gateway (service scope `admin`)",
+            "description": "Every live gateway node closes the user's sockets with close code 4104 \
+                (`disconnected by an operator`: the client may reconnect after a backoff; its token \
+                stays good), within about a second.",
+            "parameters": [admin_user_param()],
+            "responses": common_errors(json!({"202": ok("handed to every live gateway node", "Disconnected"),
+                "403": problem("user token or missing scope"), "422": problem("bad user id")}))}},
+        "/v1/admin/users/{user_id}/revoke": {"post": {
+            "summary": "Revoke a user's tokens issued up to now and close their sockets (service scope `admin`)",
+            "description": "From now on, the user's tokens with an `iat` below `not_before` (the \
+                second after this one), or without `iat`, are refused for connecting (401), \
+                refreshing (`invalid_token`) and HTTP (401); every socket of the user closes with 4205 \
+                (`token revoked`: reconnect only with a new token). Applies at once on every gateway \
+                and on the replica that answers, and within REVOCATION_CACHE_TTL on other replicas; \
+                kept for REVOCATION_TTL. A retry revokes again from its own time.",
+            "parameters": [admin_user_param()],
+            "responses": common_errors(json!({"200": ok("revoked; sockets closing", "Revoked"),
+                "403": problem("user token or missing scope"), "422": problem("bad user id")}))}},
+        "/v1/admin/nodes": {"get": {
+            "summary": "Live gateway nodes with their incarnations and socket counts (service scope `admin`)",
+            "description": "Counts are each node's last report (every second); `null` before a node's first.",
+            "responses": common_errors(json!({"200": ok("live nodes", "NodeList"),
+                "403": problem("user token or missing scope")}))}}
+    })
+}
+
+fn admin_schemas() -> Value {
+    json!({
+            "Disconnected": {"type": "object", "properties": {"user_id": {"type": "string"},
+                "nodes": {"type": "integer", "description": "gateway nodes told (every live node)"}}},
+            "Revoked": {"type": "object", "properties": {"user_id": {"type": "string"},
+                "not_before": {"type": "integer", "description": "Unix seconds: tokens with a smaller `iat`, or none, are refused"},
+                "nodes": {"type": "integer", "description": "gateway nodes told (every live node)"}}},
+            "NodeList": {"type": "object", "properties": {
+                "nodes": {"type": "array", "items": {"type": "object", "properties": {
+                    "node_id": {"type": "string"},
+                    "incarnation": {"$ref": "#/components/schemas/Id"},
+                    "sockets": {"type": ["integer", "null"]}, "users": {"type": ["integer", "null"]},
+                    "reported_at_ms": {"type": ["integer", "null"]}}}},
+                "sockets": {"type": "integer", "description": "sockets on all listed nodes"}}}
+    })
+}
+
+/// Everything but the admin API.
+fn spec_core() -> Value {
     let problem_types: Vec<Value> = PROBLEM_TYPES
         .iter()
         .map(|(slug, status, title)| {

@@ -227,6 +227,18 @@ impl WsClient {
             .unwrap_or_else(|e| panic!("{}: sending {frame:?}: {e}", self.user));
     }
 
+    /// Reads until the server closes the socket (before `deadline`) and returns the close code;
+    /// `None` if the socket ended without a close frame or the deadline passed first.
+    pub async fn close_code(&mut self, deadline: Instant) -> Option<u16> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     /// Sends an application ping and waits for `pong`, proving the socket is alive end to end.
     /// Returns the messages that arrived meanwhile.
     pub async fn ping(&mut self, limit: Duration) -> Vec<Message> {

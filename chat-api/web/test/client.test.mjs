@@ -23,8 +23,9 @@ test("close codes map to the documented advice", () => {
   assert.equal(closeAdvice(1000), Advice.NOW);
   assert.equal(closeAdvice(4000), Advice.NOW);
   assert.equal(closeAdvice(4001), Advice.NOW);
-  for (const c of [4100, 4101, 4102, 4103]) assert.equal(closeAdvice(c), Advice.BACKOFF, String(c));
+  for (const c of [4100, 4101, 4102, 4103, 4104]) assert.equal(closeAdvice(c), Advice.BACKOFF, String(c));
   assert.equal(closeAdvice(4200), Advice.NEW_TOKEN_BACKOFF);
+  assert.equal(closeAdvice(4205), Advice.NEW_TOKEN_BACKOFF);
   assert.equal(closeAdvice(4201), Advice.NEW_TOKEN);
   for (const c of [4202, 4203, 4204]) assert.equal(closeAdvice(c), Advice.STOP, String(c));
   // Dropped connections and refused handshakes (browsers report 1006) back off.

@@ -54,6 +54,7 @@ impl Harness {
             verifier,
             metrics: None,
             limiter: shared::ratelimit::memory(),
+            revocations: Arc::new(shared::revocation::RevocationCheck::memory()),
         };
         let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
             let _ = rx.await;

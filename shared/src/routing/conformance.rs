@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{fan_out, Envelope, NodeBus, NodeInfo, RouteRegistry};
+use super::{fan_out, Envelope, NodeBus, NodeInfo, NodeLoad, NodeStatus, RouteRegistry};
 use crate::protocol::{decode_server, Encoding, ServerFrame};
 
 fn unique(prefix: &str) -> String {
@@ -233,7 +233,8 @@ pub async fn fan_out_groups_by_node(reg: Arc<dyn RouteRegistry>, bus: Arc<dyn No
     assert_eq!((got_a, got_b), (want_a, want_b));
 }
 
-/// `live_nodes` lists the nodes that heartbeat and not those that left.
+/// `live_nodes` and `node_statuses` list the nodes that heartbeat and not those that left;
+/// a load report counts only for the incarnation that made it.
 pub async fn registry_lists_live_nodes(reg: Arc<dyn RouteRegistry>) {
     let (a, b) = (node(&unique("node-a"), 1), node(&unique("node-b"), 2));
     reg.heartbeat(&a).await.unwrap();
@@ -243,11 +244,35 @@ pub async fn registry_lists_live_nodes(reg: Arc<dyn RouteRegistry>) {
         live.contains(&a.node_id) && live.contains(&b.node_id),
         "{live:?}"
     );
+    let load = |sockets, users| NodeLoad { sockets, users };
+    reg.report_load(&a, load(5, 3)).await.unwrap();
+    let statuses = reg.node_statuses().await.unwrap();
+    let find = |statuses: &[NodeStatus], n: &NodeInfo| {
+        statuses.iter().find(|s| s.node_id == n.node_id).cloned()
+    };
+    let sa = find(&statuses, &a).expect("node a listed");
+    assert_eq!(sa.incarnation, 1);
+    assert_eq!(sa.load.map(|(l, _)| l), Some(load(5, 3)));
+    let sb = find(&statuses, &b).expect("node b listed");
+    assert_eq!((sb.incarnation, sb.load), (2, None));
+    // A restarted node b: the old incarnation's report does not describe the new one.
+    reg.report_load(&b, load(9, 9)).await.unwrap();
+    let b2 = node(&b.node_id, 3);
+    reg.heartbeat(&b2).await.unwrap();
+    let sb = find(&reg.node_statuses().await.unwrap(), &b2).expect("node b listed");
+    assert_eq!((sb.incarnation, sb.load), (3, None));
+    reg.report_load(&b2, load(1, 1)).await.unwrap();
     reg.leave(&a).await.unwrap();
     let live = reg.live_nodes().await.unwrap();
     assert!(
         !live.contains(&a.node_id) && live.contains(&b.node_id),
         "{live:?}"
+    );
+    let statuses = reg.node_statuses().await.unwrap();
+    assert!(find(&statuses, &a).is_none(), "{statuses:?}");
+    assert_eq!(
+        find(&statuses, &b2).and_then(|s| s.load).map(|(l, _)| l),
+        Some(load(1, 1))
     );
 }
 

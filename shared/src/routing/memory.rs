@@ -9,8 +9,8 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
-    Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry,
+    RoutingError, Subscription,
 };
 use crate::ids::now_unix_ms;
 
@@ -26,6 +26,8 @@ struct UserRoutes {
 pub struct MemoryRegistry {
     users: DashMap<String, UserRoutes>,
     live: DashMap<String, u64>,
+    /// Last reported load per node: (incarnation, load, unix ms).
+    loads: DashMap<String, (u64, NodeLoad, u64)>,
 }
 
 impl MemoryRegistry {
@@ -48,6 +50,8 @@ impl RouteRegistry for MemoryRegistry {
     async fn leave(&self, node: &NodeInfo) -> Result<(), RoutingError> {
         self.live
             .remove_if(&node.node_id, |_, inc| *inc == node.incarnation);
+        self.loads
+            .remove_if(&node.node_id, |_, (inc, _, _)| *inc == node.incarnation);
         let now = now_unix_ms();
         for mut entry in self.users.iter_mut() {
             let before = entry.nodes.len();
@@ -128,6 +132,36 @@ impl RouteRegistry for MemoryRegistry {
 
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         Ok(self.live.iter().map(|e| e.key().clone()).collect())
+    }
+
+    async fn report_load(&self, node: &NodeInfo, load: NodeLoad) -> Result<(), RoutingError> {
+        self.loads.insert(
+            node.node_id.clone(),
+            (node.incarnation, load, now_unix_ms()),
+        );
+        Ok(())
+    }
+
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        let mut out: Vec<NodeStatus> = self
+            .live
+            .iter()
+            .map(|e| {
+                let (node_id, incarnation) = (e.key().clone(), *e.value());
+                let load = self
+                    .loads
+                    .get(&node_id)
+                    .filter(|l| l.0 == incarnation)
+                    .map(|l| (l.1, l.2));
+                NodeStatus {
+                    node_id,
+                    incarnation,
+                    load,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
     }
 }
 

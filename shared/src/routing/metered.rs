@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
-    Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry,
+    RoutingError, Subscription,
 };
 
 use crate::telemetry::{
@@ -83,6 +83,12 @@ impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     }
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         observe(redis_op::LIVE_NODES, self.inner.live_nodes()).await
+    }
+    async fn report_load(&self, node: &NodeInfo, load: NodeLoad) -> Result<(), RoutingError> {
+        observe(redis_op::REPORT_LOAD, self.inner.report_load(node, load)).await
+    }
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        observe(redis_op::NODE_STATUSES, self.inner.node_statuses()).await
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `gw:{NODE}:incs`            | set    | incarnations of the node that may still own routes         |
 //! | `gw:{NODE}:users:INC`       | set    | users routed to incarnation INC of the node (for `leave` and `sweep`) |
 //! | `gw:{NODE}:stream`          | stream | deliveries to the node: fields `r` (recipients, MessagePack array of strings) and `p` (the frame, as published), capped with `MAXLEN ~` |
+//! | `gw:{NODE}:load`            | hash   | the node's last load report: `inc` (incarnation), `sockets`, `users`, `at` (unix ms); TTL `liveness_ttl` |
 //! | `gw:nodes`                  | zset   | node id scored by its last heartbeat (unix ms), so `sweep` can find nodes |
 //! | `worker:{ID}`               | string | owner of message-id worker id ID (see [`WorkerLease`]) |
 //!
@@ -139,6 +140,9 @@ impl Keys {
     }
     fn nodes(&self) -> String {
         format!("{}gw:nodes", self.prefix)
+    }
+    fn load(&self, node: &str) -> String {
+        format!("{}gw:{{{node}}}:load", self.prefix)
     }
     fn worker(&self, id: u16) -> String {
         format!("{}worker:{{{id}}}", self.prefix)

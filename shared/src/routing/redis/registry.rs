@@ -16,7 +16,9 @@ use super::{
     HDEL_IF_EQ,
 };
 use crate::ids::now_unix_ms;
-use crate::routing::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError};
+use crate::routing::{
+    NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry, RoutingError,
+};
 
 /// What one [`RedisRegistry::sweep`] call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -340,6 +342,68 @@ impl RouteRegistry for RedisRegistry {
         let known = s.known_nodes().await?;
         let live = s.live_incarnations(&known).await?;
         Ok(known.into_iter().filter(|n| live.contains_key(n)).collect())
+    }
+
+    async fn report_load(&self, node: &NodeInfo, load: NodeLoad) -> Result<(), RoutingError> {
+        let s = &self.shared;
+        let key = s.keys.load(&node.node_id);
+        let p = s.pipeline();
+        queue(
+            p.hset::<(), _, _>(
+                key.clone(),
+                vec![
+                    ("inc", node.incarnation.to_string()),
+                    ("sockets", load.sockets.to_string()),
+                    ("users", load.users.to_string()),
+                    ("at", now_unix_ms().to_string()),
+                ],
+            )
+            .await,
+        )?;
+        queue(
+            p.pexpire::<(), _>(key, ms_i64(s.opts.liveness_ttl), None)
+                .await,
+        )?;
+        s.run(p).await.map(|_| ())
+    }
+
+    /// Nodes in `gw:nodes` (at most 1,000) whose liveness key is set, with the load their live
+    /// incarnation reported: two round trips.
+    async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
+        let s = &self.shared;
+        let known = s.known_nodes().await?;
+        if known.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = s.pipeline();
+        for node in &known {
+            queue(p.get::<(), _>(s.keys.alive(node)).await)?;
+            queue(p.hgetall::<(), _>(s.keys.load(node)).await)?;
+        }
+        let replies = s.run(p).await?;
+        let mut out = Vec::new();
+        for (i, node) in known.into_iter().enumerate() {
+            let Some(incarnation) = as_string(&replies[2 * i]).and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let fields: HashMap<String, String> =
+                pairs(replies[2 * i + 1].clone()).into_iter().collect();
+            let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+            let load = match (num("inc"), num("sockets"), num("users"), num("at")) {
+                (Some(inc), Some(sockets), Some(users), Some(at)) if inc == incarnation => {
+                    Some((NodeLoad { sockets, users }, at))
+                }
+                _ => None,
+            };
+            out.push(NodeStatus {
+                node_id: node,
+                incarnation,
+                load,
+            });
+        }
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(out)
     }
 }
 
