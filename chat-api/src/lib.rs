@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod fanout;
 pub mod migrate;
+pub mod presence;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -210,6 +210,17 @@ pub fn describe() {
     for op in STORE_OPS {
         metrics::counter!(STORE_ERRORS_TOTAL, "op" => *op).increment(0);
     }
+    describe_counter!(
+        crate::presence::REPORTS_TOTAL,
+        "Users reported by gateways as possibly changed in presence, by result (changed, unchanged, failed)"
+    );
+    describe_histogram!(
+        crate::presence::WATCHERS,
+        "Co-members one presence change was fanned out to"
+    );
+    for result in crate::presence::RESULTS {
+        metrics::counter!(crate::presence::REPORTS_TOTAL, "result" => *result).increment(0);
+    }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!("api_typing_notices_total").increment(0);
     metrics::counter!("api_typing_rate_limited_total").increment(0);

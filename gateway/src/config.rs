@@ -100,6 +100,11 @@ pub struct GatewayArgs {
     /// `rate_limited` error frame (not a disconnect).
     #[arg(long, env = "TYPING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub typing_interval: Duration,
+    /// How long after a user's last socket on this node closed the gateway waits before it
+    /// reports the user to chat-api as possibly offline; a reconnect within it pushes no
+    /// `presence` frames. `0s`: report at once.
+    #[arg(long, env = "PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
 }
 
 /// Validated gateway settings. [`Settings::default`] matches the flag defaults (with
@@ -137,6 +142,8 @@ pub struct Settings {
     /// chat-api base URL for forwarding typing frames, without a trailing slash.
     pub api_url: Option<String>,
     pub typing_interval: Duration,
+    /// Wait after a user's last socket here closed before reporting it (`PRESENCE_GRACE`).
+    pub presence_grace: Duration,
 }
 
 impl Default for Settings {
@@ -166,6 +173,7 @@ impl Default for Settings {
             max_request_head_bytes: 16 << 10,
             api_url: None,
             typing_interval: Duration::from_secs(2),
+            presence_grace: Duration::from_secs(5),
         }
     }
 }
@@ -258,6 +266,7 @@ impl GatewayArgs {
             max_request_head_bytes: self.max_request_head_bytes as usize,
             api_url,
             typing_interval: self.typing_interval,
+            presence_grace: self.presence_grace,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod handshakes;
 pub mod hub;
 pub mod node;
+pub mod presence;
 mod resync;
 mod server;
 mod socket;
@@ -62,6 +63,7 @@ pub async fn serve(
         tokio::spawn(node::liveness_task(node.clone(), stop_rx.clone())),
         tokio::spawn(node::route_sync_task(node.clone(), stop_rx.clone())),
         tokio::spawn(delivery::delivery_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(presence::presence_task(node.clone(), stop_rx.clone())),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));

@@ -37,6 +37,8 @@ pub struct Node {
     pub held_refusals: Semaphore,
     /// Forwards typing frames to chat-api; `None` without `API_URL`.
     pub typing: Option<TypingForwarder>,
+    /// Presence reports waiting out their grace period (`crate::presence`).
+    pub presence: crate::presence::PresenceReporter,
     /// Resyncs asked for and not yet served, and whether the task serving them runs.
     pub resync_requests: AtomicU64,
     pub resync_running: AtomicBool,
@@ -64,6 +66,7 @@ impl Node {
             ),
             held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
+            presence: crate::presence::PresenceReporter::new(),
             settings,
             info,
             deps,
@@ -203,6 +206,7 @@ pub async fn route_sync_task(node: Arc<Node>, stop: watch::Receiver<bool>) {
         match result {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
+                crate::presence::routes_synced(&node, &add, &remove).await;
                 // Publish progress only once nothing older is pending.
                 if node.routes.dirty.lock().is_empty() {
                     node.routes.done.send_replace(generation);

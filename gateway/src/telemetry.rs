@@ -145,5 +145,12 @@ pub fn describe() {
     metrics::counter!("gateway_auth_failures_total", "reason" => "expired").increment(0);
     metrics::counter!("gateway_typing_total", "result" => "rate_limited").increment(0);
     metrics::counter!("gateway_resyncs_total").increment(0);
+    describe_counter!(
+        crate::presence::REPORTS_TOTAL,
+        "Users reported to chat-api as possibly changed in presence, by result"
+    );
+    for result in crate::presence::REPORT_RESULTS {
+        metrics::counter!(crate::presence::REPORTS_TOTAL, "result" => *result).increment(0);
+    }
     metrics::counter!("ratelimit_backend_errors_total", "bucket" => "conn").increment(0);
 }

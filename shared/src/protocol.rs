@@ -81,9 +81,18 @@ pub enum ServerFrame {
         chat_id: Id,
         user_id: String,
     },
+    /// A user who shares a chat with the recipient came online (first socket anywhere) or went
+    /// offline (last socket closed, after the grace period). `online` and `last_seen_ms` repeat
+    /// `status` and `last_seen` in the form of protocol version 1's reserved frame, for clients
+    /// written against it.
     Presence {
         user_id: String,
+        status: PresenceStatus,
+        /// Unix milliseconds: when the last socket closed (offline), or when the change was
+        /// seen (online).
+        last_seen: Option<u64>,
         online: bool,
+        /// `last_seen` when offline, `None` when online.
         last_seen_ms: Option<u64>,
     },
     /// Answer to a client `ping`.
@@ -100,6 +109,32 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// A user's presence as `presence` frames carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+impl ServerFrame {
+    /// The `presence` frame for a change of `user_id` to `online`, seen at `at_ms`
+    /// (unix ms: the last socket's close when offline).
+    pub fn presence(user_id: String, online: bool, at_ms: u64) -> ServerFrame {
+        ServerFrame::Presence {
+            user_id,
+            status: if online {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            },
+            last_seen: Some(at_ms),
+            online,
+            last_seen_ms: (!online).then_some(at_ms),
+        }
+    }
 }
 
 /// Frames the client sends. Messages and history go over HTTP, not the socket.
@@ -271,11 +306,8 @@ mod tests {
                 chat_id: Id(1),
                 user_id: "bob".into(),
             },
-            ServerFrame::Presence {
-                user_id: "bob".into(),
-                online: false,
-                last_seen_ms: Some(5),
-            },
+            ServerFrame::presence("bob".into(), false, 5),
+            ServerFrame::presence("carol".into(), true, 6),
             ServerFrame::Pong,
             ServerFrame::Resync,
             ServerFrame::Refreshed {
@@ -312,6 +344,31 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type": "typing", "chat_id": "12", "user_id": "u"})
+        );
+    }
+
+    #[test]
+    fn presence_frame_has_the_documented_fields_and_the_reserved_ones() {
+        let v: serde_json::Value = serde_json::from_slice(&encode_server(
+            Encoding::Json,
+            &ServerFrame::presence("bob".into(), false, 1_700_000_000_000),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "presence", "user_id": "bob", "status": "offline",
+                "last_seen": 1_700_000_000_000u64, "online": false,
+                "last_seen_ms": 1_700_000_000_000u64})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&encode_server(
+            Encoding::Json,
+            &ServerFrame::presence("bob".into(), true, 7),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "presence", "user_id": "bob", "status": "online",
+                "last_seen": 7, "online": true, "last_seen_ms": null})
         );
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError,
-    Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, PresenceInfo, PresenceReports, RouteRegistry,
+    RoutingError, Subscription,
 };
 
 /// Histogram of one registry or bus call, by `op`.
@@ -27,9 +27,12 @@ pub const OPS: &[&str] = &[
     "lookup",
     "presence",
     "live_nodes",
+    "swap_announced",
     "publish",
     "subscribe",
     "read",
+    "report_presence",
+    "presence_reports",
 ];
 
 /// Registers every series at zero, so that dashboards and alerts see them before traffic.
@@ -95,6 +98,12 @@ impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         observe("live_nodes", self.inner.live_nodes()).await
     }
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        observe("swap_announced", self.inner.swap_announced(users)).await
+    }
 }
 
 #[async_trait]
@@ -105,6 +114,29 @@ impl<T: NodeBus + ?Sized> NodeBus for Metered<T> {
     async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
         let inner = observe("subscribe", self.inner.subscribe(node)).await?;
         Ok(Box::new(MeteredSubscription { inner }))
+    }
+    async fn report_presence(&self, users: Vec<String>) -> Result<(), RoutingError> {
+        observe("report_presence", self.inner.report_presence(users)).await
+    }
+    async fn presence_reports(&self) -> Result<Box<dyn PresenceReports>, RoutingError> {
+        let inner = observe("presence_reports", self.inner.presence_reports()).await?;
+        Ok(Box::new(MeteredReports { inner }))
+    }
+}
+
+/// Counts failed reads of presence reports (as `read`); their latency is not recorded.
+struct MeteredReports {
+    inner: Box<dyn PresenceReports>,
+}
+
+#[async_trait]
+impl PresenceReports for MeteredReports {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<String>, RoutingError> {
+        let result = self.inner.next_batch(max).await;
+        if result.is_err() {
+            metrics::counter!(ERRORS_TOTAL, "op" => "read").increment(1);
+        }
+        result
     }
 }
 

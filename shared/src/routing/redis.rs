@@ -15,6 +15,8 @@
 //! | `gw:{NODE}:incs`            | set    | incarnations of the node that may still own routes         |
 //! | `gw:{NODE}:users:INC`       | set    | users routed to incarnation INC of the node (for `leave` and `sweep`) |
 //! | `gw:{NODE}:stream`          | stream | deliveries to the node: fields `r` (recipients, MessagePack array of strings) and `p` (the frame, as published), capped with `MAXLEN ~` |
+//! | `presence:{USER}`           | string | `1`/`0`: the presence state last announced to the user's co-members (TTL `last_seen_ttl`) |
+//! | `presence:reports`          | stream | users whose presence may have changed, field `u` (MessagePack array of strings), read by the consumer group `api` with `NOACK`, capped with `MAXLEN ~` 10,000 |
 //! | `gw:nodes`                  | zset   | node id scored by its last heartbeat (unix ms), so `sweep` can find nodes |
 //! | `worker:{ID}`               | string | owner of message-id worker id ID (see [`WorkerLease`]) |
 //!
@@ -34,6 +36,7 @@
 
 mod bus;
 mod lease;
+mod presence;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -55,6 +58,7 @@ use tokio::sync::watch;
 
 pub use bus::{RedisBus, RedisSubscription, STREAM_READ_MAX};
 pub use lease::{LeaseError, LeaseOptions, WorkerLease};
+pub use presence::{RedisPresenceReports, PRESENCE_STREAM_MAXLEN};
 
 use super::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, RoutingError};
 use crate::ids::now_unix_ms;
@@ -140,6 +144,12 @@ impl Keys {
     }
     fn nodes(&self) -> String {
         format!("{}gw:nodes", self.prefix)
+    }
+    fn announced(&self, user: &str) -> String {
+        format!("{}presence:{{{user}}}", self.prefix)
+    }
+    fn presence_reports(&self) -> String {
+        format!("{}presence:reports", self.prefix)
     }
     fn worker(&self, id: u16) -> String {
         format!("{}worker:{{{id}}}", self.prefix)
@@ -887,6 +897,35 @@ impl RouteRegistry for RedisRegistry {
         let known = s.known_nodes().await?;
         let live = s.live_incarnations(&known).await?;
         Ok(known.into_iter().filter(|n| live.contains_key(n)).collect())
+    }
+
+    /// `SET … GET` per user, pipelined: one round trip.
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let p = s.pipeline();
+        for (user, online) in users {
+            queue(
+                p.set::<(), _, _>(
+                    s.keys.announced(user),
+                    if *online { "1" } else { "0" },
+                    Some(Expiration::PX(ms_i64(s.opts.last_seen_ttl))),
+                    None,
+                    true,
+                )
+                .await,
+            )?;
+        }
+        Ok(s.run(p)
+            .await?
+            .iter()
+            .map(|v| as_string(v).map(|old| old == "1"))
+            .collect())
     }
 }
 
