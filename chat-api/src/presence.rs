@@ -62,7 +62,7 @@ pub const REPORTS_TOTAL: &str = "api_presence_reports_total";
 /// the registry or store could not be read, or the fan-out failed.
 pub const RESULTS: &[&str] = &["changed", "unchanged", "failed"];
 /// Metric: co-members a change was fanned out to (histogram).
-pub const WATCHERS: &str = "api_presence_watchers";
+pub const WATCHERS: &str = "api_presence_fanout_size";
 
 /// The users `user` shares a chat with (of at most `max_chat_members` members), without `user`,
 /// at most `max_watchers` of them, from `user`'s first `max_chats` chats.
