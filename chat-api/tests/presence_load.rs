@@ -115,7 +115,10 @@ async fn one_frame_per_co_member_per_change_for_a_user_in_many_chats() {
             handle(&b, hub.clone()).await;
             took.push(started.elapsed());
             let (envelopes, per_user) = drain(&mut subs).await;
-            assert_eq!(envelopes, NODES, "flap {flap}: one stream entry per node per change");
+            assert_eq!(
+                envelopes, NODES,
+                "flap {flap}: one stream entry per node per change"
+            );
             assert_eq!(per_user.len(), co.len(), "every co-member told");
             assert!(
                 per_user.values().all(|n| *n == 1),
@@ -123,7 +126,11 @@ async fn one_frame_per_co_member_per_change_for_a_user_in_many_chats() {
             );
             // The same report again (another node, another replica): nothing more.
             handle(&b, hub.clone()).await;
-            assert_eq!(drain(&mut subs).await.0, 0, "an unchanged state is not announced again");
+            assert_eq!(
+                drain(&mut subs).await.0,
+                0,
+                "an unchanged state is not announced again"
+            );
         }
     }
     took.sort();

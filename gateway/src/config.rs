@@ -105,6 +105,10 @@ pub struct GatewayArgs {
     /// `presence` frames. `0s`: report at once.
     #[arg(long, env = "PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub presence_grace: Duration,
+    /// Distinct users whose `presence` frames one socket receives (the first ones it hears
+    /// of); frames about further users are not sent to it (read them with `GET /v1/presence`).
+    #[arg(long, env = "PRESENCE_WATCH_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub presence_watch_max: u32,
 }
 
 /// Validated gateway settings. [`Settings::default`] matches the flag defaults (with
@@ -144,6 +148,8 @@ pub struct Settings {
     pub typing_interval: Duration,
     /// Wait after a user's last socket here closed before reporting it (`PRESENCE_GRACE`).
     pub presence_grace: Duration,
+    /// Users one socket receives presence of (`PRESENCE_WATCH_MAX`).
+    pub presence_watch_max: usize,
 }
 
 impl Default for Settings {
@@ -174,6 +180,7 @@ impl Default for Settings {
             api_url: None,
             typing_interval: Duration::from_secs(2),
             presence_grace: Duration::from_secs(5),
+            presence_watch_max: 1000,
         }
     }
 }
@@ -267,6 +274,7 @@ impl GatewayArgs {
             api_url,
             typing_interval: self.typing_interval,
             presence_grace: self.presence_grace,
+            presence_watch_max: self.presence_watch_max as usize,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The local registry: user → sockets on this node, and each socket's bounded send queue. Sharded
 //! by dashmap so that connects, disconnects and deliveries on different users do not contend.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +21,9 @@ pub struct SocketHandle {
     pub encoding: Encoding,
     queue: Mutex<SendQueue>,
     pub notify: Notify,
+    /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
+    /// distinct ones. No allocation until the first presence frame.
+    watched: Mutex<Option<Box<HashSet<Box<str>>>>>,
 }
 
 #[derive(Default)]
@@ -66,7 +69,24 @@ impl SocketHandle {
                 ..SendQueue::default()
             }),
             notify: Notify::new(),
+            watched: Mutex::new(None),
         }
+    }
+
+    /// Whether this socket receives `user`'s presence: true for a user it already watches or
+    /// while it watches fewer than `cap`; frames about further users are not sent to it (its
+    /// client reads them with `GET /v1/presence` if it needs them).
+    pub fn watch(&self, user: &str, cap: usize) -> bool {
+        let mut watched = self.watched.lock();
+        let set = watched.get_or_insert_with(Default::default);
+        if set.contains(user) {
+            return true;
+        }
+        if set.len() >= cap {
+            return false;
+        }
+        set.insert(user.into());
+        true
     }
 
     /// Queues a frame, or marks the socket as a slow consumer when a limit would be passed. The
@@ -322,6 +342,15 @@ mod tests {
         let frames: Vec<&[u8]> = q.frames.iter().map(|f| &f[..]).collect();
         assert_eq!(frames, [&b"m1"[..], b"R", b"m2", b"m3", b"R", b"m4"]);
         assert_eq!(q.bytes, 10);
+    }
+
+    #[test]
+    fn a_socket_watches_a_bounded_number_of_users() {
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
+        assert!(h.watch("a", 2));
+        assert!(h.watch("b", 2));
+        assert!(!h.watch("c", 2), "past the cap");
+        assert!(h.watch("a", 2), "a watched user stays watched");
     }
 
     #[test]

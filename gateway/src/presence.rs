@@ -26,6 +26,8 @@ const REPORT_BATCH: usize = 1000;
 pub const REPORT_RESULTS: &[&str] = &["ok", "failed"];
 /// Users reported to chat-api, by `result`.
 pub const REPORTS_TOTAL: &str = "gateway_presence_reports_total";
+/// Presence frames not sent to a socket that already watches `PRESENCE_WATCH_MAX` other users.
+pub const UNWATCHED_TOTAL: &str = "gateway_presence_unwatched_total";
 
 /// Users whose last socket here closed, with the end of their grace period.
 #[derive(Default)]

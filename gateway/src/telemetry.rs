@@ -149,6 +149,11 @@ pub fn describe() {
         crate::presence::REPORTS_TOTAL,
         "Users reported to chat-api as possibly changed in presence, by result"
     );
+    describe_counter!(
+        crate::presence::UNWATCHED_TOTAL,
+        "Presence frames not sent to a socket already watching PRESENCE_WATCH_MAX other users"
+    );
+    metrics::counter!(crate::presence::UNWATCHED_TOTAL).increment(0);
     for result in crate::presence::REPORT_RESULTS {
         metrics::counter!(crate::presence::REPORTS_TOTAL, "result" => *result).increment(0);
     }

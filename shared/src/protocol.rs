@@ -137,6 +137,20 @@ impl ServerFrame {
     }
 }
 
+/// The `user_id` of a `presence` frame in canonical MessagePack (the form node-bus envelopes
+/// carry), or `None` for any other frame. A byte-prefix check comes first (serde writes the `type`
+/// tag as the map's first entry), so that other frames, messages above all, cost no decoding.
+pub fn presence_user(msgpack: &[u8]) -> Option<String> {
+    const TAG: &[u8] = b"\xa4type\xa8presence";
+    if msgpack.get(1..1 + TAG.len())? != TAG {
+        return None;
+    }
+    match decode_server(Encoding::Msgpack, msgpack).ok()? {
+        ServerFrame::Presence { user_id, .. } => Some(user_id),
+        _ => None,
+    }
+}
+
 /// Frames the client sends. Messages and history go over HTTP, not the socket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -370,6 +384,20 @@ mod tests {
             serde_json::json!({"type": "presence", "user_id": "bob", "status": "online",
                 "last_seen": 7, "online": true, "last_seen_ms": null})
         );
+    }
+
+    #[test]
+    fn presence_user_is_read_only_from_presence_frames() {
+        for f in sample_frames() {
+            let bytes = encode_server(Encoding::Msgpack, &f);
+            let expected = match &f {
+                ServerFrame::Presence { user_id, .. } => Some(user_id.clone()),
+                _ => None,
+            };
+            assert_eq!(presence_user(&bytes), expected, "{f:?}");
+        }
+        assert_eq!(presence_user(b""), None);
+        assert_eq!(presence_user(b"\x86\xa4type\xa8presence\xc1"), None);
     }
 
     #[test]

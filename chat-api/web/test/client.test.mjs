@@ -15,6 +15,7 @@ import {
   closeAdvice,
   compareIds,
   overlapFloor,
+  presenceOf,
   tokenExpiry,
 } from "../client.js";
 import { decode, encode } from "../msgpack.js";
@@ -432,4 +433,23 @@ test("send retries failures with the same client_msg_id and honours Retry-After"
   const bad = newClient({ fetch: async () => (calls++, jsonResponse(422, { type: "v", title: "t", status: 422, detail: "body must be 1 to 4096 bytes" })) });
   await assert.rejects(bad.client.send("7", ""), (e) => e.name === "ApiError" && e.status === 422 && /4096/.test(e.message));
   assert.equal(calls, 1);
+});
+
+test("presence frames read the same in the current and the reserved version-1 form", () => {
+  assert.deepEqual(
+    presenceOf({ type: "presence", user_id: "bob", status: "offline", last_seen: 7, online: false, last_seen_ms: 7 }),
+    { user_id: "bob", status: "offline", online: false, last_seen: 7, last_seen_ms: 7 },
+  );
+  assert.deepEqual(
+    presenceOf({ type: "presence", user_id: "bob", status: "online", last_seen: 9, online: true, last_seen_ms: null }),
+    { user_id: "bob", status: "online", online: true, last_seen: 9, last_seen_ms: null },
+  );
+  // A frame with only the version-1 fields.
+  assert.deepEqual(presenceOf({ type: "presence", user_id: "bob", online: false, last_seen_ms: 5 }), {
+    user_id: "bob",
+    status: "offline",
+    online: false,
+    last_seen: 5,
+    last_seen_ms: 5,
+  });
 });
