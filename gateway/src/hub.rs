@@ -22,8 +22,8 @@ pub struct SocketHandle {
     queue: Mutex<SendQueue>,
     pub notify: Notify,
     /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
-    /// distinct ones. No allocation until the first presence frame.
-    watched: Mutex<Option<Box<HashSet<Box<str>>>>>,
+    /// distinct ones. An empty set holds no allocation.
+    watched: Mutex<HashSet<Box<str>>>,
 }
 
 #[derive(Default)]
@@ -69,7 +69,7 @@ impl SocketHandle {
                 ..SendQueue::default()
             }),
             notify: Notify::new(),
-            watched: Mutex::new(None),
+            watched: Mutex::new(HashSet::new()),
         }
     }
 
@@ -77,8 +77,7 @@ impl SocketHandle {
     /// while it watches fewer than `cap`; frames about further users are not sent to it (its
     /// client reads them with `GET /v1/presence` if it needs them).
     pub fn watch(&self, user: &str, cap: usize) -> bool {
-        let mut watched = self.watched.lock();
-        let set = watched.get_or_insert_with(Default::default);
+        let mut set = self.watched.lock();
         if set.contains(user) {
             return true;
         }
