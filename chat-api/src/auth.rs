@@ -46,7 +46,7 @@ pub const ADMIN_SCOPE: &str = "admin";
 async fn verify(parts: &Parts, state: &AppState) -> Result<Identity, ApiError> {
     let identity = verify_token(parts, state)?;
     if state.revocations.is_revoked(&identity).await {
-        metrics::counter!(crate::telemetry::AUTH_FAILURES_TOTAL, "reason" => crate::telemetry::REVOKED_REASON).increment(1);
+        metrics::counter!(crate::telemetry::AUTH_FAILURES_TOTAL, "reason" => crate::telemetry::auth_reason::REVOKED).increment(1);
         return Err(ApiError::Unauthorized(
             "token revoked: tokens of this user issued before an operator's revoke are refused; \
              get a new one"

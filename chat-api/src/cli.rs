@@ -530,6 +530,8 @@ pub async fn run_both(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Reading presence reports before the gateway can make any.
+    let presence = crate::presence::start(&state).await;
     let gateway = tokio::spawn(gateway::serve(
         gateway_listener,
         gateway_settings,
@@ -540,6 +542,7 @@ pub async fn run_both(
     shutdown.await;
     let _ = stop_tx.send(true);
     let (g, a) = tokio::join!(gateway, api);
+    presence.abort();
     g.context("gateway task")??;
     a.context("API task")??;
     Ok(())
@@ -722,7 +725,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(notifier) = notifier {
         state = state.with_notify(notifier);
     }
+    let presence = crate::presence::start(&state).await;
     let result = crate::app::run(listener, state, shutdown).await;
+    presence.abort();
     if let Some(d) = dispatcher {
         d.stop().await;
     }

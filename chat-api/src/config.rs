@@ -82,6 +82,32 @@ pub struct ApiArgs {
         default_value_t = 100
     )]
     pub max_presence_users: usize,
+    /// Chats of a user examined for presence sharing (the first ones by chat id): whose
+    /// presence the user may read, and who is told of the user's changes.
+    #[arg(
+        long,
+        env = "API_PRESENCE_MAX_CHATS",
+        value_name = "API_PRESENCE_MAX_CHATS",
+        default_value_t = 200
+    )]
+    pub presence_max_chats: usize,
+    /// Chats with more members than this share no presence: their members are neither told of
+    /// each other's changes nor may read each other's presence (unless another chat is shared).
+    #[arg(
+        long,
+        env = "API_PRESENCE_MAX_CHAT_MEMBERS",
+        value_name = "API_PRESENCE_MAX_CHAT_MEMBERS",
+        default_value_t = 100
+    )]
+    pub presence_max_chat_members: usize,
+    /// Most co-members told of one presence change, and whose presence one user may read.
+    #[arg(
+        long,
+        env = "API_PRESENCE_MAX_WATCHERS",
+        value_name = "API_PRESENCE_MAX_WATCHERS",
+        default_value_t = 2000
+    )]
+    pub presence_max_watchers: usize,
     /// Most recipients of one `/v1/push`.
     #[arg(
         long,
@@ -174,6 +200,8 @@ pub struct Limits {
     pub page_size_default: usize,
     pub page_size_max: usize,
     pub presence_users_max: usize,
+    /// Who shares presence with whom (`API_PRESENCE_*`).
+    pub presence: crate::presence::PresenceLimits,
     pub push_users_max: usize,
     pub title_chars_max: usize,
     pub request_timeout: Duration,
@@ -206,6 +234,7 @@ impl Default for Limits {
             page_size_default: 50,
             page_size_max: 200,
             presence_users_max: 100,
+            presence: crate::presence::PresenceLimits::default(),
             push_users_max: 1000,
             title_chars_max: 200,
             request_timeout: Duration::from_secs(10),
@@ -316,6 +345,13 @@ impl ApiArgs {
         at_least("API_MAX_MEMBERS_PER_CHAT", 1, self.max_members_per_chat)?;
         at_least("API_PAGE_SIZE_DEFAULT", 1, self.page_size_default)?;
         at_least("API_MAX_PRESENCE_USERS", 1, self.max_presence_users)?;
+        at_least("API_PRESENCE_MAX_CHATS", 1, self.presence_max_chats)?;
+        at_least(
+            "API_PRESENCE_MAX_CHAT_MEMBERS",
+            2,
+            self.presence_max_chat_members,
+        )?;
+        at_least("API_PRESENCE_MAX_WATCHERS", 1, self.presence_max_watchers)?;
         at_least("API_MAX_PUSH_USERS", 1, self.max_push_users)?;
         at_least("SQLITE_CONNECTIONS", 1, self.sqlite_connections)?;
         if self.page_size_default > self.page_size_max {
@@ -352,6 +388,11 @@ impl ApiArgs {
             page_size_default: self.page_size_default,
             page_size_max: self.page_size_max,
             presence_users_max: self.max_presence_users,
+            presence: crate::presence::PresenceLimits {
+                max_chats: self.presence_max_chats,
+                max_chat_members: self.presence_max_chat_members,
+                max_watchers: self.presence_max_watchers,
+            },
             push_users_max: self.max_push_users,
             title_chars_max: Limits::default().title_chars_max,
             request_timeout: self.request_timeout,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod fanout;
 pub mod notify;
+pub mod presence;
 pub mod store;
 pub mod telemetry;
 pub mod web;

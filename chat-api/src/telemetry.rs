@@ -57,13 +57,20 @@ pub mod change_kind {
 /// Members removed by someone else (moderation), not counting members who left.
 pub const MEMBERS_REMOVED_TOTAL: &str = "api_members_removed_total";
 pub const AUTH_FAILURES_TOTAL: &str = "api_auth_failures_total";
-/// The `reason` of [`AUTH_FAILURES_TOTAL`] for a revoked token (the others come from
-/// `shared::auth::AuthError::reason`).
-pub const REVOKED_REASON: &str = "revoked";
+/// The `reason` of [`AUTH_FAILURES_TOTAL`] besides `shared::auth::AuthError::reason`.
+pub mod auth_reason {
+    /// The token was issued before its user's revocation.
+    pub const REVOKED: &str = "revoked";
+}
 /// Operators' actions through `/v1/admin/users/…`, by `action` (see [`ADMIN_ACTIONS`]).
 pub const ADMIN_ACTIONS_TOTAL: &str = "api_admin_actions_total";
 /// Every `action` of [`ADMIN_ACTIONS_TOTAL`].
-pub const ADMIN_ACTIONS: &[&str] = &["disconnect", "revoke"];
+pub const ADMIN_ACTIONS: &[&str] = &[admin_action::DISCONNECT, admin_action::REVOKE];
+/// The `action` of [`ADMIN_ACTIONS_TOTAL`].
+pub mod admin_action {
+    pub const DISCONNECT: &str = "disconnect";
+    pub const REVOKE: &str = "revoke";
+}
 pub const INTERNAL_ERRORS_TOTAL: &str = "api_internal_errors_total";
 /// Offline hook (`crate::notify`): queue entries added (one per offline member and message).
 pub const NOTIFY_QUEUED_TOTAL: &str = "api_notify_queued_total";
@@ -95,6 +102,25 @@ pub const MARKERS_TOTAL: &str = "api_markers_total";
 /// Receipt frames (`read`, `delivered`) that could not be handed to the gateways, by `kind`.
 /// Receipts are not retried: the markers are stored and readable.
 pub const RECEIPT_FANOUT_ERRORS_TOTAL: &str = "api_receipt_fanout_errors_total";
+/// Users reported by gateways as possibly changed in presence, by `result`.
+pub const PRESENCE_REPORTS_TOTAL: &str = "api_presence_reports_total";
+/// Co-members one presence change was fanned out to (histogram).
+pub const PRESENCE_FANOUT_SIZE: &str = "api_presence_fanout_size";
+/// The `result` of [`PRESENCE_REPORTS_TOTAL`].
+pub mod presence_result {
+    /// A change was announced.
+    pub const CHANGED: &str = "changed";
+    /// The state was already announced.
+    pub const UNCHANGED: &str = "unchanged";
+    /// The registry or store could not be read, or the fan-out failed.
+    pub const FAILED: &str = "failed";
+}
+/// Every `result` of [`PRESENCE_REPORTS_TOTAL`].
+pub const PRESENCE_RESULTS: &[&str] = &[
+    presence_result::CHANGED,
+    presence_result::UNCHANGED,
+    presence_result::FAILED,
+];
 /// Redis time minus this host's clock at the last measurement (`chat-api serve`; 0 embedded).
 pub const CLOCK_OFFSET_SECONDS: &str = "api_clock_offset_seconds";
 pub const TYPING_NOTICES_TOTAL: &str = "api_typing_notices_total";
@@ -340,7 +366,7 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     for action in ADMIN_ACTIONS {
         metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => *action).increment(0);
     }
-    metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => REVOKED_REASON).increment(0);
+    metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => auth_reason::REVOKED).increment(0);
     shared::revocation::describe();
     describe_counter!(
         INTERNAL_ERRORS_TOTAL,
@@ -435,6 +461,17 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
             metrics::counter!(MARKERS_TOTAL, "kind" => *kind, "outcome" => *outcome).increment(0);
         }
         metrics::counter!(RECEIPT_FANOUT_ERRORS_TOTAL, "kind" => *kind).increment(0);
+    }
+    describe_counter!(
+        PRESENCE_REPORTS_TOTAL,
+        "Users reported by gateways as possibly changed in presence, by result (changed, unchanged, failed)"
+    );
+    describe_histogram!(
+        PRESENCE_FANOUT_SIZE,
+        "Co-members one presence change was fanned out to"
+    );
+    for result in PRESENCE_RESULTS {
+        metrics::counter!(PRESENCE_REPORTS_TOTAL, "result" => *result).increment(0);
     }
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!(TYPING_NOTICES_TOTAL).increment(0);

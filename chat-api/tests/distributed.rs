@@ -628,3 +628,125 @@ async fn pump_all(clients: &mut [CatchUpClient], d: Duration) -> Vec<Option<Stri
     let deadline = Instant::now() + d;
     join_all(clients.iter_mut().map(|c| c.pump(deadline, None))).await
 }
+
+/// The next `presence` frame on `socket` within `limit`: (user, online) and how long it took.
+/// Other frames are skipped; a close fails the test.
+async fn next_presence(socket: &mut WsClient, limit: Duration) -> Option<(String, bool, Duration)> {
+    let started = Instant::now();
+    loop {
+        match socket.recv(started + limit).await {
+            Recv::Frame(ServerFrame::Presence {
+                user_id,
+                status,
+                online,
+                last_seen,
+                last_seen_ms,
+            }) => {
+                assert_eq!(
+                    online,
+                    status == shared::protocol::PresenceStatus::Online,
+                    "{}: status and online agree",
+                    socket.user
+                );
+                assert!(last_seen.is_some(), "last_seen is always set");
+                assert_eq!(
+                    last_seen_ms.is_some(),
+                    !online,
+                    "last_seen_ms only when offline"
+                );
+                return Some((user_id, online, started.elapsed()));
+            }
+            Recv::Frame(_) => {}
+            Recv::Timeout => return None,
+            Recv::Closed(why) => panic!("{}: socket closed: {why}", socket.user),
+        }
+    }
+}
+
+/// Pushed presence across two gateways and two API replicas: a co-member's sockets learn of a
+/// user's first socket within 2 s and of the last one closing within the grace period + 2 s
+/// (never before the grace period); a reconnect within the grace period, even to the other
+/// gateway, pushes nothing; a user sharing no chat never receives the frames and reads the user
+/// as `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_pushed_to_co_members_across_gateways() {
+    bounded(async {
+        let grace = Duration::from_secs(1);
+        let cluster = Cluster::start(Options {
+            gateway_env: vec![("PRESENCE_GRACE", "1s".into())],
+            ..Options::default()
+        })
+        .await;
+        cluster.create_chat(0, "pr-bob", &["pr-alice".into()]).await;
+        cluster.create_chat(1, "pr-zed", &["pr-carl".into()]).await;
+        let mut bob = cluster.connect(1, "pr-bob", Encoding::Msgpack).await;
+        let mut zed = cluster.connect(0, "pr-zed", Encoding::Json).await;
+        // Bob's and Zed's own first sockets are announced to co-members not online: nothing here.
+
+        let alice = cluster.connect(0, "pr-alice", Encoding::Json).await;
+        let (user, online, took) = next_presence(&mut bob, Duration::from_secs(2))
+            .await
+            .expect("bob told of alice online within 2 s");
+        assert_eq!((user.as_str(), online), ("pr-alice", true));
+        eprintln!("online pushed after {took:?}");
+
+        // Privacy: Zed shares no chat with Alice; through either replica she is unknown to him.
+        for api in 0..2 {
+            let r = cluster
+                .http
+                .get(
+                    cluster.api(api),
+                    &cluster.token("pr-zed"),
+                    "/v1/presence?user_ids=pr-alice,pr-carl",
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["presence"][0]["status"], "unknown", "{}", r.body);
+            assert_eq!(r.body["presence"][1]["status"], "offline", "{}", r.body);
+            let r = cluster
+                .http
+                .get(
+                    cluster.api(api),
+                    &cluster.token("pr-bob"),
+                    "/v1/presence?user_ids=pr-alice",
+                )
+                .await;
+            assert_eq!(r.body["presence"][0]["status"], "online", "{}", r.body);
+        }
+
+        let closed = Instant::now();
+        drop(alice);
+        let (user, online, _) = next_presence(&mut bob, grace + Duration::from_secs(2))
+            .await
+            .expect("bob told of alice offline within grace + 2 s");
+        let took = closed.elapsed();
+        assert_eq!((user.as_str(), online), ("pr-alice", false));
+        assert!(
+            took >= grace,
+            "offline pushed before the grace period: {took:?}"
+        );
+        eprintln!("offline pushed after {took:?} (grace {grace:?})");
+
+        // A quick reconnect, to the other gateway, within the grace period: no flap.
+        let alice = cluster.connect(1, "pr-alice", Encoding::Msgpack).await;
+        let (_, online, _) = next_presence(&mut bob, Duration::from_secs(2))
+            .await
+            .expect("online again");
+        assert!(online);
+        drop(alice);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _alice = cluster.connect(0, "pr-alice", Encoding::Json).await;
+        assert_eq!(
+            next_presence(&mut bob, grace + Duration::from_secs(2)).await,
+            None,
+            "a reconnect within the grace period pushes nothing"
+        );
+        // Zed, who shares no chat with Alice, never got a frame about her.
+        assert_eq!(
+            next_presence(&mut zed, Duration::from_millis(200)).await,
+            None
+        );
+        cluster.assert_no_panics();
+    })
+    .await;
+}

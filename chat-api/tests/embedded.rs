@@ -13,7 +13,7 @@ use chat_api::store::sqlite::SqliteStore;
 use chat_api::AppState;
 use shared::auth::{JwtSettings, KeySource, Signer, Verifier};
 use shared::protocol::{
-    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame,
+    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, PresenceStatus, ServerFrame,
 };
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::IdGenerator;
@@ -32,6 +32,11 @@ struct System {
 
 impl System {
     async fn start() -> System {
+        System::start_with(gateway::Settings::default().presence_grace).await
+    }
+
+    /// With `PRESENCE_GRACE` = `presence_grace`.
+    async fn start_with(presence_grace: Duration) -> System {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("chat.db")).unwrap();
         let verifier = Verifier::new(&JwtSettings {
@@ -63,6 +68,7 @@ impl System {
             drain_window: Duration::from_millis(50),
             drain_deadline: Duration::from_secs(2),
             api_url: Some(api.clone()),
+            presence_grace,
             ..Default::default()
         };
         let deps = gateway::Deps {
@@ -295,27 +301,64 @@ async fn push_event_reaches_the_user_in_both_encodings() {
 
 #[tokio::test]
 async fn presence_follows_sockets() {
-    let sys = System::start().await;
-    let presence = |sys: &System| {
+    let grace = Duration::from_millis(500);
+    let sys = System::start_with(grace).await;
+    // "x" shares a chat with erin, so x may read her presence and is told of its changes.
+    let (status, _) = sys
+        .post(&sys.token("x"), "/v1/chats", json!({"members": ["erin"]}))
+        .await;
+    assert_eq!(status, 201);
+    let presence = |sys: &System, who: &str| {
         let req = sys
             .http
             .get(format!("{}/v1/presence?user_ids=erin", sys.api))
-            .bearer_auth(sys.token("x"))
+            .bearer_auth(sys.token(who))
             .send();
-        async move { req.await.unwrap().json::<Value>().await.unwrap()["presence"][0]["online"].clone() }
+        async move { req.await.unwrap().json::<Value>().await.unwrap()["presence"][0]["status"].clone() }
     };
-    assert_eq!(presence(&sys).await, json!(false));
+    assert_eq!(presence(&sys, "x").await, json!("offline"));
+    assert_eq!(presence(&sys, "stranger").await, json!("unknown"));
+    let mut watcher = sys.connect("x", Encoding::Msgpack).await;
     let sock = sys.connect("erin", Encoding::Json).await;
-    assert_eq!(presence(&sys).await, json!(true));
-    drop(sock);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while presence(&sys).await != json!(false) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still online after the socket closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(presence(&sys, "x").await, json!("online"));
+    assert_eq!(presence(&sys, "stranger").await, json!("unknown"));
+    match watcher.next().await {
+        ServerFrame::Presence {
+            user_id,
+            status: PresenceStatus::Online,
+            online: true,
+            ..
+        } => assert_eq!(user_id, "erin"),
+        other => panic!("expected erin online, got {other:?}"),
     }
+    let closed = tokio::time::Instant::now();
+    drop(sock);
+    match watcher.next().await {
+        ServerFrame::Presence {
+            user_id,
+            status: PresenceStatus::Offline,
+            last_seen: Some(_),
+            last_seen_ms: Some(_),
+            ..
+        } => assert_eq!(user_id, "erin"),
+        other => panic!("expected erin offline, got {other:?}"),
+    }
+    let took = closed.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(2),
+        "offline pushed {took:?} after the close (grace {grace:?})"
+    );
+    assert_eq!(presence(&sys, "x").await, json!("offline"));
+    // A reconnect within the grace period pushes nothing.
+    let sock = sys.connect("erin", Encoding::Json).await;
+    assert!(matches!(
+        watcher.next().await,
+        ServerFrame::Presence { online: true, .. }
+    ));
+    drop(sock);
+    tokio::time::sleep(grace / 5).await;
+    let _again = sys.connect("erin", Encoding::Json).await;
+    watcher.assert_quiet(grace * 2).await;
     sys.stop().await;
 }
 

@@ -844,20 +844,21 @@ async fn push_reaches_the_nodes_of_online_recipients() {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 
+    // A service reads everyone.
     let r = t
         .call(
             Method::GET,
             "/v1/presence?user_ids=alice,dave",
-            Some(&t.user("zed")),
+            Some(&t.service("status-page", "presence")),
             None,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.body["presence"][0],
-        json!({"user_id": "alice", "online": true, "last_seen_ms": null})
+        json!({"user_id": "alice", "status": "online", "online": true, "last_seen_ms": null})
     );
-    assert_eq!(r.body["presence"][1]["online"], false);
+    assert_eq!(r.body["presence"][1]["status"], "offline");
     let many = (0..101)
         .map(|i| format!("u{i}"))
         .collect::<Vec<_>>()
@@ -873,6 +874,124 @@ async fn push_reaches_the_nodes_of_online_recipients() {
     assert_eq!(
         (r.status, r.problem_type().as_str()),
         (StatusCode::BAD_REQUEST, "invalid-query")
+    );
+}
+
+/// Presence is shared only between co-members: a user reads themselves and users sharing a chat
+/// (of at most `API_PRESENCE_MAX_CHAT_MEMBERS` members) with them; anyone else reads as
+/// `unknown`, exactly like a user who does not exist.
+#[tokio::test]
+async fn presence_is_readable_only_by_co_members() {
+    let t = setup_with(
+        Limits {
+            presence: chat_api::presence::PresenceLimits {
+                max_chat_members: 3,
+                ..Default::default()
+            },
+            ..Limits::default()
+        },
+        SqliteOptions::default(),
+    );
+    let n = node("n1");
+    t.registry.heartbeat(&n).await.unwrap();
+    t.registry
+        .add_routes(&n, &["alice".to_string(), "bob".into(), "zed".into()])
+        .await
+        .unwrap();
+    t.registry
+        .remove_routes(&n, &["zed".to_string()])
+        .await
+        .unwrap();
+    let created = t
+        .call(
+            Method::POST,
+            "/v1/chats",
+            Some(&t.user("alice")),
+            Some(json!({"members": ["bob"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    // A big chat (4 members > 3) shares no presence.
+    let big = t
+        .call(
+            Method::POST,
+            "/v1/chats",
+            Some(&t.user("alice")),
+            Some(json!({"members": ["carol", "dan", "zed"]})),
+        )
+        .await;
+    assert_eq!(big.status, StatusCode::CREATED, "{:?}", big.body);
+    let read = |who: &'static str| {
+        let t = &t;
+        async move {
+            let r = t
+                .call(
+                    Method::GET,
+                    "/v1/presence?user_ids=alice,bob,zed,ghost",
+                    Some(&t.user(who)),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+            r.body["presence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["status"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Bob shares the small chat with Alice, and reads himself.
+    assert_eq!(
+        read("bob").await,
+        ["online", "online", "unknown", "unknown"]
+    );
+    // Alice shares only the big chat with Zed: his state (offline) stays unknown to her.
+    assert_eq!(
+        read("alice").await,
+        ["online", "online", "unknown", "unknown"]
+    );
+    // A stranger reads nobody; an unknown user reads the same as a real one.
+    let r = t
+        .call(
+            Method::GET,
+            "/v1/presence?user_ids=alice,ghost",
+            Some(&t.user("mallory")),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.body["presence"],
+        json!([
+            {"user_id": "alice", "status": "unknown", "online": false, "last_seen_ms": null},
+            {"user_id": "ghost", "status": "unknown", "online": false, "last_seen_ms": null},
+        ])
+    );
+    // Zed reads himself as offline with a last-seen time, and Alice's state stays hidden.
+    let r = t
+        .call(
+            Method::GET,
+            "/v1/presence?user_ids=zed,alice",
+            Some(&t.user("zed")),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["presence"][0]["status"], "offline");
+    assert!(r.body["presence"][0]["last_seen_ms"].is_u64());
+    assert_eq!(r.body["presence"][1]["status"], "unknown");
+    // A small chat with Zed makes them co-members.
+    let r = t
+        .call(
+            Method::POST,
+            "/v1/chats",
+            Some(&t.user("zed")),
+            Some(json!({"members": ["alice"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        read("alice").await,
+        ["online", "online", "offline", "unknown"]
     );
 }
 
@@ -937,6 +1056,12 @@ impl RouteRegistry for DownRegistry {
     }
     async fn live_nodes(&self) -> Result<Vec<String>, RoutingError> {
         Err(RoutingError::Unavailable("injected".into()))
+    }
+    async fn swap_announced(
+        &self,
+        _: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        Err(RoutingError::Timeout)
     }
 }
 

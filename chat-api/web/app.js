@@ -99,8 +99,11 @@ async function start(config, user, encoding, pastedToken) {
     // Typing frames are best effort: a gateway without them answers `invalid_frame`.
     if (code !== "invalid_frame") note(`${code}: ${message}`);
   });
+  // Presence is pushed (`presence` frames); it is read once per chat opened and again after
+  // each (re)connect or resync, when pushed changes may have been missed.
+  client.on("resync", () => refreshPresence());
+  client.on("hello", () => refreshPresence());
   client.connect();
-  setInterval(refreshPresence, 10_000);
   if (params.get("chat")) openChat(params.get("chat"));
 }
 
@@ -359,7 +362,7 @@ async function refreshPresence() {
     const { presence: list } = await demo.client.presence(others);
     updatePresence(list);
   } catch {
-    /* shown again at the next poll */
+    /* read again at the next (re)connect; pushed changes keep it current meanwhile */
   }
 }
 

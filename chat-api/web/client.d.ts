@@ -87,11 +87,20 @@ export interface Hello {
   token_expires_at: number;
 }
 
+/** A user's presence: from `presence` frames (pushed to co-members) and `GET /v1/presence`. */
 export interface Presence {
   user_id: string;
+  /** `unknown` (only from `GET /v1/presence`): the user shares no chat with you. */
+  status: "online" | "offline" | "unknown";
   online: boolean;
+  /** Unix ms when the last socket closed (offline), or the change was seen (online); events only. */
+  last_seen?: number | null;
+  /** Unix ms when the last socket closed; null when online or unknown. */
   last_seen_ms: number | null;
 }
+
+/** Reads a `presence` frame (new or version-1 fields) into a {@link Presence}. */
+export declare function presenceOf(frame: Record<string, unknown>): Presence;
 
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
@@ -101,6 +110,7 @@ export interface ChatEvents {
   /** Each message once: `live` (a frame), `catchup` (history after a reconnect or a `resync`), `sent` (this client's send). */
   message: { message: Message; source: "live" | "catchup" | "sent" };
   typing: { chat_id: Id; user_id: string };
+  /** A co-member came online (first socket anywhere) or went offline (after the grace period). */
   presence: Presence;
   /** A backend push. */
   event: { event: unknown };

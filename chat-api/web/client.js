@@ -219,6 +219,24 @@ export class MessageLog {
 }
 
 /** Connection states, in the order a session usually goes through them. */
+/**
+ * A `presence` frame as the `presence` event carries it: `status` and `last_seen` (unix ms), and
+ * the older `online` / `last_seen_ms` pair. Frames from a server without `status` are read from
+ * `online`.
+ */
+export function presenceOf(frame) {
+  const status = frame.status ?? (frame.online ? "online" : "offline");
+  const online = status === "online";
+  const lastSeen = frame.last_seen ?? frame.last_seen_ms ?? null;
+  return {
+    user_id: frame.user_id,
+    status,
+    online,
+    last_seen: lastSeen,
+    last_seen_ms: online ? null : lastSeen,
+  };
+}
+
 export const State = Object.freeze({
   IDLE: "idle",
   CONNECTING: "connecting",
@@ -482,7 +500,7 @@ export class ChatClient {
       case "delivered":
         return this._emit("delivered", { chat_id: frame.chat_id, user_id: frame.user_id, message_id: frame.message_id });
       case "presence":
-        return this._emit("presence", { user_id: frame.user_id, online: frame.online, last_seen_ms: frame.last_seen_ms ?? null });
+        return this._emit("presence", presenceOf(frame));
       case "event":
         return this._emit("event", { event: frame.event });
       case "resync":

@@ -100,6 +100,15 @@ pub struct GatewayArgs {
     /// `rate_limited` error frame (not a disconnect).
     #[arg(long, env = "TYPING_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub typing_interval: Duration,
+    /// How long after a user's last socket on this node closed the gateway waits before it
+    /// reports the user to chat-api as possibly offline; a reconnect within it pushes no
+    /// `presence` frames. `0s`: report at once.
+    #[arg(long, env = "PRESENCE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+    /// Distinct users whose `presence` frames one socket receives (the first ones it hears
+    /// of); frames about further users are not sent to it (read them with `GET /v1/presence`).
+    #[arg(long, env = "PRESENCE_WATCH_MAX", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub presence_watch_max: u32,
 }
 
 /// Validated gateway settings. [`Settings::default`] matches the flag defaults (with
@@ -137,6 +146,10 @@ pub struct Settings {
     /// chat-api base URL for forwarding typing frames, without a trailing slash.
     pub api_url: Option<String>,
     pub typing_interval: Duration,
+    /// Wait after a user's last socket here closed before reporting it (`PRESENCE_GRACE`).
+    pub presence_grace: Duration,
+    /// Users one socket receives presence of (`PRESENCE_WATCH_MAX`).
+    pub presence_watch_max: usize,
 }
 
 impl Default for Settings {
@@ -166,6 +179,8 @@ impl Default for Settings {
             max_request_head_bytes: 16 << 10,
             api_url: None,
             typing_interval: Duration::from_secs(2),
+            presence_grace: Duration::from_secs(5),
+            presence_watch_max: 1000,
         }
     }
 }
@@ -258,6 +273,8 @@ impl GatewayArgs {
             max_request_head_bytes: self.max_request_head_bytes as usize,
             api_url,
             typing_interval: self.typing_interval,
+            presence_grace: self.presence_grace,
+            presence_watch_max: self.presence_watch_max as usize,
         })
     }
 }

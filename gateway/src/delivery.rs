@@ -92,8 +92,18 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
     let mut json: Option<Option<Bytes>> = None;
     let mut queued = 0;
     let mut dropped = 0u64;
+    let mut unwatched = 0u64;
+    // Presence frames go only to sockets watching fewer than PRESENCE_WATCH_MAX users.
+    let presence_of = shared::protocol::presence_user(&envelope.frame);
+    let watch_max = node.settings.presence_watch_max;
     for user in &envelope.recipients {
         node.hub.for_each_socket(user, |socket| {
+            if let Some(p) = &presence_of {
+                if !socket.watch(p, watch_max) {
+                    unwatched += 1;
+                    return;
+                }
+            }
             let frame = match socket.encoding {
                 Encoding::Msgpack => msgpack
                     .get_or_insert_with(|| wsio::frame_bytes(OpCode::Binary, &envelope.frame))
@@ -116,6 +126,9 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
     metrics::counter!(crate::telemetry::DELIVERIES_TOTAL).increment(queued as u64);
     if dropped > 0 {
         metrics::counter!(crate::telemetry::SEND_QUEUE_DROPS_TOTAL).increment(dropped);
+    }
+    if unwatched > 0 {
+        metrics::counter!(crate::telemetry::PRESENCE_UNWATCHED_TOTAL).increment(unwatched);
     }
     queued
 }

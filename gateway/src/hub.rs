@@ -1,11 +1,14 @@
 //! The local registry: user → sockets on this node, each with its writer (`writer.rs`). Sharded
 //! by dashmap so that connects, disconnects and deliveries on different users do not contend.
 
+use std::collections::HashSet;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use parking_lot::Mutex;
 
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
@@ -19,6 +22,9 @@ pub struct SocketHandle {
     pub user: Arc<str>,
     pub encoding: Encoding,
     pub writer: Writer,
+    /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
+    /// distinct ones. An empty set holds no allocation.
+    watched: Mutex<HashSet<Box<str>>>,
 }
 
 impl SocketHandle {
@@ -30,7 +36,23 @@ impl SocketHandle {
             user,
             encoding,
             writer: Writer::new(resync_epoch),
+            watched: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether this socket receives `user`'s presence: true for a user it already watches or
+    /// while it watches fewer than `cap`; frames about further users are not sent to it (its
+    /// client reads them with `GET /v1/presence` if it needs them).
+    pub fn watch(&self, user: &str, cap: usize) -> bool {
+        let mut set = self.watched.lock();
+        if set.contains(user) {
+            return true;
+        }
+        if set.len() >= cap {
+            return false;
+        }
+        set.insert(user.into());
+        true
     }
 
     /// Queues a frame ([`Writer::push`]).
@@ -156,6 +178,15 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_watches_a_bounded_number_of_users() {
+        let h = SocketHandle::new(1, "u".into(), Encoding::Json, 0);
+        assert!(h.watch("a", 2));
+        assert!(h.watch("b", 2));
+        assert!(!h.watch("c", 2), "past the cap");
+        assert!(h.watch("a", 2), "a watched user stays watched");
+    }
 
     #[test]
     fn first_and_last_socket_of_a_user() {

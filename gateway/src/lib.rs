@@ -12,6 +12,7 @@ pub mod handshakes;
 pub mod hub;
 mod liveness;
 pub mod node;
+pub mod presence;
 mod resync;
 mod routes;
 mod server;
@@ -52,7 +53,13 @@ pub async fn serve(
             let (node, stop) = (node.clone(), stop_rx.clone());
             async move {
                 let registry = &*node.deps.registry;
-                node.routes.run(&node.hub, registry, &node.info, stop).await
+                let synced = |added: Vec<String>, removed: Vec<String>| {
+                    let node = node.clone();
+                    async move { presence::routes_synced(&node, &added, &removed).await }
+                };
+                node.routes
+                    .run(&node.hub, registry, &node.info, stop, synced)
+                    .await
             }
         }),
         tokio::spawn(delivery::delivery_task(node.clone(), stop_rx.clone())),
@@ -67,6 +74,7 @@ pub async fn serve(
             }
         }),
         tokio::spawn(admin::load_report_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(presence::presence_task(node.clone(), stop_rx.clone())),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));

@@ -57,6 +57,8 @@ pub struct Node {
     pub acks: Option<AckForwarder>,
     /// Gaps in this node's deliveries and the `resync` broadcasts that close them.
     pub resync: Resync,
+    /// Presence reports waiting out their grace period (`crate::presence`).
+    pub presence: crate::presence::PresenceReporter,
 }
 
 impl Node {
@@ -77,6 +79,7 @@ impl Node {
             held_refusals: Semaphore::new(settings.connect_rate_limited_held_max),
             typing,
             acks,
+            presence: crate::presence::PresenceReporter::new(),
             settings,
             info,
             deps,

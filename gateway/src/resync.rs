@@ -218,7 +218,7 @@ mod tests {
         let test = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!(a.writer.queued().0, 0, "no resync before the route is back");
-            let sync = routes.run(&hub, &registry, &info, stop_rx);
+            let sync = routes.run(&hub, &registry, &info, stop_rx, |_, _| async {});
             let check = async {
                 queued(&a, 1).await;
                 let found = registry.lookup(&["a".into()]).await.unwrap();

@@ -71,13 +71,17 @@ impl RouteSync {
 
     /// Reconciles dirty users with `registry` (looking at `hub` for who is here) until `stop`
     /// is set.
-    pub async fn run(
+    pub async fn run<F, Fut>(
         &self,
         hub: &Hub,
         registry: &dyn RouteRegistry,
         info: &NodeInfo,
         stop: watch::Receiver<bool>,
-    ) {
+        synced: F,
+    ) where
+        F: Fn(Vec<String>, Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         const BATCH: usize = 4096;
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
@@ -127,6 +131,8 @@ impl RouteSync {
             match result {
                 Ok(()) => {
                     backoff.reset();
+                    // Presence follows the registry: first routes added, last ones removed.
+                    synced(add, remove).await;
                     // Publish progress only once nothing older is pending.
                     if self.dirty.lock().is_empty() {
                         self.done.send_replace(generation);

@@ -107,6 +107,18 @@ pub const TYPING_RESULTS: &[&str] = &[
     typing_result::SHED,
 ];
 
+/// Users reported to chat-api as possibly changed in presence, by `result`.
+pub const PRESENCE_REPORTS_TOTAL: &str = "gateway_presence_reports_total";
+/// Presence frames not sent to a socket that already watches `PRESENCE_WATCH_MAX` other users.
+pub const PRESENCE_UNWATCHED_TOTAL: &str = "gateway_presence_unwatched_total";
+/// The `result` of [`PRESENCE_REPORTS_TOTAL`].
+pub mod presence_report {
+    pub const OK: &str = "ok";
+    pub const FAILED: &str = "failed";
+}
+/// Every `result` of [`PRESENCE_REPORTS_TOTAL`].
+pub const PRESENCE_REPORT_RESULTS: &[&str] = &[presence_report::OK, presence_report::FAILED];
+
 /// Delivered receipts (`ack` frames) forwarded to chat-api, by `result` ([`ACK_RESULTS`]).
 pub const ACKS_TOTAL: &str = "gateway_acks_total";
 /// The `result` of [`ACKS_TOTAL`].
@@ -244,4 +256,16 @@ pub fn describe() {
         "bucket" => shared::telemetry::bucket::CONNECTIONS
     )
     .increment(0);
+    describe_counter!(
+        PRESENCE_REPORTS_TOTAL,
+        "Users reported to chat-api as possibly changed in presence, by result"
+    );
+    describe_counter!(
+        PRESENCE_UNWATCHED_TOTAL,
+        "Presence frames not sent to a socket already watching PRESENCE_WATCH_MAX other users"
+    );
+    metrics::counter!(PRESENCE_UNWATCHED_TOTAL).increment(0);
+    for result in PRESENCE_REPORT_RESULTS {
+        metrics::counter!(PRESENCE_REPORTS_TOTAL, "result" => *result).increment(0);
+    }
 }

@@ -132,9 +132,18 @@ pub enum ServerFrame {
         chat_id: Id,
         user_id: String,
     },
+    /// A user who shares a chat with the recipient came online (first socket anywhere) or went
+    /// offline (last socket closed, after the grace period). `online` and `last_seen_ms` repeat
+    /// `status` and `last_seen` in the form of protocol version 1's reserved frame, for clients
+    /// written against it.
     Presence {
         user_id: String,
+        status: PresenceStatus,
+        /// Unix milliseconds: when the last socket closed (offline), or when the change was
+        /// seen (online).
+        last_seen: Option<u64>,
         online: bool,
+        /// `last_seen` when offline, `None` when online.
         last_seen_ms: Option<u64>,
     },
     /// Answer to a client `ping`.
@@ -183,6 +192,46 @@ pub enum ServerFrame {
     ChatRemoved {
         chat_id: Id,
     },
+}
+
+/// A user's presence as `presence` frames carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+}
+
+impl ServerFrame {
+    /// The `presence` frame for a change of `user_id` to `online`, seen at `at_ms`
+    /// (unix ms: the last socket's close when offline).
+    pub fn presence(user_id: String, online: bool, at_ms: u64) -> ServerFrame {
+        ServerFrame::Presence {
+            user_id,
+            status: if online {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            },
+            last_seen: Some(at_ms),
+            online,
+            last_seen_ms: (!online).then_some(at_ms),
+        }
+    }
+}
+
+/// The `user_id` of a `presence` frame in canonical MessagePack (the form node-bus envelopes
+/// carry), or `None` for any other frame. A byte-prefix check comes first (serde writes the `type`
+/// tag as the map's first entry), so that other frames, messages above all, cost no decoding.
+pub fn presence_user(msgpack: &[u8]) -> Option<String> {
+    const TAG: &[u8] = b"\xa4type\xa8presence";
+    if msgpack.get(1..1 + TAG.len())? != TAG {
+        return None;
+    }
+    match decode_server(Encoding::Msgpack, msgpack).ok()? {
+        ServerFrame::Presence { user_id, .. } => Some(user_id),
+        _ => None,
+    }
 }
 
 /// Frames the client sends. Messages and history go over HTTP, not the socket.
@@ -363,11 +412,8 @@ mod tests {
                 chat_id: Id(1),
                 user_id: "bob".into(),
             },
-            ServerFrame::Presence {
-                user_id: "bob".into(),
-                online: false,
-                last_seen_ms: Some(5),
-            },
+            ServerFrame::presence("bob".into(), false, 5),
+            ServerFrame::presence("carol".into(), true, 6),
             ServerFrame::Pong,
             ServerFrame::Resync,
             ServerFrame::Refreshed {
@@ -506,6 +552,45 @@ mod tests {
             v,
             serde_json::json!({"type": "typing", "chat_id": "12", "user_id": "u"})
         );
+    }
+
+    #[test]
+    fn presence_frame_has_the_documented_fields_and_the_reserved_ones() {
+        let v: serde_json::Value = serde_json::from_slice(&encode_server(
+            Encoding::Json,
+            &ServerFrame::presence("bob".into(), false, 1_700_000_000_000),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "presence", "user_id": "bob", "status": "offline",
+                "last_seen": 1_700_000_000_000u64, "online": false,
+                "last_seen_ms": 1_700_000_000_000u64})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&encode_server(
+            Encoding::Json,
+            &ServerFrame::presence("bob".into(), true, 7),
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "presence", "user_id": "bob", "status": "online",
+                "last_seen": 7, "online": true, "last_seen_ms": null})
+        );
+    }
+
+    #[test]
+    fn presence_user_is_read_only_from_presence_frames() {
+        for f in sample_frames() {
+            let bytes = encode_server(Encoding::Msgpack, &f);
+            let expected = match &f {
+                ServerFrame::Presence { user_id, .. } => Some(user_id.clone()),
+                _ => None,
+            };
+            assert_eq!(presence_user(&bytes), expected, "{f:?}");
+        }
+        assert_eq!(presence_user(b""), None);
+        assert_eq!(presence_user(b"\x86\xa4type\xa8presence\xc1"), None);
     }
 
     #[test]

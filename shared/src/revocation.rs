@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use crate::auth::Identity;
 
 /// Backend checks that failed (error or timeout) and were let through (fail open).
-pub const CHECK_ERRORS_TOTAL: &str = "revocation_check_errors_total";
+pub use crate::telemetry::REVOCATION_CHECK_ERRORS_TOTAL as CHECK_ERRORS_TOTAL;
 /// Users kept in one generation of a [`RevocationCheck`] cache; two generations are held, so a
 /// process caches at most twice this many users. A full generation is rotated out early, which
 /// only costs backend reads.

@@ -165,6 +165,14 @@ pub trait RouteRegistry: Send + Sync + 'static {
             "this route registry does not list nodes".into(),
         ))
     }
+    /// Records, per `(user, online)`, the presence state last announced to the user's
+    /// co-members, and returns the state recorded before (`None`: never announced, or forgotten
+    /// after the last-seen TTL). Atomic per user, so that of several API replicas handling
+    /// reports of the same user, only the one that changes the state announces it.
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError>;
 }
 
 #[async_trait]
@@ -173,6 +181,22 @@ pub trait NodeBus: Send + Sync + 'static {
     async fn publish(&self, entries: Vec<(String, Envelope)>) -> Result<(), RoutingError>;
     /// Starts reading this node's stream from now on.
     async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError>;
+    /// Reports users whose presence may have changed (a gateway: a user's first socket on the
+    /// node opened, or the grace period after the last one closed ran out), in one append. The
+    /// report carries no state: chat-api reads the truth from the registry when it handles it.
+    async fn report_presence(&self, users: Vec<String>) -> Result<(), RoutingError>;
+    /// Starts reading presence reports made from now on. Each report reaches one reader of all
+    /// those reading (the chat-api replicas share the work).
+    async fn presence_reports(&self) -> Result<Box<dyn PresenceReports>, RoutingError>;
+}
+
+/// The reading end of [`NodeBus::report_presence`].
+#[async_trait]
+pub trait PresenceReports: Send {
+    /// Waits for the next reported users, at most `max` reports' worth. Returns an empty batch
+    /// when the wait timed out without traffic. Reports lost to a full queue or a trimmed
+    /// stream are not told: presence read over HTTP is the truth, pushed presence a hint.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<String>, RoutingError>;
 }
 
 #[async_trait]

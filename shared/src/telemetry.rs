@@ -41,6 +41,9 @@ pub mod bucket {
     pub const MESSAGES: &str = "msg";
 }
 
+/// Token revocation checks whose Redis read failed or timed out (the token was accepted).
+pub const REVOCATION_CHECK_ERRORS_TOTAL: &str = "revocation_check_errors_total";
+
 /// The `op` of the Redis routing metrics: the route registry and node bus methods, and `read`
 /// (a node-stream read).
 pub mod redis_op {
@@ -53,6 +56,9 @@ pub mod redis_op {
     pub const LIVE_NODES: &str = "live_nodes";
     pub const REPORT_LOAD: &str = "report_load";
     pub const NODE_STATUSES: &str = "node_statuses";
+    pub const SWAP_ANNOUNCED: &str = "swap_announced";
+    pub const REPORT_PRESENCE: &str = "report_presence";
+    pub const PRESENCE_REPORTS: &str = "presence_reports";
     pub const PUBLISH: &str = "publish";
     pub const SUBSCRIBE: &str = "subscribe";
     pub const READ: &str = "read";
@@ -69,6 +75,9 @@ pub const REDIS_OPS: &[&str] = &[
     redis_op::LIVE_NODES,
     redis_op::REPORT_LOAD,
     redis_op::NODE_STATUSES,
+    redis_op::SWAP_ANNOUNCED,
+    redis_op::REPORT_PRESENCE,
+    redis_op::PRESENCE_REPORTS,
     redis_op::PUBLISH,
     redis_op::SUBSCRIBE,
     redis_op::READ,

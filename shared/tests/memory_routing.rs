@@ -44,3 +44,13 @@ async fn registry_lists_live_nodes() {
 async fn bus_reports_lost_envelopes() {
     suite::bus_reports_lost_envelopes(Arc::new(MemoryBus::new(16)), 16).await;
 }
+
+#[tokio::test]
+async fn registry_announced_presence() {
+    suite::registry_announced_presence(Arc::new(MemoryRegistry::new())).await;
+}
+
+#[tokio::test]
+async fn bus_presence_reports() {
+    suite::bus_presence_reports(Arc::new(MemoryBus::default())).await;
+}

@@ -49,6 +49,8 @@ async fn run_suite(url: &str, prefix: &str) {
     suite::bus_delivers_per_node(bus.clone()).await;
     suite::fan_out_groups_by_node(reg.clone(), bus.clone()).await;
     suite::registry_lists_live_nodes(reg.clone()).await;
+    suite::registry_announced_presence(reg.clone()).await;
+    suite::bus_presence_reports(bus.clone()).await;
     // The smallest cap a bus accepts, so that the test appends few entries.
     let capped = routing(
         url,

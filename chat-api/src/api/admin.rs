@@ -103,7 +103,8 @@ pub async fn disconnect(
 ) -> Result<(StatusCode, Json<Disconnected>), ApiError> {
     let user = user_id(user)?;
     let nodes = close_everywhere(&state, &user, CloseCode::Disconnected, None).await?;
-    metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => "disconnect").increment(1);
+    metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => crate::telemetry::admin_action::DISCONNECT)
+        .increment(1);
     tracing::info!(admin = %admin.subject, %user, nodes, "admin disconnect");
     Ok((
         StatusCode::ACCEPTED,
@@ -136,7 +137,8 @@ pub async fn revoke(
             reason: e.to_string(),
             retry_after: state.limits.retry_after,
         })?;
-    metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => "revoke").increment(1);
+    metrics::counter!(ADMIN_ACTIONS_TOTAL, "action" => crate::telemetry::admin_action::REVOKE)
+        .increment(1);
     tracing::info!(admin = %admin.subject, %user, not_before, "admin revoke");
     // Stored: from here on every process refuses the old tokens (within its cache TTL). The
     // sockets open now are closed through the nodes, which also apply the revoke at once.

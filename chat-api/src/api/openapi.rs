@@ -235,8 +235,11 @@ fn schemas() -> Value {
         "TypingAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
         "PushAccepted": {"type": "object", "properties": {"recipients_online": {"type": "integer"}}},
         "PresenceList": {"type": "object", "properties": {"presence": {"type": "array", "items": {
-            "type": "object", "properties": {"user_id": {"type": "string"}, "online": {"type": "boolean"},
-                "last_seen_ms": {"type": ["integer", "null"]}}}}}}
+            "type": "object", "properties": {"user_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["online", "offline", "unknown"],
+                    "description": "`unknown`: the user shares no chat with the caller (or does not exist)"},
+                "online": {"type": "boolean", "description": "false when unknown"},
+                "last_seen_ms": {"type": ["integer", "null"], "description": "unix ms the last socket closed; null when online or unknown"}}}}}}
     })
 }
 
@@ -429,6 +432,11 @@ fn spec_core() -> Value {
                 "responses": common_errors(json!({"202": ok("handed to gateways", "PushAccepted"),
                     "403": problem("user token or missing scope"), "422": problem("bad user ids")}))}},
             "/v1/presence": {"get": {"summary": "Online state of up to 100 users",
+                "description": "A user reads only themselves and users sharing a chat of at most \
+                    API_PRESENCE_MAX_CHAT_MEMBERS (100) members with them (among their first \
+                    API_PRESENCE_MAX_CHATS chats); anyone else reads as `unknown`, like a user who \
+                    does not exist. Service tokens read everyone. Changes are also pushed to \
+                    co-members' sockets as `presence` frames (docs/PROTOCOL.md).",
                 "parameters": [{"name": "user_ids", "in": "query", "required": true,
                     "schema": {"type": "string"}, "description": "comma-separated user ids"}],
                 "responses": common_errors(json!({"200": ok("presence", "PresenceList"),

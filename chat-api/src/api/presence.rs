@@ -1,5 +1,8 @@
-//! `GET /v1/presence?user_ids=a,b`: whether users are online, and when they were last seen. Open
-//! to any authenticated caller (users and services); presence is not scoped to shared chats.
+//! `GET /v1/presence?user_ids=a,b`: whether users are online, and when they were last seen. A user
+//! reads only themselves and their co-members (`crate::presence`: users sharing a chat of at
+//! most `API_PRESENCE_MAX_CHAT_MEMBERS` members); anyone else reads as `unknown`, exactly like a
+//! user who does not exist, so the answer tells nothing about strangers. Services (tokens with a
+//! scope) read everyone: they act for the backend, which knows every chat.
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
+use crate::presence::co_members;
 
 #[derive(Debug, Deserialize)]
 pub struct PresenceQuery {
@@ -22,7 +26,11 @@ pub struct PresenceQuery {
 #[derive(Debug, Serialize)]
 pub struct UserPresence {
     pub user_id: String,
+    /// `online`, `offline`, or `unknown` (not shared with the caller).
+    pub status: &'static str,
+    /// `false` when unknown.
     pub online: bool,
+    /// `None` when online or unknown.
     pub last_seen_ms: Option<u64>,
 }
 
@@ -34,7 +42,7 @@ pub struct PresenceList {
 
 pub async fn presence(
     State(state): State<Arc<AppState>>,
-    _caller: Caller,
+    caller: Caller,
     ApiQuery(q): ApiQuery<PresenceQuery>,
 ) -> Result<Json<PresenceList>, ApiError> {
     let max = state.limits.presence_users_max;
@@ -50,19 +58,48 @@ pub async fn presence(
         )));
     }
     let users = clean_user_ids("user_ids", ids)?;
-    let presence = state
+    let caller = &caller.0;
+    // Services see everyone; a user only those sharing presence with them.
+    let visible = if caller.is_service() {
+        None
+    } else {
+        Some(
+            co_members(&*state.store, &caller.subject, state.limits.presence)
+                .await
+                .map_err(|e| ApiError::store(e, state.limits.retry_after))?,
+        )
+    };
+    let shown = |u: &String| {
+        visible
+            .as_ref()
+            .is_none_or(|v| *u == caller.subject || v.contains(u))
+    };
+    let asked: Vec<String> = users.iter().filter(|u| shown(u)).cloned().collect();
+    let mut known = state
         .registry
-        .presence(&users)
+        .presence(&asked)
         .await
-        .map_err(|e| ApiError::routing(e, state.limits.retry_after))?;
+        .map_err(|e| ApiError::routing(e, state.limits.retry_after))?
+        .into_iter();
     Ok(Json(PresenceList {
-        presence: presence
+        presence: users
             .into_iter()
-            .map(|p| UserPresence {
-                user_id: p.user_id,
-                online: p.online,
-                last_seen_ms: p.last_seen_ms,
-            })
+            .map(
+                |user_id| match shown(&user_id).then(|| known.next()).flatten() {
+                    Some(p) => UserPresence {
+                        user_id: p.user_id,
+                        status: if p.online { "online" } else { "offline" },
+                        online: p.online,
+                        last_seen_ms: p.last_seen_ms,
+                    },
+                    None => UserPresence {
+                        user_id,
+                        status: "unknown",
+                        online: false,
+                        last_seen_ms: None,
+                    },
+                },
+            )
             .collect(),
     }))
 }

@@ -504,7 +504,8 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("message in {}: {e}", r.body))
     }
 
-    /// `GET /v1/presence`: user → online, or the failed response.
+    /// `GET /v1/presence` as a service (which reads everyone): user → online, or the failed
+    /// response.
     pub async fn presence(
         &self,
         api: usize,
@@ -514,7 +515,8 @@ impl Cluster {
             .http
             .get(
                 self.api(api),
-                &self.token("presence-probe"),
+                // A service: presence of users who share no chat with a user reads `unknown`.
+                &self.service_token("presence-probe", "presence"),
                 &format!("/v1/presence?user_ids={}", users.join(",")),
             )
             .await;

@@ -77,6 +77,7 @@ class Server {
       DATA_DIR: this.dataDir,
       RUST_LOG: process.env.RUST_LOG || "info",
       CORS_ALLOWED_ORIGINS: this.otherOrigin.url,
+      PRESENCE_GRACE: "1s",
     };
     // The demo's development tokens need the development key: no configured key.
     for (const k of ["JWT_SECRET", "JWT_PUBLIC_KEY_FILE", "JWT_ISSUER", "JWT_AUDIENCE", "STORE_URL"]) delete env[k];
@@ -210,6 +211,16 @@ test("two users chat in the demo page, across a server restart", { timeout: 240_
   await bob.type("#text", "sure", { delay: 20 });
   await bob.fill("#text", "");
   await until("alice to see bob online", () => alice.$(".who-presence.online[data-user='bob']"));
+  // Presence is pushed, not polled: Bob's page goes away (its socket closes) and Alice sees him
+  // offline after the grace period (PRESENCE_GRACE=1s here); he comes back and she sees him
+  // online, both from `presence` frames (her page reads presence over HTTP only when it opens a
+  // chat or (re)connects).
+  const bobUrl = bob.url();
+  await bob.goto("about:blank");
+  await until("alice to see bob offline (pushed)", () => alice.$(".who-presence.offline[data-user='bob']"));
+  await bob.goto(bobUrl);
+  await until("bob connected again", async () => (await connState(bob)) === "open");
+  await until("alice to see bob online again (pushed)", () => alice.$(".who-presence.online[data-user='bob']"));
 
   // Receipts: bob opened the chat, so his page marked it read and alice's message turns to ✓✓ read.
   await until("alice to see her message read", () => alice.$("#list .msg.mine[data-tick='read']"));

@@ -15,6 +15,7 @@ import {
   closeAdvice,
   compareIds,
   overlapFloor,
+  presenceOf,
   tokenExpiry,
 } from "../client.js";
 import { decode, encode } from "../msgpack.js";
@@ -532,4 +533,23 @@ test("edits and deletes are emitted once, live or caught up through the chat's c
   assert.deepEqual(seen.slice(2), ["delete:5000:live", "removed:7"]);
   assert.equal(client.log.cursor("7"), undefined, "a removed chat is forgotten");
   assert.ok(calls.includes(`/v1/chats/7/changes?after=${floor}&limit=200`), calls.join(" "));
+});
+
+test("presence frames read the same in the current and the reserved version-1 form", () => {
+  assert.deepEqual(
+    presenceOf({ type: "presence", user_id: "bob", status: "offline", last_seen: 7, online: false, last_seen_ms: 7 }),
+    { user_id: "bob", status: "offline", online: false, last_seen: 7, last_seen_ms: 7 },
+  );
+  assert.deepEqual(
+    presenceOf({ type: "presence", user_id: "bob", status: "online", last_seen: 9, online: true, last_seen_ms: null }),
+    { user_id: "bob", status: "online", online: true, last_seen: 9, last_seen_ms: null },
+  );
+  // A frame with only the version-1 fields.
+  assert.deepEqual(presenceOf({ type: "presence", user_id: "bob", online: false, last_seen_ms: 5 }), {
+    user_id: "bob",
+    status: "offline",
+    online: false,
+    last_seen: 5,
+    last_seen_ms: 5,
+  });
 });

@@ -327,3 +327,98 @@ async fn collect(sub: &mut dyn super::Subscription, n: usize, batch: usize) -> V
     }
     out
 }
+
+/// The announced presence state is swapped per user and the previous one returned, so that
+/// only the first of several handlers of the same change announces it.
+pub async fn registry_announced_presence(reg: Arc<dyn RouteRegistry>) {
+    let n = node(&unique("node"), 5);
+    let (u1, u2) = (unique("u1"), unique("u2"));
+    reg.heartbeat(&n).await.unwrap();
+    reg.add_routes(&n, &[u1.clone(), u2.clone()]).await.unwrap();
+    assert_eq!(
+        reg.swap_announced(&[(u1.clone(), true), (u2.clone(), false)])
+            .await
+            .unwrap(),
+        vec![None, None],
+        "never announced"
+    );
+    assert_eq!(
+        reg.swap_announced(&[(u2.clone(), false), (u1.clone(), true)])
+            .await
+            .unwrap(),
+        vec![Some(false), Some(true)],
+        "the order asked, and the state recorded before"
+    );
+    assert_eq!(
+        reg.swap_announced(std::slice::from_ref(&(u1.clone(), false)))
+            .await
+            .unwrap(),
+        vec![Some(true)]
+    );
+    assert_eq!(
+        reg.swap_announced(std::slice::from_ref(&(u1.clone(), false)))
+            .await
+            .unwrap(),
+        vec![Some(false)]
+    );
+    assert!(reg.swap_announced(&[]).await.unwrap().is_empty());
+}
+
+/// Reads presence reports until `want` users came or `limit` passed.
+async fn read_reports(
+    reader: &mut Box<dyn super::PresenceReports>,
+    want: usize,
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    while got.len() < want && tokio::time::Instant::now() < deadline {
+        if let Ok(batch) = reader.next_batch(100).await {
+            got.extend(batch);
+        }
+    }
+    got
+}
+
+/// Presence reports made after a reader started reach it, in batches, and with several readers
+/// each report reaches exactly one of them.
+pub async fn bus_presence_reports(bus: Arc<dyn NodeBus>) {
+    let mut reader = bus.presence_reports().await.unwrap();
+    let (u1, u2, u3) = (unique("u1"), unique("u2"), unique("u3"));
+    bus.report_presence(vec![u1.clone(), u2.clone()])
+        .await
+        .unwrap();
+    bus.report_presence(vec![u3.clone()]).await.unwrap();
+    bus.report_presence(Vec::new()).await.unwrap();
+    let got = read_reports(&mut reader, 3, Duration::from_secs(5)).await;
+    assert_eq!(got, vec![u1.clone(), u2.clone(), u3.clone()]);
+
+    // A second reader shares the work: no report is read twice, none is lost.
+    let mut second = bus.presence_reports().await.unwrap();
+    let users: Vec<String> = (0..20).map(|i| unique(&format!("r{i}"))).collect();
+    for u in &users {
+        bus.report_presence(vec![u.clone()]).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut all = Vec::new();
+    while all.len() < users.len() && tokio::time::Instant::now() < deadline {
+        let (a, b) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(300), reader.next_batch(100)),
+            tokio::time::timeout(Duration::from_millis(300), second.next_batch(100)),
+        );
+        for batch in [a, b].into_iter().flatten().flatten() {
+            all.extend(batch);
+        }
+    }
+    let mut sorted_all = all.clone();
+    sorted_all.sort();
+    sorted_all.dedup();
+    assert_eq!(
+        sorted_all.len(),
+        all.len(),
+        "a report was read twice: {all:?}"
+    );
+    let mut expected = users.clone();
+    expected.sort();
+    assert_eq!(sorted_all, expected);
+}

@@ -9,8 +9,8 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry,
-    RoutingError, Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, PresenceReports,
+    RouteRegistry, RoutingError, Subscription,
 };
 use crate::ids::now_unix_ms;
 
@@ -19,6 +19,8 @@ struct UserRoutes {
     /// (node id, incarnation) pairs; a handful at most.
     nodes: Vec<(String, u64)>,
     last_seen_ms: Option<u64>,
+    /// The presence state last announced to the user's co-members.
+    announced: Option<bool>,
 }
 
 /// Route registry held in memory. Liveness is the set of joined nodes and their incarnations.
@@ -163,6 +165,23 @@ impl RouteRegistry for MemoryRegistry {
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(out)
     }
+
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        Ok(users
+            .iter()
+            .map(|(user, online)| {
+                // Only users the registry already knows (they had a route): no entry is made
+                // for a user id that never connected.
+                match self.users.get_mut(user) {
+                    Some(mut entry) => entry.announced.replace(*online),
+                    None => None,
+                }
+            })
+            .collect())
+    }
 }
 
 /// Describes the in-process bus's metric and registers it at zero (embedded mode).
@@ -181,7 +200,13 @@ pub fn describe() {
 pub struct MemoryBus {
     nodes: DashMap<String, NodeChannel>,
     capacity: usize,
+    /// The reader of presence reports (the latest to ask); reports made while there is none,
+    /// or while its queue is full, are dropped.
+    presence: parking_lot::Mutex<Option<mpsc::Sender<Vec<String>>>>,
 }
+
+/// Report batches queued for the reader of presence reports before further ones are dropped.
+const PRESENCE_QUEUE: usize = 1024;
 
 #[derive(Clone)]
 struct NodeChannel {
@@ -195,6 +220,7 @@ impl MemoryBus {
         MemoryBus {
             nodes: DashMap::new(),
             capacity: capacity.max(1),
+            presence: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -231,6 +257,41 @@ impl NodeBus for MemoryBus {
             },
         );
         Ok(Box::new(MemorySubscription { rx, gap }))
+    }
+
+    async fn report_presence(&self, users: Vec<String>) -> Result<(), RoutingError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let tx = self.presence.lock().clone();
+        if let Some(tx) = tx {
+            if tx.try_send(users).is_err() {
+                tracing::debug!("presence report dropped: no room in the reader's queue");
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence_reports(&self) -> Result<Box<dyn PresenceReports>, RoutingError> {
+        let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+        *self.presence.lock() = Some(tx);
+        Ok(Box::new(MemoryReports { rx }))
+    }
+}
+
+struct MemoryReports {
+    rx: mpsc::Receiver<Vec<String>>,
+}
+
+#[async_trait]
+impl PresenceReports for MemoryReports {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<String>, RoutingError> {
+        let mut batches = Vec::new();
+        match tokio::time::timeout(IDLE_WAIT, self.rx.recv_many(&mut batches, max.max(1))).await {
+            // Replaced by a newer reader.
+            Ok(0) => Err(RoutingError::Unavailable("presence reports closed".into())),
+            Ok(_) | Err(_) => Ok(batches.into_iter().flatten().collect()),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, RouteRegistry,
-    RoutingError, Subscription,
+    Envelope, NodeBus, NodeGroups, NodeInfo, NodeLoad, NodeStatus, PresenceInfo, PresenceReports,
+    RouteRegistry, RoutingError, Subscription,
 };
 
 use crate::telemetry::{
@@ -90,6 +90,12 @@ impl<T: RouteRegistry + ?Sized> RouteRegistry for Metered<T> {
     async fn node_statuses(&self) -> Result<Vec<NodeStatus>, RoutingError> {
         observe(redis_op::NODE_STATUSES, self.inner.node_statuses()).await
     }
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        observe(redis_op::SWAP_ANNOUNCED, self.inner.swap_announced(users)).await
+    }
 }
 
 #[async_trait]
@@ -100,6 +106,29 @@ impl<T: NodeBus + ?Sized> NodeBus for Metered<T> {
     async fn subscribe(&self, node: &NodeInfo) -> Result<Box<dyn Subscription>, RoutingError> {
         let inner = observe(redis_op::SUBSCRIBE, self.inner.subscribe(node)).await?;
         Ok(Box::new(MeteredSubscription { inner }))
+    }
+    async fn report_presence(&self, users: Vec<String>) -> Result<(), RoutingError> {
+        observe(redis_op::REPORT_PRESENCE, self.inner.report_presence(users)).await
+    }
+    async fn presence_reports(&self) -> Result<Box<dyn PresenceReports>, RoutingError> {
+        let inner = observe(redis_op::PRESENCE_REPORTS, self.inner.presence_reports()).await?;
+        Ok(Box::new(MeteredReports { inner }))
+    }
+}
+
+/// Counts failed reads of presence reports (as `read`); their latency is not recorded.
+struct MeteredReports {
+    inner: Box<dyn PresenceReports>,
+}
+
+#[async_trait]
+impl PresenceReports for MeteredReports {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<String>, RoutingError> {
+        let result = self.inner.next_batch(max).await;
+        if result.is_err() {
+            metrics::counter!(ERRORS_TOTAL, "op" => redis_op::READ).increment(1);
+        }
+        result
     }
 }
 

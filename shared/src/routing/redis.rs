@@ -16,6 +16,8 @@
 //! | `gw:{NODE}:users:INC`       | set    | users routed to incarnation INC of the node (for `leave` and `sweep`) |
 //! | `gw:{NODE}:stream`          | stream | deliveries to the node: fields `r` (recipients, MessagePack array of strings) and `p` (the frame, as published), capped with `MAXLEN ~` |
 //! | `gw:{NODE}:load`            | hash   | the node's last load report: `inc` (incarnation), `sockets`, `users`, `at` (unix ms); TTL `liveness_ttl` |
+//! | `presence:{USER}`           | string | `1`/`0`: the presence state last announced to the user's co-members (TTL `last_seen_ttl`) |
+//! | `presence:reports`          | stream | users whose presence may have changed, field `u` (MessagePack array of strings), read by the consumer group `api` with `NOACK`, capped with `MAXLEN ~` 10,000 |
 //! | `gw:nodes`                  | zset   | node id scored by its last heartbeat (unix ms), so `sweep` can find nodes |
 //! | `worker:{ID}`               | string | owner of message-id worker id ID (see [`WorkerLease`]) |
 //!
@@ -35,6 +37,7 @@
 
 mod bus;
 mod lease;
+mod presence;
 mod registry;
 
 use std::collections::{HashMap, HashSet};
@@ -55,6 +58,7 @@ use tokio::sync::watch;
 
 pub use bus::{RedisBus, RedisSubscription, STREAM_READ_MAX};
 pub use lease::{LeaseError, LeaseOptions, WorkerLease};
+pub use presence::{RedisPresenceReports, PRESENCE_STREAM_MAXLEN};
 pub use registry::{RedisRegistry, SweepReport};
 
 use super::RoutingError;
@@ -143,6 +147,12 @@ impl Keys {
     }
     fn load(&self, node: &str) -> String {
         format!("{}gw:{{{node}}}:load", self.prefix)
+    }
+    fn announced(&self, user: &str) -> String {
+        format!("{}presence:{{{user}}}", self.prefix)
+    }
+    fn presence_reports(&self) -> String {
+        format!("{}presence:reports", self.prefix)
     }
     fn worker(&self, id: u16) -> String {
         format!("{}worker:{{{id}}}", self.prefix)

@@ -13,7 +13,7 @@ use fred::types::config::Options;
 use fred::types::Value;
 
 use super::{as_string, init_client, map_err, pairs, queue, Shared};
-use crate::routing::{Envelope, NodeBus, NodeInfo, RoutingError, Subscription};
+use crate::routing::{Envelope, NodeBus, NodeInfo, PresenceReports, RoutingError, Subscription};
 
 /// Stream entry field holding the recipients (MessagePack array of strings).
 const FIELD_RECIPIENTS: &str = "r";
@@ -97,6 +97,14 @@ impl NodeBus for RedisBus {
             }
         }
         Ok(Box::new(sub))
+    }
+
+    async fn report_presence(&self, users: Vec<String>) -> Result<(), RoutingError> {
+        super::presence::report(&self.shared, users).await
+    }
+
+    async fn presence_reports(&self) -> Result<Box<dyn PresenceReports>, RoutingError> {
+        Ok(Box::new(super::presence::reader(&self.shared).await?))
     }
 }
 
@@ -387,7 +395,7 @@ impl Drop for RedisSubscription {
 }
 
 /// The (id, fields) of each entry of an `XREAD` reply for one stream (RESP2 or RESP3 shape).
-fn entries(reply: Value) -> Vec<(String, Vec<Value>)> {
+pub(super) fn entries(reply: Value) -> Vec<(String, Vec<Value>)> {
     let streams: Vec<Value> = match reply {
         Value::Array(streams) => streams
             .into_iter()

@@ -405,6 +405,35 @@ impl RouteRegistry for RedisRegistry {
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(out)
     }
+
+    /// `SET … GET` per user, pipelined: one round trip.
+    async fn swap_announced(
+        &self,
+        users: &[(String, bool)],
+    ) -> Result<Vec<Option<bool>>, RoutingError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let s = &self.shared;
+        let p = s.pipeline();
+        for (user, online) in users {
+            queue(
+                p.set::<(), _, _>(
+                    s.keys.announced(user),
+                    if *online { "1" } else { "0" },
+                    Some(Expiration::PX(ms_i64(s.opts.last_seen_ttl))),
+                    None,
+                    true,
+                )
+                .await,
+            )?;
+        }
+        Ok(s.run(p)
+            .await?
+            .iter()
+            .map(|v| as_string(v).map(|old| old == "1"))
+            .collect())
+    }
 }
 
 fn distinct_nodes(routes: &[Vec<(String, String)>]) -> Vec<String> {
