@@ -55,7 +55,10 @@ pub async fn serve(
                 let registry = &*node.deps.registry;
                 let synced = |added: Vec<String>, removed: Vec<String>| {
                     let node = node.clone();
-                    async move { presence::routes_synced(&node, &added, &removed).await }
+                    async move {
+                        let (grace, bus) = (node.settings.presence_grace, &*node.deps.bus);
+                        presence::routes_synced(&node.presence, grace, bus, &added, &removed).await
+                    }
                 };
                 node.routes
                     .run(&node.hub, registry, &node.info, stop, synced)
@@ -74,7 +77,12 @@ pub async fn serve(
             }
         }),
         tokio::spawn(admin::load_report_task(node.clone(), stop_rx.clone())),
-        tokio::spawn(presence::presence_task(node.clone(), stop_rx.clone())),
+        tokio::spawn({
+            let (node, stop) = (node.clone(), stop_rx.clone());
+            async move {
+                presence::presence_task(&node.presence, &node.hub, &*node.deps.bus, stop).await
+            }
+        }),
     ];
     let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
     let accept = tokio::spawn(server::accept_loop(node.clone(), listener, accept_stop_rx));

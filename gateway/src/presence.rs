@@ -10,12 +10,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::node::Node;
+use shared::routing::NodeBus;
+
+use crate::hub::Hub;
 
 /// Users waiting out their grace period at once. Past it, a user whose last socket closed is
 /// reported at once (without the grace period): a reconnect may then show as offline and online.
@@ -44,15 +47,20 @@ impl PresenceReporter {
 
 /// Called after the route sync registered `added` (first socket here) and removed `removed`
 /// (last socket here closed): reports the first now, the second after the grace period.
-pub async fn routes_synced(node: &Node, added: &[String], removed: &[String]) {
-    let reporter = &node.presence;
+pub async fn routes_synced(
+    reporter: &PresenceReporter,
+    grace: Duration,
+    bus: &dyn NodeBus,
+    added: &[String],
+    removed: &[String],
+) {
     let mut now_due = Vec::new();
     if !added.is_empty() || !removed.is_empty() {
         let mut pending = reporter.pending.lock();
         for user in added {
             pending.remove(user.as_str());
         }
-        let until = Instant::now() + node.settings.presence_grace;
+        let until = Instant::now() + grace;
         for user in removed {
             if pending.len() < PENDING_MAX || pending.contains_key(user.as_str()) {
                 pending.insert(Arc::from(user.as_str()), until);
@@ -65,14 +73,14 @@ pub async fn routes_synced(node: &Node, added: &[String], removed: &[String]) {
         reporter.wake.notify_one();
     }
     now_due.extend(added.iter().cloned());
-    report(node, now_due).await;
+    report(bus, now_due).await;
 }
 
 /// Reports `users` in batches; failures are counted and logged, not retried: a report is a
 /// hint, and `GET /v1/presence` reads the registry itself.
-async fn report(node: &Node, users: Vec<String>) {
+async fn report(bus: &dyn NodeBus, users: Vec<String>) {
     for batch in users.chunks(REPORT_BATCH) {
-        let result = match node.deps.bus.report_presence(batch.to_vec()).await {
+        let result = match bus.report_presence(batch.to_vec()).await {
             Ok(()) => presence_report::OK,
             Err(e) => {
                 tracing::warn!(error = %e, users = batch.len(), "presence report failed");
@@ -85,13 +93,18 @@ async fn report(node: &Node, users: Vec<String>) {
 
 /// Takes the users whose grace period ended by `now` (or all when `all`) and who still have no
 /// socket here.
-fn take_due(node: &Node, now: Instant, all: bool) -> (Vec<String>, Option<Instant>) {
-    let mut pending = node.presence.pending.lock();
+fn take_due(
+    reporter: &PresenceReporter,
+    hub: &Hub,
+    now: Instant,
+    all: bool,
+) -> (Vec<String>, Option<Instant>) {
+    let mut pending = reporter.pending.lock();
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
     pending.retain(|user, until| {
         if all || *until <= now {
-            if !node.hub.has_user(user) {
+            if !hub.has_user(user) {
                 due.push(user.to_string());
             }
             false
@@ -105,10 +118,15 @@ fn take_due(node: &Node, now: Instant, all: bool) -> (Vec<String>, Option<Instan
 
 /// Reports users whose grace period ended, until `stop` is set; then reports every user still
 /// waiting (a draining node will not be there to report them later).
-pub async fn presence_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
+pub async fn presence_task(
+    reporter: &PresenceReporter,
+    hub: &Hub,
+    bus: &dyn NodeBus,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let (due, next) = take_due(&node, Instant::now(), false);
-        report(&node, due).await;
+        let (due, next) = take_due(reporter, hub, Instant::now(), false);
+        report(bus, due).await;
         let sleep = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -117,10 +135,10 @@ pub async fn presence_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = sleep => {}
-            _ = node.presence.wake.notified() => {}
+            _ = reporter.wake.notified() => {}
             _ = stop.changed() => break,
         }
     }
-    let (due, _) = take_due(&node, Instant::now(), true);
-    report(&node, due).await;
+    let (due, _) = take_due(reporter, hub, Instant::now(), true);
+    report(bus, due).await;
 }

@@ -580,6 +580,38 @@ async fn init_client(client: &Client, opts: &RedisOptions) -> Result<(), Routing
     }
 }
 
+/// The (id, fields) of each entry of an `XREAD` reply for one stream (RESP2 or RESP3 shape).
+fn entries(reply: Value) -> Vec<(String, Vec<Value>)> {
+    let streams: Vec<Value> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map.inner().into_values().collect(),
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .flat_map(|list| match list {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        })
+        .filter_map(|entry| match entry {
+            Value::Array(mut parts) if parts.len() == 2 => {
+                let fields = match parts.pop()? {
+                    Value::Array(f) => f,
+                    _ => return None,
+                };
+                Some((as_string(&parts[0])?, fields))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::{connect, normalize_url, RedisOptions, STREAM_READ_MAX};

@@ -12,7 +12,7 @@ use fred::interfaces::{ClientLike, StreamsInterface};
 use fred::types::config::Options;
 use fred::types::Value;
 
-use super::{as_string, init_client, map_err, pairs, queue, Shared};
+use super::{as_string, entries, init_client, map_err, pairs, queue, Shared};
 use crate::routing::{Envelope, NodeBus, NodeInfo, PresenceReports, RoutingError, Subscription};
 
 /// Stream entry field holding the recipients (MessagePack array of strings).
@@ -392,38 +392,6 @@ impl Drop for RedisSubscription {
             });
         }
     }
-}
-
-/// The (id, fields) of each entry of an `XREAD` reply for one stream (RESP2 or RESP3 shape).
-pub(super) fn entries(reply: Value) -> Vec<(String, Vec<Value>)> {
-    let streams: Vec<Value> = match reply {
-        Value::Array(streams) => streams
-            .into_iter()
-            .filter_map(|s| match s {
-                Value::Array(mut kv) if kv.len() == 2 => kv.pop(),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(map) => map.inner().into_values().collect(),
-        _ => Vec::new(),
-    };
-    streams
-        .into_iter()
-        .flat_map(|list| match list {
-            Value::Array(items) => items,
-            _ => Vec::new(),
-        })
-        .filter_map(|entry| match entry {
-            Value::Array(mut parts) if parts.len() == 2 => {
-                let fields = match parts.pop()? {
-                    Value::Array(f) => f,
-                    _ => return None,
-                };
-                Some((as_string(&parts[0])?, fields))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 fn decode(fields: Vec<Value>) -> Option<Envelope> {

@@ -131,7 +131,7 @@ impl RedisPresenceReports {
         .map_err(|_| RoutingError::Timeout)?
         .map_err(map_err)?;
         let mut users = Vec::new();
-        for (_, fields) in super::bus::entries(reply) {
+        for (_, fields) in super::entries(reply) {
             for kv in fields.chunks_exact(2) {
                 if as_string(&kv[0]).as_deref() != Some(FIELD_USERS) {
                     continue;
