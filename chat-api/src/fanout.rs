@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use shared::backoff::Backoff;
 use shared::protocol::{Message, ServerFrame};
-use shared::routing::{fan_out, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
+use shared::routing::{fan_out, publish, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
 use shared::Id;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -298,38 +298,6 @@ async fn attempt(
     progress.notified |= queued.is_ok();
     queued.map_err(|e| e.to_string())?;
     delivery.map_err(|e| e.to_string())
-}
-
-/// Appends `frame` once per node of `groups` (the second half of [`fan_out`], for an attempt
-/// that looked the routes up itself).
-async fn publish(
-    bus: &Arc<dyn NodeBus>,
-    groups: shared::routing::NodeGroups,
-    frame: &ServerFrame,
-) -> Result<FanOut, RoutingError> {
-    if groups.is_empty() {
-        return Ok(FanOut::default());
-    }
-    let payload = Envelope::new(Vec::new(), frame).frame;
-    let mut report = FanOut {
-        nodes: groups.len(),
-        recipients_online: 0,
-    };
-    let entries = groups
-        .into_iter()
-        .map(|(node, recipients)| {
-            report.recipients_online += recipients.len();
-            (
-                node,
-                Envelope {
-                    recipients,
-                    frame: payload.clone(),
-                },
-            )
-        })
-        .collect();
-    bus.publish(entries).await?;
-    Ok(report)
 }
 
 /// Takes failed fan-outs off the queue, at most [`RETRY_CONCURRENCY`] at a time, until the queue

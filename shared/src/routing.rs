@@ -256,6 +256,16 @@ pub async fn fan_out(
     frame: &ServerFrame,
 ) -> Result<FanOut, RoutingError> {
     let groups = registry.lookup(users).await?;
+    publish(bus, groups, frame).await
+}
+
+/// Appends `frame` once per node of `groups`, to the recipients there: the second half of
+/// [`fan_out`], for a caller that looked the routes up itself.
+pub async fn publish(
+    bus: &Arc<dyn NodeBus>,
+    groups: NodeGroups,
+    frame: &ServerFrame,
+) -> Result<FanOut, RoutingError> {
     if groups.is_empty() {
         return Ok(FanOut::default());
     }
