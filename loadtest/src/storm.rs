@@ -131,8 +131,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         let members = &users[c * per_chat..end];
         let creator = util::token(&signer, &members[0]);
         let chat = util::create_chat(&http, &args.api[0], &creator, &members[1..], "storm").await?;
-        // What the clients held when they dropped, then what they missed.
-        let mut held = String::new();
+        // What the clients held when they dropped (the first message), then what they missed:
+        // every message above it (ids from two replicas need not follow send order).
+        let mut ids = Vec::new();
         for i in 0..=args.missed {
             let r = http
                 .post(format!(
@@ -144,25 +145,26 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
                 .send()
                 .await?;
             let body: Value = r.json().await?;
-            if i == 0 {
-                held = body["message_id"]
-                    .as_str()
-                    .context("message_id")?
-                    .to_string();
-            }
+            let id: u64 = body["message_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("message_id in {body}"))?;
+            ids.push(id);
         }
-        chats.push((chat, held, c * per_chat..end));
+        let held = ids[0];
+        let missed = ids.iter().filter(|&&id| id > held).count();
+        chats.push((chat, held, missed, c * per_chat..end));
     }
     let before = store_reads(&http, &args.api).await?;
     let places = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
-    for (chat, held, range) in &chats {
+    for (chat, held, missed, range) in &chats {
         for i in range.clone() {
             let (http, places) = (http.clone(), places.clone());
             let api = args.api[i % args.api.len()].clone();
             let token = util::token(&signer, &users[i]);
-            let (chat, held, missed) = (chat.clone(), held.clone(), args.missed);
+            let (chat, held, missed) = (chat.clone(), *held, *missed);
             tasks.push(tokio::spawn(async move {
                 let _place = places.acquire_owned().await?;
                 let t0 = Instant::now();
