@@ -110,6 +110,25 @@ impl AppState {
         self
     }
 
+    /// Serves membership, chats and recent messages from the caches of
+    /// [`crate::store::cached`], current through the version tokens in `versions` (Redis in
+    /// distributed mode, in process in embedded mode); nothing when they are off. Call before
+    /// the first request.
+    pub fn with_cache(
+        mut self,
+        versions: Arc<dyn crate::store::cached::versions::Versions>,
+        args: &crate::store::cached::CacheArgs,
+    ) -> AppState {
+        if args.enabled() {
+            self.store = Arc::new(crate::store::cached::CachedStore::new(
+                self.store.clone(),
+                versions,
+                args,
+            ));
+        }
+        self
+    }
+
     /// Checks the clock before every send and in `/readyz` (distributed mode).
     pub fn with_clock(mut self, clock: Arc<crate::clock::ClockGuard>) -> AppState {
         self.clock = Some(clock);

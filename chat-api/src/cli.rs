@@ -484,6 +484,10 @@ pub async fn embedded(args: EmbeddedArgs) -> anyhow::Result<()> {
         Arc::new(IdGenerator::new(args.api.worker_id.unwrap_or(0))),
     )
     .with_revocations(revocations.clone(), args.admin.revocation_ttl)
+    .with_cache(
+        Arc::new(crate::store::cached::versions::MemoryVersions::default()),
+        &args.api.cache,
+    )
     .with_limits(limits)
     .with_metrics(metrics.clone())
     .with_demo(demo)
@@ -675,6 +679,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             worker_id,
             IdClock::Reference(clock.clock().clone()),
         )),
+    )
+    .with_cache(
+        Arc::new(crate::store::cached::versions::RedisVersions::new(
+            routing.client().clone(),
+            "",
+            args.redis_timeout,
+        )),
+        &args.api.cache,
     )
     .with_limits(limits)
     .with_clock(clock)

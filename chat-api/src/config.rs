@@ -188,6 +188,9 @@ pub struct ApiArgs {
     /// The offline hook (push notifications through a webhook).
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+    /// The membership and recent-messages caches.
+    #[command(flatten)]
+    pub cache: crate::store::cached::CacheArgs,
 }
 
 /// Bounds and deadlines the handlers apply. [`Limits::default`] matches the flag defaults.

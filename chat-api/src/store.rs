@@ -2,6 +2,7 @@
 //! conformance suite (`store::conformance`) run against every implementation: SQLite (embedded,
 //! and several processes on one host) and ScyllaDB (production).
 
+pub mod cached;
 pub mod conformance;
 pub mod metered;
 pub mod scylla;

@@ -216,6 +216,46 @@ pub mod store_op {
     pub const SET_ROLE: &str = "set_role";
     pub const ADMINS: &str = "admins";
 }
+/// Cached-store lookups by `cache` ([`CACHE_NAMES`]) and `result` ([`CACHE_RESULTS`]); the hit
+/// ratio (store reads spared) is `(hit + coalesced) / all`.
+pub const CACHE_REQUESTS_TOTAL: &str = "api_cache_requests_total";
+/// Bytes held by each `cache` (as the entries estimate themselves).
+pub const CACHE_BYTES: &str = "api_cache_bytes";
+/// Entries (chats) held by each `cache`.
+pub const CACHE_ENTRIES: &str = "api_cache_entries";
+/// Version-token reads that failed (the cache was bypassed) and token writes that failed (the
+/// write was answered 503).
+pub const CACHE_TOKEN_ERRORS_TOTAL: &str = "api_cache_token_errors_total";
+/// The `cache` label of the cache metrics.
+pub mod cache_name {
+    /// Members, admins and owner per chat.
+    pub const MEMBERS: &str = "members";
+    /// The chat and its newest messages.
+    pub const RECENT: &str = "recent";
+}
+/// Every `cache` of the cache metrics.
+pub const CACHE_NAMES: &[&str] = &[cache_name::MEMBERS, cache_name::RECENT];
+/// The `result` of [`CACHE_REQUESTS_TOTAL`].
+pub mod cache_result {
+    /// Served from a current entry.
+    pub const HIT: &str = "hit";
+    /// Loaded from the store (and kept).
+    pub const MISS: &str = "miss";
+    /// Waited for the identical load already in flight: a store read spared.
+    pub const COALESCED: &str = "coalesced";
+    /// The entry was current but did not hold the page asked for: read from the store.
+    pub const UNCOVERED: &str = "uncovered";
+    /// The version tokens could not be read: read from the store.
+    pub const BYPASS: &str = "bypass";
+}
+/// Every `result` of [`CACHE_REQUESTS_TOTAL`].
+pub const CACHE_RESULTS: &[&str] = &[
+    cache_result::HIT,
+    cache_result::MISS,
+    cache_result::COALESCED,
+    cache_result::UNCOVERED,
+    cache_result::BYPASS,
+];
 /// The `kind` of the marker metrics: [`crate::store::Marker::as_str`].
 pub mod marker_kind {
     pub const READ: &str = "read";
@@ -473,6 +513,29 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     for result in PRESENCE_RESULTS {
         metrics::counter!(PRESENCE_REPORTS_TOTAL, "result" => *result).increment(0);
     }
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Cached-store lookups by cache (members, recent) and result (hit, miss, coalesced, uncovered, bypass)"
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes held by each cache (API_MEMBERS_CACHE_BYTES, API_RECENT_CACHE_BYTES bound them)"
+    );
+    describe_gauge!(CACHE_ENTRIES, "Chats held by each cache");
+    describe_counter!(
+        CACHE_TOKEN_ERRORS_TOTAL,
+        "Cache version-token reads (cache bypassed) and writes (write answered 503) that failed"
+    );
+    for cache in CACHE_NAMES {
+        for result in CACHE_RESULTS {
+            metrics::counter!(CACHE_REQUESTS_TOTAL, "cache" => *cache, "result" => *result)
+                .increment(0);
+        }
+        metrics::gauge!(CACHE_BYTES, "cache" => *cache).set(0.0);
+        metrics::gauge!(CACHE_ENTRIES, "cache" => *cache).set(0.0);
+    }
+    metrics::counter!(CACHE_TOKEN_ERRORS_TOTAL).increment(0);
     // Series that appear only on rare events, registered at zero so alerts see them from the start.
     metrics::counter!(TYPING_NOTICES_TOTAL).increment(0);
     metrics::counter!(TYPING_RATE_LIMITED_TOTAL).increment(0);

@@ -3,7 +3,8 @@
 //! loopback source addresses and measures the gateway's resident memory per socket; `fanout`
 //! measures deliveries and frames per gateway core; `latency` end-to-end latency, open loop;
 //! `soak` churns sockets and samples memory over time; `catchup` drops sockets at random under a
-//! steady stream and checks that the catch-up algorithm leaves every member holding everything.
+//! steady stream and checks that the catch-up algorithm leaves every member holding everything;
+//! `storm` has many clients of a few hot chats catch up at once and counts the store reads.
 
 pub mod catchup;
 pub mod connect;
@@ -15,4 +16,5 @@ pub mod plot;
 pub mod proc;
 pub mod report;
 pub mod soak;
+pub mod storm;
 pub mod util;

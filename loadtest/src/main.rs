@@ -26,6 +26,8 @@ enum Cmd {
     Soak(loadtest::soak::SoakArgs),
     /// Drop sockets at random under a steady stream; every member must catch up on everything.
     Catchup(loadtest::catchup::CatchUpArgs),
+    /// Many clients of a few hot chats catch up at once: store reads per client, catch-up times.
+    Storm(loadtest::storm::StormArgs),
     /// Print one table from a directory of result files, each figure beside its budget.
     Report(loadtest::report::ReportArgs),
     /// (internal) one worker process of `connect`.
@@ -56,6 +58,9 @@ fn main() -> anyhow::Result<()> {
             .map(|_| ()),
         Cmd::Catchup(args) => tokio::runtime::Runtime::new()?
             .block_on(loadtest::catchup::run(args))
+            .map(|_| ()),
+        Cmd::Storm(args) => tokio::runtime::Runtime::new()?
+            .block_on(loadtest::storm::run(args))
             .map(|_| ()),
         Cmd::Report(args) => loadtest::report::run(args),
         Cmd::ConnectWorker(args) => tokio::runtime::Builder::new_current_thread()
