@@ -12,7 +12,7 @@ use shared::backoff::Backoff;
 use shared::protocol::{decode_server, encode_server, Encoding};
 use shared::routing::{Envelope, Subscription};
 
-use crate::hub::Enqueue;
+use crate::hub::{Enqueue, SocketHandle};
 use crate::node::Node;
 use crate::wsio;
 
@@ -38,6 +38,7 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     };
     backoff.reset();
     let mut failed = false;
+    let mut wakes = Wakes::default();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -59,6 +60,8 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                             metrics::histogram!(crate::telemetry::STREAM_LAG_SECONDS).record(age.as_secs_f64());
                         }
                     }
+                    // Every socket the batch reaches is woken once, after the whole batch is queued,
+                    // so that its frames leave in one vectored write.
                     for envelope in &batch {
                         if envelope.is_node_gap() {
                             // An API replica could not deliver a message here (docs/RELIABILITY.md).
@@ -66,9 +69,10 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         } else if let Some(control) = envelope.control() {
                             crate::admin::apply(&node, &envelope.recipients, control);
                         } else {
-                            deliver(&node, envelope);
+                            deliver_deferred(&node, envelope, &mut wakes);
                         }
                     }
+                    wakes.wake_all();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "node bus read failed; retrying");
@@ -84,8 +88,32 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Hands one envelope to every local socket of its recipients. Returns the frames queued.
+/// Sockets with frames queued by [`deliver_deferred`] and not yet woken.
+#[derive(Default)]
+pub struct Wakes(Vec<Arc<SocketHandle>>);
+
+impl Wakes {
+    /// Wakes each socket once; keeps the list's allocation for the next batch (bounded by the
+    /// largest number of sockets one batch reached).
+    pub fn wake_all(&mut self) {
+        for socket in self.0.drain(..) {
+            socket.writer.wake();
+        }
+    }
+}
+
+/// Hands one envelope to every local socket of its recipients and wakes them. Returns the frames
+/// queued.
 pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
+    let mut wakes = Wakes::default();
+    let queued = deliver_deferred(node, envelope, &mut wakes);
+    wakes.wake_all();
+    queued
+}
+
+/// [`deliver`] without waking the sockets: those that need it are added to `wakes`, which the
+/// caller wakes once it has queued the rest of its batch.
+pub fn deliver_deferred(node: &Node, envelope: &Envelope, wakes: &mut Wakes) -> usize {
     let limits = node.queue_limits();
     let epoch = node.resync.epoch();
     let mut msgpack: Option<Bytes> = None;
@@ -115,8 +143,14 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
                     }
                 }
             };
-            match socket.enqueue_delivery(frame, limits, epoch, node.resync.frame(socket.encoding))
-            {
+            let resync = node.resync.frame(socket.encoding);
+            let (result, owed) = socket
+                .writer
+                .push_delivery_deferred(frame, limits, epoch, resync);
+            if owed {
+                wakes.0.push(socket.clone());
+            }
+            match result {
                 Enqueue::Queued => queued += 1,
                 Enqueue::Overflow => dropped += 1,
                 Enqueue::Closed => {}

@@ -100,25 +100,29 @@ pub async fn run(
         return;
     }
 
+    // The identity and the hello frame are consumed here, not kept for the socket's life: an
+    // idle socket holds none of their strings.
+    let expires_at = identity.expires_at;
     let hello = ServerFrame::Hello {
         v: PROTOCOL_VERSION,
         connection_id: format!(
             "{}-{}-{}",
             node.info.node_id, node.info.incarnation, handle.id
         ),
-        user_id: identity.subject.clone(),
+        user_id: identity.subject,
         heartbeat_interval_ms: node.settings.heartbeat_interval.as_millis() as u64,
         idle_timeout_ms: node.settings.idle_timeout.as_millis() as u64,
-        token_expires_at: identity.expires_at,
+        token_expires_at: expires_at,
     };
     handle.enqueue(wsio::server_frame(encoding, &hello), node.queue_limits());
+    drop(hello);
 
     let mut socket = Socket {
         node: &node,
         handle: &handle,
         stream: &stream,
         last_rx: Instant::now(),
-        expires_at: identity.expires_at,
+        expires_at,
         frames: LocalBucket::full(node.settings.max_frames_per_second),
         token,
         typing: TypingGate::default(),

@@ -63,6 +63,9 @@ struct Queue {
     /// The node's resync epoch this socket last got a `resync` for (or joined at). See
     /// [`Writer::push_delivery`].
     resync_epoch: u32,
+    /// Frames were queued without waking the socket task; whoever queued them wakes it
+    /// ([`Writer::push_delivery_deferred`]).
+    wake_owed: bool,
 }
 
 /// Where the socket is in its close; set once (the first request wins).
@@ -89,6 +92,7 @@ impl Writer {
                 front_started: false,
                 close: Close::Open,
                 resync_epoch,
+                wake_owed: false,
             }),
             wake: Notify::new(),
         }
@@ -114,18 +118,41 @@ impl Writer {
         epoch: u32,
         resync: &Bytes,
     ) -> Enqueue {
-        let mut q = self.queue.lock();
-        let mut result = Enqueue::Queued;
-        if q.resync_epoch < epoch && matches!(q.close, Close::Open) {
-            q.resync_epoch = epoch;
-            result = q.push(resync.clone(), limits);
-        }
-        if result == Enqueue::Queued {
-            result = q.push(frame, limits);
-        }
-        drop(q);
+        let result = self
+            .queue
+            .lock()
+            .push_delivery(frame, limits, epoch, resync);
         self.wake.notify_one();
         result
+    }
+
+    /// [`Writer::push_delivery`] without waking the socket task, so that a batch of deliveries
+    /// wakes each socket once and its frames leave in one vectored write. Returns, beside the
+    /// outcome, whether the caller now owes this writer a [`Writer::wake`]: true for the first
+    /// deferred push since the last wake, false after it (someone already owes it) and when the
+    /// push did not queue (a slow consumer's close is woken at once, never deferred).
+    pub fn push_delivery_deferred(
+        &self,
+        frame: Bytes,
+        limits: QueueLimits,
+        epoch: u32,
+        resync: &Bytes,
+    ) -> (Enqueue, bool) {
+        let mut q = self.queue.lock();
+        let result = q.push_delivery(frame, limits, epoch, resync);
+        if result != Enqueue::Queued {
+            drop(q);
+            self.wake.notify_one();
+            return (result, false);
+        }
+        let owed = !std::mem::replace(&mut q.wake_owed, true);
+        (result, owed)
+    }
+
+    /// Wakes the socket task for frames queued by [`Writer::push_delivery_deferred`].
+    pub fn wake(&self) {
+        self.queue.lock().wake_owed = false;
+        self.wake.notify_one();
     }
 
     /// Queues `resync` unless this socket already got one for `epoch` (from a delivery).
@@ -243,6 +270,25 @@ impl Writer {
 }
 
 impl Queue {
+    /// Queues a delivery behind the `resync` it owes (see [`Writer::push_delivery`]).
+    fn push_delivery(
+        &mut self,
+        frame: Bytes,
+        limits: QueueLimits,
+        epoch: u32,
+        resync: &Bytes,
+    ) -> Enqueue {
+        let mut result = Enqueue::Queued;
+        if self.resync_epoch < epoch && matches!(self.close, Close::Open) {
+            self.resync_epoch = epoch;
+            result = self.push(resync.clone(), limits);
+        }
+        if result == Enqueue::Queued {
+            result = self.push(frame, limits);
+        }
+        result
+    }
+
     /// Appends `frame`, or turns the queue into a slow consumer's close when a limit would be
     /// passed (dropping what it held, so that a stuck client holds no memory).
     fn push(&mut self, frame: Bytes, limits: QueueLimits) -> Enqueue {
@@ -297,8 +343,10 @@ impl Queue {
             }
         }
         metrics::counter!(crate::telemetry::FRAMES_OUT_TOTAL).increment(frames_done);
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            // A burst grew the queue; give the memory back while idle.
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            // An idle socket holds no queue allocation (one `hello` would otherwise leave every
+            // socket with one for its whole life); allocating it again per burst is cheap beside
+            // the write itself.
             self.frames = VecDeque::new();
         }
     }
@@ -365,6 +413,57 @@ mod tests {
         let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
         assert_eq!(frames, [&b"m1"[..], b"R", b"m2", b"m3", b"R", b"m4"]);
         assert_eq!(w.queued(), (6, 10));
+    }
+
+    #[test]
+    fn deferred_deliveries_wake_once_and_an_overflow_at_once() {
+        use futures_util::FutureExt;
+        let limits = QueueLimits {
+            frames: 3,
+            bytes: 100,
+        };
+        let resync = Bytes::from_static(b"R");
+        let w = Writer::new(0);
+        let m = Bytes::from_static(b"m");
+        assert_eq!(
+            w.push_delivery_deferred(m.clone(), limits, 0, &resync),
+            (Enqueue::Queued, true),
+            "the first deferred push owes a wake-up"
+        );
+        assert_eq!(
+            w.push_delivery_deferred(m.clone(), limits, 0, &resync),
+            (Enqueue::Queued, false),
+            "one wake-up for the whole batch"
+        );
+        assert!(w.notified().now_or_never().is_none(), "not woken yet");
+        w.wake();
+        assert!(w.notified().now_or_never().is_some(), "woken once");
+        assert_eq!(
+            w.push_delivery_deferred(m.clone(), limits, 0, &resync),
+            (Enqueue::Queued, true),
+            "owed again after the wake-up"
+        );
+        // Past the limit: the slow consumer's close wakes the task at once, owing nothing.
+        assert_eq!(
+            w.push_delivery_deferred(m, limits, 0, &resync),
+            (Enqueue::Overflow, false)
+        );
+        assert!(w.notified().now_or_never().is_some());
+        assert_eq!(w.closing(), Some(CloseCode::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_gives_its_queue_back() {
+        let (stream, mut reader) = small_buffered_pair().await;
+        let w = Writer::new(0);
+        w.push(Bytes::from_static(b"\x81\x01a"), BIG);
+        assert_eq!(w.flush(&stream).unwrap(), Flush::Done);
+        assert_eq!(
+            w.queue.lock().frames.capacity(),
+            0,
+            "no allocation while idle"
+        );
+        assert_eq!(read_frames(&mut reader, 1), [(0x1, b"a".to_vec())]);
     }
 
     /// A real loopback connection whose sending side buffers little, so that a large frame is

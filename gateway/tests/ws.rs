@@ -3,7 +3,8 @@
 
 mod support;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -568,4 +569,64 @@ async fn a_client_close_during_a_partly_written_frame_keeps_the_frame_sequence_v
         (true, 0x8, &[0x03, 0xe8][..])
     );
     h.stop().await;
+}
+
+/// A connect storm: 200 handshakes at once while each route write takes 50 ms (a loaded Redis).
+/// Every socket gets `hello` only once its route is written, so a message sent right after its
+/// `hello` reaches it; the routes go out in a few batched writes, not one per socket, and no
+/// `hello` waits for the storm's writes to queue one behind the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_storm_is_routed_before_hello_in_batched_writes() {
+    const SOCKETS: usize = 200;
+    const WRITE: Duration = Duration::from_millis(50);
+    let registry = Arc::new(support::slow_registry::SlowRegistry::new(WRITE));
+    let settings = Settings {
+        max_handshakes_per_ip: SOCKETS,
+        connect_rate_per_ip: None,
+        ..fast_settings()
+    };
+    let h = Arc::new(
+        Harness::start_with(
+            settings,
+            registry.clone(),
+            Arc::new(shared::routing::memory::MemoryBus::default()),
+        )
+        .await,
+    );
+    let started = Instant::now();
+    let sockets = futures_util::future::join_all((0..SOCKETS).map(|i| {
+        let h = h.clone();
+        async move {
+            let user = format!("storm-{i}");
+            let t = Instant::now();
+            let (mut ws, hello) = h.connect(&user, "json").await;
+            let waited = t.elapsed();
+            assert!(matches!(hello, ServerFrame::Hello { .. }), "{hello:?}");
+            // Sent the moment `hello` arrived: the route must already be there.
+            let event = ServerFrame::Event {
+                event: serde_json::json!({ "to": user }),
+            };
+            h.publish(&[user.as_str()], &event).await;
+            assert_eq!(next_frame(&mut ws, Encoding::Json).await, event);
+            (ws, waited)
+        }
+    }))
+    .await;
+    let mut waits: Vec<Duration> = sockets.iter().map(|(_, w)| *w).collect();
+    waits.sort();
+    let writes = registry.writes();
+    eprintln!(
+        "{SOCKETS} sockets in {:?}: {writes} route writes, hello p50 {:?} p99 {:?}",
+        started.elapsed(),
+        waits[SOCKETS / 2],
+        waits[SOCKETS * 99 / 100]
+    );
+    // One write in flight at a time, each taking every route marked while the last one ran.
+    let elapsed = started.elapsed();
+    assert!(
+        writes * 2 < SOCKETS && writes as u128 <= elapsed.as_millis() / WRITE.as_millis() + 2,
+        "{writes} route writes for {SOCKETS} sockets in {elapsed:?}: registrations are not batched"
+    );
+    drop(sockets);
+    Arc::try_unwrap(h).ok().expect("one owner").stop().await;
 }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use shared::auth::Signer;
@@ -53,6 +53,11 @@ pub struct ConnectArgs {
     /// Prefix of the user ids (user = PREFIX-WORKER-INDEX).
     #[arg(long, default_value = "lt")]
     pub user_prefix: String,
+    /// Handshakes in flight at most, all workers together (0: no cap beyond `--rate`). With a
+    /// high rate this holds a connect storm at that many concurrent handshakes (upgrade to
+    /// `hello`), the figure the p50/p99 handshake times are measured under.
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -80,6 +85,9 @@ struct StepReport {
     failed: BTreeMap<String, usize>,
     handshake_ms_sum: f64,
     handshakes: usize,
+    /// Each handshake's time (connect to `hello`), for the percentiles.
+    #[serde(default)]
+    handshake_ms: Vec<f32>,
 }
 
 #[derive(Serialize, Debug)]
@@ -105,6 +113,10 @@ pub struct ConnectResult {
     pub failures: BTreeMap<String, usize>,
     pub handshakes_per_s: f64,
     pub mean_handshake_ms: f64,
+    /// Handshakes in flight at most (0: not capped).
+    pub in_flight: usize,
+    pub handshake_p50_ms: f64,
+    pub handshake_p99_ms: f64,
 }
 
 fn shares(total: usize, parts: usize) -> Vec<usize> {
@@ -142,6 +154,8 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
                 &common.url,
                 "--rate",
                 &(common.rate / common.processes as u32).max(1).to_string(),
+                "--in-flight",
+                &shares(common.in_flight, common.processes)[w].to_string(),
             ])
             .args([
                 "--source-ips",
@@ -175,6 +189,7 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
     let mut samples: Vec<Sample> = Vec::new();
     let mut failures = BTreeMap::new();
     let (mut hs_sum, mut hs_n) = (0.0, 0usize);
+    let mut hs_all: Vec<f32> = Vec::new();
     let mut ramp_time = Duration::ZERO;
     for (i, _) in checkpoints.iter().enumerate() {
         let step_start = Instant::now();
@@ -187,6 +202,7 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
             open += report.open;
             hs_sum += report.handshake_ms_sum;
             hs_n += report.handshakes;
+            hs_all.extend(report.handshake_ms);
             for (k, v) in report.failed {
                 *failures.entry(k).or_insert(0) += v;
             }
@@ -232,12 +248,25 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
         failures,
         handshakes_per_s: hs_n as f64 / ramp_time.as_secs_f64().max(1e-9),
         mean_handshake_ms: hs_sum / hs_n.max(1) as f64,
+        in_flight: common.in_flight,
+        handshake_p50_ms: percentile(&mut hs_all, 0.50),
+        handshake_p99_ms: percentile(&mut hs_all, 0.99),
     };
     print_summary(&result);
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;
     }
     Ok(result)
+}
+
+/// The `q` quantile (nearest rank) of `values`; 0 when there are none.
+fn percentile(values: &mut [f32], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f32::total_cmp);
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    f64::from(values[rank - 1])
 }
 
 fn sample(open: usize, rss: Option<u64>, baseline: Option<u64>, prev: Option<&Sample>) -> Sample {
@@ -266,8 +295,16 @@ fn print_summary(r: &ConnectResult) {
         r.processes, r.source_ips, r.rate_per_s
     );
     println!(
-        "handshakes/s achieved: {:.0}, mean handshake {:.2} ms",
-        r.handshakes_per_s, r.mean_handshake_ms
+        "handshakes/s achieved: {:.0}, connect to hello: mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms{}",
+        r.handshakes_per_s,
+        r.mean_handshake_ms,
+        r.handshake_p50_ms,
+        r.handshake_p99_ms,
+        if r.in_flight > 0 {
+            format!(" ({} in flight at most)", r.in_flight)
+        } else {
+            String::new()
+        }
     );
     if let Some(b) = r.baseline_rss_bytes {
         println!("gateway baseline RSS: {:.1} MiB", b as f64 / 1048576.0);
@@ -316,6 +353,9 @@ pub struct WorkerArgs {
     pub sockets: usize,
     #[arg(long, env = "JWT_SECRET")]
     pub secret: String,
+    /// This worker's share of `--in-flight` (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
 }
 
 /// The worker: ramps to each target, reports, waits for `go`; holds the sockets until stdin closes.
@@ -328,6 +368,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
     let mut next = 0usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let in_flight = (args.in_flight > 0).then(|| Arc::new(Semaphore::new(args.in_flight)));
     for (step, &target) in args.targets.iter().enumerate() {
         let mut report = StepReport::default();
         let mut pending = 0usize;
@@ -343,7 +384,12 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             );
             let user = format!("{}-{}-{}", args.user_prefix, args.worker, next);
             let token = signer.token(&user, Duration::from_secs(24 * 3600), None);
+            let permit = match &in_flight {
+                Some(s) => Some(s.clone().acquire_owned().await?),
+                None => None,
+            };
             tokio::spawn(hold_socket(
+                permit,
                 url.clone(),
                 args.encoding.clone(),
                 token,
@@ -387,6 +433,7 @@ fn tally(report: &mut StepReport, r: Result<f64, String>) {
         Ok(ms) => {
             report.handshakes += 1;
             report.handshake_ms_sum += ms;
+            report.handshake_ms.push(ms as f32);
         }
         Err(cause) => *report.failed.entry(cause).or_insert(0) += 1,
     }
@@ -416,6 +463,7 @@ fn url_parts(url: &str) -> anyhow::Result<Url> {
 }
 
 async fn hold_socket(
+    in_flight: Option<OwnedSemaphorePermit>,
     url: Url,
     encoding: String,
     token: String,
@@ -467,7 +515,9 @@ async fn hold_socket(
             Err(_) => Err("no hello".to_string()),
         }
     };
-    match tokio::time::timeout(Duration::from_secs(20), connect).await {
+    let connected = tokio::time::timeout(Duration::from_secs(20), connect).await;
+    drop(in_flight);
+    match connected {
         Ok(Ok(mut ws)) => {
             open.fetch_add(1, Ordering::Relaxed);
             let _ = report.send(Ok(started.elapsed().as_secs_f64() * 1000.0));
@@ -497,6 +547,15 @@ mod tests {
     fn shares_add_up() {
         assert_eq!(shares(10, 3), vec![4, 3, 3]);
         assert_eq!(shares(19_000, 2).iter().sum::<usize>(), 19_000);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f32> = (1..=100).rev().map(|i| i as f32).collect();
+        assert_eq!(percentile(&mut v, 0.50), 50.0);
+        assert_eq!(percentile(&mut v, 0.99), 99.0);
+        assert_eq!(percentile(&mut [7.0], 0.99), 7.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
     }
 
     #[test]

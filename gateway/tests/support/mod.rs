@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod slow_registry;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,15 @@ impl Harness {
 
     /// A node on the given in-process bus (e.g. one with a small channel).
     pub async fn start_with_bus(settings: Settings, bus: Arc<dyn NodeBus>) -> Harness {
-        let registry: Arc<dyn RouteRegistry> = Arc::new(MemoryRegistry::new());
+        Harness::start_with(settings, Arc::new(MemoryRegistry::new()), bus).await
+    }
+
+    /// A node on the given in-process registry and bus.
+    pub async fn start_with(
+        settings: Settings,
+        registry: Arc<dyn RouteRegistry>,
+        bus: Arc<dyn NodeBus>,
+    ) -> Harness {
         let verifier = Verifier::new(&JwtSettings {
             algorithm: jsonwebtoken::Algorithm::HS256,
             key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
