@@ -64,11 +64,12 @@ for w in "${WATCH[@]}"; do BEFORE[$w]=$(ticks "${w#*:}"); done
 if [ "${PERF:-0}" = 1 ]; then
   (sleep 3; perf record -e cpu-clock -g -o "$OUT/perf.data" -p "$APIPID" -- sleep 10 \
     >"$OUT/perf.log" 2>&1) &
+  PERF_PID=$!
 fi
 "${LOADTEST:-$BIN/loadtest}" fanout --api "http://$API" --ws "$WS" --chats 1 --members "$MEMBERS" \
   --closed-loop --max-in-flight 16 --duration "${SECS}s" --drain 3s $MODE_FLAG \
   --out "$OUT/result.json" | tee "$OUT/loadtest.txt"
-wait
+if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID"; fi
 ACKED=$(python3 -c "import json;print(json.load(open('$OUT/result.json'))['acknowledged'])")
 FRAMES=$(python3 -c "import json;print(json.load(open('$OUT/result.json'))['frames_received'])")
 echo "requests acknowledged: $ACKED, frames delivered: $FRAMES (output: $OUT)"
@@ -85,5 +86,5 @@ awk -v d="$TOTAL" -v hz="$HZ" -v a="$ACKED" -v f="$FRAMES" 'BEGIN {
     d/hz, d/hz*1e6/a, d/hz*1e6/f }'
 if [ -n "${R:-}" ]; then
   redis-cli -p "$R" info commandstats | grep -v '^#' | tr -d '\r' | sed '/^$/d' > "$OUT/commandstats.txt"
-  awk -F'[:=,]' -v a="$ACKED" '{ printf "  %-28s %8.2f calls per request\n", $2, $4/a }' "$OUT/commandstats.txt"
+  awk -F'[:=,]' -v a="$ACKED" '{ sub("cmdstat_", "", $1); printf "  %-16s %8.2f calls per request\n", $1, $3/a }' "$OUT/commandstats.txt"
 fi
