@@ -71,6 +71,26 @@ pub async fn require_member(state: &AppState, chat_id: Id, user: &str) -> Result
     }
 }
 
+/// The members of `chat_id`, after checking that `user` is one of them (`not-a-member`
+/// otherwise, an unknown chat included): one store read answers both the check and the
+/// recipients of a fan-out.
+pub async fn members_of(
+    state: &AppState,
+    chat_id: Id,
+    user: &str,
+) -> Result<Vec<String>, ApiError> {
+    let members = state
+        .store
+        .members(chat_id)
+        .await
+        .map_err(|e| ApiError::store(e, state.limits.retry_after))?;
+    if members.iter().any(|m| m == user) {
+        Ok(members)
+    } else {
+        Err(ApiError::NotAMember)
+    }
+}
+
 /// Validates user ids and removes duplicates, keeping the first occurrence's order.
 pub fn clean_user_ids(field: &'static str, ids: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::with_capacity(ids.len());

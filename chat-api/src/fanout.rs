@@ -17,13 +17,14 @@
 //! message whose notifications could not be queued by the end of the retry window is counted
 //! (`api_notify_enqueue_failures_total`) and logged.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use shared::backoff::Backoff;
-use shared::protocol::{Message, ServerFrame};
+use shared::protocol::ServerFrame;
 use shared::routing::{fan_out, publish, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
 use shared::Id;
 use tokio::sync::{mpsc, Semaphore};
@@ -127,21 +128,10 @@ impl Fanout {
         }
     }
 
-    /// Delivers `message` to its members' sockets (the sender's other devices included). The
-    /// message is already stored, so a failure is never returned: it is retried in the background
-    /// and, failing that, the members are told to catch up.
-    pub async fn deliver(&self, message: &Message) {
-        let frame = ServerFrame::Message {
-            message: message.clone(),
-        };
-        self.deliver_frame(message.chat_id, message.message_id, frame, None)
-            .await;
-    }
-
-    /// Delivers `frame` about `message_id` of `chat_id` like [`Fanout::deliver`]: to the chat's
-    /// members as they are now, or to `recipients` when given (a `chat_removed` for the removed
-    /// member). Edits and deletes take this path, so a failed attempt is retried and then turned
-    /// into a `resync` exactly like a message's.
+    /// Delivers `frame` about `message_id` of `chat_id` to its members' sockets (the sender's
+    /// other devices included): to the chat's members as they are now, or to `recipients` when
+    /// given (a `chat_removed` for the removed member). The frame is already stored, so a failure is never returned: it is retried in
+    /// the background and, failing that, the members are told to catch up.
     pub async fn deliver_frame(
         &self,
         chat_id: Id,
@@ -149,13 +139,28 @@ impl Fanout {
         frame: ServerFrame,
         recipients: Option<Vec<String>>,
     ) {
+        self.deliver_to(chat_id, message_id, &frame, recipients.as_deref())
+            .await;
+    }
+
+    /// [`Fanout::deliver_frame`] on borrowed parts: `recipients` are the chat's members when the
+    /// caller already read them (a send checks the sender's membership with the same read), or
+    /// the one recipient of a frame meant for one user; `None` reads the members. Nothing is
+    /// copied unless the attempt fails and is queued for a retry.
+    pub async fn deliver_to(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        frame: &ServerFrame,
+        recipients: Option<&[String]>,
+    ) {
         let started = std::time::Instant::now();
-        let mut members = recipients;
-        let mut progress = Progress::new(&self.backends, &frame);
+        let mut members = recipients.map(Cow::Borrowed);
+        let mut progress = Progress::new(&self.backends, frame);
         let work = attempt(
             &self.backends,
             chat_id,
-            &frame,
+            frame,
             &mut members,
             &mut progress,
             "fanout::first",
@@ -184,8 +189,8 @@ impl Fanout {
         self.retry_later(Job {
             chat_id,
             message_id,
-            frame,
-            members,
+            frame: frame.clone(),
+            members: members.map(Cow::into_owned),
             progress,
             give_up_at: Instant::now() + self.settings.window,
         });
@@ -239,18 +244,18 @@ async fn attempt(
     backends: &Backends,
     chat_id: Id,
     frame: &ServerFrame,
-    members: &mut Option<Vec<String>>,
+    members: &mut Option<Cow<'_, [String]>>,
     progress: &mut Progress,
     failpoint: &'static str,
 ) -> Result<FanOut, String> {
     if members.is_none() {
-        *members = Some(
+        *members = Some(Cow::Owned(
             backends
                 .store
                 .members(chat_id)
                 .await
                 .map_err(|e| e.to_string())?,
-        );
+        ));
     }
     fail::fail_point!(failpoint, |_| Err(format!(
         "injected failure at {failpoint}"
@@ -337,7 +342,7 @@ async fn retry_task(mut rx: mpsc::Receiver<Job>, backends: Backends, notices: We
 /// Each attempt is cut at the attempt timeout or the window's end, whichever comes first, so no
 /// work outlives the window. Returns what was done, too.
 async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
-    let mut members = job.members.clone();
+    let mut members = job.members.as_deref().map(Cow::Borrowed);
     let mut progress = job.progress;
     let mut backoff = Backoff::new(RETRY_BACKOFF_MIN, RETRY_BACKOFF_MAX);
     loop {

@@ -47,6 +47,16 @@ pub struct FanoutArgs {
     pub drain: Duration,
     #[arg(long, env = "JWT_SECRET", default_value = shared::auth::DEV_SECRET, hide_default_value = true)]
     pub secret: String,
+    /// Closed loop: a send waits for one of the `--max-in-flight` slots instead of being skipped,
+    /// and sending stops after `--duration` (`--rate` is not used). With 16 slots, the scenario
+    /// of the API's CPU-per-message figure (docs/BENCHMARKS.md).
+    #[arg(long)]
+    pub closed_loop: bool,
+    /// Push instead of sending messages: each request is a `POST /v1/push` of an `event` to one
+    /// member (round-robin over all members), with a service token; `event` frames are counted.
+    /// Each request is one delivery.
+    #[arg(long, conflicts_with = "socketio")]
+    pub push: bool,
     /// Measure a Socket.IO cluster instead (`--ws` lists its `ws://host:port`s, `--api` its HTTP
     /// ends): chats are rooms joined at connect, sends go to its `POST /v1/chats/{id}/messages`.
     #[arg(long)]
@@ -166,6 +176,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         .await;
     bar.finish_and_clear();
     let mut readers = Vec::with_capacity(sockets_total);
+    let counted = if args.push {
+        "{\"type\":\"event\""
+    } else {
+        "{\"type\":\"message\""
+    };
     for o in opened {
         let (g, mut ws) = o.context("opening a member's socket")?;
         let (counts, last) = (per_gateway.clone(), last_frame.clone());
@@ -178,7 +193,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
                     }
                     WsMessage::Text(t) => {
                         let t = t.as_str();
-                        t.starts_with("{\"type\":\"message\"") || t.starts_with("42[\"message\"")
+                        t.starts_with(counted) || t.starts_with("42[\"message\"")
                     }
                     _ => false,
                 };
@@ -192,8 +207,21 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
 
     let cpu = |pid: &u32| crate::proc::cpu_seconds(*pid).ok();
     let cpu_before: Vec<Option<f64>> = args.gateway_pids.iter().map(cpu).collect();
-    let total = (f64::from(args.rate) * args.duration.as_secs_f64()) as u64;
-    let bar = indicatif::ProgressBar::new(total).with_message("sending");
+    let total = if args.closed_loop {
+        u64::MAX
+    } else {
+        (f64::from(args.rate) * args.duration.as_secs_f64()) as u64
+    };
+    let pusher = util::signer(&args.secret).token(
+        "loadtest-pusher",
+        Duration::from_secs(6 * 3600),
+        Some("push"),
+    );
+    let bar = if args.closed_loop {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total).with_message("sending")
+    };
     let acked = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight.max(1)));
@@ -202,36 +230,44 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1))));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
-    let mut sends = Vec::with_capacity(total as usize);
+    let mut sends = Vec::with_capacity(total.min(1 << 20) as usize);
     for i in 0..total {
-        tick.tick().await;
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            skipped += 1;
-            bar.inc(1);
-            continue;
+        let permit = if args.closed_loop {
+            if started.elapsed() >= args.duration {
+                break;
+            }
+            in_flight.clone().acquire_owned().await?
+        } else {
+            tick.tick().await;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                skipped += 1;
+                bar.inc(1);
+                continue;
+            };
+            permit
         };
         let c = i as usize % args.chats;
-        let url = format!(
-            "{}/v1/chats/{}/messages",
-            args.api[i as usize % args.api.len()],
-            chat_ids[c]
-        );
-        let (http, token, acked, errors) = (
-            http.clone(),
-            sender_tokens[c].clone(),
-            acked.clone(),
-            errors.clone(),
-        );
+        let api = &args.api[i as usize % args.api.len()];
+        let request = if args.push {
+            let member = i as usize % sockets_total;
+            http.post(format!("{api}/v1/push"))
+                .bearer_auth(&pusher)
+                .json(
+                    &json!({"user_ids": [user(member / args.members, member % args.members)],
+                    "event": {"kind": "loadtest"}}),
+                )
+        } else {
+            http.post(format!("{api}/v1/chats/{}/messages", chat_ids[c]))
+                .bearer_auth(&sender_tokens[c])
+                .json(&json!({"client_msg_id": format!("fo-{i}"), "body": "fan-out"}))
+        };
+        let (acked, errors) = (acked.clone(), errors.clone());
+        let ok = if args.push { 202 } else { 201 };
         sends.push(tokio::spawn(async move {
             let _permit = permit;
-            let r = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"client_msg_id": format!("fo-{i}"), "body": "fan-out"}))
-                .send()
-                .await;
+            let r = request.send().await;
             match r {
-                Ok(r) if r.status().as_u16() == 201 => acked.fetch_add(1, Ordering::Relaxed),
+                Ok(r) if r.status().as_u16() == ok => acked.fetch_add(1, Ordering::Relaxed),
                 _ => errors.fetch_add(1, Ordering::Relaxed),
             };
         }));
@@ -241,7 +277,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         let _ = s.await;
     }
     bar.finish_and_clear();
-    let members = args.members as u64;
+    // A push reaches one member; a message every member.
+    let members = if args.push { 1 } else { args.members as u64 };
     let expected = acked.load(Ordering::Relaxed) * members;
     let received = || {
         per_gateway
@@ -287,7 +324,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutResult> {
         chats: args.chats,
         members: args.members,
         rate_per_s: args.rate,
-        sent: total - skipped,
+        sent: acked.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed),
         acknowledged: acked.load(Ordering::Relaxed),
         send_errors: errors.load(Ordering::Relaxed),
         skipped_backpressure: skipped,

@@ -138,6 +138,48 @@ pub trait RateLimiter: Send + Sync {
         key: &str,
         quota: &Quota,
     ) -> Result<Decision, RateLimitError>;
+
+    /// Several checks at once, each spending its own budget, answered in order. The Redis
+    /// limiter makes them one round trip; the default checks one after the other.
+    async fn check_all(&self, checks: &[Check<'_>]) -> Result<Vec<Decision>, RateLimitError> {
+        let mut out = Vec::with_capacity(checks.len());
+        for c in checks {
+            out.push(self.check(c.bucket, c.key, c.quota).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// One check of [`RateLimiter::check_all`].
+#[derive(Clone, Copy, Debug)]
+pub struct Check<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub quota: &'a Quota,
+}
+
+/// [`check_fail_open`] for several checks in one call: the first refusal in the order given,
+/// or `Allowed`. Every check spends its budget, also when an earlier one refuses. When the
+/// backend fails, all pass (each counted in `ratelimit_backend_errors_total{bucket}`).
+pub async fn check_all_fail_open<'a>(
+    limiter: &dyn RateLimiter,
+    checks: &[Check<'a>],
+) -> Option<(&'a str, Decision)> {
+    match limiter.check_all(checks).await {
+        Ok(decisions) => checks
+            .iter()
+            .zip(decisions)
+            .find(|(_, d)| !d.is_allowed())
+            .map(|(c, d)| (c.bucket, d)),
+        Err(e) => {
+            for c in checks {
+                metrics::counter!(crate::telemetry::RATELIMIT_BACKEND_ERRORS_TOTAL, "bucket" => c.bucket.to_owned())
+                    .increment(1);
+            }
+            tracing::warn!(error = %e, "rate limits not checked (failing open)");
+            None
+        }
+    }
 }
 
 /// Checks and, when the backend fails, allows the request (fail open): a rate limit protects

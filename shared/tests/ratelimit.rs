@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fred::interfaces::ClientLike;
 use shared::ratelimit::{
-    check_fail_open, conformance as suite, Decision, MemoryLimiter, Quota, RateLimiter,
+    check_fail_open, conformance as suite, Check, Decision, MemoryLimiter, Quota, RateLimiter,
     RedisLimiter,
 };
 use shared::routing::redis::{connect, RedisOptions};
@@ -36,6 +37,54 @@ async fn redis_cluster_conforms() {
     let cluster = RedisCluster::start().expect("redis cluster");
     let (_routing, limiter) = redis_limiter(&cluster.url()).await;
     suite::all(limiter).await;
+}
+
+/// Checks name the script by its hash (`EVALSHA`); a server that lost its script cache (a
+/// restart, `SCRIPT FLUSH`) gets the text once and the checks go on, spending each budget once.
+#[tokio::test]
+async fn redis_checks_use_evalsha_and_survive_a_flushed_script_cache() {
+    let server = RedisServer::start().expect("redis-server");
+    let (routing, limiter) = redis_limiter(&server.url()).await;
+    let q = Quota::per_minute(1, 3);
+    // The first check finds no script: EVALSHA refused, then one EVAL.
+    assert!(limiter.check("msg", "ev", &q).await.unwrap().is_allowed());
+    let before = server.stats().unwrap();
+    let checks = [
+        Check {
+            bucket: "req",
+            key: "ev",
+            quota: &q,
+        },
+        Check {
+            bucket: "msg",
+            key: "ev",
+            quota: &q,
+        },
+    ];
+    let d = limiter.check_all(&checks).await.unwrap();
+    assert!(d.iter().all(Decision::is_allowed), "{d:?}");
+    let used = server.stats().unwrap().since(&before);
+    assert_eq!(used.calls.get("evalsha"), Some(&2), "{used:?}");
+    assert_eq!(used.calls.get("eval"), None, "{used:?}");
+
+    let _: () = routing
+        .client()
+        .custom(
+            fred::types::CustomCommand::new_static("SCRIPT", None, false),
+            vec!["FLUSH"],
+        )
+        .await
+        .unwrap();
+    let before = server.stats().unwrap();
+    let d = limiter.check_all(&checks).await.unwrap();
+    // req: its 2nd unit of 3; msg: its 3rd of 3.
+    assert!(d.iter().all(Decision::is_allowed), "{d:?}");
+    let used = server.stats().unwrap().since(&before);
+    assert_eq!(used.calls.get("eval"), Some(&2), "{used:?}");
+    // Nothing was spent twice: msg's budget is gone now, req has one unit left.
+    let d = limiter.check_all(&checks).await.unwrap();
+    assert_eq!(d[0], Decision::Allowed);
+    assert!(!d[1].is_allowed(), "{d:?}");
 }
 
 /// Two replicas (two clients) share one budget.

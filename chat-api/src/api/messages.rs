@@ -11,17 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::protocol::{Message, ServerFrame};
-use shared::ratelimit::{check_fail_open, Decision};
-use shared::telemetry::bucket;
 use shared::Id;
 
-use super::require_member;
+use super::{members_of, require_member};
 use crate::app::{AppState, RequestDeadline};
-use crate::auth::User;
+use crate::auth::{User, Writer};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::store::{Change, Changed, Cursor, Insert};
-use crate::telemetry::{limit, IDEMPOTENT_REPLAYS_TOTAL, MESSAGES_CREATED_TOTAL};
+use crate::telemetry::{IDEMPOTENT_REPLAYS_TOTAL, MESSAGES_CREATED_TOTAL};
 
 /// Set on the answer to a retried send that returned the stored original.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -92,20 +90,6 @@ fn check_body(state: &AppState, body: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The send quota, which edits and deletes share: one user's writes, whatever their kind.
-async fn check_write_rate(state: &AppState, user: &User) -> Result<(), ApiError> {
-    if let Some(quota) = &state.limits.rate_messages {
-        if let Decision::Limited { retry_after } =
-            check_fail_open(&*state.limiter, bucket::MESSAGES, user.id(), quota).await
-        {
-            return Err(state
-                .rate_limited(limit::USER_MESSAGES, "messages", retry_after)
-                .await);
-        }
-    }
-    Ok(())
-}
-
 fn request_deadline(state: &AppState, deadline: Option<Extension<RequestDeadline>>) -> Instant {
     match deadline {
         Some(Extension(RequestDeadline(at))) => at,
@@ -117,7 +101,7 @@ fn request_deadline(state: &AppState, deadline: Option<Extension<RequestDeadline
 /// with the same `client_msg_id` gets the same status and body, plus `Idempotent-Replayed: true`.
 pub async fn send(
     State(state): State<Arc<AppState>>,
-    user: User,
+    Writer(user): Writer,
     ApiPath(chat_id): ApiPath<Id>,
     deadline: Option<Extension<RequestDeadline>>,
     ApiJson(req): ApiJson<SendMessage>,
@@ -140,8 +124,8 @@ pub async fn send(
         ));
     }
     check_body(&state, &req.body)?;
-    check_write_rate(&state, &user).await?;
-    require_member(&state, chat_id, user.id()).await?;
+    // One read answers both the sender's membership and the fan-out's recipients.
+    let members = members_of(&state, chat_id, user.id()).await?;
     state.clock_ok()?;
 
     let message_id = state.ids.next_id();
@@ -182,27 +166,78 @@ pub async fn send(
             (original, true)
         }
     };
-    // Stored: the fan-out runs to its own deadline even if the request's deadline cuts the
-    // request meanwhile, so that every stored message gets its fan-out attempt.
-    let fan_out = {
-        let (state, stored) = (state.clone(), stored.clone());
-        tokio::spawn(async move { deliver(&state, &stored).await })
-    };
-    let _ = fan_out.await;
-    let mut response = (StatusCode::CREATED, Json(stored)).into_response();
+    let mut response = (StatusCode::CREATED, Json(&stored)).into_response();
     if replayed {
         response
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
+    let (chat_id, message_id) = (stored.chat_id, stored.message_id);
+    let frame = ServerFrame::Message { message: stored };
+    Delivery::new(&state, chat_id, message_id, frame, Some(members))
+        .run()
+        .await;
     Ok(response)
 }
 
-/// Real-time delivery to every member's sockets (the sender's other devices included). The
-/// message is already durable, so a routing failure is never returned: it is retried in the
-/// background and, failing that, the members are told to catch up (`crate::fanout`).
-async fn deliver(state: &AppState, message: &Message) {
-    state.fanout().deliver(message).await;
+/// The fan-out of a stored change or message, run on the request's own task (no hand-off). It
+/// runs to its own deadline (`API_FANOUT_TIMEOUT`) even if the request is cut meanwhile (its
+/// deadline passed, its client went away): dropped before it finished, it starts over on a task
+/// of its own, so every stored message gets its fan-out attempt. Members may then get the frame
+/// twice; clients deduplicate by message id.
+struct Delivery {
+    state: Arc<AppState>,
+    chat_id: Id,
+    message_id: Id,
+    /// The frame and its recipients (`None`: the chat's members, read by the fan-out); taken
+    /// once the fan-out finished.
+    work: Option<(ServerFrame, Option<Vec<String>>)>,
+}
+
+impl Delivery {
+    fn new(
+        state: &Arc<AppState>,
+        chat_id: Id,
+        message_id: Id,
+        frame: ServerFrame,
+        recipients: Option<Vec<String>>,
+    ) -> Delivery {
+        Delivery {
+            state: state.clone(),
+            chat_id,
+            message_id,
+            work: Some((frame, recipients)),
+        }
+    }
+
+    async fn run(mut self) {
+        if let Some((frame, recipients)) = &self.work {
+            self.state
+                .fanout()
+                .deliver_to(self.chat_id, self.message_id, frame, recipients.as_deref())
+                .await;
+        }
+        self.work = None;
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some((frame, recipients)) = self.work.take() else {
+            return;
+        };
+        // Outside a runtime (shutdown) there is nothing left to deliver on.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (state, chat_id, message_id) = (self.state.clone(), self.chat_id, self.message_id);
+        runtime.spawn(async move {
+            state
+                .fanout()
+                .deliver_frame(chat_id, message_id, frame, recipients)
+                .await;
+        });
+    }
 }
 
 /// `GET /v1/chats/{chat_id}/messages?before=|after=&limit=`: one page, ascending.
@@ -263,14 +298,13 @@ pub async fn history(
 /// edited (409).
 pub async fn edit(
     State(state): State<Arc<AppState>>,
-    user: User,
+    Writer(user): Writer,
     ApiPath((chat_id, message_id)): ApiPath<(Id, Id)>,
     deadline: Option<Extension<RequestDeadline>>,
     ApiJson(req): ApiJson<EditMessage>,
 ) -> Result<Json<Message>, ApiError> {
     let retry = state.limits.retry_after;
     check_body(&state, &req.body)?;
-    check_write_rate(&state, &user).await?;
     require_member(&state, chat_id, user.id()).await?;
     let current = state
         .store
@@ -313,12 +347,11 @@ pub async fn edit(
 /// removed from the store. Deleting a deleted message is 204 again.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    user: User,
+    Writer(user): Writer,
     ApiPath((chat_id, message_id)): ApiPath<(Id, Id)>,
     deadline: Option<Extension<RequestDeadline>>,
 ) -> Result<StatusCode, ApiError> {
     let retry = state.limits.retry_after;
-    check_write_rate(&state, &user).await?;
     let role = state
         .store
         .role(chat_id, user.id())
@@ -380,16 +413,11 @@ async fn apply(
 }
 
 /// The stored change reaches live members like a message (retried, then `resync`); it runs to
-/// its own deadline even if the request's deadline cuts the request meanwhile.
+/// its own deadline even if the request's deadline cuts the request meanwhile ([`Delivery`]).
 async fn fan_out(state: &Arc<AppState>, chat_id: Id, message_id: Id, frame: ServerFrame) {
-    let state = state.clone();
-    let task = tokio::spawn(async move {
-        state
-            .fanout()
-            .deliver_frame(chat_id, message_id, frame, None)
-            .await
-    });
-    let _ = task.await;
+    Delivery::new(state, chat_id, message_id, frame, None)
+        .run()
+        .await;
 }
 
 /// `GET /v1/chats/{chat_id}/changes?after=&limit=`: one page of the chat's edited and deleted

@@ -15,7 +15,7 @@ use shared::protocol::ServerFrame;
 use shared::routing::{fan_out, RoutingError};
 use shared::Id;
 
-use super::require_member;
+use super::members_of;
 use crate::app::AppState;
 use crate::auth::User;
 use crate::error::ApiError;
@@ -78,7 +78,8 @@ pub async fn typing(
     ApiPath(chat_id): ApiPath<Id>,
 ) -> Result<(StatusCode, Json<TypingAccepted>), ApiError> {
     let limits = &state.limits;
-    require_member(&state, chat_id, user.id()).await?;
+    // One read answers both the membership check and the recipients.
+    let mut members = members_of(&state, chat_id, user.id()).await?;
     if !state.typing.allow(user.id(), chat_id, Instant::now()) {
         metrics::counter!(crate::telemetry::TYPING_RATE_LIMITED_TOTAL).increment(1);
         return Err(ApiError::RateLimited {
@@ -86,11 +87,6 @@ pub async fn typing(
             retry_after: TYPING_INTERVAL,
         });
     }
-    let mut members = state
-        .store
-        .members(chat_id)
-        .await
-        .map_err(|e| ApiError::store(e, limits.retry_after))?;
     members.retain(|m| m != user.id());
     let frame = ServerFrame::Typing {
         chat_id,

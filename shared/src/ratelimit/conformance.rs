@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Decision, Quota, RateLimiter};
+use super::{Check, Decision, Quota, RateLimiter};
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -123,8 +123,46 @@ pub async fn atomic_under_concurrency(l: Arc<dyn RateLimiter>) {
 }
 
 /// Runs every case.
+/// `check_all` spends every named budget once per call, each on its own (a refusal of one does
+/// not spare the other), and answers in the order given.
+pub async fn check_all_spends_each_budget(l: Arc<dyn RateLimiter>) {
+    let (a, b) = (unique("all-a"), unique("all-b"));
+    let small = Quota::per_minute(1, 2);
+    let large = Quota::per_minute(1, 3);
+    let checks = [
+        Check {
+            bucket: "req",
+            key: &a,
+            quota: &large,
+        },
+        Check {
+            bucket: "msg",
+            key: &b,
+            quota: &small,
+        },
+    ];
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let d = l
+            .check_all(&checks)
+            .await
+            .expect("the limiter backend answers");
+        answers.push(d.iter().map(Decision::is_allowed).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        answers,
+        [[true, true], [true, true], [true, false], [false, false]],
+        "each budget on its own"
+    );
+    // Each key is spent: a single check of either is refused now.
+    assert!(!check(&*l, "req", &a, &large).await.is_allowed());
+    assert!(!check(&*l, "msg", &b, &small).await.is_allowed());
+    assert!(l.check_all(&[]).await.expect("no checks").is_empty());
+}
+
 pub async fn all(l: Arc<dyn RateLimiter>) {
     burst_then_refuse(l.clone()).await;
+    check_all_spends_each_budget(l.clone()).await;
     keys_and_buckets_are_independent(l.clone()).await;
     refills_after_retry_after(l.clone()).await;
     sustained_rate(l.clone()).await;

@@ -220,16 +220,28 @@ impl Shared {
         replies.into_iter().map(|r| r.map_err(map_err)).collect()
     }
 
-    /// Each user's routes as (node id, incarnation) pairs: one pipelined round trip.
-    async fn read_routes(
+    /// Each user's routes as (node id, incarnation) pairs and, in the same pipeline, the live
+    /// incarnation of each of `nodes` (absent = dead): one round trip.
+    async fn read_routes_and_liveness(
         &self,
         users: &[String],
-    ) -> Result<Vec<Vec<(String, String)>>, RoutingError> {
+        nodes: &[String],
+    ) -> Result<(Vec<Vec<(String, String)>>, HashMap<String, String>), RoutingError> {
         let p = self.pipeline();
         for user in users {
             queue(p.hgetall::<(), _>(self.keys.route(user)).await)?;
         }
-        Ok(self.run(p).await?.into_iter().map(pairs).collect())
+        for node in nodes {
+            queue(p.get::<(), _>(self.keys.alive(node)).await)?;
+        }
+        let mut replies = self.run(p).await?;
+        let alive = replies.split_off(users.len().min(replies.len()));
+        let live = nodes
+            .iter()
+            .zip(alive)
+            .filter_map(|(n, v)| as_string(&v).map(|inc| (n.clone(), inc)))
+            .collect();
+        Ok((replies.into_iter().map(pairs).collect(), live))
     }
 
     /// The nodes registered in `gw:nodes` (at most `SWEEP_NODES_MAX`), live or dead.
@@ -504,6 +516,7 @@ pub async fn connect(url: &str, opts: RedisOptions) -> Result<RedisRouting, Rout
         registry: Arc::new(RedisRegistry {
             shared: shared.clone(),
             heartbeated: Mutex::new(HashSet::new()),
+            lookup_nodes: Mutex::new(Vec::new()),
         }),
         bus: Arc::new(RedisBus::new(shared.clone())),
         shared,

@@ -35,7 +35,15 @@ pub struct RedisRegistry {
     pub(super) shared: Arc<Shared>,
     /// Nodes this process has heartbeated, to notice when their liveness key vanished.
     pub(super) heartbeated: Mutex<HashSet<(String, u64)>>,
+    /// Live nodes that recent lookups found routes to, newest last, at most
+    /// [`LOOKUP_NODES_MAX`]: a lookup reads their liveness in the pipeline that reads the
+    /// routes, so a lookup whose users are all on these nodes takes one round trip, not two.
+    /// Only which keys to read is remembered; their values are read every time.
+    pub(super) lookup_nodes: Mutex<Vec<String>>,
 }
+
+/// Nodes whose liveness a lookup reads along with the routes before it knows which it needs.
+const LOOKUP_NODES_MAX: usize = 16;
 
 impl RedisRegistry {
     /// Removes routes of dead nodes and of stale incarnations, at most `max_routes` per call
@@ -271,9 +279,26 @@ impl RouteRegistry for RedisRegistry {
             return Ok(Vec::new());
         }
         let s = &self.shared;
-        let routes = s.read_routes(users).await?;
-        let nodes = distinct_nodes(&routes);
-        let live = s.live_incarnations(&nodes).await?;
+        let guessed = self.lookup_nodes.lock().clone();
+        let (routes, mut live) = s.read_routes_and_liveness(users, &guessed).await?;
+        let missing: Vec<String> = distinct_nodes(&routes)
+            .into_iter()
+            .filter(|n| !guessed.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            live.extend(s.live_incarnations(&missing).await?);
+        }
+        if !missing.is_empty() || guessed.iter().any(|n| !live.contains_key(n)) {
+            // Dead nodes are forgotten; the newly seen live ones are added, the oldest dropped.
+            let mut nodes: Vec<String> = guessed
+                .into_iter()
+                .chain(missing)
+                .filter(|n| live.contains_key(n))
+                .collect();
+            let excess = nodes.len().saturating_sub(LOOKUP_NODES_MAX);
+            nodes.drain(..excess);
+            *self.lookup_nodes.lock() = nodes;
+        }
 
         let mut groups: NodeGroups = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
