@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::store::Chat;
 
 /// A chat as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatView {
     pub chat_id: Id,
     pub title: Option<String>,

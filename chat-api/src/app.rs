@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::handler::Handler;
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{on, MethodFilter};
-use axum::Router;
+use axum::{Extension, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::auth::Verifier;
 use shared::ratelimit::RateLimiter;
@@ -20,6 +18,8 @@ use shared::revocation::RevocationCheck;
 use shared::routing::{NodeBus, RouteRegistry};
 use shared::IdGenerator;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api;
 use crate::config::Limits;
@@ -221,129 +221,60 @@ impl AppState {
 
 type S = Arc<AppState>;
 
-/// Collects routes and remembers each (method, path), so that the OpenAPI document can be
-/// checked against what is really served.
-struct RouteTable {
-    router: Router<S>,
-    entries: Vec<(Method, &'static str)>,
+/// The one route list: each handler's `#[utoipa::path]` gives both its axum route and its
+/// operation in the OpenAPI document (`api::openapi`), so the two cannot drift apart.
+pub fn route_list() -> OpenApiRouter<S> {
+    OpenApiRouter::default()
+        .routes(routes!(api::health::healthz))
+        .routes(routes!(api::health::readyz))
+        .routes(routes!(api::health::metrics))
+        .routes(routes!(api::openapi::document))
+        .routes(routes!(api::chats::create, api::chats::list))
+        .routes(routes!(api::chats::get))
+        .routes(routes!(api::chats::add_members))
+        .routes(routes!(api::chats::remove_member, api::chats::set_role))
+        .routes(routes!(api::messages::send, api::messages::history))
+        .routes(routes!(api::messages::edit, api::messages::delete))
+        .routes(routes!(api::messages::changes))
+        .routes(routes!(api::typing::typing))
+        .routes(routes!(api::receipts::read))
+        .routes(routes!(api::receipts::delivered))
+        .routes(routes!(api::receipts::receipts))
+        .routes(routes!(api::push::push))
+        .routes(routes!(api::presence::presence))
+        .routes(routes!(api::admin::disconnect))
+        .routes(routes!(api::admin::revoke))
+        .routes(routes!(api::admin::nodes))
 }
 
-impl RouteTable {
-    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
-    where
-        H: Handler<T, S>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone())
-            .unwrap_or_else(|_| panic!("route table uses an unsupported method {method}"));
-        self.router = self.router.route(path, on(filter, handler));
-        self.entries.push((method, path));
-        self
+/// Every (method, path template) of the route list, from the document it builds.
+pub fn routes() -> Vec<(Method, String)> {
+    let (_, api) = route_list().split_for_parts();
+    let doc = serde_json::to_value(&api).unwrap_or_default();
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
+            if let Ok(method) = Method::from_bytes(method.to_uppercase().as_bytes()) {
+                out.push((method, path.clone()));
+            }
+        }
     }
-}
-
-fn table() -> RouteTable {
-    RouteTable {
-        router: Router::new(),
-        entries: Vec::new(),
-    }
-    .add(Method::GET, "/healthz", api::health::healthz)
-    .add(Method::GET, "/readyz", api::health::readyz)
-    .add(Method::GET, "/metrics", api::health::metrics)
-    .add(Method::GET, "/v1/openapi.json", api::openapi::document)
-    .add(Method::POST, "/v1/chats", api::chats::create)
-    .add(Method::GET, "/v1/chats", api::chats::list)
-    .add(Method::GET, "/v1/chats/{chat_id}", api::chats::get)
-    .add(
-        Method::POST,
-        "/v1/chats/{chat_id}/members",
-        api::chats::add_members,
-    )
-    .add(
-        Method::DELETE,
-        "/v1/chats/{chat_id}/members/{user_id}",
-        api::chats::remove_member,
-    )
-    .add(
-        Method::PATCH,
-        "/v1/chats/{chat_id}/members/{user_id}",
-        api::chats::set_role,
-    )
-    .add(
-        Method::POST,
-        "/v1/chats/{chat_id}/messages",
-        api::messages::send,
-    )
-    .add(
-        Method::PATCH,
-        "/v1/chats/{chat_id}/messages/{message_id}",
-        api::messages::edit,
-    )
-    .add(
-        Method::DELETE,
-        "/v1/chats/{chat_id}/messages/{message_id}",
-        api::messages::delete,
-    )
-    .add(
-        Method::GET,
-        "/v1/chats/{chat_id}/changes",
-        api::messages::changes,
-    )
-    .add(
-        Method::GET,
-        "/v1/chats/{chat_id}/messages",
-        api::messages::history,
-    )
-    .add(
-        Method::POST,
-        "/v1/chats/{chat_id}/typing",
-        api::typing::typing,
-    )
-    .add(
-        Method::POST,
-        "/v1/chats/{chat_id}/read",
-        api::receipts::read,
-    )
-    .add(
-        Method::POST,
-        "/v1/chats/{chat_id}/delivered",
-        api::receipts::delivered,
-    )
-    .add(
-        Method::GET,
-        "/v1/chats/{chat_id}/receipts",
-        api::receipts::receipts,
-    )
-    .add(Method::POST, "/v1/push", api::push::push)
-    .add(Method::GET, "/v1/presence", api::presence::presence)
-    .add(
-        Method::POST,
-        "/v1/admin/users/{user_id}/disconnect",
-        api::admin::disconnect,
-    )
-    .add(
-        Method::POST,
-        "/v1/admin/users/{user_id}/revoke",
-        api::admin::revoke,
-    )
-    .add(Method::GET, "/v1/admin/nodes", api::admin::nodes)
-}
-
-/// Every (method, path template) the router serves.
-pub fn routes() -> Vec<(Method, &'static str)> {
-    table().entries
+    out
 }
 
 /// The router with all routes, limits and fallbacks.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.request_body_bytes_max;
     let cors = cors_layer(&state.cors_origins);
+    let (router, api) = route_list().split_for_parts();
+    let document = api::openapi::finish(api, &state.limits);
+    let document = api::openapi::Document(serde_json::to_vec(&document).unwrap_or_default().into());
     let state = Arc::new(state);
-    let router = table()
-        .router
+    let router = router
         .merge(crate::web::router(state.demo.is_some()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .layer(middleware::from_fn(observe));

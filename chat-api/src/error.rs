@@ -1,12 +1,14 @@
 //! The one error type of the HTTP API, rendered as `application/problem+json` (RFC 9457) with a
 //! stable `type` URI per kind. Details of 5xx answers are logged once here and never sent.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use shared::routing::RoutingError;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as DocResponse, ResponseBuilder};
 
 use crate::store::StoreError;
 
@@ -93,9 +95,37 @@ pub enum ApiError {
     Conflict(String),
 }
 
+/// The errors every authenticated route may answer, for the OpenAPI document
+/// (`#[utoipa::path(responses(…, AuthErrors))]`).
+pub struct AuthErrors;
+
+impl utoipa::IntoResponses for AuthErrors {
+    fn responses() -> BTreeMap<String, RefOr<DocResponse>> {
+        [
+            ("401", "missing or invalid token (`unauthorized`)"),
+            ("500", "internal error (`internal`)"),
+            (
+                "503",
+                "a dependency is unavailable (`service-unavailable`, `timeout`); honour Retry-After",
+            ),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/problem+json", content);
+            (status.to_string(), response.into())
+        })
+        .collect()
+    }
+}
+
 /// The RFC 9457 body.
-#[derive(Serialize)]
-struct Problem<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,

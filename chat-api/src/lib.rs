@@ -1,9 +1,6 @@
 //! chat-api: the stateless HTTP API (chats, members, messages, history, push, presence) and the
 //! message store behind it.
 
-// The OpenAPI document is one `json!` literal, deeper than the default macro recursion limit.
-#![recursion_limit = "256"]
-
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -30,7 +30,9 @@ pub struct Chat {
 
 /// A member's role. The chat's creator (`created_by`) is its `owner` while a member, so chats
 /// stored before roles existed have one; owners grant and revoke `admin`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,

@@ -589,10 +589,7 @@ async fn chaos_slow_consumer() {
                     match socket.recv(until).await {
                         Recv::Frame(shared::protocol::ServerFrame::Message { message }) => {
                             out.push(now_ms().saturating_sub(message.sent_at_ms));
-                            c.held
-                                .entry(message.chat_id)
-                                .or_default()
-                                .insert(message.message_id, message);
+                            c.held.hold(message);
                         }
                         Recv::Closed(why) => panic!("{}: healthy socket closed: {why}", c.user),
                         _ => {}

@@ -352,3 +352,56 @@ fn the_development_key_listens_on_loopback_by_default() {
     );
     assert!(!out.stderr.contains("binding"), "{}", out.stderr);
 }
+
+/// A GET on loopback `port` with HTTP/1.1 over a plain socket; the body of a 200, else `None`.
+fn get_body(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// The document a running `chat-api` serves states the limits it was started with, not the
+/// defaults: `API_MAX_MESSAGE_BYTES=8192` documents 8192.
+#[test]
+fn the_served_openapi_document_states_the_configured_limits() {
+    let api_port = shared::testkit::free_port().expect("a free port");
+    let gw_port = shared::testkit::free_port().expect("a free port");
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-api"));
+    cmd.arg("embedded")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("API_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("GATEWAY_ADDR", format!("127.0.0.1:{gw_port}"))
+        .env("JWT_SECRET", SECRET)
+        .env("DATA_DIR", data.path())
+        .env("API_MAX_MESSAGE_BYTES", "8192");
+    let _api = shared::testkit::Proc::spawn("chat-api", cmd, data.path());
+    let deadline = std::time::Instant::now() + EXIT_LIMIT;
+    let doc = loop {
+        if let Some(doc) = get_body(api_port, "/v1/openapi.json") {
+            break doc;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chat-api served no document"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("a JSON document");
+    let body = &doc["components"]["schemas"]["SendMessage"]["properties"]["body"];
+    assert_eq!(body["x-max-bytes"], 8192, "{body}");
+    assert!(
+        body["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("8192"),
+        "{body}"
+    );
+}

@@ -1136,6 +1136,235 @@ async fn every_route_answers_and_operations_endpoints_work() {
     assert!(r.body["paths"]["/v1/chats/{chat_id}/messages"]["post"].is_object());
 }
 
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// A concrete request path for a path template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{chat_id}", "1")
+        .replace("{message_id}", "2")
+        .replace("{user_id}", "bob")
+}
+
+/// The served OpenAPI document.
+async fn document_of(t: &TestApp) -> Value {
+    let r = t.call(Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    r.body
+}
+
+/// The served document and the router agree both ways: every documented (method, path) is
+/// routed (the test above), every other method on a documented path is not (405), and every path
+/// the route list gives the router is documented.
+#[tokio::test]
+async fn the_document_lists_exactly_the_routes_served() {
+    let t = setup();
+    let alice = t.user("alice");
+    let doc = document_of(&t).await;
+    let documented: Vec<(Method, String)> = chat_api::routes();
+    assert!(documented.len() >= 20, "{documented:?}");
+    let paths: std::collections::BTreeSet<&str> =
+        documented.iter().map(|(_, p)| p.as_str()).collect();
+    for path in &paths {
+        let item = &doc["paths"][*path];
+        assert!(item.is_object(), "{path} missing from the served document");
+        for method in METHODS {
+            let listed = documented.iter().any(|(m, p)| *m == method && p == path);
+            assert_eq!(
+                item.get(method.as_str().to_lowercase()).is_some(),
+                listed,
+                "{method} {path}: the served document and the route list differ"
+            );
+            let r = t
+                .call(method.clone(), &concrete(path), Some(&alice), None)
+                .await;
+            let kind = r.body["type"].as_str().unwrap_or_default();
+            let unrouted = kind.ends_with("/method-not-allowed");
+            assert_eq!(unrouted, !listed, "{method} {path}: answered {}", r.status);
+        }
+    }
+    // The router's own table (its debug form names each path it routes): nothing beyond the
+    // document but the pages of `web`, which are not part of the API.
+    let (router, _) = chat_api::app::route_list().split_for_parts();
+    let table = format!("{router:?}");
+    let routed: std::collections::BTreeSet<String> = table
+        .split('"')
+        // axum's own entries for the fallback ("/" and a private catch-all) are not routes.
+        .filter(|s| s.starts_with('/') && *s != "/" && !s.contains("__private__axum"))
+        .map(str::to_string)
+        .collect();
+    assert!(!routed.is_empty(), "no path found in {table}");
+    let routed: std::collections::BTreeSet<&str> = routed.iter().map(String::as_str).collect();
+    assert_eq!(
+        routed, paths,
+        "paths routed but not documented, or the reverse"
+    );
+}
+
+/// Every request body and every success answer with a body has a schema in the components;
+/// every error answer is problem+json; the cursors are described.
+#[tokio::test]
+async fn the_document_has_schemas_for_bodies_and_errors() {
+    let t = setup();
+    let doc = document_of(&t).await;
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let resolves = |schema: &Value, what: &str| {
+        let reference = schema["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no $ref in {schema}"));
+        let name = reference.trim_start_matches("#/components/schemas/");
+        assert!(
+            schemas.contains_key(name),
+            "{what}: {reference} is not a component"
+        );
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let what = format!("{method} {path}");
+            if let Some(body) = op.get("requestBody") {
+                resolves(&body["content"]["application/json"]["schema"], &what);
+            }
+            let responses = op["responses"].as_object().unwrap();
+            assert!(!responses.is_empty(), "{what}: no responses");
+            let public = op["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+            });
+            for status in ["401", "500", "503"] {
+                assert!(
+                    public || responses.contains_key(status),
+                    "{what}: no {status}"
+                );
+            }
+            for (status, response) in responses {
+                let what = format!("{what} {status}");
+                if status.starts_with('4') || status.starts_with('5') {
+                    resolves(
+                        &response["content"]["application/problem+json"]["schema"],
+                        &what,
+                    );
+                } else if let Some(json) = response["content"].get("application/json") {
+                    if path != "/v1/openapi.json" {
+                        resolves(&json["schema"], &what);
+                    }
+                }
+            }
+        }
+    }
+    for name in [
+        "Problem",
+        "Message",
+        "Id",
+        "SendMessage",
+        "HistoryPage",
+        "ChangesPageView",
+        "ChatList",
+        "ChatView",
+        "CreateChat",
+        "NodeList",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    let problem = &schemas["Problem"]["properties"];
+    assert!(
+        problem["type"].is_object() && problem["detail"].is_object(),
+        "{problem}"
+    );
+    let history = &doc["paths"]["/v1/chats/{chat_id}/messages"]["get"]["parameters"];
+    for cursor in ["before", "after", "limit"] {
+        let p = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == cursor)
+            .unwrap_or_else(|| panic!("no {cursor} in {history}"));
+        assert_eq!(p["in"], "query");
+        assert!(
+            p["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{p}"
+        );
+    }
+}
+
+/// The limits in the served document are the configured ones, not the defaults.
+#[tokio::test]
+async fn the_document_states_the_configured_limits() {
+    let defaults = setup();
+    let doc = document_of(&defaults).await;
+    let body = &doc["components"]["schemas"]["SendMessage"]["properties"]["body"];
+    assert_eq!(
+        body["x-max-bytes"],
+        Limits::default().message_body_bytes_max,
+        "{body}"
+    );
+
+    let limits = Limits {
+        message_body_bytes_max: 8192,
+        client_msg_id_chars_max: 100,
+        members_per_chat_max: 7,
+        page_size_default: 20,
+        page_size_max: 300,
+        push_users_max: 9,
+        title_chars_max: 33,
+        ..Limits::default()
+    };
+    let t = setup_with(limits, SqliteOptions::default());
+    let doc = document_of(&t).await;
+    let schemas = &doc["components"]["schemas"];
+    for schema in ["SendMessage", "EditMessage"] {
+        let body = &schemas[schema]["properties"]["body"];
+        assert_eq!(body["x-max-bytes"], 8192, "{schema}: {body}");
+        assert!(
+            body["description"].as_str().unwrap().contains("8192"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        schemas["SendMessage"]["properties"]["client_msg_id"]["maxLength"],
+        100
+    );
+    assert_eq!(
+        schemas["CreateChat"]["properties"]["members"]["maxItems"],
+        7
+    );
+    assert_eq!(
+        schemas["CreateChat"]["properties"]["title"]["maxLength"],
+        33
+    );
+    assert_eq!(
+        schemas["AddMembers"]["properties"]["user_ids"]["maxItems"],
+        7
+    );
+    assert_eq!(
+        schemas["PushRequest"]["properties"]["user_ids"]["maxItems"],
+        9
+    );
+    for path in [
+        "/v1/chats/{chat_id}/messages",
+        "/v1/chats/{chat_id}/changes",
+    ] {
+        let limit = doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["default"], 20, "{path}: {limit}");
+        assert!(
+            limit["description"].as_str().unwrap().contains("300"),
+            "{path}: {limit}"
+        );
+    }
+    let text = serde_json::to_string(&doc).unwrap();
+    assert!(!text.contains("4096"), "a default limit is still stated");
+}
+
 /// `run` on a real socket: serves, turns `/readyz` away and stops once shutdown is signalled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_on_a_socket_and_shuts_down() {

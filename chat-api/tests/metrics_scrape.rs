@@ -559,9 +559,10 @@ async fn made_up_methods() {
         .copied()
         .chain([chat_api::telemetry::OTHER_METHOD])
         .collect();
-    let routes: BTreeSet<&str> = chat_api::routes()
+    let served = chat_api::routes();
+    let routes: BTreeSet<&str> = served
         .iter()
-        .map(|(_, p)| *p)
+        .map(|(_, p)| p.as_str())
         .chain([chat_api::telemetry::UNMATCHED_ROUTE])
         .collect();
     for (name, samples) in &api_after.samples {

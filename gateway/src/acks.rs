@@ -19,12 +19,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use shared::protocol::{ErrorCode, ServerFrame};
+use shared::protocol::ErrorCode;
 use shared::Id;
 
+use crate::forward::{self, ApiClient, Outcome};
 use crate::hub::{QueueLimits, SocketHandle};
 use crate::telemetry;
-use crate::wsio;
 
 /// How often the node forwards the acks it coalesced: at most one request per (user, chat) per
 /// interval, whatever the number of `ack` frames.
@@ -33,8 +33,6 @@ pub const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 pub const ACKS_PENDING_MAX: usize = 100_000;
 /// Forwards in flight at once per node.
 pub const INFLIGHT_MAX: usize = 256;
-/// Deadline of one forward.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The newest ack of one (user, chat), and where an error answer goes.
 struct PendingAck {
@@ -83,8 +81,7 @@ impl AckTable {
 }
 
 struct Shared {
-    client: reqwest::Client,
-    base: String,
+    api: ApiClient,
     table: Mutex<AckTable>,
     inflight: Arc<Semaphore>,
     pending_max: usize,
@@ -99,26 +96,15 @@ pub struct AckForwarder {
 
 impl AckForwarder {
     pub fn new(base: &str) -> Option<AckForwarder> {
-        let client = reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build();
-        match client {
-            Ok(client) => Some(AckForwarder {
-                shared: Arc::new(Shared {
-                    client,
-                    base: base.to_string(),
-                    table: Mutex::new(AckTable::default()),
-                    inflight: Arc::new(Semaphore::new(INFLIGHT_MAX)),
-                    pending_max: ACKS_PENDING_MAX,
-                }),
-                started: AtomicBool::new(false),
+        Some(AckForwarder {
+            shared: Arc::new(Shared {
+                api: ApiClient::new(base, "acks")?,
+                table: Mutex::new(AckTable::default()),
+                inflight: Arc::new(Semaphore::new(INFLIGHT_MAX)),
+                pending_max: ACKS_PENDING_MAX,
             }),
-            Err(e) => {
-                tracing::error!(error = %e, "could not build the HTTP client for API_URL; acks disabled");
-                None
-            }
-        }
+            started: AtomicBool::new(false),
+        })
     }
 
     /// Coalesces one ack into the table; `false` when it was shed (the table is full).
@@ -174,9 +160,8 @@ async fn flush_loop(shared: Weak<Shared>) {
                 return;
             };
             let request = shared
-                .client
-                .post(format!("{}/v1/chats/{chat_id}/delivered", shared.base))
-                .bearer_auth(&*ack.token)
+                .api
+                .post(&format!("/v1/chats/{chat_id}/delivered"), &ack.token)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 // An id is digits only: nothing to escape.
                 .body(format!(r#"{{"message_id":"{}"}}"#, ack.message_id));
@@ -189,45 +174,28 @@ async fn flush_loop(shared: Weak<Shared>) {
 }
 
 async fn forward(request: reqwest::RequestBuilder, ack: PendingAck) {
-    let answer = request.send().await;
-    let (result, error) = match answer.as_ref().map(|r| r.status().as_u16()) {
-        Ok(204) => (telemetry::ack_result::FORWARDED, None),
-        Ok(403) => (
+    let (result, error) = match forward::send(request, 204, "ack").await {
+        Outcome::Done => (telemetry::ack_result::FORWARDED, None),
+        Outcome::Forbidden => (
             telemetry::ack_result::FORBIDDEN,
             Some((
                 ErrorCode::Forbidden,
                 "ack refused: you are not a member of this chat",
             )),
         ),
-        Ok(401) => (
+        Outcome::Unauthorized => (
             telemetry::ack_result::UNAUTHORIZED,
-            Some((
-                ErrorCode::InvalidToken,
-                "the API refused this socket's token",
-            )),
+            Some((ErrorCode::InvalidToken, forward::TOKEN_REFUSED)),
         ),
-        Ok(status) => {
-            tracing::debug!(status, "ack forward answered");
-            (
-                telemetry::ack_result::FAILED,
-                Some((ErrorCode::Unavailable, "ack not recorded; ack again later")),
-            )
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "ack forward failed");
-            (
-                telemetry::ack_result::FAILED,
-                Some((ErrorCode::Unavailable, "ack not recorded; ack again later")),
-            )
-        }
+        // Acks have no rate limit of their own in chat-api; a 429 is a failure like any other.
+        Outcome::RateLimited | Outcome::Failed => (
+            telemetry::ack_result::FAILED,
+            Some((ErrorCode::Unavailable, "ack not recorded; ack again later")),
+        ),
     };
     metrics::counter!(telemetry::ACKS_TOTAL, "result" => result).increment(1);
     if let (Some((code, message)), Some(socket)) = (error, ack.socket.upgrade()) {
-        let frame = ServerFrame::Error {
-            code,
-            message: message.to_string(),
-        };
-        socket.enqueue(wsio::server_frame(socket.encoding, &frame), ack.limits);
+        forward::reply(&socket, ack.limits, code, message);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 mod drain;
+mod forward;
 pub mod handshakes;
 pub mod hub;
 mod liveness;

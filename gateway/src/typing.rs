@@ -9,44 +9,30 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use shared::protocol::{ErrorCode, ServerFrame};
+use shared::protocol::ErrorCode;
 use shared::Id;
 
+use crate::forward::{self, ApiClient, Outcome};
 use crate::hub::{QueueLimits, SocketHandle};
 use crate::telemetry::{typing_result, TYPING_TOTAL};
-use crate::wsio;
 
 /// Forwards in flight at once per node; past it, typing frames are answered `unavailable`.
 const INFLIGHT_MAX: usize = 1024;
-/// Deadline of one forward.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// Chats a socket's typing limiter remembers at once.
 const GATE_CHATS_MAX: usize = 16;
 
-/// The HTTP client that forwards typing frames to chat-api.
+/// Forwards typing frames to chat-api.
 pub struct TypingForwarder {
-    client: reqwest::Client,
-    base: String,
+    api: ApiClient,
     inflight: Arc<Semaphore>,
 }
 
 impl TypingForwarder {
     pub fn new(base: &str) -> Option<TypingForwarder> {
-        let client = reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build();
-        match client {
-            Ok(client) => Some(TypingForwarder {
-                client,
-                base: base.to_string(),
-                inflight: Arc::new(Semaphore::new(INFLIGHT_MAX)),
-            }),
-            Err(e) => {
-                tracing::error!(error = %e, "could not build the HTTP client for API_URL; typing disabled");
-                None
-            }
-        }
+        Some(TypingForwarder {
+            api: ApiClient::new(base, "typing")?,
+            inflight: Arc::new(Semaphore::new(INFLIGHT_MAX)),
+        })
     }
 
     /// Forwards one typing notice in the background; an error answer becomes an error frame on
@@ -60,7 +46,7 @@ impl TypingForwarder {
     ) {
         let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
             metrics::counter!(TYPING_TOTAL, "result" => typing_result::SHED).increment(1);
-            reply(
+            forward::reply(
                 &handle,
                 limits,
                 ErrorCode::Unavailable,
@@ -69,64 +55,38 @@ impl TypingForwarder {
             return;
         };
         let request = self
-            .client
-            .post(format!("{}/v1/chats/{chat_id}/typing", self.base))
-            .bearer_auth(&*token);
+            .api
+            .post(&format!("/v1/chats/{chat_id}/typing"), &token);
         tokio::spawn(async move {
             let _permit = permit;
-            let answer = request.send().await;
-            let (result, error) = match answer.as_ref().map(|r| r.status().as_u16()) {
-                Ok(202) => (typing_result::OK, None),
-                Ok(403) => (
+            let (result, error) = match forward::send(request, 202, "typing").await {
+                Outcome::Done => (typing_result::OK, None),
+                Outcome::Forbidden => (
                     typing_result::FORBIDDEN,
                     Some((ErrorCode::Forbidden, "you are not a member of this chat")),
                 ),
-                Ok(429) => (
+                Outcome::RateLimited => (
                     typing_result::RATE_LIMITED,
                     Some((ErrorCode::RateLimited, "too many typing notices; slow down")),
                 ),
-                Ok(401) => (
+                Outcome::Unauthorized => (
                     typing_result::UNAUTHORIZED,
+                    Some((ErrorCode::InvalidToken, forward::TOKEN_REFUSED)),
+                ),
+                Outcome::Failed => (
+                    typing_result::FAILED,
                     Some((
-                        ErrorCode::InvalidToken,
-                        "the API refused this socket's token",
+                        ErrorCode::Unavailable,
+                        "typing notice not delivered; try again",
                     )),
                 ),
-                Ok(status) => {
-                    tracing::debug!(status, "typing forward answered");
-                    (
-                        typing_result::FAILED,
-                        Some((
-                            ErrorCode::Unavailable,
-                            "typing notice not delivered; try again",
-                        )),
-                    )
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "typing forward failed");
-                    (
-                        typing_result::FAILED,
-                        Some((
-                            ErrorCode::Unavailable,
-                            "typing notice not delivered; try again",
-                        )),
-                    )
-                }
             };
             metrics::counter!(TYPING_TOTAL, "result" => result).increment(1);
             if let Some((code, message)) = error {
-                reply(&handle, limits, code, message);
+                forward::reply(&handle, limits, code, message);
             }
         });
     }
-}
-
-fn reply(handle: &SocketHandle, limits: QueueLimits, code: ErrorCode, message: &str) {
-    let frame = ServerFrame::Error {
-        code,
-        message: message.to_string(),
-    };
-    handle.enqueue(wsio::server_frame(handle.encoding, &frame), limits);
 }
 
 /// One socket's typing limiter: at most one notice per chat per interval. Holds no allocation

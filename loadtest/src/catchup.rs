@@ -11,19 +11,26 @@
 //! At the end every acknowledged message must be held by every member, in its final state. Break something meanwhile (restart a gateway, Redis, an API replica) to
 //! test that failure on a real deployment.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use chat_client::{Api, Cursors, Held, Holder, MessagePage, Source};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use serde_json::json;
+use shared::protocol::{Message, ServerFrame};
+use shared::Id;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::util;
+
+/// Failed catch-up requests retried (a member riding out a restart), pausing 100 ms times the
+/// attempt number before each.
+const CATCHUP_RETRIES: u32 = 20;
+const CATCHUP_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CatchUpArgs {
@@ -94,42 +101,50 @@ pub struct CatchUpResult {
 /// What one member holds and did.
 #[derive(Default)]
 struct Member {
-    held: BTreeSet<u64>,
-    /// message id → the newest change id held for it.
-    changed: HashMap<u64, u64>,
-    /// The highest change id held (the change cursor).
-    change_held: Option<u64>,
+    held: Held,
     connections: u64,
     resyncs: u64,
     fetched: u64,
     fetched_changes: u64,
 }
 
-impl Member {
-    /// Records a change of a message; true when it is newer than what was held.
-    fn hold_change(&mut self, message_id: u64, change_id: u64) -> bool {
-        self.change_held = self.change_held.max(Some(change_id));
-        let c = self.changed.entry(message_id).or_insert(0);
-        let newer = change_id > *c;
-        *c = (*c).max(change_id);
-        newer
+/// A member's state as the reference client's catch-up sees it: the lock is taken for each
+/// cursor read and page, never across a request.
+struct Shared<'a>(&'a Mutex<Member>);
+
+impl Holder for Shared<'_> {
+    fn cursors(&self, chat: Id) -> Cursors {
+        lock(self.0).held.cursors(chat)
     }
 
-    /// The `after` of a catch-up of changes: the highest change id held minus the overlap, or
-    /// the lowest message id held minus it (a change to a message has a later id).
-    fn change_floor(&self) -> Option<u64> {
-        self.change_held
-            .or_else(|| self.held.first().copied())
-            .map(|held| shared::protocol::catch_up_after(shared::Id(held)).0)
+    fn take(&mut self, source: Source, messages: Vec<Message>) {
+        let mut s = lock(self.0);
+        for m in messages {
+            let newer = s
+                .held
+                .message(m.chat_id, m.message_id)
+                .is_none_or(|held| m.supersedes(held));
+            let new = s.held.hold(m);
+            match source {
+                Source::History => s.fetched += u64::from(new),
+                Source::Changes => s.fetched_changes += u64::from(newer),
+            }
+        }
     }
 }
 
-/// A change in a frame or a changes page: (message id, change id).
-fn change_of(message: &Value) -> Option<(u64, u64)> {
-    Some((
-        message["message_id"].as_str()?.parse().ok()?,
-        message["change_id"].as_str()?.parse().ok()?,
-    ))
+fn lock(member: &Mutex<Member>) -> std::sync::MutexGuard<'_, Member> {
+    member
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One catch-up of the member's chat with the reference client, retrying failed requests.
+async fn catch_up(http: &reqwest::Client, api: &str, token: &str, chat: Id, state: &Mutex<Member>) {
+    let api = Api::new(http.clone(), api, token).with_retries(CATCHUP_RETRIES, CATCHUP_RETRY_PAUSE);
+    if let Err(e) = chat_client::catch_up(&api, Some(chat), &mut Shared(state)).await {
+        eprintln!("catch-up gave up: {e}");
+    }
 }
 
 /// One member's connection loop: connect (to the next gateway each time), catch up, read frames
@@ -139,7 +154,7 @@ fn change_of(message: &Value) -> Option<(u64, u64)> {
 async fn member_loop(
     i: usize,
     token: String,
-    chat: String,
+    chat: Id,
     args: Arc<CatchUpArgs>,
     http: reqwest::Client,
     state: Arc<Mutex<Member>>,
@@ -156,38 +171,24 @@ async fn member_loop(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        state.lock().await.connections += 1;
-        // Snapshot at hello, before anything newer can be read.
-        let snapshot = state.lock().await.held.last().copied();
-        catch_up(&http, api, &token, &chat, snapshot, &state).await;
+        lock(&state).connections += 1;
+        // At hello, before anything newer is read: the cursors are taken before any fetch.
+        catch_up(&http, api, &token, chat, &state).await;
         loop {
             tokio::select! {
                 frame = ws.next() => match frame {
                     Some(Ok(WsMessage::Text(text))) => {
-                        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                        match v["type"].as_str() {
-                            Some("message") => {
-                                if let Some(id) = v["message"]["message_id"].as_str().and_then(|s| s.parse().ok()) {
-                                    state.lock().await.held.insert(id);
-                                }
+                        match serde_json::from_str::<ServerFrame>(&text) {
+                            Ok(ServerFrame::Message { message })
+                            | Ok(ServerFrame::MessageUpdated { message }) => {
+                                lock(&state).held.hold(message);
                             }
-                            Some("message_updated") => {
-                                if let Some((m, c)) = change_of(&v["message"]) {
-                                    state.lock().await.hold_change(m, c);
-                                }
+                            Ok(ServerFrame::MessageDeleted { chat_id, message_id, change_id }) => {
+                                lock(&state).held.hold_deleted(chat_id, message_id, change_id);
                             }
-                            Some("message_deleted") => {
-                                if let Some((m, c)) = change_of(&v) {
-                                    state.lock().await.hold_change(m, c);
-                                }
-                            }
-                            Some("resync") => {
-                                let snapshot = {
-                                    let mut s = state.lock().await;
-                                    s.resyncs += 1;
-                                    s.held.last().copied()
-                                };
-                                catch_up(&http, api, &token, &chat, snapshot, &state).await;
+                            Ok(ServerFrame::Resync) => {
+                                lock(&state).resyncs += 1;
+                                catch_up(&http, api, &token, chat, &state).await;
                             }
                             _ => {}
                         }
@@ -211,149 +212,17 @@ async fn member_loop(
     }
 }
 
-/// One GET with the member's token, as JSON; a failure status is an error.
-async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
-    let r = http
-        .get(url)
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?;
-    let status = r.status();
-    if !status.is_success() {
-        bail!("GET {url}: {status}");
-    }
-    Ok(r.json().await?)
-}
-
-/// The catch-up of one chat held up to `snapshot` (nothing held: the whole chat): when the
-/// chat's `last_message_id` is above `snapshot` minus the catch-up overlap, pages its history
-/// from there, bounded in pages; a failed request is retried a few times.
-async fn catch_up(
-    http: &reqwest::Client,
-    api: &str,
-    token: &str,
-    chat: &str,
-    snapshot: Option<u64>,
-    state: &Mutex<Member>,
-) {
-    let mut after = snapshot
-        .map(|held| shared::protocol::catch_up_after(shared::Id(held)).0)
-        .unwrap_or(0);
-    let change_floor = state.lock().await.change_floor();
-    let mut failures = 0;
-    let mut listed = false;
-    for _page in 0..10_000 {
-        let url = if listed {
-            format!("{api}/v1/chats/{chat}/messages?after={after}&limit=200")
-        } else {
-            format!("{api}/v1/chats")
-        };
-        let page = match get_json(http, &url, token).await {
-            Ok(p) => p,
-            Err(e) => {
-                failures += 1;
-                if failures > 20 {
-                    eprintln!("catch-up gave up: {e}");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100 * failures)).await;
-                continue;
-            }
-        };
-        if !listed {
-            let item = page["chats"]
-                .as_array()
-                .and_then(|chats| chats.iter().find(|c| c["chat_id"].as_str() == Some(chat)));
-            let last: Option<u64> = item.and_then(|c| c["last_message_id"].as_str()?.parse().ok());
-            let last_change: Option<u64> =
-                item.and_then(|c| c["last_change_id"].as_str()?.parse().ok());
-            if let (Some(last_change), Some(floor)) = (last_change, change_floor) {
-                if last_change > floor {
-                    catch_up_changes(http, api, token, chat, floor, state).await;
-                }
-            }
-            if last.is_none_or(|last| last <= after) {
-                return;
-            }
-            listed = true;
-            continue;
-        }
-        let ids: Vec<u64> = page["messages"]
-            .as_array()
-            .map(|ms| {
-                ms.iter()
-                    .filter_map(|m| m["message_id"].as_str().and_then(|s| s.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        {
-            let mut s = state.lock().await;
-            for id in &ids {
-                if s.held.insert(*id) {
-                    s.fetched += 1;
-                }
-            }
-        }
-        match ids.last() {
-            Some(last) if page["has_more"] == Value::Bool(true) => after = *last,
-            _ => return,
-        }
-    }
-}
-
-/// Pages `GET .../changes?after=` from `after` to the end, holding each change.
-async fn catch_up_changes(
-    http: &reqwest::Client,
-    api: &str,
-    token: &str,
-    chat: &str,
-    mut after: u64,
-    state: &Mutex<Member>,
-) {
-    let mut failures = 0;
-    for _page in 0..10_000 {
-        let url = format!("{api}/v1/chats/{chat}/changes?after={after}&limit=200");
-        let page = match get_json(http, &url, token).await {
-            Ok(p) => p,
-            Err(e) => {
-                failures += 1;
-                if failures > 20 {
-                    eprintln!("catch-up of changes gave up: {e}");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100 * failures)).await;
-                continue;
-            }
-        };
-        {
-            let mut s = state.lock().await;
-            for m in page["messages"].as_array().into_iter().flatten() {
-                if let Some((message, change)) = change_of(m) {
-                    if s.hold_change(message, change) {
-                        s.fetched_changes += 1;
-                    }
-                }
-            }
-        }
-        match page["next_after"].as_str().and_then(|s| s.parse().ok()) {
-            Some(next) if page["has_more"] == Value::Bool(true) => after = next,
-            _ => return,
-        }
-    }
-}
-
 /// The sender's edit (`delete` false) or delete of `message_id`, retried on the next API; the
 /// change id of the final state, or `None` when it gave up.
 async fn change(
     http: &reqwest::Client,
     args: &CatchUpArgs,
     token: &str,
-    chat: &str,
-    message_id: u64,
+    chat: Id,
+    message_id: Id,
     delete: bool,
     n: u64,
-) -> Option<u64> {
+) -> Option<Id> {
     for attempt in 0..20usize {
         let api = &args.api[(n as usize + attempt) % args.api.len()];
         let url = format!("{api}/v1/chats/{chat}/messages/{message_id}");
@@ -370,29 +239,40 @@ async fn change(
         if let Ok(r) = sent {
             let status = r.status().as_u16();
             if status == 200 || status == 204 {
-                // A delete answers no body: its change id comes from the chat's changes.
-                let change = if delete {
-                    let page = get_json(
-                        http,
-                        &format!(
-                            "{api}/v1/chats/{chat}/messages?after={}&limit=1",
-                            message_id - 1
-                        ),
-                        token,
-                    )
-                    .await
-                    .ok()?;
-                    page["messages"][0]["change_id"].as_str()?.parse().ok()
+                // A delete answers no body: its change id comes from the history.
+                let changed: Message = if delete {
+                    let url = format!(
+                        "{api}/v1/chats/{chat}/messages?after={}&limit=1",
+                        message_id.0 - 1
+                    );
+                    let page: MessagePage = http
+                        .get(url)
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    page.messages.into_iter().next()?
                 } else {
-                    let v: Value = r.json().await.ok()?;
-                    v["change_id"].as_str()?.parse().ok()
+                    r.json().await.ok()?
                 };
-                return change;
+                return changed.change_id;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// Whether a member holds message `m` in a state older than its acknowledged change `c`.
+fn stale_change(member: &Member, chat: Id, m: Id, c: Id) -> bool {
+    member
+        .held
+        .message(chat, m)
+        .and_then(|held| held.change_id)
+        .is_none_or(|held| held < c)
 }
 
 pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
@@ -410,13 +290,17 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     let members: Vec<String> = (0..args.members)
         .map(|m| format!("cu-{run_id}-{m}"))
         .collect();
+    // Catch-up requests keep this deadline; sends and changes set shorter ones.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(5))
         .build()?;
     let sender_token = util::token(&signer, &sender);
-    let chat = util::create_chat(&http, &args.api[0], &sender_token, &members, "catchup")
+    let chat: Id = util::create_chat(&http, &args.api[0], &sender_token, &members, "catchup")
         .await
-        .context("creating the chat")?;
+        .context("creating the chat")?
+        .parse()
+        .context("the new chat's id")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut states = Vec::new();
@@ -428,7 +312,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
         tasks.push(tokio::spawn(member_loop(
             i,
             util::token(&signer, m),
-            chat.clone(),
+            chat,
             args.clone(),
             http.clone(),
             state.clone(),
@@ -441,7 +325,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     // Every member connected once before the stream starts.
     let ready_by = Instant::now() + Duration::from_secs(30);
     for s in &states {
-        while s.lock().await.connections == 0 {
+        while lock(s).connections == 0 {
             if Instant::now() > ready_by {
                 bail!("members did not all connect within 30 s");
             }
@@ -472,9 +356,9 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     // (bounded), as a client would.
     let started = Instant::now();
     let every = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-    let mut acked: Vec<u64> = Vec::new();
+    let mut acked: Vec<Id> = Vec::new();
     // message id → the change id of its final state, as acknowledged to the sender.
-    let mut changes: HashMap<u64, u64> = HashMap::new();
+    let mut changes: HashMap<Id, Id> = HashMap::new();
     let (mut retries, mut abandoned) = (0u64, 0u64);
     let mut n = 0u64;
     let mut last_report = Instant::now();
@@ -495,8 +379,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
                 .await;
             if let Ok(r) = r {
                 if r.status().as_u16() == 201 {
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    if let Some(id) = v["message_id"].as_str().and_then(|s| s.parse().ok()) {
+                    if let Ok(Message { message_id: id, .. }) = r.json::<Message>().await {
                         acked.push(id);
                         let every = |k: u64| k > 0 && n % k == k - 1;
                         for delete in [false, true] {
@@ -507,7 +390,7 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
                             };
                             if due {
                                 if let Some(c) =
-                                    change(&http, &args, &sender_token, &chat, id, delete, n).await
+                                    change(&http, &args, &sender_token, chat, id, delete, n).await
                                 {
                                     changes.insert(id, c);
                                 }
@@ -545,11 +428,9 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     loop {
         let mut all = true;
         for s in &states {
-            let s = s.lock().await;
-            let stale = changes
-                .iter()
-                .any(|(m, c)| s.changed.get(m).is_none_or(|held| held < c));
-            if stale || acked.iter().any(|id| !s.held.contains(id)) {
+            let s = lock(s);
+            let stale = changes.iter().any(|(m, c)| stale_change(&s, chat, *m, *c));
+            if stale || acked.iter().any(|id| s.held.message(chat, *id).is_none()) {
                 all = false;
                 break;
             }
@@ -564,14 +445,18 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<CatchUpResult> {
     let (mut reconnects, mut resyncs, mut fetched) = (0u64, 0u64, 0u64);
     let (mut changes_missing, mut fetched_changes) = (0u64, 0u64);
     for s in &states {
-        let s = s.lock().await;
+        let s = lock(s);
         let stale = changes
             .iter()
-            .filter(|(m, c)| s.changed.get(m).is_none_or(|held| held < c))
+            .filter(|(m, c)| stale_change(&s, chat, **m, **c))
             .count() as u64;
         changes_missing += stale;
         fetched_changes += s.fetched_changes;
-        let lacks = acked.iter().filter(|id| !s.held.contains(id)).count() as u64 + stale;
+        let lacks = acked
+            .iter()
+            .filter(|id| s.held.message(chat, **id).is_none())
+            .count() as u64
+            + stale;
         missing += lacks;
         members_missing_any += usize::from(lacks > 0);
         reconnects += s.connections.saturating_sub(1);

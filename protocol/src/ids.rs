@@ -26,6 +26,21 @@ const TIME_SHIFT: u32 = WORKER_BITS + SEQUENCE_BITS;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Id(pub u64);
 
+/// The OpenAPI schema of an id: what clients see on the wire, a decimal string.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9]{1,20}$"))
+            .description(Some("64-bit id as a decimal string"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Id {}
+
 impl Id {
     /// The smallest id whose timestamp is `unix_ms` (useful as a range bound).
     pub fn first_at(unix_ms: u64) -> Id {

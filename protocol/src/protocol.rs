@@ -50,6 +50,7 @@ impl Encoding {
 /// one byte); `edited_at` and `change_id` are absent until the message is first edited or
 /// deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub chat_id: Id,
     pub message_id: Id,

@@ -38,14 +38,14 @@ impl Default for AdminArgs {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Disconnected {
     pub user_id: String,
     /// Gateway nodes told to close the user's sockets (every live node).
     pub nodes: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Revoked {
     pub user_id: String,
     /// Unix seconds: the user's tokens with an `iat` below this (or none) are refused.
@@ -54,7 +54,7 @@ pub struct Revoked {
     pub nodes: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub node_id: String,
     /// 63-bit random number of this boot, as a decimal string (like ids).
@@ -65,7 +65,7 @@ pub struct NodeView {
     pub reported_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeView>,
     /// Sockets on all listed nodes.
@@ -96,6 +96,12 @@ async fn close_everywhere(
 
 /// `POST /v1/admin/users/{user_id}/disconnect`: every socket of the user closes with 4104 (the
 /// client may reconnect after a backoff; the token stays good).
+#[utoipa::path(post, path = "/v1/admin/users/{user_id}/disconnect", tag = "admin",
+    summary = "Close every socket of a user on every gateway (service scope `admin`)",
+    description = "Every live gateway node closes the user's sockets with close code 4104 (`disconnected by an operator`: the client may reconnect after a backoff; its token stays good), within about a second.",
+    params(("user_id" = String, Path, description = "the user")),
+    responses((status = 202, description = "handed to every live gateway node", body = Disconnected),
+        (status = 403, description = "user token or missing scope", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "bad user id", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn disconnect(
     State(state): State<Arc<AppState>>,
     Admin(admin): Admin,
@@ -121,6 +127,12 @@ pub async fn disconnect(
 ///
 /// `iat` has whole seconds, so the not-before is the next second: a token issued in the same
 /// second as the revoke, before or after it, is refused too (mint the new one a second later).
+#[utoipa::path(post, path = "/v1/admin/users/{user_id}/revoke", tag = "admin",
+    summary = "Revoke a user's tokens issued up to now and close their sockets (service scope `admin`)",
+    description = "From now on, the user's tokens with an `iat` below `not_before` (the second after this one), or without `iat`, are refused for connecting (401), refreshing (`invalid_token`) and HTTP (401); every socket of the user closes with 4205 (`token revoked`: reconnect only with a new token). Applies at once on every gateway and on the replica that answers, and within REVOCATION_CACHE_TTL on other replicas; kept for REVOCATION_TTL. A retry revokes again from its own time.",
+    params(("user_id" = String, Path, description = "the user")),
+    responses((status = 200, description = "revoked; sockets closing", body = Revoked),
+        (status = 403, description = "user token or missing scope", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "bad user id", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
     Admin(admin): Admin,
@@ -151,6 +163,11 @@ pub async fn revoke(
 }
 
 /// `GET /v1/admin/nodes`: the live gateway nodes, their incarnations and last reported counts.
+#[utoipa::path(get, path = "/v1/admin/nodes", tag = "admin",
+    summary = "Live gateway nodes with their incarnations and socket counts (service scope `admin`)",
+    description = "Counts are each node's last report (every second); `null` before a node's first.",
+    responses((status = 200, description = "live nodes", body = NodeList),
+        (status = 403, description = "user token or missing scope", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn nodes(
     State(state): State<Arc<AppState>>,
     Admin(_): Admin,

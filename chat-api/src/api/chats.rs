@@ -24,14 +24,14 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::store::{Chat, Role};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateChat {
     pub members: Vec<String>,
     #[serde(default)]
     pub title: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct AddMembers {
     pub user_ids: Vec<String>,
 }
@@ -40,15 +40,17 @@ pub struct AddMembers {
 /// gets them all in one answer.
 pub const CHATS_PAGE_MAX: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChatListQuery {
     /// Chats with ids above this one (the previous page's `next_after`).
     pub after: Option<Id>,
+    /// Page size.
     pub limit: Option<usize>,
 }
 
 /// One chat of a `GET /v1/chats` page: the chat and the caller's read state of it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatListItem {
     #[serde(flatten)]
     pub chat: ChatView,
@@ -56,7 +58,7 @@ pub struct ChatListItem {
     pub unread: super::receipts::UnreadState,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatList {
     /// This page's chats, newest activity first.
     pub chats: Vec<ChatListItem>,
@@ -67,25 +69,30 @@ pub struct ChatList {
     pub next_after: Option<Id>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SetRole {
     pub role: Role,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberRole {
     pub chat_id: Id,
     pub user_id: String,
     pub role: Role,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberList {
     pub chat_id: Id,
     pub members: Vec<String>,
 }
 
 /// `POST /v1/chats`: the caller creates a chat and becomes a member.
+#[utoipa::path(post, path = "/v1/chats", tag = "chats", summary = "Create a chat; the caller becomes a member",
+    request_body = CreateChat,
+    responses((status = 201, description = "created", body = ChatView),
+        (status = 400, description = "invalid body", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "service token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "not JSON", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "bad user id, title or too many members", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -146,6 +153,11 @@ fn too_many_members(field: &'static str, max: usize) -> ApiError {
 /// Pages cover ascending ranges of chat ids (so new activity never moves a chat between pages);
 /// inside a page, newest activity first. Each page reads at most `limit + 1` chats, and an
 /// unread count only for chats with messages above the caller's marker (bounded reads).
+#[utoipa::path(get, path = "/v1/chats", tag = "chats", summary = "One page of the caller's chats",
+    description = "Pages cover ascending ranges of chat ids (new activity never moves a chat to another page); inside a page, newest activity first. While `has_more`, ask again with `after=next_after`. Each chat carries your read state: `read_up_to`, `unread_count` (capped) and `unread_capped`.",
+    params(ChatListQuery),
+    responses((status = 200, description = "chats", body = ChatList),
+        (status = 400, description = "a bad cursor or limit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "service token", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -188,6 +200,10 @@ pub async fn list(
 }
 
 /// `GET /v1/chats/{chat_id}`: the chat with its members.
+#[utoipa::path(get, path = "/v1/chats/{chat_id}", tag = "chats", summary = "A chat with its members",
+    description = "403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.", params(("chat_id" = Id, Path, description = "the chat")),
+    responses((status = 200, description = "chat", body = ChatView),
+        (status = 400, description = "chat_id is not an id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -215,6 +231,11 @@ pub async fn get(
 }
 
 /// `POST /v1/chats/{chat_id}/members`: a member adds users; answers the new member list.
+#[utoipa::path(post, path = "/v1/chats/{chat_id}/members", tag = "chats", summary = "Add members (members only)",
+    description = "403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.", params(("chat_id" = Id, Path, description = "the chat")), request_body = AddMembers,
+    responses((status = 200, description = "the new member list", body = MemberList),
+        (status = 400, description = "invalid body", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "bad user id or too many members", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn add_members(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -259,6 +280,12 @@ pub async fn add_members(
 
 /// `DELETE /v1/chats/{chat_id}/members/{user_id}`: leave, or (an owner or admin) remove a
 /// member. The removed member's sockets get `chat_removed`.
+#[utoipa::path(delete, path = "/v1/chats/{chat_id}/members/{user_id}", tag = "chats",
+    summary = "Leave the chat, or (an owner or admin) remove a member",
+    description = "Idempotent: removing a non-member answers 204 too. Admins remove plain members only; the owner removes anyone. The removed member's sockets get `chat_removed`.",
+    params(("chat_id" = Id, Path, description = "the chat"), ("user_id" = String, Path, description = "the member")),
+    responses((status = 204, description = "removed"),
+        (status = 403, description = "not a member (`not-a-member`), or not allowed to remove this member (`forbidden`)", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn remove_member(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -317,6 +344,12 @@ pub async fn remove_member(
 /// `PATCH /v1/chats/{chat_id}/members/{user_id}` with `{"role": "admin" | "member"}`: an owner
 /// grants or revokes `admin`; 200 with the member's role. The owner's own role cannot change
 /// (409), and `owner` cannot be granted (422).
+#[utoipa::path(patch, path = "/v1/chats/{chat_id}/members/{user_id}", tag = "chats",
+    summary = "Grant or revoke admin (the owner only)", params(("chat_id" = Id, Path, description = "the chat"), ("user_id" = String, Path, description = "the member")), request_body = SetRole,
+    responses((status = 200, description = "the member's role", body = MemberRole),
+        (status = 400, description = "invalid body", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member (`not-a-member`) or not the owner (`forbidden`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "the user is not a member (`member-not-found`)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the owner's role cannot change (`conflict`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "role other than admin or member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn set_role(
     State(state): State<Arc<AppState>>,
     user: User,

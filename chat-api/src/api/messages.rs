@@ -24,20 +24,26 @@ use crate::telemetry::{IDEMPOTENT_REPLAYS_TOTAL, MESSAGES_CREATED_TOTAL};
 /// Set on the answer to a retried send that returned the stored original.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SendMessage {
     pub client_msg_id: String,
     pub body: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Only messages with a smaller id: the `limit` newest of them (paging back; the previous
+    /// page's `next_before`).
     pub before: Option<Id>,
+    /// Only messages with a greater id: the `limit` oldest of them (paging forward, catch-up;
+    /// the previous page's `next_after`); not together with `before`.
     pub after: Option<Id>,
+    /// Page size.
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryPage {
     /// Ascending by message id.
     pub messages: Vec<Message>,
@@ -52,19 +58,21 @@ pub struct HistoryPage {
     pub next_after: Option<Id>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EditMessage {
     pub body: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChangesQuery {
     /// Changes with a change id above this one; all when absent.
     pub after: Option<Id>,
+    /// Page size.
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChangesPageView {
     /// The changed messages in their current state (deleted ones as tombstones), in change
     /// order, each message once.
@@ -99,6 +107,13 @@ fn request_deadline(state: &AppState, deadline: Option<Extension<RequestDeadline
 
 /// `POST /v1/chats/{chat_id}/messages`: 201 with the stored message once it is durable. A retry
 /// with the same `client_msg_id` gets the same status and body, plus `Idempotent-Replayed: true`.
+#[utoipa::path(post, path = "/v1/chats/{chat_id}/messages", tag = "messages", summary = "Send a message; durable before 201",
+    description = "Idempotent per (chat, sender, client_msg_id): a retry returns the original with the same status and body and `Idempotent-Replayed: true`, and delivers it to the members' sockets again (clients deduplicate by `message_id`). A replica whose clock cannot be trusted (off Redis time by more than API_MAX_CLOCK_SKEW) answers 503.",
+    params(("chat_id" = Id, Path, description = "the chat")), request_body = SendMessage,
+    responses((status = 201, description = "stored (or replayed)", body = Message,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a retry that returned the stored original"))),
+        (status = 400, description = "invalid body", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "empty or oversized body, bad client_msg_id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "message rate exceeded", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn send(
     State(state): State<Arc<AppState>>,
     Writer(user): Writer,
@@ -241,6 +256,11 @@ impl Drop for Delivery {
 }
 
 /// `GET /v1/chats/{chat_id}/messages?before=|after=&limit=`: one page, ascending.
+#[utoipa::path(get, path = "/v1/chats/{chat_id}/messages", tag = "messages", summary = "History page, ascending; cursor by message id",
+    description = "Without a cursor: the newest `limit` messages. Every page lists its messages oldest first. To page back, pass the page's `next_before` as `before`; to page forward (catch-up), pass `next_after` as `after`; stop when `has_more` is false.",
+    params(("chat_id" = Id, Path, description = "the chat"), HistoryQuery),
+    responses((status = 200, description = "page", body = HistoryPage),
+        (status = 400, description = "both cursors, or a bad value", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn history(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -296,6 +316,13 @@ pub async fn history(
 /// body; 200 with the message, now carrying `edited_at` and `change_id`. Editing to the current
 /// body changes nothing (200, no new change): retries are harmless. A deleted message cannot be
 /// edited (409).
+#[utoipa::path(patch, path = "/v1/chats/{chat_id}/messages/{message_id}", tag = "messages", summary = "Edit a message (its author only)",
+    description = "Replaces the body; the answer carries `edited_at` and `change_id`, and live members get `message_updated`. Editing to the current body changes nothing (200 with the message). Body limits and the per-user message rate apply as for sends.",
+    params(("chat_id" = Id, Path, description = "the chat"), ("message_id" = Id, Path, description = "the message")), request_body = EditMessage,
+    responses((status = 200, description = "the edited message", body = Message),
+        (status = 400, description = "invalid body or id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member (`not-a-member`) or not the author (`forbidden`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such message in this chat (`message-not-found`)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "the message was deleted (`conflict`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "empty or oversized body", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "message rate exceeded", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn edit(
     State(state): State<Arc<AppState>>,
     Writer(user): Writer,
@@ -345,6 +372,12 @@ pub async fn edit(
 /// `DELETE /v1/chats/{chat_id}/messages/{message_id}`: the author, or an owner or admin of the
 /// chat, deletes a message; 204. History keeps a tombstone without the body; the body is
 /// removed from the store. Deleting a deleted message is 204 again.
+#[utoipa::path(delete, path = "/v1/chats/{chat_id}/messages/{message_id}", tag = "messages", summary = "Delete a message (its author, or an owner or admin)",
+    description = "The body is removed from the store; history keeps `{message_id, deleted: true}` without it, and live members get `message_deleted`. Deleting again answers 204.",
+    params(("chat_id" = Id, Path, description = "the chat"), ("message_id" = Id, Path, description = "the message")),
+    responses((status = 204, description = "deleted"),
+        (status = 403, description = "not a member (`not-a-member`), or neither author nor owner/admin (`forbidden`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "no such message in this chat (`message-not-found`)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "message rate exceeded", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Writer(user): Writer,
@@ -422,6 +455,11 @@ async fn fan_out(state: &Arc<AppState>, chat_id: Id, message_id: Id, frame: Serv
 
 /// `GET /v1/chats/{chat_id}/changes?after=&limit=`: one page of the chat's edited and deleted
 /// messages with a change id above `after`, in change order: the catch-up of changes.
+#[utoipa::path(get, path = "/v1/chats/{chat_id}/changes", tag = "messages", summary = "Edited and deleted messages, by change id (catch-up of changes)",
+    description = "The changed messages with a change id above `after`, in their current state, in change order. Catch up from your highest change id held minus the catch-up overlap (docs/PROTOCOL.md); while `has_more`, ask again with `after=next_after`.",
+    params(("chat_id" = Id, Path, description = "the chat"), ChangesQuery),
+    responses((status = 200, description = "page", body = ChangesPageView),
+        (status = 400, description = "a bad cursor or limit", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn changes(
     State(state): State<Arc<AppState>>,
     user: User,

@@ -17,13 +17,14 @@ use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::presence::co_members;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PresenceQuery {
     /// Comma-separated user ids.
     pub user_ids: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserPresence {
     pub user_id: String,
     /// `online`, `offline`, or `unknown` (not shared with the caller).
@@ -34,12 +35,17 @@ pub struct UserPresence {
     pub last_seen_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PresenceList {
     /// In the order asked, duplicates removed.
     pub presence: Vec<UserPresence>,
 }
 
+#[utoipa::path(get, path = "/v1/presence", tag = "presence", summary = "Online state of users",
+    description = "A user reads only themselves and users sharing a chat of at most API_PRESENCE_MAX_CHAT_MEMBERS members with them (among their first API_PRESENCE_MAX_CHATS chats); anyone else reads as `unknown`, like a user who does not exist. Service tokens read everyone. Changes are also pushed to co-members' sockets as `presence` frames (docs/PROTOCOL.md).",
+    params(PresenceQuery),
+    responses((status = 200, description = "presence", body = PresenceList),
+        (status = 400, description = "missing or too many ids", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn presence(
     State(state): State<Arc<AppState>>,
     caller: Caller,

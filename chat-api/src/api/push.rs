@@ -16,19 +16,23 @@ use crate::auth::Pusher;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PushRequest {
     pub user_ids: Vec<String>,
     /// Any JSON value; delivered as is in an `event` frame.
     pub event: serde_json::Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PushAccepted {
     /// Recipients that had a live route when the event was handed to their gateway nodes.
     pub recipients_online: usize,
 }
 
+#[utoipa::path(post, path = "/v1/push", tag = "push", summary = "Push an event to users' sockets (service scope `push`)",
+    request_body = PushRequest,
+    responses((status = 202, description = "handed to gateways", body = PushAccepted),
+        (status = 403, description = "user token or missing scope", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "bad user ids", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn push(
     State(state): State<Arc<AppState>>,
     Pusher(service): Pusher,

@@ -40,13 +40,13 @@ pub const UNREAD_COUNT_MAX: usize = 99;
 pub const UNREAD_CONCURRENCY: usize = 8;
 
 /// `POST /v1/chats/{chat_id}/read` and `/delivered`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MarkBody {
     pub message_id: Id,
 }
 
 /// One member's markers as `GET /v1/chats/{chat_id}/receipts` shows them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Receipt {
     pub user_id: String,
     pub read_up_to: Option<Id>,
@@ -55,7 +55,7 @@ pub struct Receipt {
     pub delivered_up_to: Option<Id>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptList {
     pub chat_id: Id,
     /// Every current member, sorted by user id; `null` markers were never set.
@@ -63,7 +63,7 @@ pub struct ReceiptList {
 }
 
 /// The caller's read state of one chat, as each `GET /v1/chats` item carries it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UnreadState {
     pub read_up_to: Option<Id>,
     /// Messages from other members above `read_up_to`, at most [`UNREAD_COUNT_MAX`].
@@ -73,6 +73,11 @@ pub struct UnreadState {
 }
 
 /// `POST /v1/chats/{chat_id}/read`: moves the caller's read marker; 204.
+#[utoipa::path(post, path = "/v1/chats/{chat_id}/read", tag = "receipts", summary = "Move your read marker in the chat forward",
+    description = "A marker only moves forward: an id at or below it is accepted and changes nothing. An id above the chat's `last_message_id` is clamped to it (so any id at or above the newest marks everything read); in a chat without messages nothing is stored. When the marker moves, the chat's members (your other devices included) get a `read` frame; in chats of more than RECEIPTS_BROADCAST_MEMBERS_MAX members only your own devices do. 403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.",
+    params(("chat_id" = Id, Path, description = "the chat")), request_body = MarkBody,
+    responses((status = 204, description = "stored (or already at or past it)"),
+        (status = 400, description = "invalid body, or `message_id` is not an id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn read(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -84,6 +89,11 @@ pub async fn read(
 
 /// `POST /v1/chats/{chat_id}/delivered`: moves the caller's delivered marker; 204. Gateways call
 /// it with their sockets' coalesced `ack` frames; clients may call it directly.
+#[utoipa::path(post, path = "/v1/chats/{chat_id}/delivered", tag = "receipts", summary = "Move your delivered marker in the chat forward",
+    description = "What gateways call with their sockets' coalesced `ack` frames; clients may call it directly. The same rules as `/read`; when the marker moves, the other members get a `delivered` frame (none in chats of more than RECEIPTS_BROADCAST_MEMBERS_MAX members). 403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.",
+    params(("chat_id" = Id, Path, description = "the chat")), request_body = MarkBody,
+    responses((status = 204, description = "stored (or already at or past it)"),
+        (status = 400, description = "invalid body, or `message_id` is not an id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn delivered(
     State(state): State<Arc<AppState>>,
     user: User,
@@ -191,6 +201,10 @@ async fn broadcast(state: &AppState, chat_id: Id, reader: &str, marker: Marker, 
 }
 
 /// `GET /v1/chats/{chat_id}/receipts`: every member's markers (members only).
+#[utoipa::path(get, path = "/v1/chats/{chat_id}/receipts", tag = "receipts", summary = "Every member's read and delivered markers",
+    description = "403: `not-a-member` for non-members and unknown chats alike, whatever the id (up to 2^64-1) and the store.", params(("chat_id" = Id, Path, description = "the chat")),
+    responses((status = 200, description = "markers", body = ReceiptList),
+        (status = 400, description = "chat_id is not an id", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn receipts(
     State(state): State<Arc<AppState>>,
     user: User,

@@ -29,7 +29,7 @@ pub const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 /// table is full, further notices are shed (answered 429) rather than the table growing.
 const LIMITER_ENTRIES_MAX: usize = 100_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TypingAccepted {
     /// Other members that had a live route when the notice was handed to their gateway nodes.
     pub recipients_online: usize,
@@ -72,6 +72,11 @@ impl TypingLimiter {
     }
 }
 
+#[utoipa::path(post, path = "/v1/chats/{chat_id}/typing", tag = "messages", summary = "Tell the chat's other members that you are typing",
+    description = "Ephemeral: delivered as a `typing` frame to the other members' sockets, never stored. At most one per user and chat per second (429 with Retry-After).",
+    params(("chat_id" = Id, Path, description = "the chat")),
+    responses((status = 202, description = "handed to gateways", body = TypingAccepted),
+        (status = 403, description = "not a member", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "too many typing notices (`rate-limited`)", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::AuthErrors))]
 pub async fn typing(
     State(state): State<Arc<AppState>>,
     user: User,

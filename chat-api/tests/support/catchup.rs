@@ -1,13 +1,13 @@
 //! A client that holds what it received (over its socket and by catch-up over HTTP) and catches
-//! up the way docs/PROTOCOL.md tells clients to: from the highest id held minus the overlap.
+//! up the way docs/PROTOCOL.md tells clients to: from the highest id held minus the overlap,
+//! with the reference client of `chat-client` (the one the load generator runs too).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::collections::HashSet;
 
-use serde_json::Value;
+use chat_client::{Api, Cursors, Held, Holder, Source};
 use tokio::time::Instant;
 
-use shared::protocol::{catch_up_after, Encoding, Message, ServerFrame};
+use shared::protocol::{Encoding, Message, ServerFrame};
 use shared::Id;
 
 use super::*;
@@ -21,8 +21,8 @@ pub struct CatchUpClient {
     pub token: String,
     pub encoding: Encoding,
     pub socket: Option<WsClient>,
-    /// chat → message id → message.
-    pub held: HashMap<Id, BTreeMap<Id, Message>>,
+    /// Messages held, by chat and id, in their newest state.
+    pub held: Held,
     /// Message ids each connection has received as frames, to catch a socket that gets the
     /// same message twice (a delivery bug, unlike a frame repeating history).
     per_socket: HashSet<Id>,
@@ -34,8 +34,6 @@ pub struct CatchUpClient {
     pub resyncs: usize,
     /// Why each socket closed, in order.
     pub closes: Vec<String>,
-    /// chat → the highest change id held (from frames and change pages).
-    pub changes_held: HashMap<Id, Id>,
     /// Changed messages fetched by catch-ups of changes.
     pub fetched_changes: usize,
     /// `message_updated` and `message_deleted` frames received.
@@ -53,7 +51,7 @@ impl CatchUpClient {
             token,
             encoding,
             socket: None,
-            held: HashMap::new(),
+            held: Held::default(),
             per_socket: HashSet::new(),
             socket_repeats: Vec::new(),
             connections: 0,
@@ -61,7 +59,6 @@ impl CatchUpClient {
             resync_requested: false,
             resyncs: 0,
             closes: Vec::new(),
-            changes_held: HashMap::new(),
             fetched_changes: 0,
             updates_received: 0,
             deletes_received: 0,
@@ -100,130 +97,12 @@ impl CatchUpClient {
         }
     }
 
-    fn highest(&self, chat: Id) -> Option<Id> {
-        self.held
-            .get(&chat)
-            .and_then(|m| m.keys().next_back().copied())
-    }
-
-    /// Keeps `message` unless the state held is newer (a delete is final; otherwise the later
-    /// change wins), so that frames and pages arriving in any order end in the current state.
-    fn hold(&mut self, message: Message) {
-        if let Some(change) = message.change_id {
-            let c = self.changes_held.entry(message.chat_id).or_insert(change);
-            *c = (*c).max(change);
-        }
-        let chat = self.held.entry(message.chat_id).or_default();
-        match chat.get(&message.message_id) {
-            Some(held) if !message.supersedes(held) => {}
-            _ => {
-                chat.insert(message.message_id, message);
-            }
-        }
-    }
-
-    /// A `message_deleted` frame: the held message becomes a tombstone.
-    fn hold_deleted(&mut self, chat_id: Id, message_id: Id, change_id: Id) {
-        let c = self.changes_held.entry(chat_id).or_insert(change_id);
-        *c = (*c).max(change_id);
-        if let Some(m) = self
-            .held
-            .get_mut(&chat_id)
-            .and_then(|c| c.get_mut(&message_id))
-        {
-            m.body.clear();
-            m.deleted = true;
-            m.edited_at = None;
-            m.change_id = m.change_id.max(Some(change_id));
-        }
-    }
-
-    /// The `after` of a catch-up of changes: the highest change id held minus the overlap, or
-    /// (no change seen yet) the lowest message id held minus it, since a change to a message
-    /// has a later id than the message. `None` when nothing is held: the message catch-up then
-    /// reads the whole chat in its current state.
-    fn changes_after(&self, chat: Id) -> Option<Id> {
-        match self.changes_held.get(&chat) {
-            Some(c) => Some(catch_up_after(*c)),
-            None => self
-                .held
-                .get(&chat)
-                .and_then(|m| m.keys().next().copied())
-                .map(catch_up_after),
-        }
-    }
-
+    /// Catches up every chat with the reference client; a failed request fails the test.
     pub async fn catch_up(&mut self, http: &Http, api: &str) {
         self.resync_requested = false;
-        let chats = http.get(api, &self.token, "/v1/chats").await;
-        assert_eq!(
-            chats.status, 200,
-            "{}: GET /v1/chats: {}",
-            self.user, chats.body
-        );
-        let list = chats.body["chats"].as_array().cloned().unwrap_or_default();
-        for chat in list {
-            let chat_id: Id = chat["chat_id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("chat_id in {chat}"));
-            // Changes first, from the cursors as they were before this catch-up.
-            let last_change = chat["last_change_id"]
-                .as_str()
-                .and_then(|s| s.parse::<Id>().ok());
-            if let (Some(last_change), Some(after)) = (last_change, self.changes_after(chat_id)) {
-                if last_change > after {
-                    self.catch_up_changes(http, api, chat_id, after).await;
-                }
-            }
-            let Some(last) = chat["last_message_id"]
-                .as_str()
-                .and_then(|s| s.parse::<Id>().ok())
-            else {
-                continue;
-            };
-            // From the highest id held minus the overlap (a message may land below ids already
-            // held, by up to that much), or the whole chat when nothing is held.
-            let mut after = self.highest(chat_id).map(catch_up_after).unwrap_or(Id(0));
-            if last <= after {
-                continue;
-            }
-            for _page in 0..10_000 {
-                let path = format!("/v1/chats/{chat_id}/messages?after={after}&limit=200");
-                let page = http.get(api, &self.token, &path).await;
-                assert_eq!(page.status, 200, "{}: GET {path}: {}", self.user, page.body);
-                let messages: Vec<Message> = serde_json::from_value(page.body["messages"].clone())
-                    .unwrap_or_else(|e| panic!("messages in {}: {e}", page.body));
-                let Some(newest) = messages.last().map(|m| m.message_id) else {
-                    break;
-                };
-                self.fetched_from_history += messages.len();
-                messages.into_iter().for_each(|m| self.hold(m));
-                if page.body["has_more"] != Value::Bool(true) {
-                    break;
-                }
-                after = newest;
-            }
-        }
-    }
-
-    /// Pages `GET /v1/chats/{chat_id}/changes?after=` to the end, holding each changed message.
-    async fn catch_up_changes(&mut self, http: &Http, api: &str, chat_id: Id, mut after: Id) {
-        for _page in 0..10_000 {
-            let path = format!("/v1/chats/{chat_id}/changes?after={after}&limit=200");
-            let page = http.get(api, &self.token, &path).await;
-            assert_eq!(page.status, 200, "{}: GET {path}: {}", self.user, page.body);
-            let messages: Vec<Message> = serde_json::from_value(page.body["messages"].clone())
-                .unwrap_or_else(|e| panic!("messages in {}: {e}", page.body));
-            self.fetched_changes += messages.len();
-            messages.into_iter().for_each(|m| self.hold(m));
-            if page.body["has_more"] != Value::Bool(true) {
-                break;
-            }
-            after = page.body["next_after"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("next_after in {}", page.body));
+        let client = Api::new(http.client.clone(), api, &self.token);
+        if let Err(e) = chat_client::catch_up(&client, None, self).await {
+            panic!("{}: catch-up: {e}", self.user);
         }
     }
 
@@ -243,7 +122,7 @@ impl CatchUpClient {
                     if !self.per_socket.insert(message.message_id) {
                         self.socket_repeats.push(message.message_id);
                     }
-                    self.hold(message);
+                    self.held.hold(message);
                 }
                 Recv::Frame(ServerFrame::Resync) => {
                     self.resync_requested = true;
@@ -253,7 +132,7 @@ impl CatchUpClient {
                 Recv::Frame(ServerFrame::MessageUpdated { message }) => {
                     self.note_after_removal(message.chat_id, "message_updated");
                     self.updates_received += 1;
-                    self.hold(message);
+                    self.held.hold(message);
                 }
                 Recv::Frame(ServerFrame::MessageDeleted {
                     chat_id,
@@ -262,7 +141,7 @@ impl CatchUpClient {
                 }) => {
                     self.note_after_removal(chat_id, "message_deleted");
                     self.deletes_received += 1;
-                    self.hold_deleted(chat_id, message_id, change_id);
+                    self.held.hold_deleted(chat_id, message_id, change_id);
                 }
                 Recv::Frame(ServerFrame::ChatRemoved { chat_id }) => {
                     self.removed_chats.insert(chat_id);
@@ -287,18 +166,31 @@ impl CatchUpClient {
 
     /// The held state of one message.
     pub fn message(&self, chat: Id, id: Id) -> Option<&Message> {
-        self.held.get(&chat).and_then(|m| m.get(&id))
+        self.held.message(chat, id)
     }
 
     pub fn holds(&self, id: Id) -> bool {
-        self.held.values().any(|m| m.contains_key(&id))
+        self.held.holds(id)
     }
 
     /// Everything held in one chat, in id order.
     pub fn chat(&self, chat: Id) -> Vec<Message> {
-        self.held
-            .get(&chat)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.held.chat(chat)
+    }
+}
+
+impl Holder for CatchUpClient {
+    fn cursors(&self, chat: Id) -> Cursors {
+        self.held.cursors(chat)
+    }
+
+    fn take(&mut self, source: Source, messages: Vec<Message>) {
+        match source {
+            Source::History => self.fetched_from_history += messages.len(),
+            Source::Changes => self.fetched_changes += messages.len(),
+        }
+        for m in messages {
+            self.held.hold(m);
+        }
     }
 }
