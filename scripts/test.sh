@@ -22,6 +22,16 @@ if ! command -v faketime >/dev/null; then
   need_root apt-get update -qq
   need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
+if ! python3 -c 'import websockets.sync.client' 2>/dev/null; then
+  echo "==> installing Python websockets >= 13 (gateway/tests/deflate.rs connects with its permessage-deflate offer)"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    need_root apt-get update -qq
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  # Debian's python3-websockets is too old (no sync client); pip, past PEP 668's guard if needed.
+  python3 -m pip install -q 'websockets>=13' 2>/dev/null \
+    || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --user 'websockets>=13'
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust from https://rustup.rs" >&2
   exit 1

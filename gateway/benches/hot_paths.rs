@@ -3,6 +3,8 @@
 //! many sockets' send queues, and the write of queued frames to real TCP sockets over loopback
 //! (one `write` per frame, or one vectored write per batch of queued frames).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,32 +12,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use gateway::delivery::deliver;
 use gateway::hub::SocketHandle;
-use gateway::node::Node;
-use gateway::{wsio, Deps, Settings};
-use shared::auth::{JwtSettings, KeySource, Verifier, DEV_SECRET};
-use shared::protocol::{decode_server, encode_server, Encoding, Message, ServerFrame};
-use shared::routing::memory::{MemoryBus, MemoryRegistry};
+use gateway::wsio;
+use shared::protocol::{decode_server, encode_server, Encoding};
+use shared::routing::memory::MemoryRegistry;
 use shared::routing::{Envelope, NodeInfo, RouteRegistry};
-use shared::Id;
-
-fn message_frame() -> ServerFrame {
-    ServerFrame::Message {
-        message: Message {
-            chat_id: Id(7_123_456_789_012_345),
-            message_id: Id(7_123_456_789_012_999),
-            sender_id: "user-0042".into(),
-            client_msg_id: "c-0001-abcdef".into(),
-            body: "hello there, this is a chat message of a typical length".into(),
-            sent_at_ms: 1_790_000_000_000,
-            edited_at: None,
-            deleted: false,
-            change_id: None,
-        },
-    }
-}
 
 fn encoding(c: &mut Criterion) {
-    let frame = message_frame();
+    let frame = support::message_frame();
     let mut g = c.benchmark_group("encode_frame");
     g.throughput(Throughput::Elements(1));
     g.bench_function("json", |b| {
@@ -93,25 +76,7 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn local_delivery(c: &mut Criterion) {
-    let verifier = Verifier::new(&JwtSettings {
-        algorithm: jsonwebtoken::Algorithm::HS256,
-        key: KeySource::Secret(DEV_SECRET.as_bytes().to_vec()),
-        issuer: None,
-        audience: None,
-        leeway: Duration::ZERO,
-    })
-    .unwrap();
-    let node = Node::new(
-        Settings::default(),
-        Deps {
-            registry: Arc::new(MemoryRegistry::new()),
-            bus: Arc::new(MemoryBus::default()),
-            verifier,
-            metrics: None,
-            limiter: shared::ratelimit::memory(),
-            revocations: Arc::new(shared::revocation::RevocationCheck::memory()),
-        },
-    );
+    let node = support::node();
     let mut g = c.benchmark_group("local_delivery");
     for (sockets, encoding) in [
         (100usize, Encoding::Json),
@@ -133,7 +98,7 @@ fn local_delivery(c: &mut Criterion) {
             .collect();
         let envelope = Envelope::new(
             handles.iter().map(|h| h.user.to_string()).collect(),
-            &message_frame(),
+            &support::message_frame(),
         );
         g.throughput(Throughput::Elements(sockets as u64));
         g.bench_function(BenchmarkId::new(format!("{encoding:?}"), sockets), |b| {
@@ -176,7 +141,7 @@ fn socket_write(c: &mut Criterion) {
             (writer, reader)
         })
         .collect();
-    let frame = wsio::server_frame(Encoding::Json, &message_frame());
+    let frame = wsio::server_frame(Encoding::Json, &support::message_frame());
     let drain = |pairs: &[(TcpStream, TcpStream)]| {
         let mut buf = [0u8; 64 << 10];
         for (_, r) in pairs {
@@ -221,10 +186,7 @@ fn socket_write(c: &mut Criterion) {
 
 criterion_group!(
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = support::criterion();
     targets = encoding, route_lookup, local_delivery, socket_write
 );
 criterion_main!(benches);

@@ -36,9 +36,18 @@ pub struct GatewayArgs {
     /// the send queue (4101) sooner, instead of the kernel absorbing megabytes first.
     #[arg(long, env = "SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
     pub socket_send_buffer_bytes: u32,
-    /// Largest client frame accepted; larger closes with 4203.
+    /// Largest client message accepted (a fragmented one reassembled, a compressed one inflated);
+    /// larger closes with 4203.
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 16 << 10, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_frame_bytes: u32,
+    /// permessage-deflate (RFC 7692): `on` accepts the offers of browsers and other clients,
+    /// `off` declines them all.
+    #[arg(long, env = "WS_COMPRESSION", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub ws_compression: bool,
+    /// Server frames with a shorter payload go uncompressed even to sockets that negotiated
+    /// permessage-deflate: below this, compressing saves too few bytes for its CPU.
+    #[arg(long, env = "WS_COMPRESSION_MIN_BYTES", default_value_t = 128)]
+    pub ws_compression_min_bytes: u32,
     /// Client frames allowed per second per socket (burst of the same size); more closes with 4103.
     #[arg(long, env = "MAX_FRAMES_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_frames_per_second: u32,
@@ -125,6 +134,8 @@ pub struct Settings {
     pub socket_send_buffer_bytes: Option<usize>,
     pub max_frame_bytes: usize,
     pub max_frames_per_second: u32,
+    pub ws_compression: bool,
+    pub ws_compression_min_bytes: usize,
     pub max_connections: usize,
     pub max_sockets_per_user: usize,
     pub drain_window: Duration,
@@ -164,6 +175,8 @@ impl Default for Settings {
             socket_send_buffer_bytes: None,
             max_frame_bytes: 16 << 10,
             max_frames_per_second: 20,
+            ws_compression: true,
+            ws_compression_min_bytes: 128,
             max_connections: 1_000_000,
             max_sockets_per_user: 16,
             drain_window: Duration::from_secs(10),
@@ -258,6 +271,8 @@ impl GatewayArgs {
                 .then_some(self.socket_send_buffer_bytes as usize),
             max_frame_bytes: self.max_frame_bytes as usize,
             max_frames_per_second: self.max_frames_per_second,
+            ws_compression: self.ws_compression,
+            ws_compression_min_bytes: self.ws_compression_min_bytes as usize,
             max_connections: self.max_connections as usize,
             max_sockets_per_user: self.max_sockets_per_user as usize,
             drain_window: self.drain_window,
@@ -276,6 +291,15 @@ impl GatewayArgs {
             presence_grace: self.presence_grace,
             presence_watch_max: self.presence_watch_max as usize,
         })
+    }
+}
+
+/// `on` or `off`, as the switches of this file are spelled.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
     }
 }
 

@@ -1,20 +1,19 @@
 //! Reads this node's stream from the node bus in batches and writes each envelope to the local
-//! sockets of its recipients, encoding the frame at most once per encoding.
+//! sockets of its recipients, encoding the frame at most once per encoding (and compressing it at most once per encoding).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fastwebsockets::OpCode;
 use tokio::sync::watch;
 
 use shared::backoff::Backoff;
-use shared::protocol::{decode_server, encode_server, Encoding};
+use shared::protocol::{decode_server, Encoding};
 use shared::routing::{Envelope, Subscription};
 
 use crate::hub::{Enqueue, SocketHandle};
 use crate::node::Node;
-use crate::wsio;
+use crate::wsio::Outgoing;
 
 /// Pauses after a failed subscribe or read: the one layer that waits on a node-bus failure (the
 /// bus itself returns errors at once).
@@ -116,8 +115,9 @@ pub fn deliver(node: &Node, envelope: &Envelope) -> usize {
 pub fn deliver_deferred(node: &Node, envelope: &Envelope, wakes: &mut Wakes) -> usize {
     let limits = node.queue_limits();
     let epoch = node.resync.epoch();
-    let mut msgpack: Option<Bytes> = None;
-    let mut json: Option<Option<Bytes>> = None;
+    let min_bytes = node.settings.ws_compression_min_bytes;
+    let mut msgpack: Option<Outgoing> = None;
+    let mut json: Option<Option<Outgoing>> = None;
     let mut queued = 0;
     let mut dropped = 0u64;
     let mut unwatched = 0u64;
@@ -134,11 +134,13 @@ pub fn deliver_deferred(node: &Node, envelope: &Envelope, wakes: &mut Wakes) -> 
             }
             let frame = match socket.encoding {
                 Encoding::Msgpack => msgpack
-                    .get_or_insert_with(|| wsio::frame_bytes(OpCode::Binary, &envelope.frame))
-                    .clone(),
+                    .get_or_insert_with(|| {
+                        Outgoing::new(OpCode::Binary, &envelope.frame, min_bytes)
+                    })
+                    .for_socket(socket.deflate),
                 Encoding::Json => {
-                    match json.get_or_insert_with(|| to_json_frame(&envelope.frame)) {
-                        Some(f) => f.clone(),
+                    match json.get_or_insert_with(|| to_json_frame(&envelope.frame, min_bytes)) {
+                        Some(f) => f.for_socket(socket.deflate),
                         None => return,
                     }
                 }
@@ -168,12 +170,9 @@ pub fn deliver_deferred(node: &Node, envelope: &Envelope, wakes: &mut Wakes) -> 
 }
 
 /// Transcodes the canonical MessagePack frame to a JSON text frame (once per envelope).
-fn to_json_frame(msgpack: &[u8]) -> Option<Bytes> {
+fn to_json_frame(msgpack: &[u8], min_bytes: usize) -> Option<Outgoing> {
     match decode_server(Encoding::Msgpack, msgpack) {
-        Ok(frame) => Some(wsio::frame_bytes(
-            OpCode::Text,
-            &encode_server(Encoding::Json, &frame),
-        )),
+        Ok(frame) => Some(Outgoing::frame(Encoding::Json, &frame, min_bytes)),
         Err(e) => {
             tracing::error!(error = %e, "undecodable envelope on the node bus; dropped for JSON sockets");
             None

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
 
+use crate::deflate::Negotiated;
 use crate::writer::Writer;
 pub use crate::writer::{Enqueue, QueueLimits};
 
@@ -22,6 +23,8 @@ pub struct SocketHandle {
     pub user: Arc<str>,
     pub encoding: Encoding,
     pub writer: Writer,
+    /// permessage-deflate, when the upgrade negotiated it (two bytes, no deflate state).
+    pub deflate: Option<Negotiated>,
     /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
     /// distinct ones. An empty set holds no allocation.
     watched: Mutex<HashSet<Box<str>>>,
@@ -36,8 +39,15 @@ impl SocketHandle {
             user,
             encoding,
             writer: Writer::new(resync_epoch),
+            deflate: None,
             watched: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The same socket with permessage-deflate as negotiated in its upgrade.
+    pub fn with_deflate(mut self, deflate: Option<Negotiated>) -> Self {
+        self.deflate = deflate;
+        self
     }
 
     /// Whether this socket receives `user`'s presence: true for a user it already watches or

@@ -6,6 +6,7 @@ pub mod acks;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deflate;
 pub mod delivery;
 mod drain;
 mod forward;

@@ -316,6 +316,29 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) ->
             )
         }
     };
+    // permessage-deflate when enabled and offered in a form this server can honour; an offer it
+    // cannot honour is declined (the socket runs uncompressed), never a failed handshake.
+    let deflate = node
+        .settings
+        .ws_compression
+        .then(|| {
+            crate::deflate::negotiate(
+                req.headers()
+                    .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+        })
+        .flatten();
+    let mut response = response.map(|_| Full::new(Bytes::new()));
+    let deflate = deflate.and_then(|accepted| {
+        let value = http::HeaderValue::from_str(&accepted.response).ok()?;
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+        metrics::counter!(telemetry::DEFLATE_SOCKETS_TOTAL).increment(1);
+        Some(accepted.negotiated)
+    });
     // Kept only where typing and ack frames are forwarded (with the socket's own token), so that
     // other nodes spend no memory on it.
     let token: Option<Arc<str>> = token
@@ -345,11 +368,20 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, client: IpAddr) ->
                 // socket would keep that buffer for its whole life.
                 let read_ahead = Bytes::copy_from_slice(&read_buf);
                 drop(read_buf);
-                socket::run(node, io.into_inner(), read_ahead, identity, token, encoding).await;
+                socket::run(
+                    node,
+                    io.into_inner(),
+                    read_ahead,
+                    identity,
+                    token,
+                    encoding,
+                    deflate,
+                )
+                .await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     };
     tokio::spawn(task);
-    response.map(|_| Full::new(Bytes::new()))
+    response
 }

@@ -4,12 +4,12 @@
 //! vectored writes.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{OpCode, Role, WebSocket, WebSocketError};
+use fastwebsockets::OpCode;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -22,13 +22,14 @@ use shared::protocol::{
 use shared::ratelimit::LocalBucket;
 use shared::Id;
 
+use crate::deflate::Negotiated;
 use crate::hub::SocketHandle;
 use crate::node::Node;
 use crate::typing::TypingGate;
 use crate::writer::{Enqueue, Flush, Writer};
-use crate::wsio::{self, BurstReader};
+use crate::wsio::{self, FrameReader, Incoming, Outgoing, ReadError};
 
-/// A frame that has begun to arrive must complete within this time.
+/// A frame (or a fragmented message) that has begun to arrive must complete within this time.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// After our close frame, how long we wait for the client's before dropping the connection.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -50,18 +51,22 @@ pub async fn run(
     identity: Identity,
     token: Option<Arc<str>>,
     encoding: Encoding,
+    deflate: Option<Negotiated>,
 ) {
     if node.draining.load(Ordering::Acquire) {
         close_now(&stream, &Writer::new(0), CloseCode::Draining).await;
         return;
     }
     let user: Arc<str> = Arc::from(identity.subject.as_str());
-    let handle = Arc::new(SocketHandle::new(
-        node.hub.next_socket_id(),
-        user.clone(),
-        encoding,
-        node.resync.epoch(),
-    ));
+    let handle = Arc::new(
+        SocketHandle::new(
+            node.hub.next_socket_id(),
+            user.clone(),
+            encoding,
+            node.resync.epoch(),
+        )
+        .with_deflate(deflate),
+    );
     match node
         .hub
         .add(handle.clone(), node.settings.max_sockets_per_user)
@@ -114,7 +119,9 @@ pub async fn run(
         idle_timeout_ms: node.settings.idle_timeout.as_millis() as u64,
         token_expires_at: expires_at,
     };
-    handle.enqueue(wsio::server_frame(encoding, &hello), node.queue_limits());
+    let frame = Outgoing::frame(encoding, &hello, node.settings.ws_compression_min_bytes)
+        .for_socket(deflate);
+    handle.enqueue(frame, node.queue_limits());
     drop(hello);
 
     let mut socket = Socket {
@@ -301,7 +308,10 @@ impl Socket<'_> {
     }
 
     fn send_frame(&self, frame: &ServerFrame) {
-        self.send(wsio::server_frame(self.handle.encoding, frame));
+        let min_bytes = self.node.settings.ws_compression_min_bytes;
+        self.send(
+            Outgoing::frame(self.handle.encoding, frame, min_bytes).for_socket(self.handle.deflate),
+        );
     }
 
     fn send_error(&self, code: ErrorCode, message: impl Into<String>) {
@@ -327,52 +337,59 @@ impl Socket<'_> {
     }
 
     async fn read_frames(&mut self, prefix: Bytes) -> Result<(), End> {
-        let bytes_read = AtomicUsize::new(0);
-        let mut ws = WebSocket::after_handshake(
-            BurstReader::new(prefix, self.stream, &bytes_read),
-            Role::Server,
+        let mut reader = FrameReader::new(
+            &prefix,
+            self.stream,
+            self.node.settings.max_frame_bytes,
+            self.handle.deflate.is_some(),
         );
-        ws.set_auto_close(false);
-        ws.set_auto_pong(false);
-        ws.set_max_message_size(self.node.settings.max_frame_bytes);
-        let mut consumed = 0usize;
+        drop(prefix);
+        // Reset after each complete message: a fragmented one must complete within the limit too.
+        let mut deadline = Instant::now() + FRAME_TIMEOUT;
         loop {
-            let frame = match tokio::time::timeout(FRAME_TIMEOUT, ws.read_frame()).await {
+            let incoming = match tokio::time::timeout_at(deadline, reader.next()).await {
                 Err(_) => return Err(End::Close(CloseCode::ProtocolViolation)),
-                Ok(Err(e)) => return Err(ws_error_end(&e)),
-                Ok(Ok(frame)) => frame,
+                Ok(Err(e)) => {
+                    if let ReadError::Violation(what) = e {
+                        tracing::debug!(what, "client broke the framing");
+                    }
+                    return Err(e.close_code().map_or(End::Peer, End::Close));
+                }
+                Ok(Ok(incoming)) => incoming,
             };
-            consumed += wsio::client_frame_wire_len(frame.payload.len());
             self.last_rx = Instant::now();
+            if !matches!(incoming, Incoming::Fragment) {
+                deadline = self.last_rx + FRAME_TIMEOUT;
+            }
             metrics::counter!(crate::telemetry::FRAMES_IN_TOTAL).increment(1);
             if !self.take_token() {
                 return Err(End::Close(CloseCode::RateLimited));
             }
-            if !frame.fin || frame.opcode == OpCode::Continuation {
-                return Err(End::Close(CloseCode::ProtocolViolation));
-            }
-            match frame.opcode {
-                OpCode::Text | OpCode::Binary => {
-                    let expected = wsio::data_opcode(self.handle.encoding);
-                    if frame.opcode != expected {
+            match incoming {
+                Incoming::Data(opcode, payload) => {
+                    if opcode != wsio::data_opcode(self.handle.encoding) {
                         self.send_error(
                             ErrorCode::WrongEncoding,
                             "frame opcode does not match the connection's encoding",
                         );
                     } else {
-                        self.on_client_frame(&frame.payload).await;
+                        self.on_client_frame(&payload).await;
                     }
                 }
-                OpCode::Close => {
+                Incoming::Control(OpCode::Close, payload) => {
                     // Answered through the writer, behind a partly written frame; counted as a
                     // normal close.
-                    self.handle.writer.close_reply(&frame.payload);
+                    self.handle.writer.close_reply(&payload);
                     return Err(End::Close(CloseCode::Normal));
                 }
-                OpCode::Ping => self.send(wsio::frame_bytes(OpCode::Pong, &frame.payload)),
-                OpCode::Pong | OpCode::Continuation => {}
+                Incoming::Control(OpCode::Ping, payload) => {
+                    self.send(wsio::frame_bytes(OpCode::Pong, &payload))
+                }
+                Incoming::Control(..) | Incoming::Fragment => {}
             }
-            if bytes_read.load(Ordering::Relaxed) <= consumed {
+            // A fragmented message keeps the reader (and the frame timeout) until it completes;
+            // the socket's writes wait for it meanwhile, as they wait for a partly read frame.
+            if reader.is_idle() {
                 return Ok(());
             }
         }
@@ -461,15 +478,5 @@ impl Socket<'_> {
             token.clone(),
             chat_id,
         );
-    }
-}
-
-fn ws_error_end(e: &WebSocketError) -> End {
-    match e {
-        WebSocketError::FrameTooLarge => End::Close(CloseCode::FrameTooLarge),
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::ConnectionClosed
-        | WebSocketError::IoError(_) => End::Peer,
-        _ => End::Close(CloseCode::ProtocolViolation),
     }
 }

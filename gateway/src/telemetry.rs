@@ -36,6 +36,18 @@ pub const AUTH_FAILURES_TOTAL: &str = "gateway_auth_failures_total";
 pub const TYPING_TOTAL: &str = "gateway_typing_total";
 /// `resync` broadcasts to this node's sockets after a gap.
 pub const RESYNCS_TOTAL: &str = "gateway_resyncs_total";
+/// Upgrades that negotiated permessage-deflate.
+pub const DEFLATE_SOCKETS_TOTAL: &str = "gateway_deflate_sockets_total";
+/// Frames queued compressed (RSV1 set) to sockets that negotiated permessage-deflate.
+pub const DEFLATE_FRAMES_TOTAL: &str = "gateway_deflate_frames_total";
+/// Bytes of those frames (header included) as they would have gone uncompressed.
+pub const DEFLATE_BYTES_IN_TOTAL: &str = "gateway_deflate_bytes_in_total";
+/// Bytes of those frames (header included) as queued, compressed.
+pub const DEFLATE_BYTES_OUT_TOTAL: &str = "gateway_deflate_bytes_out_total";
+/// Payload bytes of compressed client messages as received.
+pub const INFLATE_BYTES_IN_TOTAL: &str = "gateway_inflate_bytes_in_total";
+/// Payload bytes of compressed client messages once inflated.
+pub const INFLATE_BYTES_OUT_TOTAL: &str = "gateway_inflate_bytes_out_total";
 
 /// The `reason` of [`REJECTED_TOTAL`].
 pub mod reason {
@@ -154,6 +166,19 @@ pub fn rate_limited(limit: &'static str) {
     rejected(reason::RATE_LIMITED);
 }
 
+/// Counts `frames` queued compressed: `before` and `after` are their bytes uncompressed and as sent.
+pub fn compressed(frames: u64, before: u64, after: u64) {
+    metrics::counter!(DEFLATE_FRAMES_TOTAL).increment(frames);
+    metrics::counter!(DEFLATE_BYTES_IN_TOTAL).increment(before);
+    metrics::counter!(DEFLATE_BYTES_OUT_TOTAL).increment(after);
+}
+
+/// Counts one compressed client message: its payload as received and once inflated.
+pub fn inflated(received: u64, inflated: u64) {
+    metrics::counter!(INFLATE_BYTES_IN_TOTAL).increment(received);
+    metrics::counter!(INFLATE_BYTES_OUT_TOTAL).increment(inflated);
+}
+
 /// Describes every gateway metric and registers the unlabelled ones (and every known label value)
 /// at zero. Idempotent; call once the recorder is installed.
 pub fn describe() {
@@ -220,6 +245,34 @@ pub fn describe() {
         RESYNCS_TOTAL,
         "resync broadcasts to this node's sockets after a gap"
     );
+    describe_counter!(
+        DEFLATE_SOCKETS_TOTAL,
+        "Upgrades that negotiated permessage-deflate"
+    );
+    describe_counter!(
+        DEFLATE_FRAMES_TOTAL,
+        "Frames queued compressed to sockets that negotiated permessage-deflate"
+    );
+    describe_counter!(
+        DEFLATE_BYTES_IN_TOTAL,
+        Unit::Bytes,
+        "Bytes of the frames queued compressed, as they would have been uncompressed"
+    );
+    describe_counter!(
+        DEFLATE_BYTES_OUT_TOTAL,
+        Unit::Bytes,
+        "Bytes of the frames queued compressed, as queued"
+    );
+    describe_counter!(
+        INFLATE_BYTES_IN_TOTAL,
+        Unit::Bytes,
+        "Payload bytes of compressed client messages as received"
+    );
+    describe_counter!(
+        INFLATE_BYTES_OUT_TOTAL,
+        Unit::Bytes,
+        "Payload bytes of compressed client messages once inflated"
+    );
     metrics::gauge!(SOCKETS_OPEN).increment(0.0);
     metrics::gauge!(DRAINING).increment(0.0);
     for name in [
@@ -234,6 +287,12 @@ pub fn describe() {
         ROUTE_SYNC_ERRORS_TOTAL,
         ACCEPT_ERRORS_TOTAL,
         RATE_LIMITED_UNHELD_TOTAL,
+        DEFLATE_SOCKETS_TOTAL,
+        DEFLATE_FRAMES_TOTAL,
+        DEFLATE_BYTES_IN_TOTAL,
+        DEFLATE_BYTES_OUT_TOTAL,
+        INFLATE_BYTES_IN_TOTAL,
+        INFLATE_BYTES_OUT_TOTAL,
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -114,6 +114,7 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
         "CONNECT_RATE_LIMITED_HOLD",
     );
     assert_rejected(&[("NODE_ID", "bad node id")], "NODE_ID");
+    assert_rejected(&[("WS_COMPRESSION", "yes")], "WS_COMPRESSION");
     assert_rejected(&[("GATEWAY_ADDR", "localhost")], "GATEWAY_ADDR");
     assert_rejected(
         &[("TRUSTED_PROXIES", "10.0.0.0/8,ingress")],

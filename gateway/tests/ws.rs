@@ -15,7 +15,7 @@ use gateway::Settings;
 use shared::auth::Signer;
 use shared::close::CloseCode;
 use shared::protocol::{encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame};
-use support::{next_frame, Harness, Ws};
+use support::{next_frame, parse_server_frame, Harness, Ws};
 
 fn fast_settings() -> Settings {
     Settings {
@@ -430,41 +430,6 @@ async fn a_node_gap_notice_resyncs_every_socket() {
     h.publish(&["alice"], &event).await;
     assert_eq!(next_frame(&mut alice, Encoding::Json).await, event);
     h.stop().await;
-}
-
-/// A frame as it came off the wire.
-#[derive(Debug, PartialEq)]
-struct WireFrame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
-/// One unmasked server frame parsed off the front of `buf`, and the bytes it took; `None` while
-/// `buf` holds only part of it.
-fn parse_server_frame(buf: &[u8]) -> Option<(WireFrame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
-    let (len, head) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    if buf.len() < head + len {
-        return None;
-    }
-    let frame = WireFrame {
-        fin: buf[0] & 0x80 != 0,
-        opcode: buf[0] & 0x0f,
-        payload: buf[head..head + len].to_vec(),
-    };
-    Some((frame, head + len))
 }
 
 /// The client closes while a large frame is partly written to it (it stopped reading): the

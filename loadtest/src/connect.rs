@@ -58,6 +58,10 @@ pub struct ConnectArgs {
     /// `hello`), the figure the p50/p99 handshake times are measured under.
     #[arg(long, default_value_t = 0)]
     pub in_flight: usize,
+    /// Offer permessage-deflate as browsers do; a socket counts as open only if the gateway
+    /// accepted it and its `hello` arrived compressed.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -169,6 +173,7 @@ pub fn run(args: ConnectRun) -> anyhow::Result<ConnectResult> {
                 "--sockets",
                 &common.sockets.to_string(),
             ])
+            .args(common.deflate.then_some("--deflate"))
             .env("JWT_SECRET", &common.secret)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -356,6 +361,8 @@ pub struct WorkerArgs {
     /// This worker's share of `--in-flight` (0: no cap).
     #[arg(long, default_value_t = 0)]
     pub in_flight: usize,
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 /// The worker: ramps to each target, reports, waits for `go`; holds the sockets until stdin closes.
@@ -388,15 +395,16 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
                 Some(s) => Some(s.clone().acquire_owned().await?),
                 None => None,
             };
-            tokio::spawn(hold_socket(
-                permit,
-                url.clone(),
-                args.encoding.clone(),
-                token,
-                ip,
-                open.clone(),
-                tx.clone(),
-            ));
+            let (url, encoding, open, tx) =
+                (url.clone(), args.encoding.clone(), open.clone(), tx.clone());
+            if args.deflate {
+                tokio::spawn(async move {
+                    let connect = connect_deflate(url, encoding, token, ip);
+                    held(Instant::now(), permit, connect, |ws| ws.hold(), &open, &tx).await
+                });
+            } else {
+                tokio::spawn(hold_socket(permit, url, encoding, token, ip, open, tx));
+            }
             next += 1;
             pending += 1;
             while let Ok(r) = rx.try_recv() {
@@ -462,6 +470,70 @@ fn url_parts(url: &str) -> anyhow::Result<Url> {
     })
 }
 
+/// A socket from `source` to the gateway, connected over TCP.
+async fn tcp_from(source: Ipv4Addr, to: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(source), 0))
+        .map_err(|e| format!("bind: {}", e.kind()))?;
+    socket
+        .connect(to)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))
+}
+
+/// Connects offering permessage-deflate: succeeds only if the gateway accepted it and the `hello`
+/// came compressed (so that every socket held has received a compressed frame).
+async fn connect_deflate(
+    url: Url,
+    encoding: String,
+    token: String,
+    source: Ipv4Addr,
+) -> Result<crate::rawws::RawSocket, String> {
+    let stream = tcp_from(source, url.addr).await?;
+    let path = url.full.splitn(4, '/').nth(3).unwrap_or("ws");
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let path = format!("/{path}{sep}encoding={encoding}&access_token={token}");
+    let mut ws = crate::rawws::connect(stream, &url.addr.to_string(), &path).await?;
+    let hello = ws
+        .next()
+        .await
+        .map_err(|_| "closed before hello".to_string())?;
+    if !hello.compressed() {
+        return Err("hello not compressed".to_string());
+    }
+    Ok(ws)
+}
+
+/// Reports how `connect` went (with the handshake time, bounded by 20 s) and, once connected,
+/// counts the socket as open while `hold` runs.
+async fn held<S, H: std::future::Future<Output = ()>>(
+    started: Instant,
+    in_flight: Option<OwnedSemaphorePermit>,
+    connect: impl std::future::Future<Output = Result<S, String>>,
+    hold: impl FnOnce(S) -> H,
+    open: &AtomicUsize,
+    report: &mpsc::UnboundedSender<Result<f64, String>>,
+) {
+    let connected = tokio::time::timeout(Duration::from_secs(20), connect).await;
+    // The handshake is over (done, failed or timed out): its place goes to the next one.
+    drop(in_flight);
+    match connected {
+        Ok(Ok(socket)) => {
+            open.fetch_add(1, Ordering::Relaxed);
+            let _ = report.send(Ok(started.elapsed().as_secs_f64() * 1000.0));
+            hold(socket).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(Err(cause)) => {
+            let _ = report.send(Err(cause));
+        }
+        Err(_) => {
+            let _ = report.send(Err("timeout".into()));
+        }
+    }
+}
+
 async fn hold_socket(
     in_flight: Option<OwnedSemaphorePermit>,
     url: Url,
@@ -473,14 +545,7 @@ async fn hold_socket(
 ) {
     let started = Instant::now();
     let connect = async {
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
-        socket
-            .bind(SocketAddr::new(IpAddr::V4(source), 0))
-            .map_err(|e| format!("bind: {}", e.kind()))?;
-        let stream = socket
-            .connect(url.addr)
-            .await
-            .map_err(|e| format!("connect: {}", e.kind()))?;
+        let stream = tcp_from(source, url.addr).await?;
         let socketio = encoding == "socketio";
         let sep = if url.full.contains('?') { '&' } else { '?' };
         let full = if socketio {
@@ -515,28 +580,16 @@ async fn hold_socket(
             Err(_) => Err("no hello".to_string()),
         }
     };
-    let connected = tokio::time::timeout(Duration::from_secs(20), connect).await;
-    drop(in_flight);
-    match connected {
-        Ok(Ok(mut ws)) => {
-            open.fetch_add(1, Ordering::Relaxed);
-            let _ = report.send(Ok(started.elapsed().as_secs_f64() * 1000.0));
-            // Reading answers the gateway's pings (and Engine.IO's, which are text frames); the
-            // socket otherwise stays idle.
-            while let Some(Ok(msg)) = ws.next().await {
-                if matches!(&msg, WsMessage::Text(t) if crate::eio::is_ping(t.as_str())) {
-                    let _ = futures_util::SinkExt::send(&mut ws, WsMessage::text("3")).await;
-                }
+    // Reading answers the gateway's pings (and Engine.IO's, which are text frames); the socket
+    // otherwise stays idle.
+    let hold = |mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>| async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            if matches!(&msg, WsMessage::Text(t) if crate::eio::is_ping(t.as_str())) {
+                let _ = futures_util::SinkExt::send(&mut ws, WsMessage::text("3")).await;
             }
-            open.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(Err(cause)) => {
-            let _ = report.send(Err(cause));
-        }
-        Err(_) => {
-            let _ = report.send(Err("timeout".into()));
-        }
-    }
+    };
+    held(started, in_flight, connect, hold, &open, &report).await;
 }
 
 #[cfg(test)]

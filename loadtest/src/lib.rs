@@ -14,6 +14,7 @@ pub mod flood;
 pub mod latency;
 pub mod plot;
 pub mod proc;
+pub mod rawws;
 pub mod report;
 pub mod soak;
 pub mod storm;

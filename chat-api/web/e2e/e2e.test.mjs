@@ -186,6 +186,17 @@ test("two users chat in the demo page, across a server restart", { timeout: 240_
   for (const [name, p] of [["alice", alice], ["bob", bob]]) {
     p.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
     p.setDefaultTimeout(WAIT_MS);
+    // Records what each socket negotiated (`WebSocket.extensions`), for the compression check.
+    await p.addInitScript(() => {
+      const Native = window.WebSocket;
+      window.wsExtensions = [];
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          this.addEventListener("open", () => window.wsExtensions.push(this.extensions));
+        }
+      };
+    });
   }
 
   // Bob speaks MessagePack, Alice JSON: both encodings in one conversation.
@@ -193,6 +204,15 @@ test("two users chat in the demo page, across a server restart", { timeout: 240_
   await alice.goto(`${server.url}/?user=alice`);
   for (const [name, p] of [["alice", alice], ["bob", bob]]) {
     await until(`${name} connected`, async () => (await connState(p)) === "open");
+  }
+
+  // Chromium offers permessage-deflate and the gateway takes it (docs/PROTOCOL.md, "Compression").
+  for (const [name, p] of [["alice", alice], ["bob", bob]]) {
+    assert.deepEqual(
+      await p.evaluate(() => window.wsExtensions),
+      ["permessage-deflate; server_no_context_takeover; client_no_context_takeover"],
+      `${name}'s socket negotiated compression`,
+    );
   }
 
   // Alice creates a chat with Bob from the page.
@@ -260,6 +280,11 @@ test("two users chat in the demo page, across a server restart", { timeout: 240_
   const all = ["hi bob, lunch at 12:30?", ...before];
   await expectShownOnce(alice, all, "alice");
   await expectShownOnce(bob, all, "bob");
+
+  // The conversation so far reached the browsers compressed, and they read it.
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  const compressed = Number(/^gateway_deflate_frames_total (\d+)/m.exec(metrics)?.[1] ?? 0);
+  assert.ok(compressed > 0, `compressed frames sent: ${compressed}`);
 
   // ---- the server dies mid-conversation --------------------------------------------------
   await server.kill();

@@ -158,3 +158,41 @@ pub async fn next_frame(ws: &mut Ws, enc: Encoding) -> ServerFrame {
         }
     }
 }
+
+/// A frame as it came off the wire.
+#[derive(Debug, PartialEq)]
+pub struct WireFrame {
+    /// FIN, RSV1-3 and the opcode.
+    pub first: u8,
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// One unmasked server frame parsed off the front of `buf`, and the bytes it took; `None` while
+/// `buf` holds only part of it.
+pub fn parse_server_frame(buf: &[u8]) -> Option<(WireFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
+    let (len, head) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < head + len {
+        return None;
+    }
+    let frame = WireFrame {
+        first: buf[0],
+        fin: buf[0] & 0x80 != 0,
+        opcode: buf[0] & 0x0f,
+        payload: buf[head..head + len].to_vec(),
+    };
+    Some((frame, head + len))
+}
