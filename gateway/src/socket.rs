@@ -43,6 +43,20 @@ enum End {
     Peer,
 }
 
+/// The HTTP connection task that read the upgrade request may have left its waker in the
+/// stream's read-readiness slot (hyper polls the read side while the request is served). That
+/// waker keeps the finished task's allocation (the whole HTTP connection future, about 1 KiB)
+/// alive until the socket next becomes readable, which for an idle socket can be minutes. Polling
+/// the slot once from this task puts this task's waker there instead (this task itself waits with
+/// `readable()`, which does not use the slot).
+async fn take_over_read_waker(stream: &TcpStream) {
+    std::future::poll_fn(|cx| {
+        let _ = stream.poll_read_ready(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
 /// Runs the socket until it ends, then unregisters it.
 pub async fn run(
     node: Arc<Node>,
@@ -53,6 +67,7 @@ pub async fn run(
     encoding: Encoding,
     deflate: Option<Negotiated>,
 ) {
+    take_over_read_waker(&stream).await;
     if node.draining.load(Ordering::Acquire) {
         close_now(&stream, &Writer::new(0), CloseCode::Draining).await;
         return;
