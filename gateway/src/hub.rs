@@ -70,17 +70,6 @@ impl SocketHandle {
         self.writer.push(frame, limits)
     }
 
-    /// Queues a delivery, behind a `resync` when one is owed ([`Writer::push_delivery`]).
-    pub fn enqueue_delivery(
-        &self,
-        frame: Bytes,
-        limits: QueueLimits,
-        epoch: u32,
-        resync: &Bytes,
-    ) -> Enqueue {
-        self.writer.push_delivery(frame, limits, epoch, resync)
-    }
-
     /// Queues `resync` unless one was sent for `epoch` ([`Writer::push_resync`]).
     pub fn enqueue_resync(
         &self,

@@ -118,11 +118,8 @@ impl Writer {
         epoch: u32,
         resync: &Bytes,
     ) -> Enqueue {
-        let result = self
-            .queue
-            .lock()
-            .push_delivery(frame, limits, epoch, resync);
-        self.wake.notify_one();
+        let (result, _) = self.push_delivery_deferred(frame, limits, epoch, resync);
+        self.wake();
         result
     }
 
