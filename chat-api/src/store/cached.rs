@@ -10,6 +10,7 @@ pub mod table;
 pub mod versions;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -274,40 +275,38 @@ impl CachedStore {
         }
     }
 
-    /// The chat's membership, from the cache or loaded (coalesced); `Ok(None)` when the tokens
-    /// cannot be read and the caller must ask the store itself.
-    async fn membership(&self, chat_id: Id) -> Result<Option<Arc<Membership>>, StoreError> {
-        let Some(token) = self
-            .token(chat_id, Kind::Members, cache_name::MEMBERS)
-            .await
-        else {
+    /// The chat's entry in `table` while its `kind` token holds, or the value `load` reads from
+    /// the store (identical concurrent loads coalesced through `flights`), put in the table under
+    /// the token it was loaded with. `Ok(None)` when the token cannot be read and the caller must
+    /// ask the store itself.
+    async fn entry<V, F>(
+        &self,
+        chat_id: Id,
+        (kind, cache): (Kind, &'static str),
+        (table, flights): (&Arc<Table<V>>, &Flights<V>),
+        bytes: fn(&V) -> usize,
+        load: impl FnOnce() -> F,
+    ) -> Result<Option<Arc<V>>, StoreError>
+    where
+        V: Send + Sync + 'static,
+        F: Future<Output = Result<V, StoreError>> + Send + 'static,
+    {
+        let Some(token) = self.token(chat_id, kind, cache).await else {
             return Ok(None);
         };
-        if let Some(m) = self.members.get(chat_id, token) {
-            count(cache_name::MEMBERS, cache_result::HIT);
-            return Ok(Some(m));
+        if let Some(v) = table.get(chat_id, token) {
+            count(cache, cache_result::HIT);
+            return Ok(Some(v));
         }
-        let (inner, table) = (self.inner.clone(), self.members.clone());
+        let (table, load) = (table.clone(), load());
         let load = async move {
-            let (mut members, mut admins, chat) = tokio::try_join!(
-                inner.members(chat_id),
-                inner.admins(chat_id),
-                inner.get_chat(chat_id)
-            )?;
-            // Sorted as the lookups expect, whatever the store's collation.
-            members.sort_unstable();
-            admins.sort_unstable();
-            let entry = Arc::new(Membership {
-                members,
-                admins,
-                owner: chat.map(|c| c.created_by),
-            });
-            table.put(chat_id, token, entry.clone(), entry.bytes());
+            let entry = Arc::new(load.await?);
+            table.put(chat_id, token, entry.clone(), bytes(&entry));
             Ok(entry)
         };
-        let (result, joined) = self.member_loads.run(chat_id, token, load).await;
+        let (result, joined) = flights.run(chat_id, token, load).await;
         count(
-            cache_name::MEMBERS,
+            cache,
             if joined {
                 cache_result::COALESCED
             } else {
@@ -317,48 +316,62 @@ impl CachedStore {
         result.map(Some)
     }
 
-    /// The chat with its newest messages, as [`CachedStore::membership`].
+    /// The chat's membership, as [`CachedStore::entry`].
+    async fn membership(&self, chat_id: Id) -> Result<Option<Arc<Membership>>, StoreError> {
+        let load = || {
+            let inner = self.inner.clone();
+            async move {
+                let (mut members, mut admins, chat) = tokio::try_join!(
+                    inner.members(chat_id),
+                    inner.admins(chat_id),
+                    inner.get_chat(chat_id)
+                )?;
+                // Sorted as the lookups expect, whatever the store's collation.
+                members.sort_unstable();
+                admins.sort_unstable();
+                Ok(Membership {
+                    members,
+                    admins,
+                    owner: chat.map(|c| c.created_by),
+                })
+            }
+        };
+        self.entry(
+            chat_id,
+            (Kind::Members, cache_name::MEMBERS),
+            (&self.members, &self.member_loads),
+            Membership::bytes,
+            load,
+        )
+        .await
+    }
+
+    /// The chat with its newest messages, as [`CachedStore::entry`].
     async fn recent(&self, chat_id: Id) -> Result<Option<Arc<Recent>>, StoreError> {
-        let Some(token) = self
-            .token(chat_id, Kind::Messages, cache_name::RECENT)
-            .await
-        else {
-            return Ok(None);
+        let load = || {
+            let (inner, n) = (self.inner.clone(), self.recent_messages);
+            async move {
+                let (chat, messages) = tokio::try_join!(
+                    inner.get_chat(chat_id),
+                    inner.history(chat_id, Cursor::Latest, n + 1)
+                )?;
+                let complete = messages.len() <= n;
+                let skip = messages.len().saturating_sub(n);
+                Ok(Recent {
+                    chat,
+                    messages: messages.into_iter().skip(skip).collect(),
+                    complete,
+                })
+            }
         };
-        if let Some(r) = self.recent.get(chat_id, token) {
-            count(cache_name::RECENT, cache_result::HIT);
-            return Ok(Some(r));
-        }
-        let (inner, table, n) = (
-            self.inner.clone(),
-            self.recent.clone(),
-            self.recent_messages,
-        );
-        let load = async move {
-            let (chat, messages) = tokio::try_join!(
-                inner.get_chat(chat_id),
-                inner.history(chat_id, Cursor::Latest, n + 1)
-            )?;
-            let complete = messages.len() <= n;
-            let skip = messages.len().saturating_sub(n);
-            let entry = Arc::new(Recent {
-                chat,
-                messages: messages.into_iter().skip(skip).collect(),
-                complete,
-            });
-            table.put(chat_id, token, entry.clone(), entry.bytes());
-            Ok(entry)
-        };
-        let (result, joined) = self.recent_loads.run(chat_id, token, load).await;
-        count(
-            cache_name::RECENT,
-            if joined {
-                cache_result::COALESCED
-            } else {
-                cache_result::MISS
-            },
-        );
-        result.map(Some)
+        self.entry(
+            chat_id,
+            (Kind::Messages, cache_name::RECENT),
+            (&self.recent, &self.recent_loads),
+            Recent::bytes,
+            load,
+        )
+        .await
     }
 
     /// After a write of `kinds` to the chat (whatever its outcome, since a failed store call
