@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh            full suite on `dist`-profile binaries (builds them; ~10 min on 2 cores)
 #   scripts/bench.sh --smoke    seconds-long run on debug binaries (CI): checks nothing was lost
+#   scripts/bench.sh --only=S   full mode, only the scenario S (connect, fanout, soak, flood,
+#                               latency, catchup) on every system that has it
 #
 # Results (JSON per scenario, PNG plots in full mode) go to $BENCH_OUT (default target/bench).
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -13,13 +15,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=full
+ONLY=""
 for arg in "$@"; do
   case "$arg" in
     --smoke) MODE=smoke ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (use --smoke)" >&2; exit 2 ;;
+    --only=connect|--only=fanout|--only=soak|--only=flood|--only=latency|--only=catchup) ONLY=${arg#--only=} ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (use --smoke or --only=SCENARIO)" >&2; exit 2 ;;
   esac
 done
+# want SCENARIO: whether this run includes it
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 OUT=${BENCH_OUT:-target/bench}
 rm -rf "$OUT" && mkdir -p "$OUT/results" "$OUT/logs"
@@ -90,28 +96,32 @@ lt() { "$BIN/loadtest" "$@"; }
 plot() { if [ "$PLOT" = 1 ]; then echo "--plot $OUT/$1.png"; fi; }
 uname -a >"$OUT/machine.txt"; nproc >>"$OUT/machine.txt"; cat /proc/loadavg >>"$OUT/machine.txt"
 
-echo "==> embedded: chat-api embedded (one process: API + gateway + SQLite)"
-E_API=127.0.0.1:$((BASE+1)); E_GW=127.0.0.1:$((BASE+2))
-DATA_DIR=$WORK/embedded API_ADDR=$E_API GATEWAY_ADDR=$E_GW start embedded "$BIN/chat-api" embedded
-EPID=$LAST_PID
-wait_port "$E_API" embedded; wait_port "$E_GW" embedded
-lt connect --url "ws://$E_GW/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
-  --source-ips 4 --gateway-pid "$EPID" --settle 2s --hold 1s --out "$OUT/results/embedded-connect.json"
-lt fanout --api "http://$E_API" --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --chats "$FO_CHATS" \
-  --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" --out "$OUT/results/embedded-fanout.json"
-lt soak --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --sockets "$SOAK_SOCKETS" --churn-rate "$SOAK_CHURN" \
-  --duration "$SOAK_SECS" --out "$OUT/results/embedded-soak.json" $(plot embedded-soak-rss)
-stop "$EPID"
+if want connect || want fanout || want soak; then
+  echo "==> embedded: chat-api embedded (one process: API + gateway + SQLite)"
+  E_API=127.0.0.1:$((BASE+1)); E_GW=127.0.0.1:$((BASE+2))
+  DATA_DIR=$WORK/embedded API_ADDR=$E_API GATEWAY_ADDR=$E_GW start embedded "$BIN/chat-api" embedded
+  EPID=$LAST_PID
+  wait_port "$E_API" embedded; wait_port "$E_GW" embedded
+  want connect && lt connect --url "ws://$E_GW/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+    --source-ips 4 --gateway-pid "$EPID" --settle 2s --hold 1s --out "$OUT/results/embedded-connect.json"
+  want fanout && lt fanout --api "http://$E_API" --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --chats "$FO_CHATS" \
+    --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" --out "$OUT/results/embedded-fanout.json"
+  want soak && lt soak --ws "ws://$E_GW/ws" --gateway-pids "$EPID" --sockets "$SOAK_SOCKETS" --churn-rate "$SOAK_CHURN" \
+    --duration "$SOAK_SECS" --out "$OUT/results/embedded-soak.json" $(plot embedded-soak-rss)
+  stop "$EPID"
+fi
 
-echo "==> embedded with the default rate limits: one user and one address flood, another user measures"
-F_API=127.0.0.1:$((BASE+8)); F_GW=127.0.0.1:$((BASE+9))
-start flood env -u API_RATE_REQUESTS -u API_RATE_MESSAGES -u CONNECT_RATE_PER_IP -u MAX_HANDSHAKES_PER_IP \
-  DATA_DIR="$WORK/flood" API_ADDR="$F_API" GATEWAY_ADDR="$F_GW" "$BIN/chat-api" embedded
-FPID=$LAST_PID
-wait_port "$F_API" flood; wait_port "$F_GW" flood
-lt flood --api "http://$F_API" --ws "ws://$F_GW/ws" --duration "$FLOOD_SECS" \
-  --out "$OUT/results/embedded-flood.json" >/dev/null
-stop "$FPID"
+if want flood; then
+  echo "==> embedded with the default rate limits: one user and one address flood, another user measures"
+  F_API=127.0.0.1:$((BASE+8)); F_GW=127.0.0.1:$((BASE+9))
+  start flood env -u API_RATE_REQUESTS -u API_RATE_MESSAGES -u CONNECT_RATE_PER_IP -u MAX_HANDSHAKES_PER_IP \
+    DATA_DIR="$WORK/flood" API_ADDR="$F_API" GATEWAY_ADDR="$F_GW" "$BIN/chat-api" embedded
+  FPID=$LAST_PID
+  wait_port "$F_API" flood; wait_port "$F_GW" flood
+  lt flood --api "http://$F_API" --ws "ws://$F_GW/ws" --duration "$FLOOD_SECS" \
+    --out "$OUT/results/embedded-flood.json" >/dev/null
+  stop "$FPID"
+fi
 
 if command -v redis-server >/dev/null; then
   echo "==> distributed: redis-server, 2 gateways, 2 chat-api serve"
@@ -150,26 +160,26 @@ YAML
   elif [ "${MONITORING_CHECK:-}" = require ]; then
     echo "prometheus is not installed (MONITORING_CHECK=require)" >&2; exit 1
   fi
-  lt connect --url "ws://$GA/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+  want connect && lt connect --url "ws://$GA/ws" --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
     --source-ips 4 --gateway-pid "$GAPID" --settle 2s --hold 1s --out "$OUT/results/distributed-connect.json"
-  lt fanout --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --gateway-pids "$GAPID,$GBPID" \
+  want fanout && lt fanout --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --gateway-pids "$GAPID,$GBPID" \
     --chats "$FO_CHATS" --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" \
     --out "$OUT/results/distributed-fanout.json"
-  for rate in $LAT_RATES; do
+  want latency && for rate in $LAT_RATES; do
     lt latency --api "http://$AA,http://$AB" --ws "ws://$GB/ws" --rate "$rate" --duration "$LAT_SECS" \
       --out "$OUT/results/distributed-latency-$rate.json" $(plot "distributed-latency-$rate")
   done
   # Sockets dropped at random under a steady stream, reconnecting to the other node: every
   # member must end up holding every acknowledged message (SPEC §6).
-  lt catchup --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --members "$CU_MEMBERS" \
+  want catchup && lt catchup --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --members "$CU_MEMBERS" \
     --rate "$CU_RATE" --drops-per-s "$CU_DROPS" --duration "$CU_SECS" \
     --out "$OUT/results/distributed-catchup.json"
-  if [ -n "$PROM" ]; then
+  if [ -n "$PROM" ] && [ -z "$ONLY" ]; then
     echo "==> monitoring: alerting rules and dashboard queries against Prometheus"
     scripts/check-monitoring.py --prometheus "http://$PROM" --rules k8s/monitoring/alerts/chat-alerts.yaml \
       --dashboard k8s/monitoring/dashboards/chat.json
   else
-    echo "==> monitoring: skipped (prometheus not installed)"
+    echo "==> monitoring: skipped (prometheus not installed, or only one scenario run)"
   fi
   unset REDIS_URL
 else
@@ -186,13 +196,13 @@ if command -v node >/dev/null && command -v redis-server >/dev/null \
   REDIS_URL=redis://127.0.0.1:$R PORT=${SA#*:} start sio-a node "$SIO/server.js"; SAPID=$LAST_PID
   REDIS_URL=redis://127.0.0.1:$R PORT=${SB#*:} start sio-b node "$SIO/server.js"; SBPID=$LAST_PID
   wait_port "$SA" sio-a; wait_port "$SB" sio-b
-  lt connect --url "ws://$SA" --encoding socketio --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
+  want connect && lt connect --url "ws://$SA" --encoding socketio --sockets "$CONNECT_SOCKETS" --rate 2000 --processes 2 \
     --source-ips 4 --gateway-pid "$SAPID" --settle 2s --hold 1s --out "$OUT/results/socketio-connect.json"
-  lt fanout --socketio --api "http://$SA,http://$SB" --ws "ws://$SA,ws://$SB" --gateway-pids "$SAPID,$SBPID" \
+  want fanout && lt fanout --socketio --api "http://$SA,http://$SB" --ws "ws://$SA,ws://$SB" --gateway-pids "$SAPID,$SBPID" \
     --chats "$FO_CHATS" --members "$FO_MEMBERS" --rate "$FO_RATE" --duration "$FO_SECS" \
     --out "$OUT/results/socketio-fanout.json"
   # Sends enter node A and the receiver is on node B, so every event crosses Redis.
-  for rate in $LAT_RATES; do
+  want latency && for rate in $LAT_RATES; do
     lt latency --socketio --api "http://$SA" --ws "ws://$SB" --rate "$rate" --duration "$LAT_SECS" \
       --out "$OUT/results/socketio-latency-$rate.json" $(plot "socketio-latency-$rate")
   done
