@@ -161,17 +161,21 @@ impl Fanout {
     }
 
     /// [`Fanout::deliver_to`] with the routes of `recipients` when the caller already read them
-    /// (a send reads them alongside its cache token write, after the store write): the first
-    /// attempt uses them instead of a lookup of its own.
+    /// (a send reads them alongside its cache token write, after the store write), with the time
+    /// that read started: the first attempt uses them instead of a lookup of its own, and the
+    /// fan-out's duration counts from that read.
     pub async fn deliver_routed(
         &self,
         chat_id: Id,
         message_id: Id,
         frame: &ServerFrame,
         recipients: Option<&[String]>,
-        routes: Option<NodeGroups>,
+        routes: Option<(NodeGroups, std::time::Instant)>,
     ) {
-        let started = std::time::Instant::now();
+        let (routes, started) = match routes {
+            Some((groups, read_at)) => (Some(groups), read_at),
+            None => (None, std::time::Instant::now()),
+        };
         let mut members = recipients.map(Cow::Borrowed);
         let mut progress = Progress::new(&self.backends, frame);
         let work = attempt(

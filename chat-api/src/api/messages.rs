@@ -169,9 +169,10 @@ pub async fn send(
     // as the cache's token write; failed or late, the fan-out looks the routes up itself.
     let mut routes = None;
     let lookup = async {
+        let started = Instant::now();
         let lookup = state.registry.lookup(&members);
         if let Ok(Ok(groups)) = tokio::time::timeout(limits.fanout_timeout, lookup).await {
-            routes = Some(groups);
+            routes = Some((groups, started));
         }
     };
     let inserted = state
@@ -239,8 +240,9 @@ impl Delivery {
         self.run_routed(None).await;
     }
 
-    /// [`Delivery::run`] with the recipients' routes, when already read.
-    async fn run_routed(mut self, routes: Option<NodeGroups>) {
+    /// [`Delivery::run`] with the recipients' routes and when their read started, when already
+    /// read.
+    async fn run_routed(mut self, routes: Option<(NodeGroups, Instant)>) {
         if let Some((frame, recipients)) = &self.work {
             self.state
                 .fanout()
