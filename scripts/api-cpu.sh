@@ -8,7 +8,8 @@
 #   scripts/api-cpu.sh [messages|push] [seconds]   (default: messages 15)
 #
 # MEMBERS (default 4) sets the chat's size; PERF=1 also records the API under
-# `perf record -e cpu-clock -g` for 10 s of the run (perf.data in the output directory);
+# `perf record -e cpu-clock -g` for 10 s of the run (perf.data in the output directory), and
+# PERF_STAT=1 counts the API's context switches and system calls per request (`perf stat`);
 # EMBEDDED=1 measures `chat-api embedded` (one process) instead. BIN defaults to target/dist
 # (`cargo build --profile dist -p chat-api -p gateway -p loadtest --bins`); LOADTEST overrides
 # the load generator alone (to measure older servers with this one).
@@ -66,10 +67,16 @@ if [ "${PERF:-0}" = 1 ]; then
     >"$OUT/perf.log" 2>&1) &
   PERF_PID=$!
 fi
+if [ "${PERF_STAT:-0}" = 1 ]; then
+  perf stat -x, -e context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait \
+    -p "$APIPID" -o "$OUT/perf-stat.csv" &
+  STAT_PID=$!
+fi
 "${LOADTEST:-$BIN/loadtest}" fanout --api "http://$API" --ws "$WS" --chats 1 --members "$MEMBERS" \
   --closed-loop --max-in-flight 16 --duration "${SECS}s" --drain 3s $MODE_FLAG \
   --out "$OUT/result.json" | tee "$OUT/loadtest.txt"
 if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID"; fi
+if [ -n "${STAT_PID:-}" ]; then kill -INT "$STAT_PID"; wait "$STAT_PID" || true; fi
 ACKED=$(python3 -c "import json;print(json.load(open('$OUT/result.json'))['acknowledged'])")
 FRAMES=$(python3 -c "import json;print(json.load(open('$OUT/result.json'))['frames_received'])")
 echo "requests acknowledged: $ACKED, frames delivered: $FRAMES (output: $OUT)"
@@ -84,7 +91,14 @@ done
 awk -v d="$TOTAL" -v hz="$HZ" -v a="$ACKED" -v f="$FRAMES" 'BEGIN {
   printf "all    cpu %.2f s: %.1f us per request, %.1f us per delivered frame\n",
     d/hz, d/hz*1e6/a, d/hz*1e6/f }'
+if [ -n "${STAT_PID:-}" ]; then
+  # The API's kernel events per request, counted over the whole run (drain included).
+  awk -F, -v a="$ACKED" '$1 ~ /^[0-9]+$/ { printf "  api %-28s %8.2f per request\n", $3, $1/a }' "$OUT/perf-stat.csv"
+fi
 if [ -n "${R:-}" ]; then
   redis-cli -p "$R" info commandstats | grep -v '^#' | tr -d '\r' | sed '/^$/d' > "$OUT/commandstats.txt"
   awk -F'[:=,]' -v a="$ACKED" '{ sub("cmdstat_", "", $1); printf "  %-16s %8.2f calls per request\n", $1, $3/a }' "$OUT/commandstats.txt"
+  # Socket reads Redis served (every client, gateways included): its round trips, batched or not.
+  redis-cli -p "$R" info stats | tr -d '\r' | awk -F: -v a="$ACKED" '$1 == "total_reads_processed" {
+    printf "redis socket reads: %.2f per request (all clients)\n", $2/a }'
 fi

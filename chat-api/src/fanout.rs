@@ -25,7 +25,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use shared::backoff::Backoff;
 use shared::protocol::ServerFrame;
-use shared::routing::{fan_out, publish, Envelope, FanOut, NodeBus, RouteRegistry, RoutingError};
+use shared::routing::{
+    fan_out, publish, Envelope, FanOut, NodeBus, NodeGroups, RouteRegistry, RoutingError,
+};
 use shared::Id;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -154,14 +156,33 @@ impl Fanout {
         frame: &ServerFrame,
         recipients: Option<&[String]>,
     ) {
-        let started = std::time::Instant::now();
+        self.deliver_routed(chat_id, message_id, frame, recipients, None)
+            .await;
+    }
+
+    /// [`Fanout::deliver_to`] with the routes of `recipients` when the caller already read them
+    /// (a send reads them alongside its cache token write, after the store write), with the time
+    /// that read started: the first attempt uses them instead of a lookup of its own, and the
+    /// fan-out's duration counts from that read.
+    pub async fn deliver_routed(
+        &self,
+        chat_id: Id,
+        message_id: Id,
+        frame: &ServerFrame,
+        recipients: Option<&[String]>,
+        routes: Option<(NodeGroups, std::time::Instant)>,
+    ) {
+        let (routes, started) = match routes {
+            Some((groups, read_at)) => (Some(groups), read_at),
+            None => (None, std::time::Instant::now()),
+        };
         let mut members = recipients.map(Cow::Borrowed);
         let mut progress = Progress::new(&self.backends, frame);
         let work = attempt(
             &self.backends,
             chat_id,
             frame,
-            &mut members,
+            (&mut members, routes.filter(|_| recipients.is_some())),
             &mut progress,
             "fanout::first",
         );
@@ -237,14 +258,15 @@ impl Fanout {
     }
 }
 
-/// One fan-out attempt: the members (read once and kept for the retries), then the routes and
-/// the stream appends, and with the offline hook on, the queueing of the members without a
-/// route. `failpoint` injects a failure in tests built with failpoints.
+/// One fan-out attempt: the members (read once and kept for the retries), then the routes
+/// (unless given: the members' routes read by the caller) and the stream appends, and with the
+/// offline hook on, the queueing of the members without a route. `failpoint` injects a failure
+/// in tests built with failpoints.
 async fn attempt(
     backends: &Backends,
     chat_id: Id,
     frame: &ServerFrame,
-    members: &mut Option<Cow<'_, [String]>>,
+    (members, routes): (&mut Option<Cow<'_, [String]>>, Option<NodeGroups>),
     progress: &mut Progress,
     failpoint: &'static str,
 ) -> Result<FanOut, String> {
@@ -266,19 +288,24 @@ async fn attempt(
     let (notifier, message) = match (&backends.notify, frame) {
         (Some(n), ServerFrame::Message { message }) if !progress.notified => (n, message),
         _ => {
-            let report = fan_out(&backends.registry, &backends.bus, users, frame)
-                .await
-                .map_err(|e| e.to_string())?;
+            let report = match routes {
+                Some(groups) => publish(&backends.bus, groups, frame).await,
+                None => fan_out(&backends.registry, &backends.bus, users, frame).await,
+            }
+            .map_err(|e| e.to_string())?;
             progress.delivered = true;
             return Ok(report);
         }
     };
     // The hook needs the routes itself: one lookup serves the delivery and the queueing.
-    let groups = backends
-        .registry
-        .lookup(users)
-        .await
-        .map_err(|e| e.to_string())?;
+    let groups = match routes {
+        Some(groups) => groups,
+        None => backends
+            .registry
+            .lookup(users)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
     // The sender wrote the message: no notification for it.
     let offline: Vec<String> = {
         let online: HashSet<&str> = groups
@@ -359,7 +386,7 @@ async fn retry(backends: &Backends, job: &Job) -> (bool, Progress) {
             backends,
             job.chat_id,
             &job.frame,
-            &mut members,
+            (&mut members, None),
             &mut progress,
             "fanout::retry",
         );

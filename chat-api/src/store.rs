@@ -9,6 +9,8 @@ pub mod scylla;
 pub mod sqlite;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -220,6 +222,21 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<Insert, StoreError> {
         let _ = deadline;
         self.insert_message(message).await
+    }
+    /// [`MessageStore::insert_message_before`], then `then` once the message is stored (created
+    /// or found as a duplicate), run alongside whatever the store still does before it returns:
+    /// the caching layer's token write, a Redis round trip that a send's route lookup shares
+    /// instead of waiting for it. `then` never runs when the insert failed; it may run when the
+    /// insert is answered 503 afterwards (its token could not be written).
+    async fn insert_message_then<'a>(
+        &'a self,
+        message: &'a Message,
+        deadline: Instant,
+        then: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    ) -> Result<Insert, StoreError> {
+        let inserted = self.insert_message_before(message, deadline).await?;
+        then.await;
+        Ok(inserted)
     }
     /// Up to `limit` messages from the cursor, in ascending id order. `Before`/`Latest` return the
     /// newest messages below the bound, `After` the oldest above it.

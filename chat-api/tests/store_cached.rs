@@ -242,6 +242,63 @@ async fn a_write_through_one_replica_is_in_the_others_next_page() {
     }
 }
 
+/// A send's lookup rides with the token write (`insert_message_then`): it runs once the message
+/// is stored (a retry's duplicate included), the other replica's next page has the message as
+/// soon as the insert returns, and an insert that failed runs no lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_alongside_the_token_write_runs_only_after_the_store_write() {
+    let redis = RedisServer::start().expect("redis-server");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _conns) = two_replicas(&dir, &redis).await;
+    let (a_dyn, b_dyn): (Arc<dyn MessageStore>, Arc<dyn MessageStore>) = (a.clone(), b.clone());
+    let plain: Arc<dyn MessageStore> =
+        Arc::new(SqliteStore::open(dir.path().join("chat.db")).unwrap());
+    let bob = conformance::unique_user("bob");
+    let chat = conformance::new_chat(&a_dyn, std::slice::from_ref(&bob)).await;
+    // B caches the (empty) newest page.
+    let latest = |s: Arc<dyn MessageStore>| async move {
+        ids(&s.history(chat.chat_id, Cursor::Latest, 51).await.unwrap())
+    };
+    assert!(latest(b_dyn.clone()).await.is_empty());
+
+    let m = conformance::message(chat.chat_id, &bob, "c1", "hi");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for attempt in ["first", "retry"] {
+        let seen = parking_lot::Mutex::new(None);
+        let hook = async {
+            *seen.lock() = Some(latest(plain.clone()).await);
+        };
+        let inserted = a_dyn
+            .insert_message_then(&m, deadline, Box::pin(hook))
+            .await
+            .unwrap();
+        assert_eq!(matches!(inserted, Insert::Duplicate(_)), attempt == "retry");
+        assert_eq!(
+            seen.lock().take(),
+            Some(vec![m.message_id]),
+            "{attempt}: the work ran after the store write"
+        );
+        assert_eq!(
+            latest(b_dyn.clone()).await,
+            vec![m.message_id],
+            "{attempt}: the other replica's page has it"
+        );
+    }
+
+    // Abandoned before commit (its deadline already passed): stored nowhere, and no work.
+    let late = conformance::message(chat.chat_id, &bob, "c2", "late");
+    let ran = AtomicBool::new(false);
+    let hook = async {
+        ran.store(true, Ordering::SeqCst);
+    };
+    let result = a_dyn
+        .insert_message_then(&late, Instant::now(), Box::pin(hook))
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(!ran.load(Ordering::SeqCst), "no work after a failed insert");
+    assert_eq!(latest(b_dyn).await, vec![m.message_id]);
+}
+
 /// A message whose id is below the newest cached one, stored after A cached its page (a send
 /// held between its id and its write): A's next pages, forwards and backwards, have it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

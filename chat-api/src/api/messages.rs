@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shared::protocol::{Message, ServerFrame};
+use shared::routing::NodeGroups;
 use shared::Id;
 
 use super::{members_of, require_member};
@@ -164,9 +165,19 @@ pub async fn send(
     // The write never commits after the request's deadline (where the store can tell): the
     // catch-up overlap covers a send only from its id to its deadline plus its fan-out.
     let deadline = request_deadline(&state, deadline);
+    // The fan-out's route lookup, once the message is stored, rides in the same Redis round trip
+    // as the cache's token write; failed or late, the fan-out looks the routes up itself.
+    let mut routes = None;
+    let lookup = async {
+        let started = Instant::now();
+        let lookup = state.registry.lookup(&members);
+        if let Ok(Ok(groups)) = tokio::time::timeout(limits.fanout_timeout, lookup).await {
+            routes = Some((groups, started));
+        }
+    };
     let inserted = state
         .store
-        .insert_message_before(&message, deadline)
+        .insert_message_then(&message, deadline, Box::pin(lookup))
         .await
         .map_err(|e| ApiError::store(e, limits.retry_after))?;
     let (stored, replayed) = match inserted {
@@ -190,7 +201,7 @@ pub async fn send(
     let (chat_id, message_id) = (stored.chat_id, stored.message_id);
     let frame = ServerFrame::Message { message: stored };
     Delivery::new(&state, chat_id, message_id, frame, Some(members))
-        .run()
+        .run_routed(routes)
         .await;
     Ok(response)
 }
@@ -225,11 +236,23 @@ impl Delivery {
         }
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
+        self.run_routed(None).await;
+    }
+
+    /// [`Delivery::run`] with the recipients' routes and when their read started, when already
+    /// read.
+    async fn run_routed(mut self, routes: Option<(NodeGroups, Instant)>) {
         if let Some((frame, recipients)) = &self.work {
             self.state
                 .fanout()
-                .deliver_to(self.chat_id, self.message_id, frame, recipients.as_deref())
+                .deliver_routed(
+                    self.chat_id,
+                    self.message_id,
+                    frame,
+                    recipients.as_deref(),
+                    routes,
+                )
                 .await;
         }
         self.work = None;
