@@ -72,6 +72,15 @@ pub async fn delivery_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
                         }
                     }
                     wakes.wake_all();
+                    // Under load, let the next read take what arrives meanwhile (bounded by the
+                    // linger); a full read means a backlog, read on at once.
+                    let linger = node.settings.stream_read_linger;
+                    if !batch.is_empty() && batch.len() < node.settings.stream_batch && !linger.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(linger) => {}
+                            _ = stop.changed() => return,
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "node bus read failed; retrying");

@@ -108,6 +108,9 @@ fn zero_sizes_and_durations_are_rejected_before_binding() {
     // A read larger than the smallest node-stream cap could not notice trimmed entries.
     assert_rejected(&[("STREAM_BATCH", "1001")], "STREAM_BATCH");
     assert_rejected(&[("DRAIN_WINDOW", "30s")], "DRAIN_WINDOW");
+    // A read that waits for company longer than this would eat the delivery latency budget.
+    assert_rejected(&[("STREAM_READ_LINGER", "51ms")], "STREAM_READ_LINGER");
+    assert_rejected(&[("STREAM_READ_LINGER", "soon")], "STREAM_READ_LINGER");
     assert_rejected(&[("IDLE_TIMEOUT", "10s")], "IDLE_TIMEOUT");
     assert_rejected(
         &[("CONNECT_RATE_LIMITED_HOLD", "10s")],

@@ -79,6 +79,32 @@ async fn hello_then_deliveries_in_both_encodings() {
     h.stop().await;
 }
 
+/// The stream read's linger at its largest, with reads of at most 4 envelopes: envelopes
+/// published back to back (taken in fewer reads than envelopes, some of them full, which do not
+/// linger) all arrive, in order.
+#[tokio::test]
+async fn a_lingering_stream_reader_delivers_everything_in_order() {
+    let settings = Settings {
+        stream_read_linger: gateway::config::STREAM_READ_LINGER_MAX,
+        stream_batch: 4,
+        ..fast_settings()
+    };
+    let h = Harness::start(settings).await;
+    let (mut ws, _) = h.connect("alice", "json").await;
+    let events: Vec<ServerFrame> = (0..20)
+        .map(|i| ServerFrame::Event {
+            event: serde_json::json!({ "n": i }),
+        })
+        .collect();
+    for event in &events {
+        h.publish(&["alice"], event).await;
+    }
+    for event in &events {
+        assert_eq!(&next_frame(&mut ws, Encoding::Json).await, event);
+    }
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn token_in_header_is_accepted() {
     let h = Harness::start(fast_settings()).await;
