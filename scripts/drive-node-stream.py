@@ -8,7 +8,9 @@ usage: drive-node-stream.py REDIS_PORT NODE_ID GATEWAY_PID USERS FANOUT RATE SEC
 Recipients are PREFIX0 … PREFIX(USERS-1) (default `lt-0-`, the users of a one-process
 `loadtest connect --encoding msgpack`), FANOUT per envelope. The payload is opaque bytes the size
 of a typical `message` frame: MessagePack sockets get it as it is (JSON sockets would need a real
-frame to transcode). Docs: docs/BENCHMARKS.md, "Gateway CPU per delivery"."""
+frame to transcode). Envelopes go out every TICK_S seconds (default 0.005), all those due at
+once in one pipelined write: a smaller tick spreads them out (at most one per tick at
+RATE ≤ 1/TICK_S). Docs: docs/BENCHMARKS.md, "Gateway CPU per delivery"."""
 import os, socket, sys, time
 
 def fixstr(s):
@@ -46,7 +48,7 @@ def main():
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     hz = os.sysconf('SC_CLK_TCK')
     t0 = time.time(); c0 = cpu_ticks(pid)
-    sent = 0; tick = 0.005; nxt = t0; i = 0
+    sent = 0; tick = float(os.environ.get('TICK_S', '0.005')); nxt = t0; i = 0
     buf = b''
     while True:
         now = time.time()
