@@ -155,8 +155,8 @@ impl Compressor {
 }
 
 thread_local! {
-    /// One compressor per worker thread (about 330 KiB in zlib-rs: window, chains, hash head and
-    /// pending buffer), reset per message.
+    /// One compressor per worker thread (about 370 KiB in zlib-rs: window, chains, hash head,
+    /// pending and symbol buffers), reset per message.
     static COMPRESSOR: RefCell<Compressor> = RefCell::new(Compressor::new());
     /// One decompressor per worker thread (about 43 KiB, the 32 KiB window included), reset per
     /// message.
