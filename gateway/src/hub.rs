@@ -3,12 +3,13 @@
 
 use std::collections::HashSet;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
@@ -28,7 +29,17 @@ pub struct SocketHandle {
     /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
     /// distinct ones. An empty set holds no allocation.
     watched: Mutex<HashSet<Box<str>>>,
+    /// When the client last sent anything, in ms of [`Hub::now_ms`]; [`NOT_LIVE`] until the
+    /// socket's `hello` is queued. Read by the node's sweep (`crate::sweep`).
+    last_rx_ms: AtomicU64,
+    /// Token expiry, Unix seconds (a `refresh` moves it).
+    expires_at: AtomicU64,
+    /// Which of the sweep's heartbeat slices pings this socket.
+    ping_slice: AtomicU32,
 }
+
+/// `last_rx_ms` of a socket the sweep leaves alone (its `hello` is not queued yet).
+const NOT_LIVE: u64 = u64::MAX;
 
 impl SocketHandle {
     /// A socket that joins at the node's current resync `epoch`: it catches up on connect, so it
@@ -41,7 +52,41 @@ impl SocketHandle {
             writer: Writer::new(resync_epoch),
             deflate: None,
             watched: Mutex::new(HashSet::new()),
+            last_rx_ms: AtomicU64::new(NOT_LIVE),
+            expires_at: AtomicU64::new(u64::MAX),
+            ping_slice: AtomicU32::new(0),
         }
+    }
+
+    /// Hands the socket to the sweep: from now on it is pinged in heartbeat slice `ping_slice`,
+    /// closed when silent for the idle timeout since `now_ms` and closed at `expires_at`.
+    pub fn go_live(&self, now_ms: u64, ping_slice: u32, expires_at: u64) {
+        self.ping_slice.store(ping_slice, Ordering::Relaxed);
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+        self.last_rx_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// The client sent something at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent anything; `None` before the socket went live.
+    pub fn last_rx_ms(&self) -> Option<u64> {
+        Some(self.last_rx_ms.load(Ordering::Acquire)).filter(|&t| t != NOT_LIVE)
+    }
+
+    /// A `refresh` moved the token's expiry.
+    pub fn set_expires_at(&self, expires_at: u64) {
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    pub fn ping_slice(&self) -> u32 {
+        self.ping_slice.load(Ordering::Relaxed)
     }
 
     /// The same socket with permessage-deflate as negotiated in its upgrade.
@@ -98,16 +143,33 @@ pub enum AddError {
 }
 
 /// All sockets of this node, by user.
-#[derive(Default)]
 pub struct Hub {
     users: DashMap<Arc<str>, Vec<Arc<SocketHandle>>>,
     sockets: AtomicUsize,
     next_id: AtomicU64,
+    /// The origin of the sockets' activity times ([`Hub::now_ms`]).
+    started: Instant,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            users: DashMap::default(),
+            sockets: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Milliseconds since the hub was made, on tokio's clock: the sockets' activity times.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn next_socket_id(&self) -> u64 {
@@ -166,6 +228,14 @@ impl Hub {
     /// Every user with a socket here (for re-registering routes).
     pub fn users(&self) -> Vec<String> {
         self.users.iter().map(|e| e.key().to_string()).collect()
+    }
+
+    /// Calls `f` for every socket, one shard of the registry at a time (connects and disconnects
+    /// on that shard wait meanwhile).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<SocketHandle>)) {
+        for entry in self.users.iter() {
+            entry.value().iter().for_each(&mut f);
+        }
     }
 
     /// Every socket (for drain).
