@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use shared::close::CloseCode;
@@ -27,8 +28,10 @@ pub struct SocketHandle {
     /// permessage-deflate, when the upgrade negotiated it (two bytes, no deflate state).
     pub deflate: Option<Negotiated>,
     /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
-    /// distinct ones. An empty set holds no allocation.
-    watched: Mutex<HashSet<Box<str>>>,
+    /// distinct ones. Boxed and made on first use: a socket that watches nobody holds one word
+    /// (an empty `HashSet` is six, its hasher's keys included).
+    #[allow(clippy::box_collection)]
+    watched: Mutex<Option<Box<HashSet<Box<str>>>>>,
     /// When the client last sent anything, in ms of [`Hub::now_ms`]; [`NOT_LIVE`] until the
     /// socket's `hello` is queued. Read by the node's sweep (`crate::sweep`).
     last_rx_ms: AtomicU64,
@@ -51,7 +54,7 @@ impl SocketHandle {
             encoding,
             writer: Writer::new(resync_epoch),
             deflate: None,
-            watched: Mutex::new(HashSet::new()),
+            watched: Mutex::new(None),
             last_rx_ms: AtomicU64::new(NOT_LIVE),
             expires_at: AtomicU64::new(u64::MAX),
             ping_slice: AtomicU32::new(0),
@@ -99,14 +102,17 @@ impl SocketHandle {
     /// while it watches fewer than `cap`; frames about further users are not sent to it (its
     /// client reads them with `GET /v1/presence` if it needs them).
     pub fn watch(&self, user: &str, cap: usize) -> bool {
-        let mut set = self.watched.lock();
-        if set.contains(user) {
+        let mut watched = self.watched.lock();
+        let known = watched.as_ref().map_or(0, |set| set.len());
+        if watched.as_ref().is_some_and(|set| set.contains(user)) {
             return true;
         }
-        if set.len() >= cap {
+        if known >= cap {
             return false;
         }
-        set.insert(user.into());
+        watched
+            .get_or_insert_with(Default::default)
+            .insert(user.into());
         true
     }
 
@@ -142,9 +148,12 @@ pub enum AddError {
     TooManySockets,
 }
 
+/// A user's sockets on this node: one, nearly always, kept inline (no allocation of its own).
+type UserSockets = SmallVec<[Arc<SocketHandle>; 1]>;
+
 /// All sockets of this node, by user.
 pub struct Hub {
-    users: DashMap<Arc<str>, Vec<Arc<SocketHandle>>>,
+    users: DashMap<Arc<str>, UserSockets>,
     sockets: AtomicUsize,
     next_id: AtomicU64,
     /// The origin of the sockets' activity times ([`Hub::now_ms`]).

@@ -576,8 +576,9 @@ mod tests {
     fn an_idle_socket_task_is_small() {
         let size = std::mem::size_of::<SocketTask>();
         println!(
-            "SocketTask: {size} B, Live: {} B",
-            std::mem::size_of::<Live>()
+            "SocketTask: {size} B, Live: {} B, SocketHandle: {} B",
+            std::mem::size_of::<Live>(),
+            std::mem::size_of::<SocketHandle>()
         );
         assert!(size <= 160, "{size} B");
     }
