@@ -1,7 +1,7 @@
-//! One client socket after the upgrade. While idle the socket is a bare `TcpStream` awaiting
-//! readiness (no frame reader, no buffers); a frame reader with its buffer exists only during a
-//! read burst, and outgoing frames are shared `Bytes` written straight from the send queue with
-//! vectored writes.
+//! One client socket after the upgrade. While idle the socket is a small hand-written future
+//! over a bare `TcpStream` awaiting readiness (no frame reader, no buffers, no timer); a frame
+//! reader with its buffer exists only during a read burst, and outgoing frames are shared `Bytes`
+//! written straight from the send queue with vectored writes.
 
 use std::future::Future;
 use std::io;
@@ -155,6 +155,9 @@ struct Live {
 /// the stream's own readiness slots, so no waiter is stored here). A read burst and the close run
 /// as boxed async code that owns the socket while it runs and exists only meanwhile.
 /// Heartbeats, the idle timeout and the token expiry are the node's sweep's (`crate::sweep`).
+/// Its first poll also replaces the waker that hyper's HTTP connection task left in the read
+/// slot while it served the upgrade request, which would otherwise keep that finished task's
+/// allocation (about 1 KiB) alive until the client next sent something.
 pub(crate) struct SocketTask {
     state: State,
 }
