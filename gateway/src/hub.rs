@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,8 +37,8 @@ pub struct SocketHandle {
     last_rx_ms: AtomicU64,
     /// Token expiry, Unix seconds (a `refresh` moves it).
     expires_at: AtomicU64,
-    /// Which of the sweep's heartbeat slices pings this socket.
-    ping_slice: AtomicU32,
+    /// The sweep's tick the socket went live in: it is pinged every heartbeat after it.
+    live_tick: AtomicU64,
 }
 
 /// `last_rx_ms` of a socket the sweep leaves alone (its `hello` is not queued yet).
@@ -57,14 +57,14 @@ impl SocketHandle {
             watched: Mutex::new(None),
             last_rx_ms: AtomicU64::new(NOT_LIVE),
             expires_at: AtomicU64::new(u64::MAX),
-            ping_slice: AtomicU32::new(0),
+            live_tick: AtomicU64::new(0),
         }
     }
 
-    /// Hands the socket to the sweep: from now on it is pinged in heartbeat slice `ping_slice`,
+    /// Hands the socket to the sweep: from now on it is pinged every heartbeat after `live_tick`,
     /// closed when silent for the idle timeout since `now_ms` and closed at `expires_at`.
-    pub fn go_live(&self, now_ms: u64, ping_slice: u32, expires_at: u64) {
-        self.ping_slice.store(ping_slice, Ordering::Relaxed);
+    pub fn go_live(&self, now_ms: u64, live_tick: u64, expires_at: u64) {
+        self.live_tick.store(live_tick, Ordering::Relaxed);
         self.expires_at.store(expires_at, Ordering::Relaxed);
         self.last_rx_ms.store(now_ms, Ordering::Release);
     }
@@ -88,8 +88,8 @@ impl SocketHandle {
         self.expires_at.load(Ordering::Relaxed)
     }
 
-    pub fn ping_slice(&self) -> u32 {
-        self.ping_slice.load(Ordering::Relaxed)
+    pub fn live_tick(&self) -> u64 {
+        self.live_tick.load(Ordering::Relaxed)
     }
 
     /// The same socket with permessage-deflate as negotiated in its upgrade.

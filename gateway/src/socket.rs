@@ -136,8 +136,8 @@ pub async fn run(
     drop(hello);
     // Heartbeats, the idle timeout and the token expiry are the node's sweep's from now on.
     let now_ms = node.hub.now_ms();
-    let slice = Cadence::new(node.settings.heartbeat_interval).slice_at(now_ms);
-    handle.go_live(now_ms, slice, expires_at);
+    let tick = Cadence::new(node.settings.heartbeat_interval).tick_at(now_ms);
+    handle.go_live(now_ms, tick, expires_at);
     tokio::spawn(SocketTask::new(live, read_ahead));
 }
 

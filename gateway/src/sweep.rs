@@ -1,12 +1,12 @@
 //! Heartbeats, idle timeouts and token expiry for every socket of the node, from one task instead
-//! of a timer per socket: an idle socket holds no timer, only two timestamps in its handle.
+//! of a timer per socket: an idle socket holds no timer, only three numbers in its handle.
 //!
 //! The sweep ticks every [`Cadence::tick`] (a quarter of the heartbeat interval, at most one
-//! second). Each tick
-//! closes the sockets whose token has expired (4201) and those silent for the idle timeout
-//! (4001), and pings the sockets of one heartbeat slice; a socket's slice is the tick it went live
-//! in, so it gets its first ping one heartbeat after its `hello` and one every heartbeat after
-//! that, and the pings of a node are spread over the whole interval instead of coming at once.
+//! second). Each tick closes the sockets whose token has expired (4201) and those silent for the
+//! idle timeout (4001), and pings the sockets whose heartbeat falls in it: a socket is pinged
+//! every `heartbeat / tick` ticks after the tick it went live in, so its first ping comes one
+//! heartbeat after its `hello` (give or take a tick) and the pings of a node are spread over the
+//! whole interval instead of coming at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ const SLICES_MIN: u64 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cadence {
     tick_ms: u64,
-    /// Heartbeat slices: a socket is pinged every `slices` ticks.
+    /// Ticks per heartbeat: a socket is pinged every `slices` ticks.
     slices: u64,
 }
 
@@ -56,9 +56,16 @@ impl Cadence {
         now_ms / self.tick_ms
     }
 
-    /// The heartbeat slice of a socket that goes live at `now_ms`.
-    pub fn slice_at(&self, now_ms: u64) -> u32 {
-        (self.tick_at(now_ms) % self.slices) as u32
+    /// Whether a socket that went live in tick `live` is pinged in one of `ticks`: in every
+    /// `slices`-th tick after `live` (never in `live` itself, which may end after its `hello`).
+    pub fn ping_due(&self, live: u64, ticks: &std::ops::RangeInclusive<u64>) -> bool {
+        let first = (*ticks.start()).max(live + 1);
+        if first > *ticks.end() {
+            return false;
+        }
+        let k = self.slices;
+        let next = first + (live % k + k - first % k) % k;
+        next <= *ticks.end()
     }
 }
 
@@ -86,7 +93,7 @@ pub async fn sweep_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         if tick == last_tick {
             continue;
         }
-        // The slices of every tick since the last sweep (a late tick must not skip a slice).
+        // Every tick since the last sweep (a late sweep must not skip anyone's heartbeat).
         let first = last_tick + 1;
         last_tick = tick;
         sweep(
@@ -102,7 +109,7 @@ pub async fn sweep_task(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One sweep at `now_ms` (hub time) and `now_s` (Unix seconds): closes the expired and the
-/// silent sockets, pings the live ones whose slice is among `ticks`.
+/// silent sockets, pings the live ones with a heartbeat due in `ticks` ([`Cadence::ping_due`]).
 pub fn sweep(
     hub: &Hub,
     cadence: Cadence,
@@ -113,8 +120,6 @@ pub fn sweep(
     limits: QueueLimits,
 ) -> Swept {
     let idle_ms = idle_timeout.as_millis() as u64;
-    let span = (ticks.end() - ticks.start() + 1).min(cadence.slices);
-    let first_slice = ticks.start() % cadence.slices;
     let mut swept = Swept::default();
     let ping = Bytes::from_static(wsio::PING_FRAME);
     hub.for_each(|socket| {
@@ -129,9 +134,7 @@ pub fn sweep(
             swept.idle += 1;
             return socket.close(CloseCode::IdleTimeout);
         }
-        let slice = u64::from(socket.ping_slice());
-        let due = (slice + cadence.slices - first_slice) % cadence.slices < span;
-        if due {
+        if cadence.ping_due(socket.live_tick(), &ticks) {
             swept.pinged += 1;
             if socket.enqueue(ping.clone(), limits) == Enqueue::Overflow {
                 metrics::counter!(crate::telemetry::SEND_QUEUE_DROPS_TOTAL).increment(1);
@@ -162,15 +165,14 @@ mod tests {
         // Rounded down: never less often than the heartbeat.
         let c = Cadence::new(Duration::from_millis(5500));
         assert_eq!((c.tick(), c.slices), (Duration::from_secs(1), 5));
-        assert_eq!(c.slice_at(4_999), 4);
-        assert_eq!(c.slice_at(5_000), 0);
+        assert_eq!((c.tick_at(4_999), c.tick_at(5_000)), (4, 5));
         assert_eq!(Cadence::new(Duration::from_millis(2)).tick_ms, 1);
     }
 
     fn socket(
         hub: &Hub,
         id: u64,
-        live_at: Option<(u64, u32)>,
+        live_at: Option<(u64, u64)>,
         expires_at: u64,
     ) -> Arc<SocketHandle> {
         let h = Arc::new(SocketHandle::new(
@@ -179,49 +181,72 @@ mod tests {
             Encoding::Json,
             0,
         ));
-        if let Some((now_ms, slice)) = live_at {
-            h.go_live(now_ms, slice, expires_at);
+        if let Some((now_ms, tick)) = live_at {
+            h.go_live(now_ms, tick, expires_at);
         }
         hub.add(h.clone(), 1).unwrap();
         h
     }
 
     #[test]
-    fn pings_each_slice_once_per_heartbeat_and_closes_the_silent_and_the_expired() {
-        let hub = Hub::new();
-        let cadence = Cadence::new(Duration::from_secs(4)); // 4 slices of 1 s
-        let idle = Duration::from_secs(10);
-        let a = socket(&hub, 1, Some((0, 1)), u64::MAX);
-        let b = socket(&hub, 2, Some((0, 2)), u64::MAX);
-        let expiring = socket(&hub, 3, Some((0, 3)), 100);
-        let not_live = socket(&hub, 4, None, 0);
+    fn a_socket_is_pinged_every_heartbeat_after_the_tick_it_went_live_in() {
+        let c = Cadence::new(Duration::from_secs(4)); // ticks of 1 s, 4 per heartbeat
+        let due = |ticks: std::ops::RangeInclusive<u64>| c.ping_due(5, &ticks);
+        assert!(
+            !due(5..=5),
+            "not in its own tick, which may end after its hello"
+        );
+        assert!(!due(0..=4));
+        assert!(!due(6..=8));
+        assert!(due(9..=9));
+        assert!(due(6..=9));
+        assert!(!due(10..=12));
+        assert!(due(13..=13));
+        assert!(
+            due(10..=30),
+            "a late sweep pings once, however many ticks it covers"
+        );
+    }
 
-        // Tick 1 at 1 s: slice 1 (a) is pinged; nothing else is due.
-        let s = sweep(&hub, cadence, 1..=1, 1_000, 50, idle, LIMITS);
-        assert_eq!((s.pinged, s.idle, s.expired), (1, 0, 0));
-        assert_eq!(a.writer.queued().0, 1);
-        assert_eq!(b.writer.queued().0, 0);
-        // Ticks 2 and 3 in one late sweep: both slices (b, and the expiring socket) are pinged.
-        let s = sweep(&hub, cadence, 2..=3, 3_000, 60, idle, LIMITS);
+    #[test]
+    fn pings_each_socket_once_per_heartbeat_and_closes_the_silent_and_the_expired() {
+        let hub = Hub::new();
+        let cadence = Cadence::new(Duration::from_secs(4)); // ticks of 1 s, 4 per heartbeat
+        let idle = Duration::from_secs(10);
+        let a = socket(&hub, 1, Some((1_000, 1)), u64::MAX);
+        let b = socket(&hub, 2, Some((2_000, 2)), u64::MAX);
+        let expiring = socket(&hub, 3, Some((3_000, 3)), 100);
+        let not_live = socket(&hub, 4, None, 0);
+        let pinged = |h: &SocketHandle| h.writer.queued().0;
+
+        // Nobody is pinged before a heartbeat has passed since it went live.
+        let s = sweep(&hub, cadence, 1..=4, 4_000, 50, idle, LIMITS);
+        assert_eq!(s, Swept::default());
+        // Tick 5: `a` (live in tick 1).
+        let s = sweep(&hub, cadence, 5..=5, 5_000, 50, idle, LIMITS);
+        assert_eq!(s.pinged, 1);
+        assert_eq!((pinged(&a), pinged(&b)), (1, 0));
+        // Ticks 6 and 7 in one late sweep: `b` and the expiring socket.
+        let s = sweep(&hub, cadence, 6..=7, 7_000, 60, idle, LIMITS);
         assert_eq!(s.pinged, 2);
-        assert_eq!(b.writer.queued().0, 1);
+        assert_eq!((pinged(&b), pinged(&expiring)), (1, 1));
         // A socket that has not sent its `hello` is left alone, whatever its times say.
-        assert_eq!(not_live.writer.queued().0, 0);
+        assert_eq!(pinged(&not_live), 0);
         assert_eq!(not_live.closing(), None);
 
         // At its expiry the socket is closed with 4201.
-        let s = sweep(&hub, cadence, 4..=4, 4_000, 100, idle, LIMITS);
+        let s = sweep(&hub, cadence, 8..=8, 8_000, 100, idle, LIMITS);
         assert_eq!(s.expired, 1);
         assert_eq!(expiring.closing(), Some(CloseCode::TokenExpired));
         assert_eq!(a.closing(), None);
 
-        // `a` speaks at 5 s; at 10 s `b` (silent since 0) is closed with 4001, `a` is not.
+        // `a` speaks at 5 s; at 12 s `b` (silent since 2 s) is closed with 4001, `a` is not.
         a.touch(5_000);
-        let s = sweep(&hub, cadence, 10..=10, 10_000, 110, idle, LIMITS);
+        let s = sweep(&hub, cadence, 9..=12, 12_000, 110, idle, LIMITS);
         assert_eq!((s.idle, s.expired), (1, 1));
         assert_eq!(b.closing(), Some(CloseCode::IdleTimeout));
         assert_eq!(a.closing(), None);
-        let s = sweep(&hub, cadence, 15..=15, 15_000, 115, idle, LIMITS);
+        let s = sweep(&hub, cadence, 13..=15, 15_000, 115, idle, LIMITS);
         assert_eq!(s.idle, 2, "a, and b which is still closing");
         assert_eq!(a.closing(), Some(CloseCode::IdleTimeout));
     }
@@ -231,7 +256,7 @@ mod tests {
         let hub = Hub::new();
         let cadence = Cadence::new(Duration::from_secs(3));
         let sockets: Vec<_> = (0..6)
-            .map(|i| socket(&hub, i + 1, Some((0, (i % 3) as u32)), u64::MAX))
+            .map(|i| socket(&hub, i + 1, Some((0, i % 3)), u64::MAX))
             .collect();
         let s = sweep(
             &hub,
