@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
+use tokio::time::Instant;
 
 use shared::close::CloseCode;
 use shared::protocol::Encoding;
@@ -26,9 +28,21 @@ pub struct SocketHandle {
     /// permessage-deflate, when the upgrade negotiated it (two bytes, no deflate state).
     pub deflate: Option<Negotiated>,
     /// Users whose `presence` frames this socket receives: the first `PRESENCE_WATCH_MAX`
-    /// distinct ones. An empty set holds no allocation.
-    watched: Mutex<HashSet<Box<str>>>,
+    /// distinct ones. Boxed and made on first use: a socket that watches nobody holds one word
+    /// (an empty `HashSet` is six, its hasher's keys included).
+    #[allow(clippy::box_collection)]
+    watched: Mutex<Option<Box<HashSet<Box<str>>>>>,
+    /// When the client last sent anything, in ms of [`Hub::now_ms`]; [`NOT_LIVE`] until the
+    /// socket's `hello` is queued. Read by the node's sweep (`crate::sweep`).
+    last_rx_ms: AtomicU64,
+    /// Token expiry, Unix seconds (a `refresh` moves it).
+    expires_at: AtomicU64,
+    /// The sweep's tick the socket went live in: it is pinged every heartbeat after it.
+    live_tick: AtomicU64,
 }
+
+/// `last_rx_ms` of a socket the sweep leaves alone (its `hello` is not queued yet).
+const NOT_LIVE: u64 = u64::MAX;
 
 impl SocketHandle {
     /// A socket that joins at the node's current resync `epoch`: it catches up on connect, so it
@@ -40,8 +54,42 @@ impl SocketHandle {
             encoding,
             writer: Writer::new(resync_epoch),
             deflate: None,
-            watched: Mutex::new(HashSet::new()),
+            watched: Mutex::new(None),
+            last_rx_ms: AtomicU64::new(NOT_LIVE),
+            expires_at: AtomicU64::new(u64::MAX),
+            live_tick: AtomicU64::new(0),
         }
+    }
+
+    /// Hands the socket to the sweep: from now on it is pinged every heartbeat after `live_tick`,
+    /// closed when silent for the idle timeout since `now_ms` and closed at `expires_at`.
+    pub fn go_live(&self, now_ms: u64, live_tick: u64, expires_at: u64) {
+        self.live_tick.store(live_tick, Ordering::Relaxed);
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+        self.last_rx_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// The client sent something at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent anything; `None` before the socket went live.
+    pub fn last_rx_ms(&self) -> Option<u64> {
+        Some(self.last_rx_ms.load(Ordering::Acquire)).filter(|&t| t != NOT_LIVE)
+    }
+
+    /// A `refresh` moved the token's expiry.
+    pub fn set_expires_at(&self, expires_at: u64) {
+        self.expires_at.store(expires_at, Ordering::Relaxed);
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    pub fn live_tick(&self) -> u64 {
+        self.live_tick.load(Ordering::Relaxed)
     }
 
     /// The same socket with permessage-deflate as negotiated in its upgrade.
@@ -54,14 +102,17 @@ impl SocketHandle {
     /// while it watches fewer than `cap`; frames about further users are not sent to it (its
     /// client reads them with `GET /v1/presence` if it needs them).
     pub fn watch(&self, user: &str, cap: usize) -> bool {
-        let mut set = self.watched.lock();
-        if set.contains(user) {
+        let mut watched = self.watched.lock();
+        let known = watched.as_ref().map_or(0, |set| set.len());
+        if watched.as_ref().is_some_and(|set| set.contains(user)) {
             return true;
         }
-        if set.len() >= cap {
+        if known >= cap {
             return false;
         }
-        set.insert(user.into());
+        watched
+            .get_or_insert_with(Default::default)
+            .insert(user.into());
         true
     }
 
@@ -97,17 +148,37 @@ pub enum AddError {
     TooManySockets,
 }
 
+/// A user's sockets on this node: one, nearly always, kept inline (no allocation of its own).
+type UserSockets = SmallVec<[Arc<SocketHandle>; 1]>;
+
 /// All sockets of this node, by user.
-#[derive(Default)]
 pub struct Hub {
-    users: DashMap<Arc<str>, Vec<Arc<SocketHandle>>>,
+    users: DashMap<Arc<str>, UserSockets>,
     sockets: AtomicUsize,
     next_id: AtomicU64,
+    /// The origin of the sockets' activity times ([`Hub::now_ms`]).
+    started: Instant,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            users: DashMap::default(),
+            sockets: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Milliseconds since the hub was made, on tokio's clock: the sockets' activity times.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     pub fn next_socket_id(&self) -> u64 {
@@ -166,6 +237,14 @@ impl Hub {
     /// Every user with a socket here (for re-registering routes).
     pub fn users(&self) -> Vec<String> {
         self.users.iter().map(|e| e.key().to_string()).collect()
+    }
+
+    /// Calls `f` for every socket, one shard of the registry at a time (connects and disconnects
+    /// on that shard wait meanwhile).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<SocketHandle>)) {
+        for entry in self.users.iter() {
+            entry.value().iter().for_each(&mut f);
+        }
     }
 
     /// Every socket (for drain).

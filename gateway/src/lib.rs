@@ -19,6 +19,7 @@ mod resync;
 mod routes;
 mod server;
 mod socket;
+mod sweep;
 pub mod telemetry;
 pub mod typing;
 pub mod writer;
@@ -51,6 +52,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = [
         tokio::spawn(liveness::liveness_task(node.clone(), stop_rx.clone())),
+        tokio::spawn(sweep::sweep_task(node.clone(), stop_rx.clone())),
         tokio::spawn({
             let (node, stop) = (node.clone(), stop_rx.clone());
             async move {

@@ -1,11 +1,14 @@
-//! One client socket after the upgrade. While idle the socket is a bare `TcpStream` awaiting
-//! readiness (no frame reader, no buffers); a frame reader with its buffer exists only during a
-//! read burst, and outgoing frames are shared `Bytes` written straight from the send queue with
-//! vectored writes.
+//! One client socket after the upgrade. While idle the socket is a small hand-written future
+//! over a bare `TcpStream` awaiting readiness (no frame reader, no buffers, no timer); a frame
+//! reader with its buffer exists only during a read burst, and outgoing frames are shared `Bytes`
+//! written straight from the send queue with vectored writes.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +16,8 @@ use fastwebsockets::OpCode;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use shared::auth::{expires_in, Identity};
+use shared::auth::Identity;
 use shared::close::CloseCode;
-use shared::ids::now_unix_ms;
 use shared::protocol::{
     decode_client, ClientFrame, Encoding, ErrorCode, ServerFrame, PROTOCOL_VERSION,
 };
@@ -25,6 +27,7 @@ use shared::Id;
 use crate::deflate::Negotiated;
 use crate::hub::SocketHandle;
 use crate::node::Node;
+use crate::sweep::Cadence;
 use crate::typing::TypingGate;
 use crate::writer::{Enqueue, Flush, Writer};
 use crate::wsio::{self, FrameReader, Incoming, Outgoing, ReadError};
@@ -43,21 +46,10 @@ enum End {
     Peer,
 }
 
-/// The HTTP connection task that read the upgrade request may have left its waker in the
-/// stream's read-readiness slot (hyper polls the read side while the request is served). That
-/// waker keeps the finished task's allocation (the whole HTTP connection future, about 1 KiB)
-/// alive until the socket next becomes readable, which for an idle socket can be minutes. Polling
-/// the slot once from this task puts this task's waker there instead (this task itself waits with
-/// `readable()`, which does not use the slot).
-async fn take_over_read_waker(stream: &TcpStream) {
-    std::future::poll_fn(|cx| {
-        let _ = stream.poll_read_ready(cx);
-        std::task::Poll::Ready(())
-    })
-    .await;
-}
-
-/// Runs the socket until it ends, then unregisters it.
+/// Sets the socket up (registration, route, revocation check, `hello`), then hands it to its own
+/// small task ([`SocketTask`]) and returns. The setup's state (the route wait, the revocation
+/// check, the identity) lives in the upgrade's task and is freed with it; the socket's task holds
+/// only what an idle socket needs.
 pub async fn run(
     node: Arc<Node>,
     stream: TcpStream,
@@ -67,7 +59,6 @@ pub async fn run(
     encoding: Encoding,
     deflate: Option<Negotiated>,
 ) {
-    take_over_read_waker(&stream).await;
     if node.draining.load(Ordering::Acquire) {
         close_now(&stream, &Writer::new(0), CloseCode::Draining).await;
         return;
@@ -82,41 +73,46 @@ pub async fn run(
         )
         .with_deflate(deflate),
     );
-    match node
+    let first = match node
         .hub
         .add(handle.clone(), node.settings.max_sockets_per_user)
     {
-        Ok(first) => {
-            if first {
-                // The route must exist before `hello`, or a message sent right after it would miss
-                // this socket; bounded so that a registry outage does not stall connects.
-                node.routes
-                    .mark_and_wait(&user, Duration::from_secs(2))
-                    .await;
-            }
-        }
+        Ok(first) => first,
         Err(_) => {
             metrics::counter!(crate::telemetry::REJECTED_TOTAL, "reason" => crate::telemetry::reason::TOO_MANY_SOCKETS)
                 .increment(1);
             close_now(&stream, &Writer::new(0), CloseCode::TooManySockets).await;
             return;
         }
-    }
+    };
     metrics::gauge!(crate::telemetry::SOCKETS_OPEN).increment(1.0);
     metrics::counter!(crate::telemetry::CONNECTS_TOTAL).increment(1);
-    // Unregisters the socket however this task ends, a panic included: a leaked entry would
-    // count against MAX_SOCKETS_PER_USER until the node restarts.
-    let _registered = Registered {
-        node: &node,
-        handle: &handle,
-        user: &user,
+    // From here the socket unregisters however it ends, a panic included (`Socket`'s drop).
+    let live = Live {
+        stream,
+        socket: Socket {
+            node: node.clone(),
+            handle,
+            token,
+            typing: TypingGate::default(),
+            frames: LocalBucket::full(node.settings.max_frames_per_second),
+            write_blocked: false,
+        },
     };
+    let handle = &live.socket.handle;
+    if first {
+        // The route must exist before `hello`, or a message sent right after it would miss
+        // this socket; bounded so that a registry outage does not stall connects.
+        node.routes
+            .mark_and_wait(&user, Duration::from_secs(2))
+            .await;
+    }
     // Checked again now that the socket is in the hub: a revoke that came between the check
     // before the upgrade and here either is known here or found this socket in the hub
     // (`crate::admin::apply` records the revoke before it closes sockets).
     if node.deps.revocations.is_revoked(&identity).await {
         crate::telemetry::rejected(crate::telemetry::reason::REVOKED);
-        close_now(&stream, &handle.writer, CloseCode::TokenRevoked).await;
+        close_now(&live.stream, &handle.writer, CloseCode::TokenRevoked).await;
         return;
     }
 
@@ -138,40 +134,182 @@ pub async fn run(
         .for_socket(deflate);
     handle.enqueue(frame, node.queue_limits());
     drop(hello);
+    // Heartbeats, the idle timeout and the token expiry are the node's sweep's from now on.
+    let now_ms = node.hub.now_ms();
+    let tick = Cadence::new(node.settings.heartbeat_interval).tick_at(now_ms);
+    handle.go_live(now_ms, tick, expires_at);
+    tokio::spawn(SocketTask::new(live, read_ahead));
+}
 
-    let mut socket = Socket {
-        node: &node,
-        handle: &handle,
-        stream: &stream,
-        last_rx: Instant::now(),
-        expires_at,
-        frames: LocalBucket::full(node.settings.max_frames_per_second),
-        token,
-        typing: TypingGate::default(),
-    };
-    let end = socket.run(read_ahead).await;
-    let code = match end {
-        End::Close(code) => {
-            close_now(&stream, &handle.writer, code).await;
-            code.code()
+/// What an open socket owns: its stream and the rest ([`Socket`]), apart so that a frame reader
+/// can borrow the stream while the frames it reads change the rest.
+struct Live {
+    stream: TcpStream,
+    socket: Socket,
+}
+
+/// The socket's task: a hand-written future, so that an idle socket's task is this enum and its
+/// [`Live`] (about 100 bytes) rather than an async state machine sized for its largest state.
+/// Idle, it waits on three things at once: the writer's wake-up (frames queued, a close asked),
+/// the stream's write readiness while a write is blocked, and the stream's read readiness (in
+/// the stream's own readiness slots, so no waiter is stored here). A read burst and the close run
+/// as boxed async code that owns the socket while it runs and exists only meanwhile.
+/// Heartbeats, the idle timeout and the token expiry are the node's sweep's (`crate::sweep`).
+/// Its first poll also replaces the waker that hyper's HTTP connection task left in the read
+/// slot while it served the upgrade request, which would otherwise keep that finished task's
+/// allocation (about 1 KiB) alive until the client next sent something.
+pub(crate) struct SocketTask {
+    state: State,
+}
+
+enum State {
+    Idle(Live),
+    /// A read burst or the close; the read burst gives the socket back (`Some`) when it ends
+    /// with the socket still open.
+    Busy(Pin<Box<dyn Future<Output = Option<Live>> + Send>>),
+    Done,
+}
+
+/// Wake-ups an idle socket handles in one poll before it yields to other tasks (a socket whose
+/// writer is woken as fast as it flushes must not hold its worker thread).
+const IDLE_WAKES_PER_POLL: usize = 32;
+
+impl SocketTask {
+    fn new(live: Live, read_ahead: Bytes) -> SocketTask {
+        let state = if read_ahead.is_empty() {
+            State::Idle(live)
+        } else {
+            State::Busy(reading(live, read_ahead))
+        };
+        SocketTask { state }
+    }
+}
+
+impl Future for SocketTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Busy(work) => match work.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(live)) => this.state = State::Idle(live),
+                    Poll::Ready(None) => {
+                        this.state = State::Done;
+                        return Poll::Ready(());
+                    }
+                },
+                State::Idle(live) => {
+                    let next = match live.poll_idle(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(next) => next,
+                    };
+                    let State::Idle(live) = std::mem::replace(&mut this.state, State::Done) else {
+                        unreachable!("matched above")
+                    };
+                    this.state = State::Busy(match next {
+                        Next::Read(prefix) => reading(live, prefix),
+                        Next::End(end) => Box::pin(async move {
+                            live.finish(end).await;
+                            None
+                        }),
+                    });
+                }
+                State::Done => return Poll::Ready(()),
+            }
         }
-        End::Peer => CloseCode::Normal.code(),
-    };
-    metrics::counter!(crate::telemetry::DISCONNECTS_TOTAL, "code" => code.to_string()).increment(1);
+    }
 }
 
-/// A socket's place in the hub, given back on drop.
-struct Registered<'a> {
-    node: &'a Node,
-    handle: &'a Arc<SocketHandle>,
-    user: &'a Arc<str>,
+/// A read burst over `live`, starting with `prefix` (bytes already read).
+fn reading(mut live: Live, prefix: Bytes) -> Pin<Box<dyn Future<Output = Option<Live>> + Send>> {
+    Box::pin(async move {
+        let Live { stream, socket } = &mut live;
+        match socket.read_frames(stream, prefix).await {
+            Ok(()) => Some(live),
+            Err(end) => {
+                live.finish(end).await;
+                None
+            }
+        }
+    })
 }
 
-impl Drop for Registered<'_> {
+/// What woke an idle socket.
+enum Next {
+    /// The client sent these bytes (the start of a read burst).
+    Read(Bytes),
+    End(End),
+}
+
+impl Live {
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        let Live { stream, socket } = self;
+        for _ in 0..IDLE_WAKES_PER_POLL {
+            // In the order of priority: queued frames and close requests, then a blocked write,
+            // then reads.
+            if socket.handle.writer.poll_notified(cx).is_ready() {
+                if let Some(end) = socket.on_notified(stream) {
+                    return Poll::Ready(Next::End(end));
+                }
+                continue;
+            }
+            if socket.write_blocked {
+                match stream.poll_write_ready(cx) {
+                    Poll::Ready(Err(_)) => return Poll::Ready(Next::End(End::Peer)),
+                    Poll::Ready(Ok(())) => {
+                        if let Some(end) = socket.on_writable(stream) {
+                            return Poll::Ready(Next::End(end));
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Next::End(End::Peer)),
+                Poll::Ready(Ok(())) => {
+                    // Stale readiness costs no allocation: a small probe first, and a frame
+                    // reader (boxed, with its buffer) only when bytes came.
+                    let mut probe = [0u8; 256];
+                    match stream.try_read(&mut probe) {
+                        Ok(0) => return Poll::Ready(Next::End(End::Peer)),
+                        Ok(n) => {
+                            return Poll::Ready(Next::Read(Bytes::copy_from_slice(&probe[..n])))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return Poll::Ready(Next::End(End::Peer)),
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Closes (when `end` asks to), records the disconnect and unregisters the socket.
+    async fn finish(self, end: End) {
+        let code = match end {
+            End::Close(code) => {
+                close_now(&self.stream, &self.socket.handle.writer, code).await;
+                code.code()
+            }
+            End::Peer => CloseCode::Normal.code(),
+        };
+        metrics::counter!(crate::telemetry::DISCONNECTS_TOTAL, "code" => code.to_string())
+            .increment(1);
+    }
+}
+
+/// Gives the socket's place in the hub back however the socket ends, a panic included: a leaked
+/// entry would count against MAX_SOCKETS_PER_USER until the node restarts.
+impl Drop for Socket {
     fn drop(&mut self) {
         metrics::gauge!(crate::telemetry::SOCKETS_OPEN).decrement(1.0);
-        if self.node.hub.remove(self.handle) {
-            self.node.routes.mark(self.user);
+        if self.node.hub.remove(&self.handle) {
+            self.node.routes.mark(&self.handle.user);
         }
     }
 }
@@ -215,105 +353,54 @@ async fn close_now(stream: &TcpStream, writer: &Writer, code: CloseCode) {
     .await;
 }
 
-struct Socket<'a> {
-    node: &'a Node,
-    handle: &'a Arc<SocketHandle>,
-    stream: &'a TcpStream,
-    last_rx: Instant,
-    /// Token expiry, Unix seconds.
-    expires_at: u64,
+/// An open socket's state, apart from its stream.
+struct Socket {
+    node: Arc<Node>,
+    handle: Arc<SocketHandle>,
     /// The socket's current token, kept only when typing frames are forwarded with it.
     token: Option<Arc<str>>,
     typing: TypingGate,
     /// Frame-rate token bucket.
     frames: LocalBucket,
+    /// The last write did not finish: the socket waits for write readiness.
+    write_blocked: bool,
 }
 
-impl Socket<'_> {
-    async fn run(&mut self, read_ahead: Bytes) -> End {
-        if !read_ahead.is_empty() {
-            if let Err(end) = self.read_burst(read_ahead).await {
-                return end;
-            }
+impl Socket {
+    /// The writer was woken (frames queued, a close asked): writes what the stream takes.
+    fn on_notified(&mut self, stream: &TcpStream) -> Option<End> {
+        if self.write_blocked {
+            // Nothing can be written until the socket drains; what matters now is a close
+            // request (a slow consumer whose queue just overflowed), which must not wait for a
+            // client that may never read again.
+            return self.handle.closing().map(End::Close);
         }
-        let tick = tokio::time::sleep_until(self.next_tick());
-        tokio::pin!(tick);
-        let mut write_blocked = false;
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.handle.writer.notified() => {
-                    if write_blocked {
-                        // Nothing can be written until the socket drains; what matters now is a
-                        // close request (a slow consumer whose queue just overflowed), which must
-                        // not wait for a client that may never read again.
-                        if let Some(code) = self.handle.closing() {
-                            return End::Close(code);
-                        }
-                        continue;
-                    }
-                    match self.handle.writer.flush(self.stream) {
-                        Ok(Flush::Done) => {}
-                        Ok(Flush::Blocked) => {
-                            // A socket asked to close gets a bounded time to flush, not forever.
-                            if let Some(code) = self.handle.closing() {
-                                return End::Close(code);
-                            }
-                            write_blocked = true;
-                        }
-                        Ok(Flush::Closed(code)) => return End::Close(code),
-                        Err(_) => return End::Peer,
-                    }
+        match self.handle.writer.flush(stream) {
+            Ok(Flush::Done) => None,
+            Ok(Flush::Blocked) => {
+                // A socket asked to close gets a bounded time to flush, not forever.
+                if let Some(code) = self.handle.closing() {
+                    return Some(End::Close(code));
                 }
-                ready = self.stream.writable(), if write_blocked => {
-                    if ready.is_err() {
-                        return End::Peer;
-                    }
-                    match self.handle.writer.flush(self.stream) {
-                        Ok(Flush::Done) => write_blocked = false,
-                        Ok(Flush::Blocked) => {
-                            if let Some(code) = self.handle.closing() {
-                                return End::Close(code);
-                            }
-                        }
-                        Ok(Flush::Closed(code)) => return End::Close(code),
-                        Err(_) => return End::Peer,
-                    }
-                }
-                ready = self.stream.readable() => {
-                    if ready.is_err() {
-                        return End::Peer;
-                    }
-                    if let Err(end) = self.read_burst(Bytes::new()).await {
-                        return end;
-                    }
-                }
-                _ = &mut tick => {
-                    if let Err(code) = self.on_tick() {
-                        return End::Close(code);
-                    }
-                    tick.as_mut().reset(self.next_tick());
-                }
+                self.write_blocked = true;
+                None
             }
+            Ok(Flush::Closed(code)) => Some(End::Close(code)),
+            Err(_) => Some(End::Peer),
         }
     }
 
-    /// The next heartbeat, or the token expiry if sooner. `expires_at` comes from the client's
-    /// token (any `u64`), so the arithmetic is clamped (`shared::auth::expires_in`).
-    fn next_tick(&self) -> Instant {
-        let expiry = expires_in(self.expires_at, now_unix_ms() / 1000) + Duration::from_millis(10);
-        Instant::now() + self.node.settings.heartbeat_interval.min(expiry)
-    }
-
-    fn on_tick(&mut self) -> Result<(), CloseCode> {
-        if now_unix_ms() / 1000 >= self.expires_at {
-            return Err(CloseCode::TokenExpired);
+    /// The blocked stream is writable again.
+    fn on_writable(&mut self, stream: &TcpStream) -> Option<End> {
+        match self.handle.writer.flush(stream) {
+            Ok(Flush::Done) => {
+                self.write_blocked = false;
+                None
+            }
+            Ok(Flush::Blocked) => self.handle.closing().map(End::Close),
+            Ok(Flush::Closed(code)) => Some(End::Close(code)),
+            Err(_) => Some(End::Peer),
         }
-        if self.last_rx.elapsed() >= self.node.settings.idle_timeout {
-            return Err(CloseCode::IdleTimeout);
-        }
-        self.send(Bytes::from_static(wsio::PING_FRAME));
-        Ok(())
     }
 
     fn send(&self, frame: Bytes) {
@@ -336,25 +423,12 @@ impl Socket<'_> {
         });
     }
 
-    /// Reads the frames that are available. Returns without allocating when readiness was stale.
-    async fn read_burst(&mut self, mut prefix: Bytes) -> Result<(), End> {
-        if prefix.is_empty() {
-            let mut probe = [0u8; 256];
-            match self.stream.try_read(&mut probe) {
-                Ok(0) => return Err(End::Peer),
-                Ok(n) => prefix = Bytes::copy_from_slice(&probe[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(_) => return Err(End::Peer),
-            }
-        }
-        // Boxed so that the idle socket's future does not carry the reader's state.
-        Box::pin(self.read_frames(prefix)).await
-    }
-
-    async fn read_frames(&mut self, prefix: Bytes) -> Result<(), End> {
+    /// Reads the frames that are available after `prefix`, until the stream has no more and no
+    /// message is half read.
+    async fn read_frames(&mut self, stream: &TcpStream, prefix: Bytes) -> Result<(), End> {
         let mut reader = FrameReader::new(
             &prefix,
-            self.stream,
+            stream,
             self.node.settings.max_frame_bytes,
             self.handle.deflate.is_some(),
         );
@@ -372,9 +446,9 @@ impl Socket<'_> {
                 }
                 Ok(Ok(incoming)) => incoming,
             };
-            self.last_rx = Instant::now();
+            self.handle.touch(self.node.hub.now_ms());
             if !matches!(incoming, Incoming::Fragment) {
-                deadline = self.last_rx + FRAME_TIMEOUT;
+                deadline = Instant::now() + FRAME_TIMEOUT;
             }
             metrics::counter!(crate::telemetry::FRAMES_IN_TOTAL).increment(1);
             if !self.take_token() {
@@ -435,7 +509,7 @@ impl Socket<'_> {
                     if self.node.deps.revocations.is_revoked(&id).await {
                         return self.send_error(ErrorCode::InvalidToken, "token revoked");
                     }
-                    self.expires_at = id.expires_at;
+                    self.handle.set_expires_at(id.expires_at);
                     if self.token.is_some() {
                         self.token = Some(Arc::from(token));
                     }
@@ -459,7 +533,7 @@ impl Socket<'_> {
             );
         };
         if !acks.record(
-            self.handle,
+            &self.handle,
             self.node.queue_limits(),
             token.clone(),
             chat_id,
@@ -493,5 +567,22 @@ impl Socket<'_> {
             token.clone(),
             chat_id,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle socket's task holds beside tokio's task header: the future itself.
+    #[test]
+    fn an_idle_socket_task_is_small() {
+        let size = std::mem::size_of::<SocketTask>();
+        println!(
+            "SocketTask: {size} B, Live: {} B, SocketHandle: {} B",
+            std::mem::size_of::<Live>(),
+            std::mem::size_of::<SocketHandle>()
+        );
+        assert!(size <= 160, "{size} B");
     }
 }

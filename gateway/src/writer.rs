@@ -4,14 +4,14 @@
 //! frame included), and frames are written straight from the queued `Bytes` with vectored writes.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use fastwebsockets::OpCode;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::futures::Notified;
-use tokio::sync::Notify;
 
 use shared::close::CloseCode;
 
@@ -47,10 +47,11 @@ pub enum Flush {
     Closed(CloseCode),
 }
 
-/// A socket's send queue and wake-up. Kept small: an idle socket's queue holds no allocation.
+/// A socket's send queue and wake-up. Kept small: an idle socket's queue holds no allocation,
+/// and the wake-up is the socket task's waker kept beside the queue (no `Notify` and no waiter
+/// node in the task's future).
 pub struct Writer {
     queue: Mutex<Queue>,
-    wake: Notify,
 }
 
 struct Queue {
@@ -66,6 +67,11 @@ struct Queue {
     /// Frames were queued without waking the socket task; whoever queued them wakes it
     /// ([`Writer::push_delivery_deferred`]).
     wake_owed: bool,
+    /// A wake-up is pending: set by every push and close request, taken by
+    /// [`Writer::poll_notified`] (one wake-up is kept if nobody waits).
+    notified: bool,
+    /// The socket task waiting in [`Writer::poll_notified`].
+    waker: Option<Waker>,
 }
 
 /// Where the socket is in its close; set once (the first request wins).
@@ -93,16 +99,20 @@ impl Writer {
                 close: Close::Open,
                 resync_epoch,
                 wake_owed: false,
+                notified: false,
+                waker: None,
             }),
-            wake: Notify::new(),
         }
     }
 
     /// Queues a frame, or marks the socket as a slow consumer when a limit would be passed. The
     /// queued frames are dropped at once so that a stuck client holds no memory.
     pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Enqueue {
-        let result = self.queue.lock().push(frame, limits);
-        self.wake.notify_one();
+        let mut q = self.queue.lock();
+        let result = q.push(frame, limits);
+        let waker = q.notify();
+        drop(q);
+        wake_task(waker);
         result
     }
 
@@ -138,8 +148,9 @@ impl Writer {
         let mut q = self.queue.lock();
         let result = q.push_delivery(frame, limits, epoch, resync);
         if result != Enqueue::Queued {
+            let waker = q.notify();
             drop(q);
-            self.wake.notify_one();
+            wake_task(waker);
             return (result, false);
         }
         let owed = !std::mem::replace(&mut q.wake_owed, true);
@@ -148,8 +159,11 @@ impl Writer {
 
     /// Wakes the socket task for frames queued by [`Writer::push_delivery_deferred`].
     pub fn wake(&self) {
-        self.queue.lock().wake_owed = false;
-        self.wake.notify_one();
+        let mut q = self.queue.lock();
+        q.wake_owed = false;
+        let waker = q.notify();
+        drop(q);
+        wake_task(waker);
     }
 
     /// Queues `resync` unless this socket already got one for `epoch` (from a delivery).
@@ -161,8 +175,9 @@ impl Writer {
         }
         q.resync_epoch = epoch;
         let result = q.push(resync, limits);
+        let waker = q.notify();
         drop(q);
-        self.wake.notify_one();
+        wake_task(waker);
         Some(result)
     }
 
@@ -173,8 +188,9 @@ impl Writer {
         if matches!(q.close, Close::Open) {
             q.close = Close::Asked { code, echo: None };
         }
+        let waker = q.notify();
         drop(q);
-        self.wake.notify_one();
+        wake_task(waker);
     }
 
     /// The client sent a close frame with `payload`: the answer echoes its status. A partly
@@ -193,8 +209,9 @@ impl Writer {
                 echo: Some((status, len as u8)),
             };
         }
+        let waker = q.notify();
         drop(q);
-        self.wake.notify_one();
+        wake_task(waker);
     }
 
     /// The close code, once the socket was asked to close.
@@ -205,9 +222,23 @@ impl Writer {
         }
     }
 
-    /// Resolves after the next push or close request (one wake-up is kept if nobody waits).
-    pub fn notified(&self) -> Notified<'_> {
-        self.wake.notified()
+    /// Ready once a push or close request came since the last time it was ready (one wake-up is
+    /// kept if nobody waits); otherwise keeps `cx`'s waker for the next one. One task waits.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut q = self.queue.lock();
+        if std::mem::take(&mut q.notified) {
+            return Poll::Ready(());
+        }
+        match &q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => q.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// [`Writer::poll_notified`] as a future.
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_notified(cx))
     }
 
     /// Frames and bytes queued and not yet written.
@@ -266,7 +297,20 @@ impl Writer {
     }
 }
 
+/// Wakes the waiting socket task, outside the queue's lock.
+fn wake_task(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
 impl Queue {
+    /// Records a wake-up and takes the waiting task's waker, to be woken once the lock is let go.
+    fn notify(&mut self) -> Option<Waker> {
+        self.notified = true;
+        self.waker.take()
+    }
+
     /// Queues a delivery behind the `resync` it owes (see [`Writer::push_delivery`]).
     fn push_delivery(
         &mut self,

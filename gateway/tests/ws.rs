@@ -191,6 +191,111 @@ async fn responsive_client_stays_open_past_idle_timeout() {
     h.stop().await;
 }
 
+/// The node's sweep pings each socket every heartbeat, the first one a heartbeat after its
+/// `hello` (not at the node's next tick), and a client that answers them is never idle.
+#[tokio::test]
+async fn pings_come_every_heartbeat_from_one_heartbeat_after_hello() {
+    let h = Harness::start(fast_settings()).await;
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let (mut ws, _) = h.connect(&format!("pinged{i}"), "json").await;
+        let hello_at = Instant::now();
+        // Each socket reads (and so answers pings) on its own task.
+        readers.push(tokio::spawn(async move {
+            let mut pings = Vec::new();
+            while hello_at.elapsed() < Duration::from_millis(1400) {
+                if let Ok(msg) = tokio::time::timeout(Duration::from_millis(50), ws.next()).await {
+                    assert!(matches!(msg, Some(Ok(WsMessage::Ping(_)))), "{msg:?}");
+                    pings.push(hello_at.elapsed());
+                }
+            }
+            (ws, pings)
+        }));
+        // Sockets that go live at different moments of the sweep's cycle.
+        tokio::time::sleep(Duration::from_millis(110)).await;
+    }
+    let mut sockets = Vec::new();
+    for reader in readers {
+        let (ws, pings) = reader.await.unwrap();
+        // Heartbeat 300 ms: about four pings in 1.4 s (not one per 75 ms sweep tick), the first
+        // not before most of a heartbeat has passed.
+        assert!((3..=6).contains(&pings.len()), "{pings:?}");
+        assert!(pings[0] >= Duration::from_millis(200), "{pings:?}");
+        sockets.push(ws);
+    }
+    // Each answered every ping: still open, past the 900 ms idle timeout.
+    for ws in &mut sockets {
+        ws.send(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+            .await
+            .unwrap();
+        assert_eq!(next_frame(ws, Encoding::Json).await, ServerFrame::Pong);
+    }
+    h.stop().await;
+}
+
+/// The first ping comes one heartbeat after `hello`, not earlier.
+#[tokio::test]
+async fn the_first_ping_waits_a_heartbeat() {
+    let h = Harness::start(Settings {
+        heartbeat_interval: Duration::from_millis(2000),
+        idle_timeout: Duration::from_secs(10),
+        ..fast_settings()
+    })
+    .await;
+    let (mut ws, _) = h.connect("patient", "json").await;
+    let hello_at = Instant::now();
+    let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a ping in time");
+    assert!(matches!(msg, Some(Ok(WsMessage::Ping(_)))), "{msg:?}");
+    let waited = hello_at.elapsed();
+    // Heartbeat 2 s, sweep tick 0.5 s.
+    assert!(
+        waited >= Duration::from_millis(1400) && waited <= Duration::from_millis(3000),
+        "{waited:?}"
+    );
+    h.stop().await;
+}
+
+/// A `refresh` moves the expiry the sweep acts on: the socket outlives its first token.
+#[tokio::test]
+async fn a_refreshed_socket_outlives_its_first_token() {
+    let h = Harness::start(Settings {
+        heartbeat_interval: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(10),
+        ..fast_settings()
+    })
+    .await;
+    let short = h.signer.token("hana", Duration::from_secs(1), None);
+    let url = format!("ws://{}/ws?access_token={short}", h.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert!(matches!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Hello { .. }
+    ));
+    let refresh = ClientFrame::Refresh {
+        token: h.token("hana"),
+    };
+    ws.send(WsMessage::Text(
+        String::from_utf8(encode_client(Encoding::Json, &refresh))
+            .unwrap()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_frame(&mut ws, Encoding::Json).await,
+        ServerFrame::Refreshed { .. }
+    ));
+    // Past the first token's expiry and a few sweeps after it.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    ws.send(WsMessage::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut ws, Encoding::Json).await, ServerFrame::Pong);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn bad_frames_get_error_frames_not_disconnects() {
     let h = Harness::start(fast_settings()).await;
