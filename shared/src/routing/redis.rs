@@ -220,27 +220,49 @@ impl Shared {
         replies.into_iter().map(|r| r.map_err(map_err)).collect()
     }
 
-    /// Each user's routes as (node id, incarnation) pairs and, in the same pipeline, the live
-    /// incarnation of each of `nodes` (absent = dead): one round trip.
+    /// Each user's routes as (node id, incarnation) pairs and, in the same round trip, the live
+    /// incarnation of each of `nodes` (absent = dead).
+    ///
+    /// fred writes each command of a `Pipeline` with a socket write of its own whenever its
+    /// command channel is empty behind it, which it is inside a lone pipeline: a lookup for N
+    /// users cost N `writev`s. So the last user's `HGETALL` is sent as a command of its own,
+    /// concurrently behind the pipeline of the others: while fred writes the pipeline, that
+    /// command waits in its channel, and the pipeline's commands are buffered and go out with it
+    /// (in writes of up to fred's `max_feed_count` commands). Same round trip, same replies
+    /// (docs/BENCHMARKS.md, "One write per route lookup").
     async fn read_routes_and_liveness(
         &self,
         users: &[String],
         nodes: &[String],
     ) -> Result<(Vec<Vec<(String, String)>>, HashMap<String, String>), RoutingError> {
+        let Some((last, rest)) = users.split_last() else {
+            return Ok((Vec::new(), self.live_incarnations(nodes).await?));
+        };
         let p = self.pipeline();
-        for user in users {
+        for user in rest {
             queue(p.hgetall::<(), _>(self.keys.route(user)).await)?;
         }
         for node in nodes {
             queue(p.get::<(), _>(self.keys.alive(node)).await)?;
         }
-        let mut replies = self.run(p).await?;
-        let alive = replies.split_off(users.len().min(replies.len()));
+        let trailing = self.cmd();
+        let (replies, last) = self
+            .timed(futures_util::future::try_join(
+                async { Ok(p.try_all::<Value>().await) },
+                trailing.hgetall::<Value, _>(self.keys.route(last)),
+            ))
+            .await?;
+        let mut replies = replies
+            .into_iter()
+            .map(|r| r.map_err(map_err))
+            .collect::<Result<Vec<Value>, RoutingError>>()?;
+        let alive = replies.split_off(rest.len().min(replies.len()));
         let live = nodes
             .iter()
             .zip(alive)
             .filter_map(|(n, v)| as_string(&v).map(|inc| (n.clone(), inc)))
             .collect();
+        replies.push(last);
         Ok((replies.into_iter().map(pairs).collect(), live))
     }
 
