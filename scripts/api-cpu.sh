@@ -7,7 +7,7 @@
 #
 #   scripts/api-cpu.sh [messages|push] [seconds]   (default: messages 15)
 #
-# MEMBERS (default 4) sets the chat's size; PERF=1 also records the API under
+# MEMBERS (default 4) sets the chat's size; RATE=N an open loop of N requests/s; PERF=1 also records the API under
 # `perf record -e cpu-clock -g` for 10 s of the run (perf.data in the output directory), and
 # PERF_STAT=1 counts the API's context switches and system calls per request (`perf stat`);
 # EMBEDDED=1 measures `chat-api embedded` (one process) instead. BIN defaults to target/dist
@@ -40,6 +40,9 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
 MODE_FLAG=""
+# RATE=N sends N requests per second (open loop) instead of the closed loop of 16 in flight.
+LOOP="--closed-loop --max-in-flight 16"
+if [ -n "${RATE:-}" ]; then LOOP="--rate $RATE"; fi
 if [ "$MODE" = push ]; then MODE_FLAG=--push; fi
 if [ "${EMBEDDED:-0}" = 1 ]; then
   API=127.0.0.1:$((BASE+1)); GA=127.0.0.1:$((BASE+2))
@@ -73,7 +76,7 @@ if [ "${PERF_STAT:-0}" = 1 ]; then
   STAT_PID=$!
 fi
 "${LOADTEST:-$BIN/loadtest}" fanout --api "http://$API" --ws "$WS" --chats 1 --members "$MEMBERS" \
-  --closed-loop --max-in-flight 16 --duration "${SECS}s" --drain 3s $MODE_FLAG \
+  $LOOP --duration "${SECS}s" --drain 3s $MODE_FLAG \
   --out "$OUT/result.json" | tee "$OUT/loadtest.txt"
 if [ -n "${PERF_PID:-}" ]; then wait "$PERF_PID"; fi
 if [ -n "${STAT_PID:-}" ]; then kill -INT "$STAT_PID"; wait "$STAT_PID" || true; fi

@@ -282,7 +282,9 @@ async fn start_process(
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if http.ready(&format!("http://{addr}/{probe}")).await {
+            // Ready only once this process says it listens on `addr`: a process that lost the
+            // port to another test's process would otherwise pass the probe on its behalf.
+            if http.ready(&format!("http://{addr}/{probe}")).await && listens_on(&proc, addr) {
                 return (kind, addr, proc);
             }
             if let Some(status) = proc.exited() {
@@ -304,6 +306,14 @@ async fn start_process(
         }
     }
     panic!("could not bind a free port in 3 attempts:\n{last_log}");
+}
+
+/// Whether `proc`'s log has its "listening" line for `addr`.
+fn listens_on(proc: &Proc, addr: SocketAddr) -> bool {
+    let addr = addr.to_string();
+    proc.log()
+        .lines()
+        .any(|line| line.contains("listening") && line.contains(&addr))
 }
 
 /// The API replicas' store: the shared SQLite file, or `CHAT_TEST_STORE_URL` when set (a migrated
