@@ -24,17 +24,7 @@ BASE=$(( 20000 + ($$ % 2000) * 10 ))
 export JWT_SECRET="api-cpu-$(date +%s)-0123456789abcdefghijklmnopqrstuv"
 export API_RATE_REQUESTS=off API_RATE_MESSAGES=off CONNECT_RATE_PER_IP=off MAX_HANDSHAKES_PER_IP=100000
 export LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-start() { local name=$1; shift; "$@" >"$OUT/$name.log" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
+. "$(dirname "$0")/proc-lib.sh"
 # utime+stime of a process in clock ticks
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

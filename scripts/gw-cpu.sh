@@ -22,17 +22,7 @@ R=$((BASE+1)); GA=127.0.0.1:$((BASE+2))
 export JWT_SECRET="gw-cpu-$(date +%s)-0123456789abcdefghijklmnopqrstuv"
 export CONNECT_RATE_PER_IP=off MAX_HANDSHAKES_PER_IP=100000
 export LOG_FORMAT=text RUST_LOG=${RUST_LOG:-warn}
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 1 300); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; return 1
-}
-start() { local name=$1; shift; "$@" >"$OUT/$name.log" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
+. "$(dirname "$0")/proc-lib.sh"
 start redis redis-server --port "$R" --bind 127.0.0.1 --save "" --appendonly no
 wait_port "127.0.0.1:$R"
 REDIS_URL=redis://127.0.0.1:$R NODE_ID=gw-cpu GATEWAY_ADDR=$GA start gateway "$GATEWAY"
