@@ -220,16 +220,35 @@ impl Shared {
         replies.into_iter().map(|r| r.map_err(map_err)).collect()
     }
 
+    /// [`Shared::run`] of `pipeline` followed by `last`, sent as a command of its own behind it,
+    /// in one round trip; `last`'s reply comes last. fred writes each command of a lone pipeline
+    /// with a socket write of its own (it flushes whenever its command channel is empty behind
+    /// the command just written, which it is inside a pipeline); with `last` waiting in that
+    /// channel, the pipeline is buffered and goes out with it (in writes of up to fred's
+    /// `max_feed_count` commands): one `writev` instead of one per command (docs/BENCHMARKS.md,
+    /// "One write per route lookup").
+    async fn run_behind(
+        &self,
+        pipeline: WithOptions<Pipeline<Client>>,
+        last: impl Future<Output = Result<Value, fred::error::Error>>,
+    ) -> Result<Vec<Value>, RoutingError> {
+        let (replies, last) = self
+            .timed(futures_util::future::try_join(
+                async { Ok(pipeline.try_all::<Value>().await) },
+                last,
+            ))
+            .await?;
+        let mut replies = replies
+            .into_iter()
+            .map(|r| r.map_err(map_err))
+            .collect::<Result<Vec<Value>, RoutingError>>()?;
+        replies.push(last);
+        Ok(replies)
+    }
+
     /// Each user's routes as (node id, incarnation) pairs and, in the same round trip, the live
-    /// incarnation of each of `nodes` (absent = dead).
-    ///
-    /// fred writes each command of a `Pipeline` with a socket write of its own whenever its
-    /// command channel is empty behind it, which it is inside a lone pipeline: a lookup for N
-    /// users cost N `writev`s. So the last user's `HGETALL` is sent as a command of its own,
-    /// concurrently behind the pipeline of the others: while fred writes the pipeline, that
-    /// command waits in its channel, and the pipeline's commands are buffered and go out with it
-    /// (in writes of up to fred's `max_feed_count` commands). Same round trip, same replies
-    /// (docs/BENCHMARKS.md, "One write per route lookup").
+    /// incarnation of each of `nodes` (absent = dead); in one socket write ([`Shared::run_behind`]:
+    /// the last user's `HGETALL` goes behind the pipeline of the rest).
     async fn read_routes_and_liveness(
         &self,
         users: &[String],
@@ -246,16 +265,10 @@ impl Shared {
             queue(p.get::<(), _>(self.keys.alive(node)).await)?;
         }
         let trailing = self.cmd();
-        let (replies, last) = self
-            .timed(futures_util::future::try_join(
-                async { Ok(p.try_all::<Value>().await) },
-                trailing.hgetall::<Value, _>(self.keys.route(last)),
-            ))
+        let mut replies = self
+            .run_behind(p, trailing.hgetall::<Value, _>(self.keys.route(last)))
             .await?;
-        let mut replies = replies
-            .into_iter()
-            .map(|r| r.map_err(map_err))
-            .collect::<Result<Vec<Value>, RoutingError>>()?;
+        let last = replies.pop().unwrap_or(Value::Null);
         let alive = replies.split_off(rest.len().min(replies.len()));
         let live = nodes
             .iter()

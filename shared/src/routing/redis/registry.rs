@@ -334,11 +334,22 @@ impl RouteRegistry for RedisRegistry {
         }
         let s = &self.shared;
         let p = s.pipeline();
-        for user in users {
+        for (i, user) in users.iter().enumerate() {
             queue(p.hgetall::<(), _>(s.keys.route(user)).await)?;
-            queue(p.get::<(), _>(s.keys.seen(user)).await)?;
+            if i + 1 < users.len() {
+                queue(p.get::<(), _>(s.keys.seen(user)).await)?;
+            }
         }
-        let mut replies = s.run(p).await?.into_iter();
+        // The last user's last-seen `GET` goes behind the pipeline: one socket write in all.
+        let trailing = s.cmd();
+        let last_seen = users
+            .last()
+            .map(|user| s.keys.seen(user))
+            .unwrap_or_default();
+        let mut replies = s
+            .run_behind(p, trailing.get::<Value, _>(last_seen))
+            .await?
+            .into_iter();
         let mut routes = Vec::with_capacity(users.len());
         let mut seen = Vec::with_capacity(users.len());
         while let (Some(r), Some(t)) = (replies.next(), replies.next()) {
