@@ -295,19 +295,23 @@ impl Shared {
         ))
     }
 
-    /// The live incarnation of each named node (absent = dead): one pipelined round trip.
+    /// The live incarnation of each named node (absent = dead): one round trip, one socket write
+    /// ([`Shared::run_behind`]).
     async fn live_incarnations(
         &self,
         nodes: &[String],
     ) -> Result<HashMap<String, String>, RoutingError> {
-        if nodes.is_empty() {
+        let Some((last, rest)) = nodes.split_last() else {
             return Ok(HashMap::new());
-        }
+        };
         let p = self.pipeline();
-        for node in nodes {
+        for node in rest {
             queue(p.get::<(), _>(self.keys.alive(node)).await)?;
         }
-        let replies = self.run(p).await?;
+        let trailing = self.cmd();
+        let replies = self
+            .run_behind(p, trailing.get::<Value, _>(self.keys.alive(last)))
+            .await?;
         Ok(nodes
             .iter()
             .zip(replies)

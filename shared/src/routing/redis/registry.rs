@@ -329,25 +329,20 @@ impl RouteRegistry for RedisRegistry {
     }
 
     async fn presence(&self, users: &[String]) -> Result<Vec<PresenceInfo>, RoutingError> {
-        if users.is_empty() {
+        let Some((last, rest)) = users.split_last() else {
             return Ok(Vec::new());
-        }
+        };
         let s = &self.shared;
         let p = s.pipeline();
-        for (i, user) in users.iter().enumerate() {
+        for user in rest {
             queue(p.hgetall::<(), _>(s.keys.route(user)).await)?;
-            if i + 1 < users.len() {
-                queue(p.get::<(), _>(s.keys.seen(user)).await)?;
-            }
+            queue(p.get::<(), _>(s.keys.seen(user)).await)?;
         }
+        queue(p.hgetall::<(), _>(s.keys.route(last)).await)?;
         // The last user's last-seen `GET` goes behind the pipeline: one socket write in all.
         let trailing = s.cmd();
-        let last_seen = users
-            .last()
-            .map(|user| s.keys.seen(user))
-            .unwrap_or_default();
         let mut replies = s
-            .run_behind(p, trailing.get::<Value, _>(last_seen))
+            .run_behind(p, trailing.get::<Value, _>(s.keys.seen(last)))
             .await?
             .into_iter();
         let mut routes = Vec::with_capacity(users.len());
