@@ -10,6 +10,7 @@
 #                               latency, catchup) on every system that has it
 #
 # Results (JSON per scenario, PNG plots in full mode) go to $BENCH_OUT (default target/bench).
+# BENCH_BIN=DIR (full mode) uses the binaries in DIR instead of building target/dist.
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ for arg in "$@"; do
   case "$arg" in
     --smoke) MODE=smoke ;;
     --only=connect|--only=fanout|--only=soak|--only=flood|--only=latency|--only=catchup) ONLY=${arg#--only=} ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg (use --smoke or --only=SCENARIO)" >&2; exit 2 ;;
   esac
 done
@@ -39,10 +40,14 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$MODE" = full ]; then
-  echo "==> building dist-profile binaries (thin LTO, one codegen unit)"
-  # The profile the Docker image ships (thin LTO, one codegen unit), not the quick start's.
-  cargo build --profile dist --bins -p chat-api -p gateway -p loadtest
-  BIN=target/dist
+  if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN # binaries built elsewhere (comparing two builds), used as they are
+  else
+    echo "==> building dist-profile binaries (thin LTO, one codegen unit)"
+    # The profile the Docker image ships (thin LTO, one codegen unit), not the quick start's.
+    cargo build --profile dist --bins -p chat-api -p gateway -p loadtest
+    BIN=target/dist
+  fi
   # name  sockets  fan-out: chats members rate secs  latency: rate secs  soak: sockets churn secs
   # catch-up: members rate drops/s secs
   CONNECT_SOCKETS=10000; FO_CHATS=4; FO_MEMBERS=1000; FO_RATE=100; FO_SECS=20s
@@ -174,6 +179,12 @@ YAML
   want catchup && lt catchup --api "http://$AA,http://$AB" --ws "ws://$GA/ws,ws://$GB/ws" --members "$CU_MEMBERS" \
     --rate "$CU_RATE" --drops-per-s "$CU_DROPS" --duration "$CU_SECS" \
     --out "$OUT/results/distributed-catchup.json"
+  # Each process's metrics after the scenarios, to read a run afterwards (store latency, SQLite
+  # group commits and lock waits, stream read ages).
+  mkdir -p "$OUT/metrics"
+  for p in "api-1 $AA" "api-2 $AB" "gw-a $GA" "gw-b $GB"; do
+    curl -sf "http://${p#* }/metrics" >"$OUT/metrics/${p%% *}.prom" || true
+  done
   if [ -n "$PROM" ] && [ -z "$ONLY" ]; then
     echo "==> monitoring: alerting rules and dashboard queries against Prometheus"
     scripts/check-monitoring.py --prometheus "http://$PROM" --rules k8s/monitoring/alerts/chat-alerts.yaml \

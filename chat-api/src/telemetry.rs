@@ -127,6 +127,9 @@ pub const TYPING_NOTICES_TOTAL: &str = "api_typing_notices_total";
 pub const TYPING_RATE_LIMITED_TOTAL: &str = "api_typing_rate_limited_total";
 /// Inserts committed per SQLite transaction (group commit; SQLite store only).
 pub const SQLITE_GROUP_COMMIT_SIZE: &str = "api_sqlite_group_commit_size";
+/// Time the group-commit writer waited for SQLite's write lock before each group (another
+/// process sharing the file, or another connection, holding it; SQLite store only).
+pub const SQLITE_WRITE_LOCK_WAIT_SECONDS: &str = "api_sqlite_write_lock_wait_seconds";
 
 /// Every `method` of the HTTP metrics: the standard methods; any other (a client may send any
 /// token as a method) is counted as [`OTHER_METHOD`], so the label set stays closed.
@@ -420,6 +423,11 @@ pub fn describe(problem_types: impl IntoIterator<Item = &'static str>) {
     describe_histogram!(
         SQLITE_GROUP_COMMIT_SIZE,
         "Inserts committed per SQLite transaction (group commit)"
+    );
+    describe_histogram!(
+        SQLITE_WRITE_LOCK_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time the group-commit writer waited for SQLite's write lock before each group"
     );
     describe_gauge!(
         CLOCK_OFFSET_SECONDS,

@@ -22,6 +22,8 @@ use shared::protocol::Message;
 use shared::Id;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+mod busy;
+
 use super::{
     Change, Changed, ChangesPage, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role,
     StoreError, Unread,
@@ -31,7 +33,8 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
     /// How long a statement waits for another connection's (or process's) write lock before it
-    /// fails with `SQLITE_BUSY`, answered as 503. Default 5 s.
+    /// fails with `SQLITE_BUSY`, answered as 503 (polled in short steps, `sqlite/busy.rs`).
+    /// Default 5 s.
     pub busy_timeout: Duration,
     /// Connections kept open, and so the most statements running at once. Default 4.
     pub connections: usize,
@@ -202,9 +205,13 @@ impl SqliteStore {
         let writer_conn = open_connection(&path, &options)?;
         let (writes, queue) = mpsc::channel(options.write_queue.max(1));
         let batch_max = options.group_commit_max.max(1);
+        let busy_timeout = options.busy_timeout;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_thread(writer_conn, queue, batch_max))
+            .spawn(move || {
+                busy::set_patience(busy_timeout);
+                writer_thread(writer_conn, queue, batch_max)
+            })
             .map_err(|e| StoreError::Internal(format!("starting the SQLite writer thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -239,6 +246,7 @@ impl SqliteStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            busy::set_patience(inner.options.busy_timeout);
             let pooled = inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let mut conn = match pooled {
                 Some(c) => c,
@@ -331,8 +339,11 @@ fn write_group(
     loop {
         // IMMEDIATE takes the write lock up front: concurrent duplicates (from any process) are
         // serialized, and the loser sees the winner's row in its own transaction.
+        let asked = Instant::now();
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = Instant::now();
+        metrics::histogram!(crate::telemetry::SQLITE_WRITE_LOCK_WAIT_SECONDS)
+            .record(now.duration_since(asked).as_secs_f64());
         let mut results = Vec::with_capacity(batch.len());
         for (job, abandoned) in batch.iter().zip(abandoned.iter_mut()) {
             *abandoned |= job.too_late(now);
@@ -419,8 +430,8 @@ fn insert_one(tx: &Connection, m: &Message) -> rusqlite::Result<Insert> {
 
 fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| map_err(e, "opening the database"))?;
-    conn.busy_timeout(options.busy_timeout)
-        .map_err(|e| map_err(e, "setting busy_timeout"))?;
+    busy::install(&conn).map_err(|e| map_err(e, "setting the busy handler"))?;
+    busy::set_patience(options.busy_timeout);
     let synchronous = if options.fsync_each_commit {
         "FULL"
     } else {
