@@ -11,6 +11,10 @@ use gateway::cli::Cli;
 use shared::routing::metered::Metered;
 use shared::routing::redis::{connect, RedisOptions};
 
+/// The same allocator as `chat-api` (see its `main.rs`), without transparent huge pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     shared::config::exit_code(run().await)
