@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use fastwebsockets::OpCode;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::net::TcpStream;
 
 use shared::close::CloseCode;
@@ -110,9 +110,7 @@ impl Writer {
     pub fn push(&self, frame: Bytes, limits: QueueLimits) -> Enqueue {
         let mut q = self.queue.lock();
         let result = q.push(frame, limits);
-        let waker = q.notify();
-        drop(q);
-        wake_task(waker);
+        notify(q);
         result
     }
 
@@ -148,9 +146,7 @@ impl Writer {
         let mut q = self.queue.lock();
         let result = q.push_delivery(frame, limits, epoch, resync);
         if result != Enqueue::Queued {
-            let waker = q.notify();
-            drop(q);
-            wake_task(waker);
+            notify(q);
             return (result, false);
         }
         let owed = !std::mem::replace(&mut q.wake_owed, true);
@@ -161,9 +157,7 @@ impl Writer {
     pub fn wake(&self) {
         let mut q = self.queue.lock();
         q.wake_owed = false;
-        let waker = q.notify();
-        drop(q);
-        wake_task(waker);
+        notify(q);
     }
 
     /// Queues `resync` unless this socket already got one for `epoch` (from a delivery).
@@ -175,9 +169,7 @@ impl Writer {
         }
         q.resync_epoch = epoch;
         let result = q.push(resync, limits);
-        let waker = q.notify();
-        drop(q);
-        wake_task(waker);
+        notify(q);
         Some(result)
     }
 
@@ -188,9 +180,7 @@ impl Writer {
         if matches!(q.close, Close::Open) {
             q.close = Close::Asked { code, echo: None };
         }
-        let waker = q.notify();
-        drop(q);
-        wake_task(waker);
+        notify(q);
     }
 
     /// The client sent a close frame with `payload`: the answer echoes its status. A partly
@@ -209,9 +199,7 @@ impl Writer {
                 echo: Some((status, len as u8)),
             };
         }
-        let waker = q.notify();
-        drop(q);
-        wake_task(waker);
+        notify(q);
     }
 
     /// The close code, once the socket was asked to close.
@@ -297,8 +285,11 @@ impl Writer {
     }
 }
 
-/// Wakes the waiting socket task, outside the queue's lock.
-fn wake_task(waker: Option<Waker>) {
+/// Records a wake-up, lets the queue's lock go and then wakes the waiting socket task (waking
+/// it under the lock would have it contend for the lock straight away).
+fn notify(mut q: MutexGuard<'_, Queue>) {
+    let waker = q.notify();
+    drop(q);
     if let Some(waker) = waker {
         waker.wake();
     }
