@@ -171,14 +171,22 @@ impl Socket {
             let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
                 .await
                 .expect("frame in time");
-            match msg.expect("open").expect("frame") {
-                WsMessage::Text(t) => return decode_server(Encoding::Json, t.as_bytes()).unwrap(),
-                WsMessage::Binary(b) => {
-                    assert_eq!(self.encoding, Encoding::Msgpack);
-                    return decode_server(Encoding::Msgpack, &b).unwrap();
-                }
-                _ => continue,
+            if let Some(frame) = self.data_frame(&msg.expect("open").expect("frame")) {
+                return frame;
             }
+        }
+    }
+
+    /// The server frame a data message carries (`None` for control messages); panics on a
+    /// binary frame on a JSON socket or an undecodable one.
+    fn data_frame(&self, msg: &WsMessage) -> Option<ServerFrame> {
+        match msg {
+            WsMessage::Text(t) => Some(decode_server(Encoding::Json, t.as_bytes()).unwrap()),
+            WsMessage::Binary(b) => {
+                assert_eq!(self.encoding, Encoding::Msgpack);
+                Some(decode_server(Encoding::Msgpack, b).unwrap())
+            }
+            _ => None,
         }
     }
 
@@ -218,21 +226,9 @@ impl Socket {
         while let Ok(msg) = tokio::time::timeout_at(deadline, self.ws.next()).await {
             match msg {
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(WsMessage::Text(t)))
+                Some(Ok(m))
                     if presence_allowed
-                        && matches!(
-                            decode_server(Encoding::Json, t.as_bytes()),
-                            Ok(ServerFrame::Presence { .. })
-                        ) =>
-                {
-                    continue
-                }
-                Some(Ok(WsMessage::Binary(b)))
-                    if presence_allowed
-                        && matches!(
-                            decode_server(Encoding::Msgpack, &b),
-                            Ok(ServerFrame::Presence { .. })
-                        ) =>
+                        && matches!(self.data_frame(&m), Some(ServerFrame::Presence { .. })) =>
                 {
                     continue
                 }

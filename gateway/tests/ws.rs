@@ -146,11 +146,7 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
         (Some(forged), 401),
         (Some(service), 403),
     ] {
-        let url = match &token {
-            Some(t) => format!("ws://{}/ws?access_token={t}", h.addr),
-            None => format!("ws://{}/ws", h.addr),
-        };
-        match tokio_tungstenite::connect_async(url).await {
+        match tokio_tungstenite::connect_async(h.url(token.as_deref())).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), status)
             }
@@ -267,8 +263,9 @@ async fn a_refreshed_socket_outlives_its_first_token() {
     })
     .await;
     let short = h.signer.token("hana", Duration::from_secs(1), None);
-    let url = format!("ws://{}/ws?access_token={short}", h.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.url(Some(&short)))
+        .await
+        .unwrap();
     assert!(matches!(
         next_frame(&mut ws, Encoding::Json).await,
         ServerFrame::Hello { .. }
@@ -422,8 +419,9 @@ async fn expired_token_closes_the_socket() {
     })
     .await;
     let token = h.signer.token("gina", Duration::from_secs(1), None);
-    let url = format!("ws://{}/ws?access_token={token}", h.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.url(Some(&token)))
+        .await
+        .unwrap();
     assert_eq!(close_code(&mut ws).await, CloseCode::TokenExpired.code());
     h.stop().await;
 }
