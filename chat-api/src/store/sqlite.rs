@@ -197,6 +197,9 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let connections = options.connections.max(1);
+        // The connections are opened (their pragmas run) and the schema is created on the
+        // caller's thread; the pool's and the writer's threads set their own patience.
+        busy::set_patience(options.busy_timeout);
         let mut first = open_connection(&path, &options)?;
         // Several processes may race to create the schema; IF NOT EXISTS and the column checks
         // inside an immediate transaction make that safe.
@@ -431,7 +434,6 @@ fn insert_one(tx: &Connection, m: &Message) -> rusqlite::Result<Insert> {
 fn open_connection(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| map_err(e, "opening the database"))?;
     busy::install(&conn).map_err(|e| map_err(e, "setting the busy handler"))?;
-    busy::set_patience(options.busy_timeout);
     let synchronous = if options.fsync_each_commit {
         "FULL"
     } else {
