@@ -20,7 +20,7 @@ use shared::config::parse_duration;
 use shared::protocol::Message;
 use shared::Id;
 
-use self::table::{Flights, Table};
+use self::table::{Flights, Source, Table};
 use self::versions::{Kind, Versions};
 use super::{
     Change, Changed, ChangesPage, Chat, Cursor, Insert, Marker, Markers, MessageStore, Role,
@@ -299,19 +299,20 @@ impl CachedStore {
             count(cache, cache_result::HIT);
             return Ok(Some(v));
         }
-        let (table, load) = (table.clone(), load());
+        let (entries, load) = (table.clone(), load());
         let load = async move {
             let entry = Arc::new(load.await?);
-            table.put(chat_id, token, entry.clone(), bytes(&entry));
+            entries.put(chat_id, token, entry.clone(), bytes(&entry));
             Ok(entry)
         };
-        let (result, joined) = flights.run(chat_id, token, load).await;
+        let landed = || table.get(chat_id, token);
+        let (result, source) = flights.run(chat_id, token, landed, load).await;
         count(
             cache,
-            if joined {
-                cache_result::COALESCED
-            } else {
-                cache_result::MISS
+            match source {
+                Source::Loaded => cache_result::MISS,
+                Source::Joined => cache_result::COALESCED,
+                Source::Landed => cache_result::HIT,
             },
         );
         result.map(Some)

@@ -180,6 +180,17 @@ type Loads<V> = Arc<Mutex<HashMap<(Id, u64), Flight<V>>>>;
 
 type Flight<V> = Shared<BoxFuture<'static, Result<Arc<V>, Failed>>>;
 
+/// Where [`Flights::run`]'s answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// This call read the store.
+    Loaded,
+    /// It waited for an identical load in flight.
+    Joined,
+    /// A load had just put the entry.
+    Landed,
+}
+
 /// Loads in flight, keyed by chat and version token: a request that read the same token as a
 /// load in flight waits for that load instead of reading the store again. The key holds the
 /// token because only a load that read the token the waiter read is current enough for it (see
@@ -199,22 +210,28 @@ impl<V> Default for Flights<V> {
 
 impl<V: Send + Sync + 'static> Flights<V> {
     /// The result of `load` for (`chat_id`, `token`), or of the identical load already in
-    /// flight; `true` when it joined one.
+    /// flight, or what `landed` finds when no load is in flight (checked under the lock, so a
+    /// load that put its entry and left the map just before is not repeated: a load puts its
+    /// entry before it leaves).
     pub async fn run<F>(
         &self,
         chat_id: Id,
         token: u64,
+        landed: impl FnOnce() -> Option<Arc<V>>,
         load: F,
-    ) -> (Result<Arc<V>, StoreError>, bool)
+    ) -> (Result<Arc<V>, StoreError>, Source)
     where
         F: Future<Output = Result<Arc<V>, StoreError>> + Send + 'static,
     {
         let key = (chat_id, token);
-        let (flight, joined) = {
+        let (flight, source) = {
             let mut loads = self.loads.lock();
             match loads.get(&key) {
-                Some(f) => (f.clone(), true),
+                Some(f) => (f.clone(), Source::Joined),
                 None => {
+                    if let Some(v) = landed() {
+                        return (Ok(v), Source::Landed);
+                    }
                     let loads_ref = self.loads.clone();
                     let task = tokio::spawn(async move {
                         // Leaves the map when the load ends, however it ends.
@@ -233,10 +250,62 @@ impl<V: Send + Sync + 'static> Flights<V> {
                     .boxed()
                     .shared();
                     loads.insert(key, flight.clone());
-                    (flight, false)
+                    (flight, Source::Loaded)
                 }
             }
         };
-        (flight.await.map_err(StoreError::from), joined)
+        (flight.await.map_err(StoreError::from), source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A reader that missed the table just before a load put its entry and left the map takes
+    /// that entry instead of reading the store again (the interleaving that made 200 concurrent
+    /// readers cause two loads).
+    #[tokio::test]
+    async fn a_load_that_just_landed_is_not_repeated() {
+        let table = Arc::new(Table::new("test", 1 << 20, Duration::from_secs(30)));
+        let flights = Flights::default();
+        let loads = Arc::new(AtomicUsize::new(0));
+        let load = |table: Arc<Table<u32>>, loads: Arc<AtomicUsize>| async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            let v = Arc::new(7);
+            table.put(Id(1), 5, v.clone(), 8);
+            Ok(v)
+        };
+        // The reader's table lookup misses: nothing is loaded yet.
+        assert!(table.get(Id(1), 5).is_none());
+        // Meanwhile another reader's load runs to its end: entry put, flight gone.
+        let first = flights
+            .run(Id(1), 5, || None, load(table.clone(), loads.clone()))
+            .await;
+        assert_eq!((*first.0.unwrap(), first.1), (7, Source::Loaded));
+        assert!(flights.loads.lock().is_empty());
+        // The first reader now reaches the flights.
+        let (v, source) = flights
+            .run(
+                Id(1),
+                5,
+                || table.get(Id(1), 5),
+                load(table.clone(), loads.clone()),
+            )
+            .await;
+        assert_eq!((*v.unwrap(), source), (7, Source::Landed));
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "the store was read again");
+        // A different token is a different load.
+        let (_, source) = flights
+            .run(
+                Id(1),
+                6,
+                || table.get(Id(1), 6),
+                load(table.clone(), loads.clone()),
+            )
+            .await;
+        assert_eq!(source, Source::Loaded);
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
     }
 }
