@@ -73,6 +73,24 @@ pub async fn run(
         )
         .with_deflate(deflate),
     );
+    // `hello` is queued before the socket joins the hub, so it is the socket's first frame
+    // whatever reaches the socket while its route is written. The hello frame is consumed here,
+    // not kept for the socket's life: an idle socket holds none of its strings.
+    let hello = ServerFrame::Hello {
+        v: PROTOCOL_VERSION,
+        connection_id: format!(
+            "{}-{}-{}",
+            node.info.node_id, node.info.incarnation, handle.id
+        ),
+        user_id: identity.subject.clone(),
+        heartbeat_interval_ms: node.settings.heartbeat_interval.as_millis() as u64,
+        idle_timeout_ms: node.settings.idle_timeout.as_millis() as u64,
+        token_expires_at: identity.expires_at,
+    };
+    let frame = Outgoing::frame(encoding, &hello, node.settings.ws_compression_min_bytes)
+        .for_socket(deflate);
+    handle.enqueue(frame, node.queue_limits());
+    drop(hello);
     let first = match node
         .hub
         .add(handle.clone(), node.settings.max_sockets_per_user)
@@ -101,8 +119,9 @@ pub async fn run(
     };
     let handle = &live.socket.handle;
     if first {
-        // The route must exist before `hello`, or a message sent right after it would miss
-        // this socket; bounded so that a registry outage does not stall connects.
+        // The route must exist before `hello` goes out (the socket's task, spawned below, writes
+        // it), or a message sent right after it would miss this socket; bounded so that a
+        // registry outage does not stall connects.
         node.routes
             .mark_and_wait(&user, Duration::from_secs(2))
             .await;
@@ -112,28 +131,13 @@ pub async fn run(
     // (`crate::admin::apply` records the revoke before it closes sockets).
     if node.deps.revocations.is_revoked(&identity).await {
         crate::telemetry::rejected(crate::telemetry::reason::REVOKED);
+        // Nothing queued meanwhile (`hello`, deliveries) reaches a revoked token: only the close.
+        handle.writer.drop_queued();
         close_now(&live.stream, &handle.writer, CloseCode::TokenRevoked).await;
         return;
     }
-
-    // The identity and the hello frame are consumed here, not kept for the socket's life: an
-    // idle socket holds none of their strings.
     let expires_at = identity.expires_at;
-    let hello = ServerFrame::Hello {
-        v: PROTOCOL_VERSION,
-        connection_id: format!(
-            "{}-{}-{}",
-            node.info.node_id, node.info.incarnation, handle.id
-        ),
-        user_id: identity.subject,
-        heartbeat_interval_ms: node.settings.heartbeat_interval.as_millis() as u64,
-        idle_timeout_ms: node.settings.idle_timeout.as_millis() as u64,
-        token_expires_at: expires_at,
-    };
-    let frame = Outgoing::frame(encoding, &hello, node.settings.ws_compression_min_bytes)
-        .for_socket(deflate);
-    handle.enqueue(frame, node.queue_limits());
-    drop(hello);
+    drop(identity);
     // Heartbeats, the idle timeout and the token expiry are the node's sweep's from now on.
     let now_ms = node.hub.now_ms();
     let tick = Cadence::new(node.settings.heartbeat_interval).tick_at(now_ms);

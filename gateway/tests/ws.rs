@@ -724,3 +724,102 @@ async fn a_connect_storm_is_routed_before_hello_in_batched_writes() {
     drop(sockets);
     Arc::try_unwrap(h).ok().expect("one owner").stop().await;
 }
+
+/// Starts a node whose route writes land at once but are answered after `answer`, connects
+/// `user` in the background (the upgrade waits for that answer), and returns once the route is
+/// visible: the window in which deliveries reach a socket that has not had `hello` yet.
+async fn connect_in_route_window(
+    answer: Duration,
+    user: &str,
+) -> (Arc<Harness>, tokio::task::JoinHandle<Ws>) {
+    let registry = Arc::new(support::slow_registry::SlowRegistry::answering_late(answer));
+    let h = Arc::new(
+        Harness::start_with(
+            fast_settings(),
+            registry,
+            Arc::new(shared::routing::memory::MemoryBus::default()),
+        )
+        .await,
+    );
+    let url = format!("{}&encoding=json", h.url(Some(&h.token(user))));
+    let connecting = tokio::spawn(async move {
+        tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade")
+            .0
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h
+        .registry
+        .lookup(&[user.to_string()])
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "route not written within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (h, connecting)
+}
+
+/// Every frame until the server's close frame, and its code.
+async fn frames_until_close(ws: &mut Ws) -> (Vec<ServerFrame>, u16) {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(WsMessage::Text(t))) => {
+                frames.push(serde_json::from_str(t.as_str()).expect("a server frame"))
+            }
+            Some(Ok(WsMessage::Close(Some(frame)))) => return (frames, u16::from(frame.code)),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            other => panic!("expected frames then a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A delivery that reaches a socket while its route is being written (the route is visible,
+/// the write not yet answered) comes after `hello`, never before it.
+#[tokio::test]
+async fn hello_comes_first_even_when_a_delivery_beats_the_route_answer() {
+    let (h, connecting) = connect_in_route_window(Duration::from_millis(300), "early").await;
+    let event = ServerFrame::Event {
+        event: serde_json::json!({ "n": 1 }),
+    };
+    h.publish(&["early"], &event).await;
+    let mut ws = connecting.await.unwrap();
+    let first = next_frame(&mut ws, Encoding::Json).await;
+    assert!(
+        matches!(first, ServerFrame::Hello { .. }),
+        "first frame {first:?}"
+    );
+    assert_eq!(next_frame(&mut ws, Encoding::Json).await, event);
+    drop(ws);
+    Arc::try_unwrap(h).ok().expect("one owner").stop().await;
+}
+
+/// A token revoked while its socket's route is being written gets only the close: neither
+/// `hello` nor a delivery that reached the socket meanwhile.
+#[tokio::test]
+async fn a_token_revoked_during_the_route_write_gets_only_the_close() {
+    let (h, connecting) = connect_in_route_window(Duration::from_millis(300), "revoked").await;
+    let event = ServerFrame::Event {
+        event: serde_json::json!({ "secret": true }),
+    };
+    h.publish(&["revoked"], &event).await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    h.revocations
+        .revoke("revoked", now_s + 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut ws = connecting.await.unwrap();
+    let (frames, code) = frames_until_close(&mut ws).await;
+    assert_eq!((frames, code), (Vec::new(), CloseCode::TokenRevoked.code()));
+    drop(ws);
+    Arc::try_unwrap(h).ok().expect("one owner").stop().await;
+}

@@ -17,6 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use gateway::{Deps, Settings};
 use shared::auth::{JwtSettings, KeySource, Signer, Verifier, DEV_SECRET};
 use shared::protocol::{decode_server, Encoding, ServerFrame};
+use shared::revocation::RevocationCheck;
 use shared::routing::memory::{MemoryBus, MemoryRegistry};
 use shared::routing::{fan_out, NodeBus, RouteRegistry};
 
@@ -27,6 +28,7 @@ pub struct Harness {
     pub registry: Arc<dyn RouteRegistry>,
     pub bus: Arc<dyn NodeBus>,
     pub signer: Signer,
+    pub revocations: Arc<RevocationCheck>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -58,13 +60,14 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
+        let revocations = Arc::new(RevocationCheck::memory());
         let deps = Deps {
             registry: registry.clone(),
             bus: bus.clone(),
             verifier,
             metrics: None,
             limiter: shared::ratelimit::memory(),
-            revocations: Arc::new(shared::revocation::RevocationCheck::memory()),
+            revocations: revocations.clone(),
         };
         let task = tokio::spawn(gateway::serve(listener, settings, deps, async {
             let _ = rx.await;
@@ -74,6 +77,7 @@ impl Harness {
             registry,
             bus,
             signer: Signer::hmac(jsonwebtoken::Algorithm::HS256, DEV_SECRET.as_bytes()),
+            revocations,
             stop: Some(tx),
             task,
         }

@@ -1,5 +1,6 @@
 //! An in-process route registry whose route writes take a fixed time and are counted, standing
-//! in for Redis round trips under load in the connect-storm tests.
+//! in for Redis round trips under load in the connect-storm tests (a mock: it makes a round trip's
+//! length exact, which a real Redis cannot).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -12,6 +13,8 @@ use shared::routing::{NodeGroups, NodeInfo, PresenceInfo, RouteRegistry, Routing
 pub struct SlowRegistry {
     inner: MemoryRegistry,
     delay: Duration,
+    /// The write lands at once and only its answer takes `delay` (a slow reply on the way back).
+    answers_late: bool,
     writes: AtomicUsize,
 }
 
@@ -20,7 +23,16 @@ impl SlowRegistry {
         SlowRegistry {
             inner: MemoryRegistry::new(),
             delay,
+            answers_late: false,
             writes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Route writes that are visible to lookups at once but answered only after `delay`.
+    pub fn answering_late(delay: Duration) -> Self {
+        SlowRegistry {
+            answers_late: true,
+            ..SlowRegistry::new(delay)
         }
     }
 
@@ -40,6 +52,11 @@ impl RouteRegistry for SlowRegistry {
     }
     async fn add_routes(&self, node: &NodeInfo, users: &[String]) -> Result<(), RoutingError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        if self.answers_late {
+            let written = self.inner.add_routes(node, users).await;
+            tokio::time::sleep(self.delay).await;
+            return written;
+        }
         tokio::time::sleep(self.delay).await;
         self.inner.add_routes(node, users).await
     }
