@@ -136,12 +136,10 @@ pub async fn run(
         close_now(&live.stream, &handle.writer, CloseCode::TokenRevoked).await;
         return;
     }
-    let expires_at = identity.expires_at;
-    drop(identity);
     // Heartbeats, the idle timeout and the token expiry are the node's sweep's from now on.
     let now_ms = node.hub.now_ms();
     let tick = Cadence::new(node.settings.heartbeat_interval).tick_at(now_ms);
-    handle.go_live(now_ms, tick, expires_at);
+    handle.go_live(now_ms, tick, identity.expires_at);
     tokio::spawn(SocketTask::new(live, read_ahead));
 }
 

@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use gateway::Settings;
 use shared::auth::Signer;
 use shared::close::CloseCode;
-use shared::protocol::{encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame};
+use shared::protocol::{
+    decode_server, encode_client, ClientFrame, Encoding, ErrorCode, ServerFrame,
+};
 use support::{next_frame, parse_server_frame, Harness, Ws};
 
 fn fast_settings() -> Settings {
@@ -30,17 +32,26 @@ fn fast_settings() -> Settings {
 
 /// Reads until the server closes; returns the close code.
 async fn close_code(ws: &mut Ws) -> u16 {
+    frames_until_close(ws).await.1
+}
+
+/// Every server frame until the server's close frame, and its code (1005 when it has none).
+async fn frames_until_close(ws: &mut Ws) -> (Vec<ServerFrame>, u16) {
+    let mut frames = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+        let (encoding, data) = match tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
             .expect("close in time")
         {
-            Some(Ok(WsMessage::Close(Some(frame)))) => return u16::from(frame.code),
-            Some(Ok(WsMessage::Close(None))) => return 1005,
+            Some(Ok(WsMessage::Close(Some(frame)))) => return (frames, u16::from(frame.code)),
+            Some(Ok(WsMessage::Close(None))) => return (frames, 1005),
+            Some(Ok(WsMessage::Text(t))) => (Encoding::Json, t.as_bytes().to_vec()),
+            Some(Ok(WsMessage::Binary(b))) => (Encoding::Msgpack, b.to_vec()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("error before close frame: {e}"),
             None => panic!("stream ended without a close frame"),
-        }
+        };
+        frames.push(decode_server(encoding, &data).expect("a server frame"));
     }
 }
 
@@ -760,24 +771,6 @@ async fn connect_in_route_window(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (h, connecting)
-}
-
-/// Every frame until the server's close frame, and its code.
-async fn frames_until_close(ws: &mut Ws) -> (Vec<ServerFrame>, u16) {
-    let mut frames = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(WsMessage::Text(t))) => {
-                frames.push(serde_json::from_str(t.as_str()).expect("a server frame"))
-            }
-            Some(Ok(WsMessage::Close(Some(frame)))) => return (frames, u16::from(frame.code)),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            other => panic!("expected frames then a close frame, got {other:?}"),
-        }
-    }
 }
 
 /// A delivery that reaches a socket while its route is being written (the route is visible,
